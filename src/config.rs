@@ -1,0 +1,349 @@
+//! pullgate's configuration: one YAML file, validated completely before anything is bound.
+//!
+//! Parsing takes a string, not a path, so tests feed it text directly. Every problem is reported
+//! as one line naming the file, the key path and what was expected; the binary exits 64
+//! (EX_USAGE) on any of them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Default path of the socket kubelet talks to.
+pub const DEFAULT_LISTEN: &str = "/run/pullgate/pullgate.sock";
+/// Default path of containerd's CRI socket.
+pub const DEFAULT_UPSTREAM: &str = "/run/containerd/containerd.sock";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Unix socket pullgate serves CRI on (kubelet's `containerRuntimeEndpoint`).
+    pub listen: PathBuf,
+    /// containerd's CRI socket, where every call is forwarded.
+    pub upstream: PathBuf,
+    /// Permission bits of the socket pullgate creates (not of one handed over by systemd).
+    pub socket_mode: FileMode,
+    /// Group owning the socket pullgate creates; unset keeps the process's group.
+    pub socket_group: Option<u32>,
+    /// Who may call pullgate, checked with `SO_PEERCRED` on every connection.
+    pub access: Access,
+    /// How pullgate talks to containerd.
+    pub upstream_connection: UpstreamConnection,
+    /// How long SIGTERM waits for in-flight calls before closing them.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// Log output.
+    pub log: Log,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: PathBuf::from(DEFAULT_LISTEN),
+            upstream: PathBuf::from(DEFAULT_UPSTREAM),
+            socket_mode: FileMode(0o660),
+            socket_group: None,
+            access: Access::default(),
+            upstream_connection: UpstreamConnection::default(),
+            drain_timeout: Duration::from_secs(10),
+            log: Log::default(),
+        }
+    }
+}
+
+/// Peer credential check. Root (uid 0) is always allowed: it is kubelet's identity.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// Extra uids allowed besides root.
+    pub allowed_uids: Vec<u32>,
+    /// Callers whose primary gid is one of these are allowed too.
+    pub allowed_gids: Vec<u32>,
+}
+
+impl Access {
+    /// Whether a caller with these credentials may use the socket.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0 || self.allowed_uids.contains(&uid) || self.allowed_gids.contains(&gid)
+    }
+}
+
+/// Connection to containerd.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConnection {
+    /// Bound on connecting and the HTTP/2 handshake; a call fails with `Unavailable` past it.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// After a failed connect, calls fail fast for this long before the next attempt; the wait
+    /// doubles on each failure up to `max_backoff`.
+    #[serde(deserialize_with = "duration")]
+    pub initial_backoff: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for UpstreamConnection {
+    fn default() -> Self {
+        UpstreamConnection {
+            connect_timeout: Duration::from_secs(2),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `pullgate=debug,h2=info`, ...
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Unix permission bits written as an octal string (`"0660"`), as in `chmod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bits = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|b| *b <= 0o777)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid mode {s:?}: expected octal permission bits as a quoted string, like \"0660\""
+                ))
+            })?;
+        Ok(FileMode(bits))
+    }
+}
+
+/// A duration written as a number and a unit: `500ms`, `10s`, `5m`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    let d = match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => None,
+    };
+    d.ok_or_else(|| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// A configuration problem, reported as one line.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// Dotted key path (`access.allowed_uids[1]`), when the problem is at a key.
+    pub key: Option<String>,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let err = |key: Option<String>, message: String| ConfigError { file: file.to_owned(), key, message };
+        // An empty file (or one holding only comments) is the all-defaults config.
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Config::default());
+        }
+        let mut key_path = None;
+        let options = serde_saphyr::options! { with_snippet: false };
+        let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+            serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+                let path = e.path().to_string();
+                if path != "." {
+                    key_path = Some(path);
+                }
+                e.into_inner()
+            })
+        });
+        let config = parsed.map_err(|e| {
+            let mut message = first_line(&e.to_string());
+            // serde-saphyr ends its message with the location; say it once, at the end.
+            if let Some(i) = message.rfind(" at line ") {
+                message.truncate(i);
+            }
+            if let Some(l) = e.location().filter(|l| l.line() > 0) {
+                message.push_str(&format!(" (line {}, column {})", l.line(), l.column()));
+            }
+            err(key_path.clone(), message)
+        })?;
+        config.validate().map_err(|(key, message)| err(Some(key.into()), message))?;
+        Ok(config)
+    }
+
+    /// Checks that go beyond types: paths absolute, bounds sane.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, path) in [("listen", &self.listen), ("upstream", &self.upstream)] {
+            if !path.is_absolute() {
+                return Err((key, format!("expected an absolute socket path, got {:?}", path.display())));
+            }
+            // sun_path holds 108 bytes including the terminating NUL.
+            if path.as_os_str().len() > 107 {
+                return Err((key, format!("socket path is {} bytes long; unix sockets allow at most 107", path.as_os_str().len())));
+            }
+        }
+        if self.listen == self.upstream {
+            return Err(("listen", "must differ from `upstream` (pullgate would forward to itself)".into()));
+        }
+        if self.upstream_connection.connect_timeout.is_zero() {
+            return Err(("upstream_connection.connect_timeout", "must be greater than zero".into()));
+        }
+        if self.upstream_connection.initial_backoff > self.upstream_connection.max_backoff {
+            return Err(("upstream_connection.initial_backoff", "must not exceed `max_backoff`".into()));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(("log.level", format!("invalid log filter {:?}: {e}", self.log.level)));
+        }
+        Ok(())
+    }
+}
+
+/// serde-saphyr appends its own location after a newline; keep the message itself.
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/pullgate/config.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            r#"
+listen: /run/pg/pg.sock
+upstream: /run/containerd/containerd.sock
+socket_mode: "0600"
+socket_group: 990
+access:
+  allowed_uids: [1000]
+  allowed_gids: [990]
+upstream_connection:
+  connect_timeout: 500ms
+  initial_backoff: 10ms
+  max_backoff: 2s
+drain_timeout: 30s
+log:
+  format: json
+  level: pullgate=debug,info
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.socket_mode, FileMode(0o600));
+        assert_eq!(c.access.allowed_uids, vec![1000]);
+        assert_eq!(c.upstream_connection.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_path() {
+        let e = parse("access:\n  allowed_uid: [1]\n").unwrap_err();
+        assert!(e.starts_with("/etc/pullgate/config.yaml: key `access"), "{e}");
+        assert!(e.contains("allowed_uid"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = parse("access:\n  allowed_uids: [root]\n").unwrap_err();
+        assert!(e.contains("key `access.allowed_uids[0]`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let e = parse("drain_timeout: soon\n").unwrap_err();
+        assert!(e.contains("key `drain_timeout`") && e.contains("like \"10s\""), "{e}");
+        let e = parse("socket_mode: \"999\"\n").unwrap_err();
+        assert!(e.contains("key `socket_mode`") && e.contains("octal"), "{e}");
+        let e = parse("listen: relative.sock\n").unwrap_err();
+        assert!(e.contains("key `listen`") && e.contains("absolute"), "{e}");
+        let e = parse("log:\n  format: xml\n").unwrap_err();
+        assert!(e.contains("key `log.format`"), "{e}");
+        let e = parse("log:\n  level: \"[\"\n").unwrap_err();
+        assert!(e.contains("key `log.level`"), "{e}");
+        let e = parse("listen: /run/containerd/containerd.sock\n").unwrap_err();
+        assert!(e.contains("must differ"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error() {
+        let e = parse("listen: [unclosed\n").unwrap_err();
+        assert!(e.starts_with("/etc/pullgate/config.yaml: "), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The CRI side of pullgate: the socket kubelet talks to and the connection to containerd.
+
+pub mod grpc;
+pub mod listener;
+pub mod proxy;
+pub mod server;
+pub mod upstream;
+
+/// pullgate's subset of the CRI v1 messages (`proto/cri_subset.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod api {
+    include!(concat!(env!("OUT_DIR"), "/runtime.v1.rs"));
+}

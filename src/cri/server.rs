@@ -1,0 +1,68 @@
+//! Accepting connections and serving them over HTTP/2 until shutdown, then draining.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+
+use super::listener::Listener;
+use super::proxy::{Peer, Proxy};
+
+/// Serves CRI on `listener` until `shutdown` resolves; then stops accepting, lets in-flight calls
+/// finish for at most `drain`, and removes the socket if pullgate created it.
+pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
+    let graceful = GracefulShutdown::new();
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        // kubelet multiplexes all its CRI calls over one connection.
+        .max_concurrent_streams(1000)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.inner.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let peer = match stream.peer_cred() {
+            Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
+                continue;
+            }
+        };
+        if !proxy.admits(&peer) {
+            tracing::warn!(uid = peer.uid, gid = peer.gid, pid = peer.pid, "refusing calls from a caller that is not allowed");
+        } else {
+            tracing::debug!(uid = peer.uid, pid = peer.pid, "connection accepted");
+        }
+        let proxy = proxy.clone();
+        let svc = service_fn(move |req| proxy.clone().handle(peer, req));
+        let conn = graceful.watch(h2.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    listener.cleanup();
+    tracing::info!(timeout = ?drain, "shutting down: no new connections, draining in-flight calls");
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all calls finished"),
+        Err(_) => tracing::warn!(timeout = ?drain, "calls still running after the drain timeout; closing them"),
+    }
+}

@@ -1,0 +1,13 @@
+//! pullgate: a CRI proxy between kubelet and containerd that lets an image be pulled only when
+//! a Sigstore signature by an allowed identity verifies offline against a mirrored trust root.
+//!
+//! # Layout
+//! - [`config`]: the YAML configuration, validated before anything is bound.
+//! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
+//!   pullgate decodes.
+//! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cri;
+pub mod daemon;

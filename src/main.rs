@@ -1,0 +1,157 @@
+//! The `pullgate` command: parse arguments, load configuration, run.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pullgate::config::{Config, LogFormat};
+
+/// Exit code for a bad command line or configuration (EX_USAGE from sysexits.h).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "pullgate",
+    version,
+    about = "CRI proxy that admits only container images with a valid Sigstore signature, verified offline",
+    long_about = "pullgate sits between kubelet and containerd on every node. kubelet's \
+containerRuntimeEndpoint points at pullgate's unix socket; pullgate forwards every CRI call to \
+containerd unchanged, except the image pulls and container creations it checks.\n\n\
+Quick try (pure pass-through, no checks):\n  pullgate serve --listen /run/pullgate/pullgate.sock --upstream /run/containerd/containerd.sock"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve CRI on a unix socket and forward to containerd.
+    Serve(ServeArgs),
+    /// Work with configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// YAML configuration file. Without it pullgate runs as a pure pass-through proxy with
+    /// built-in defaults (and warns that nothing is checked). A file that is missing or invalid
+    /// is an error (exit 64), never a silent pass-through.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PULLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Socket to serve CRI on (kubelet's containerRuntimeEndpoint); overrides `listen`.
+    /// Default: /run/pullgate/pullgate.sock. Ignored under systemd socket activation.
+    #[arg(long, value_name = "PATH")]
+    listen: Option<PathBuf>,
+    /// containerd's CRI socket to forward to; overrides `upstream`.
+    /// Default: /run/containerd/containerd.sock.
+    #[arg(long, value_name = "PATH")]
+    upstream: Option<PathBuf>,
+    /// Log format; overrides `log.format`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Log filter (`info`, `debug`, `pullgate=debug`); overrides `log.level`. RUST_LOG also works.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file exactly as `serve` would; exit 0 if valid, 64 if not.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: valid", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pullgate: invalid configuration: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("pullgate: invalid configuration: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(p) = args.listen {
+        config.listen = p;
+    }
+    if let Some(p) = args.upstream {
+        config.upstream = p;
+    }
+    if let Some(f) = args.log_format {
+        config.log.format = f;
+    }
+    if let Some(l) = args.log_level {
+        config.log.level = l;
+    }
+    if let Err(e) = init_logging(&config) {
+        eprintln!("pullgate: invalid log filter: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    if args.config.is_none() {
+        tracing::warn!("no --config given: running as a pure pass-through proxy, no image is checked");
+    }
+    // Before any thread exists: this edits the environment.
+    let activated = match pullgate::cri::listener::Listener::systemd_socket() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pullgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pullgate::daemon::run(config, activated, pullgate::daemon::termination_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(env),
+        _ => EnvFilter::try_new(&config.log.level),
+    }
+    .map_err(|e| e.to_string())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder.init(),
+    }
+    Ok(())
+}
