@@ -268,6 +268,11 @@ mod tests {
     }
 
     #[test]
+    fn packaged_example_is_valid_and_shows_the_defaults() {
+        assert_eq!(parse(include_str!("../packaging/config.yaml")).unwrap(), Config::default());
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());

@@ -458,9 +458,9 @@ fn intercepted_calls_are_logged(c: &Ctx) -> TestResult {
     ensure!(logs.contains("no --config given"), "no pass-through warning in logs:\n{logs}");
     let line = logs
         .lines()
-        .find(|l| l.contains("method=\"PullImage\"") && l.contains("pod=team-a/logged"))
+        .find(|l| l.contains("method=\"PullImage\"") && l.contains("pod=\"team-a/logged\""))
         .ok_or_else(|| format!("no PullImage log line for pod team-a/logged:\n{logs}"))?;
-    ensure!(line.contains(&demo) && line.contains("code=0"), "log line lacks details: {line}");
+    ensure!(line.contains(&format!("image=\"{demo}\"")) && line.contains("code=0"), "log line lacks details: {line}");
     Ok(())
 }
 

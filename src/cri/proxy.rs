@@ -115,49 +115,62 @@ impl Proxy {
         let what = describe_request(&path, &body);
         let resp = self.forward(Request::from_parts(parts, Either::Right(Full::new(body)))).await;
         let (resp, code, message) = buffer_response(resp).await;
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
         let method = path.rsplit('/').next().unwrap_or(&path);
-        if code == Some(0) {
-            tracing::info!(method, %what, code = 0, ms, "call");
-        } else {
-            tracing::info!(method, %what, code = code.unwrap_or(-1), error = %message, ms, "call");
-        }
+        let CallInfo { image, pod, container, undecodable } = what;
+        let code = code.unwrap_or(-1);
+        tracing::info!(
+            method,
+            image,
+            pod,
+            container,
+            undecodable,
+            code,
+            error = (code != 0).then_some(message),
+            ms,
+            "call"
+        );
         resp
     }
 }
 
-/// What an intercepted request asks for, for the log line.
-fn describe_request(path: &str, body: &Bytes) -> String {
-    let Ok(msg) = grpc::unary_message(body) else { return "undecodable request".into() };
-    let ns_pod = |cfg: Option<&api::PodSandboxConfig>| {
-        cfg.and_then(|c| c.metadata.as_ref())
-            .map(|m| format!(" pod={}/{}", m.namespace, m.name))
-            .unwrap_or_default()
+/// What an intercepted request asks for, for its log line.
+#[derive(Debug, Default, PartialEq)]
+struct CallInfo {
+    image: String,
+    /// `namespace/name` of the pod, when the request carries its sandbox config.
+    pod: String,
+    /// Container name (CreateContainer).
+    container: String,
+    /// Why the request could not be decoded, if it could not.
+    undecodable: Option<String>,
+}
+
+fn describe_request(path: &str, body: &Bytes) -> CallInfo {
+    let msg = match grpc::unary_message(body) {
+        Ok(m) => m,
+        Err(e) => return CallInfo { undecodable: Some(e.to_string()), ..Default::default() },
     };
-    match path {
-        method::PULL_IMAGE => match api::PullImageRequest::decode(msg) {
-            Ok(r) => format!("image={}{}", r.image.map(|i| i.image).unwrap_or_default(), ns_pod(r.sandbox_config.as_ref())),
-            Err(e) => format!("undecodable PullImageRequest: {e}"),
-        },
-        method::IMAGE_STATUS => match api::ImageStatusRequest::decode(msg) {
-            Ok(r) => format!("image={}", r.image.map(|i| i.image).unwrap_or_default()),
-            Err(e) => format!("undecodable ImageStatusRequest: {e}"),
-        },
-        method::CREATE_CONTAINER => match api::CreateContainerRequest::decode(msg) {
-            Ok(r) => {
-                let c = r.config.unwrap_or_default();
-                format!(
-                    "image={} container={} sandbox={}{}",
-                    c.image.map(|i| i.image).unwrap_or_default(),
-                    c.metadata.map(|m| m.name).unwrap_or_default(),
-                    r.pod_sandbox_id,
-                    ns_pod(r.sandbox_config.as_ref())
-                )
+    let pod = |cfg: Option<&api::PodSandboxConfig>| {
+        cfg.and_then(|c| c.metadata.as_ref()).map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default()
+    };
+    let image = |spec: Option<api::ImageSpec>| spec.map(|i| i.image).unwrap_or_default();
+    let decoded = match path {
+        method::PULL_IMAGE => api::PullImageRequest::decode(msg)
+            .map(|r| CallInfo { pod: pod(r.sandbox_config.as_ref()), image: image(r.image), ..Default::default() }),
+        method::IMAGE_STATUS => api::ImageStatusRequest::decode(msg).map(|r| CallInfo { image: image(r.image), ..Default::default() }),
+        method::CREATE_CONTAINER => api::CreateContainerRequest::decode(msg).map(|r| {
+            let c = r.config.unwrap_or_default();
+            CallInfo {
+                pod: pod(r.sandbox_config.as_ref()),
+                image: image(c.image),
+                container: c.metadata.map(|m| m.name).unwrap_or_default(),
+                undecodable: None,
             }
-            Err(e) => format!("undecodable CreateContainerRequest: {e}"),
-        },
-        _ => String::new(),
-    }
+        }),
+        _ => Ok(CallInfo::default()),
+    };
+    decoded.unwrap_or_else(|e| CallInfo { undecodable: Some(e.to_string()), ..Default::default() })
 }
 
 /// Reads a (unary) response completely, to learn its status; returns an equivalent response.
@@ -218,7 +231,9 @@ mod tests {
             ..Default::default()
         };
         let body = grpc::frame(&req.encode_to_vec());
-        assert_eq!(describe_request(method::PULL_IMAGE, &body), "image=reg/app:1 pod=prod/web");
-        assert_eq!(describe_request(method::PULL_IMAGE, &Bytes::from_static(b"x")), "undecodable request");
+        let info = describe_request(method::PULL_IMAGE, &body);
+        assert_eq!((info.image.as_str(), info.pod.as_str()), ("reg/app:1", "prod/web"));
+        assert!(describe_request(method::PULL_IMAGE, &Bytes::from_static(b"x")).undecodable.is_some());
+        assert!(describe_request(method::PULL_IMAGE, &grpc::frame(b"\xff")).undecodable.is_some());
     }
 }
