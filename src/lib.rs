@@ -6,8 +6,15 @@
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
+//! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
+//!   cache and the audit log.
+//! - [`policy`]: whom we accept: keyless identities, keys, authorities and thresholds.
+//! - [`verify`]: offline Sigstore verification of image signatures (bundles, cosign legacy).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod enforce;
+pub mod policy;
+pub mod verify;

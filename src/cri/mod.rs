@@ -1,10 +1,12 @@
 //! The CRI side of pullgate: the socket kubelet talks to and the connection to containerd.
 
 pub mod grpc;
+pub mod images;
 pub mod listener;
 pub mod proxy;
 pub mod server;
 pub mod upstream;
+pub mod wire;
 
 /// pullgate's subset of the CRI v1 messages (`proto/cri_subset.proto`).
 #[allow(clippy::all, missing_docs)]

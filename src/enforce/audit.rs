@@ -1,0 +1,198 @@
+//! The audit log: one JSON line per decision, the record operators use to confirm coverage in
+//! audit mode before switching to enforce (`pullgate report` reads it).
+//!
+//! Written to stdout (journald under systemd) or to a file rotated by size (`audit.log`,
+//! `audit.log.1`, ... `audit.log.N`). A failing write never blocks or fails a CRI call: it is
+//! logged and counted instead.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// One decision, as written to the audit log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    /// RFC 3339 UTC.
+    pub time: String,
+    pub node: String,
+    /// `PullImage` or `CreateContainer`.
+    pub call: String,
+    pub namespace: String,
+    pub pod: String,
+    /// The image reference as kubelet asked for it.
+    pub image: String,
+    /// The manifest digest that was (or would have been) verified.
+    pub digest: String,
+    /// Policies that applied (comma-separated), or `exempt:<name>`, or `unmatched`.
+    pub policy: String,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// `allow` or `deny` (in audit mode: what enforce would have done).
+    pub decision: String,
+    /// One line.
+    pub reason: String,
+    /// Signer identity found (SAN or key fingerprint), if any.
+    pub identity: String,
+    /// Where the signature came from (referrer, tag, file).
+    pub source: String,
+    pub latency_ms: f64,
+    /// Whether the answer came from the decision cache.
+    pub cached: bool,
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, tag = "sink", rename_all = "lowercase")]
+pub enum AuditConfig {
+    /// Standard output (journald under systemd).
+    #[default]
+    Stdout,
+    /// A file rotated by size.
+    File {
+        path: PathBuf,
+        /// Rotate when the file exceeds this many MiB.
+        #[serde(default = "default_max_size_mb")]
+        max_size_mb: u64,
+        /// How many rotated files to keep.
+        #[serde(default = "default_keep")]
+        keep: u32,
+    },
+    /// No audit log.
+    Off,
+}
+
+fn default_max_size_mb() -> u64 {
+    50
+}
+fn default_keep() -> u32 {
+    5
+}
+
+enum Sink {
+    Stdout,
+    File { path: PathBuf, file: Option<File>, size: u64, max: u64, keep: u32 },
+    Off,
+}
+
+/// The audit writer, shared by all calls.
+pub struct AuditLog {
+    /// Serialises writes so lines never interleave; held only for one write.
+    sink: Mutex<Sink>,
+}
+
+impl AuditLog {
+    pub fn new(config: &AuditConfig) -> std::io::Result<AuditLog> {
+        let sink = match config {
+            AuditConfig::Stdout => Sink::Stdout,
+            AuditConfig::Off => Sink::Off,
+            AuditConfig::File { path, max_size_mb, keep } => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let file = open_append(path)?;
+                let size = file.metadata()?.len();
+                Sink::File { path: path.clone(), file: Some(file), size, max: max_size_mb.saturating_mul(1 << 20), keep: *keep }
+            }
+        };
+        Ok(AuditLog { sink: Mutex::new(sink) })
+    }
+
+    /// Appends one record. Errors are reported to the caller for logging, never propagated
+    /// into the CRI call.
+    pub fn write(&self, record: &AuditRecord) -> Result<(), String> {
+        let mut line = serde_json::to_vec(record).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *sink {
+            Sink::Off => Ok(()),
+            Sink::Stdout => std::io::stdout().lock().write_all(&line).map_err(|e| format!("audit log (stdout): {e}")),
+            Sink::File { path, file, size, max, keep } => {
+                if *size > 0 && *size + line.len() as u64 > *max {
+                    rotate(path, *keep).map_err(|e| format!("audit log rotation of {}: {e}", path.display()))?;
+                    *file = None;
+                    *size = 0;
+                }
+                if file.is_none() {
+                    *file = Some(open_append(path).map_err(|e| format!("audit log {}: {e}", path.display()))?);
+                }
+                let f = file.as_mut().expect("opened above");
+                f.write_all(&line).map_err(|e| format!("audit log {}: {e}", path.display()))?;
+                *size += line.len() as u64;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// `log.N-1` -> `log.N`, ..., `log` -> `log.1`; the oldest beyond `keep` is dropped.
+fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(numbered(path, keep));
+    for n in (1..keep).rev() {
+        let from = numbered(path, n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(path, n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(path, 1))
+}
+
+/// Reads an audit log file back (for `pullgate report` and tests); bad lines are skipped and
+/// counted.
+pub fn read_records(path: &Path) -> std::io::Result<(Vec<AuditRecord>, usize)> {
+    let text = std::fs::read_to_string(path)?;
+    let mut bad = 0;
+    let records = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok())
+        .collect();
+    Ok((records, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_json_lines_and_rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::new(&AuditConfig::File { path: path.clone(), max_size_mb: 0, keep: 2 }).unwrap();
+        for i in 0..4 {
+            let r = AuditRecord { image: format!("img{i}"), decision: "deny".into(), ..Default::default() };
+            log.write(&r).unwrap();
+        }
+        // max 0 MiB: every line after the first rotates. Newest in audit.log, then .1, .2.
+        let (now, bad) = read_records(&path).unwrap();
+        assert_eq!((now.len(), bad), (1, 0));
+        assert_eq!(now[0].image, "img3");
+        assert_eq!(read_records(&numbered(&path, 1)).unwrap().0[0].image, "img2");
+        assert_eq!(read_records(&numbered(&path, 2)).unwrap().0[0].image, "img1");
+        assert!(!numbered(&path, 3).exists());
+    }
+
+    #[test]
+    fn config_forms() {
+        let c: AuditConfig = serde_json::from_str(r#"{"sink":"file","path":"/var/log/pullgate/audit.log"}"#).unwrap();
+        assert_eq!(c, AuditConfig::File { path: "/var/log/pullgate/audit.log".into(), max_size_mb: 50, keep: 5 });
+        let c: AuditConfig = serde_json::from_str(r#"{"sink":"off"}"#).unwrap();
+        assert_eq!(c, AuditConfig::Off);
+        assert!(serde_json::from_str::<AuditConfig>(r#"{"sink":"file"}"#).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! Enforcement: decisions at PullImage and CreateContainer, modes, the decision cache and the
+//! audit log.
+
+pub mod audit;
+pub mod cache;
+pub mod policy;

@@ -1,0 +1,464 @@
+//! Image policies: which images need signatures by whom, in which namespaces, in which mode.
+//!
+//! The shape follows sigstore policy-controller's `ClusterImagePolicy` (image globs,
+//! authorities that are keyless identities or keys, a threshold, `enforce`/`audit` like its
+//! `enforce`/`warn`) so that operators who know it can read a pullgate policy at once:
+//!
+//! ```yaml
+//! policy:
+//!   unmatched: deny              # images no policy matches: deny (default) or allow
+//!   exemptions:
+//!     - name: sandbox
+//!       images: ["registry.internal/pause:*"]
+//!   policies:
+//!     - name: team-a
+//!       images: ["registry.internal/team-a/**"]
+//!       namespaces: ["team-a", "team-a-*"]     # optional; default all namespaces
+//!       mode: enforce                           # or audit
+//!       threshold: 1                            # N of the authorities (default 1)
+//!       authorities:
+//!         - name: release-workflow
+//!           keyless:
+//!             identities:
+//!               - issuer: https://token.actions.githubusercontent.com
+//!                 subject_regexp: https://github.com/org/app/\.github/workflows/release\.yml@refs/tags/v.*
+//!                 extensions:
+//!                   github-workflow-repository: org/app
+//!         - name: release-key
+//!           key:
+//!             path: /etc/pullgate/keys/release.pub   # or `data: |` with the PEM
+//! ```
+//!
+//! Image globs match the normalised reference (`docker.io/library/nginx`, with `:tag` or
+//! `@digest` forms tried too): `*` stays within one path segment, `**` crosses them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::policy::{Authority, ExtensionClaim, IdentityPolicy, KeylessIdentity, StringMatcher};
+use crate::verify::keys::PublicKey;
+
+/// What happens to images that no policy matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// Per-policy mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Refuse what does not verify.
+    #[default]
+    Enforce,
+    /// Let it through; log and count what enforce would have refused.
+    Audit,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        }
+    }
+}
+
+/// For a multi-arch image, where the signature must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiArch {
+    /// On the index or on the platform manifest (the index digest covers its manifests).
+    #[default]
+    Either,
+    /// On the index digest.
+    Index,
+    /// On the platform manifest digest.
+    Platform,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    #[serde(default)]
+    pub exemptions: Vec<ExemptionConfig>,
+    #[serde(default)]
+    pub policies: Vec<ImagePolicyConfig>,
+}
+
+/// Images admitted without any signature, by explicit decision (e.g. the node's pause image).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExemptionConfig {
+    pub name: String,
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePolicyConfig {
+    pub name: String,
+    pub images: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    pub authorities: Vec<AuthorityConfig>,
+    pub threshold: Option<usize>,
+    #[serde(default)]
+    pub multi_arch: MultiArch,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    pub name: String,
+    pub keyless: Option<KeylessConfig>,
+    pub key: Option<KeyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeylessConfig {
+    pub identities: Vec<IdentityConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub issuer: Option<String>,
+    pub issuer_regexp: Option<String>,
+    pub subject: Option<String>,
+    pub subject_regexp: Option<String>,
+    /// Fulcio certificate extensions that must have exactly these values, by claim name
+    /// (`github-workflow-repository`, `source-repository-ref`, ...) or OID
+    /// (`1.3.6.1.4.1.57264.1.N`).
+    #[serde(default)]
+    pub extensions: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// PEM public key(s) inline.
+    pub data: Option<String>,
+    /// File with a PEM public key.
+    pub path: Option<PathBuf>,
+}
+
+/// A policy problem: the key path under `policy` and what is wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("key `{key}`: {message}")]
+pub struct PolicyConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: String, message: impl Into<String>) -> PolicyConfigError {
+    PolicyConfigError { key, message: message.into() }
+}
+
+/// One compiled image policy.
+#[derive(Debug)]
+pub struct ImagePolicy {
+    pub name: String,
+    images: GlobSet,
+    namespaces: Option<GlobSet>,
+    pub mode: Mode,
+    pub identity: IdentityPolicy,
+    pub multi_arch: MultiArch,
+}
+
+#[derive(Debug)]
+struct Exemption {
+    name: String,
+    images: GlobSet,
+}
+
+/// The compiled policy, swapped as a whole on reload.
+#[derive(Debug)]
+pub struct PolicySet {
+    /// Bumped on every successful (re)load; part of every decision-cache key.
+    pub generation: u64,
+    pub unmatched: Unmatched,
+    exemptions: Vec<Exemption>,
+    policies: Vec<Arc<ImagePolicy>>,
+}
+
+/// What applies to one image in one namespace.
+#[derive(Debug, Clone)]
+pub enum Applicable {
+    /// Exempted by name.
+    Exempt(String),
+    /// These policies all apply (all must pass).
+    Policies(Vec<Arc<ImagePolicy>>),
+    /// No policy matched.
+    Unmatched(Unmatched),
+}
+
+fn glob(pattern: &str) -> Result<Glob, String> {
+    GlobBuilder::new(pattern).literal_separator(true).build().map_err(|e| e.to_string())
+}
+
+fn glob_set(patterns: &[String], key: &str) -> Result<GlobSet, PolicyConfigError> {
+    let mut b = GlobSetBuilder::new();
+    for (i, p) in patterns.iter().enumerate() {
+        b.add(glob(p).map_err(|e| err(format!("{key}[{i}]"), format!("invalid glob {p:?}: {e}")))?);
+    }
+    b.build().map_err(|e| err(key.to_string(), e.to_string()))
+}
+
+fn matcher(exact: &Option<String>, regexp: &Option<String>, key: &str, what: &str) -> Result<Option<StringMatcher>, PolicyConfigError> {
+    match (exact, regexp) {
+        (Some(_), Some(_)) => Err(err(key.to_string(), format!("set `{what}` or `{what}_regexp`, not both"))),
+        (Some(v), None) => Ok(Some(StringMatcher::exact(v))),
+        (None, Some(r)) => StringMatcher::regex(r).map(Some).map_err(|e| err(format!("{key}.{what}_regexp"), e.to_string())),
+        (None, None) => Ok(None),
+    }
+}
+
+impl PolicyConfig {
+    /// Validates and compiles the policy; `generation` tags the result.
+    pub fn compile(&self, generation: u64) -> Result<PolicySet, PolicyConfigError> {
+        let mut names = std::collections::HashSet::new();
+        let mut exemptions = Vec::new();
+        for (i, e) in self.exemptions.iter().enumerate() {
+            let key = format!("policy.exemptions[{i}]");
+            if e.images.is_empty() {
+                return Err(err(format!("{key}.images"), "list at least one image glob"));
+            }
+            exemptions.push(Exemption { name: e.name.clone(), images: glob_set(&e.images, &format!("{key}.images"))? });
+        }
+        let mut policies = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let key = format!("policy.policies[{i}]");
+            if p.name.trim().is_empty() {
+                return Err(err(format!("{key}.name"), "must not be empty"));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(err(format!("{key}.name"), format!("duplicate policy name {:?}", p.name)));
+            }
+            if p.images.is_empty() {
+                return Err(err(format!("{key}.images"), "list at least one image glob"));
+            }
+            let images = glob_set(&p.images, &format!("{key}.images"))?;
+            let namespaces = if p.namespaces.is_empty() { None } else { Some(glob_set(&p.namespaces, &format!("{key}.namespaces"))?) };
+            if p.authorities.is_empty() {
+                return Err(err(format!("{key}.authorities"), "list at least one authority (keyless identities or a key)"));
+            }
+            let mut authorities = Vec::new();
+            for (j, a) in p.authorities.iter().enumerate() {
+                authorities.push(compile_authority(a, &format!("{key}.authorities[{j}]"))?);
+            }
+            let threshold = p.threshold.unwrap_or(1);
+            let identity = IdentityPolicy::new(authorities, threshold).map_err(|e| err(format!("{key}.threshold"), e.to_string()))?;
+            policies.push(Arc::new(ImagePolicy {
+                name: p.name.clone(),
+                images,
+                namespaces,
+                mode: p.mode,
+                identity,
+                multi_arch: p.multi_arch,
+            }));
+        }
+        Ok(PolicySet { generation, unmatched: self.unmatched, exemptions, policies })
+    }
+}
+
+fn compile_authority(a: &AuthorityConfig, key: &str) -> Result<Authority, PolicyConfigError> {
+    if a.name.trim().is_empty() {
+        return Err(err(format!("{key}.name"), "must not be empty"));
+    }
+    match (&a.keyless, &a.key) {
+        (Some(k), None) => {
+            let mut identities = Vec::new();
+            for (i, id) in k.identities.iter().enumerate() {
+                let key = format!("{key}.keyless.identities[{i}]");
+                let subject = matcher(&id.subject, &id.subject_regexp, &key, "subject")?
+                    .ok_or_else(|| err(key.clone(), "set `subject` or `subject_regexp`"))?;
+                let issuer = matcher(&id.issuer, &id.issuer_regexp, &key, "issuer")?
+                    .ok_or_else(|| err(key.clone(), "set `issuer` or `issuer_regexp` (the OIDC issuer is part of the identity)"))?;
+                let mut claims = Vec::new();
+                for (name, value) in &id.extensions {
+                    claims.push(ExtensionClaim::new(name, value.clone()).map_err(|e| err(format!("{key}.extensions.{name}"), e.to_string()))?);
+                }
+                identities.push(KeylessIdentity { subject, issuer: Some(issuer), claims });
+            }
+            Authority::keyless(&a.name, identities).map_err(|e| err(format!("{key}.keyless.identities"), e.to_string()))
+        }
+        (None, Some(k)) => {
+            let pem = match (&k.data, &k.path) {
+                (Some(d), None) => d.clone(),
+                (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| err(format!("{key}.key.path"), format!("cannot read {}: {e}", p.display())))?,
+                _ => return Err(err(format!("{key}.key"), "set exactly one of `data` (PEM) or `path`")),
+            };
+            let keys = split_pem(&pem)
+                .into_iter()
+                .map(|p| PublicKey::from_pem(&p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(format!("{key}.key"), e.to_string()))?;
+            Authority::keys(&a.name, keys).map_err(|e| err(format!("{key}.key"), e.to_string()))
+        }
+        _ => Err(err(key.to_string(), "an authority has exactly one of `keyless` or `key`")),
+    }
+}
+
+/// Splits a PEM bundle into its blocks.
+fn split_pem(pem: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END") {
+            blocks.push(std::mem::take(&mut current));
+        }
+    }
+    if blocks.is_empty() {
+        blocks.push(pem.to_string());
+    }
+    blocks
+}
+
+impl PolicySet {
+    /// What applies to an image, given the forms of its normalised reference (`repo`,
+    /// `repo:tag`, `repo@digest`) and the pod's namespace (unknown: only policies without a
+    /// namespace selector apply).
+    pub fn applicable(&self, names: &[String], namespace: Option<&str>) -> Applicable {
+        let hit = |set: &GlobSet| names.iter().any(|n| set.is_match(n));
+        if let Some(e) = self.exemptions.iter().find(|e| hit(&e.images)) {
+            return Applicable::Exempt(e.name.clone());
+        }
+        let matching: Vec<Arc<ImagePolicy>> = self
+            .policies
+            .iter()
+            .filter(|p| hit(&p.images))
+            .filter(|p| match (&p.namespaces, namespace) {
+                (None, _) => true,
+                (Some(ns), Some(n)) => ns.is_match(n),
+                (Some(_), None) => false,
+            })
+            .cloned()
+            .collect();
+        if matching.is_empty() {
+            Applicable::Unmatched(self.unmatched)
+        } else {
+            Applicable::Policies(matching)
+        }
+    }
+
+    pub fn policies(&self) -> &[Arc<ImagePolicy>] {
+        &self.policies
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd\nG3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==\n-----END PUBLIC KEY-----\n";
+
+    fn parse(yaml: &str) -> Result<PolicySet, String> {
+        let cfg: PolicyConfig = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        cfg.compile(1).map_err(|e| e.to_string())
+    }
+
+    fn names(s: &[&str]) -> Vec<String> {
+        s.iter().map(|s| s.to_string()).collect()
+    }
+
+    const BASE: &str = r#"
+exemptions:
+  - name: sandbox
+    images: ["registry.internal/pause:*"]
+policies:
+  - name: team-a
+    images: ["registry.internal/team-a/**"]
+    namespaces: ["team-a", "team-a-*"]
+    authorities:
+      - name: ci
+        keyless:
+          identities:
+            - issuer: https://token.actions.githubusercontent.com
+              subject_regexp: https://github.com/org/app/.*
+              extensions:
+                github-workflow-repository: org/app
+  - name: all-internal
+    images: ["registry.internal/**"]
+    mode: audit
+    authorities:
+      - name: key
+        key:
+          data: |
+            -----BEGIN PUBLIC KEY-----
+            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd
+            G3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==
+            -----END PUBLIC KEY-----
+"#;
+
+    #[test]
+    fn matching_by_glob_and_namespace() {
+        let set = parse(BASE).unwrap();
+        let applicable = |n: &[&str], ns| match set.applicable(&names(n), ns) {
+            Applicable::Exempt(e) => format!("exempt:{e}"),
+            Applicable::Policies(p) => p.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(","),
+            Applicable::Unmatched(u) => format!("unmatched:{u:?}"),
+        };
+        assert_eq!(applicable(&["registry.internal/team-a/app", "registry.internal/team-a/app:1"], Some("team-a")), "team-a,all-internal");
+        assert_eq!(applicable(&["registry.internal/team-a/deep/app"], Some("team-a-dev")), "team-a,all-internal");
+        assert_eq!(applicable(&["registry.internal/team-a/app"], Some("other")), "all-internal");
+        assert_eq!(applicable(&["registry.internal/team-a/app"], None), "all-internal");
+        assert_eq!(applicable(&["registry.internal/pause", "registry.internal/pause:3.9"], None), "exempt:sandbox");
+        assert_eq!(applicable(&["docker.io/library/nginx", "docker.io/library/nginx:1"], None), "unmatched:Deny");
+        // `*` does not cross `/`.
+        let set2 = parse("policies:\n  - name: p\n    images: [\"reg/*\"]\n    authorities:\n      - name: k\n        key:\n          data: |\n            -----BEGIN PUBLIC KEY-----\n            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd\n            G3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==\n            -----END PUBLIC KEY-----\n").unwrap();
+        assert!(matches!(set2.applicable(&names(&["reg/a/b"]), None), Applicable::Unmatched(_)));
+        assert!(matches!(set2.applicable(&names(&["reg/a"]), None), Applicable::Policies(_)));
+    }
+
+    #[test]
+    fn invalid_policies_name_the_key() {
+        let cases = [
+            ("policies:\n  - name: p\n    images: []\n    authorities: []\n", "policy.policies[0].images"),
+            ("policies:\n  - name: p\n    images: [\"a/**\"]\n    authorities: []\n", "policy.policies[0].authorities"),
+            ("policies:\n  - name: p\n    images: [\"a/[\"]\n    authorities: []\n", "policy.policies[0].images[0]"),
+            (
+                "policies:\n  - name: p\n    images: [\"a\"]\n    authorities:\n      - name: x\n        keyless:\n          identities:\n            - subject: s\n",
+                "policy.policies[0].authorities[0].keyless.identities[0]",
+            ),
+            (
+                "policies:\n  - name: p\n    images: [\"a\"]\n    authorities:\n      - name: x\n        keyless:\n          identities:\n            - subject_regexp: \"(\"\n              issuer: i\n",
+                "policy.policies[0].authorities[0].keyless.identities[0].subject_regexp",
+            ),
+            (
+                "policies:\n  - name: p\n    images: [\"a\"]\n    authorities:\n      - name: x\n        keyless:\n          identities:\n            - subject: s\n              issuer: i\n              extensions:\n                favourite-colour: blue\n",
+                "policy.policies[0].authorities[0].keyless.identities[0].extensions.favourite-colour",
+            ),
+            ("policies:\n  - name: p\n    images: [\"a\"]\n    threshold: 2\n    authorities:\n      - name: x\n        key:\n          data: nonsense\n", "policy.policies[0].authorities[0].key"),
+            ("policies:\n  - name: p\n    images: [\"a\"]\n    authorities:\n      - name: x\n", "policy.policies[0].authorities[0]"),
+        ];
+        for (yaml, key) in cases {
+            let e = parse(yaml).unwrap_err();
+            assert!(e.contains(&format!("key `{key}`")), "{yaml}\n=> {e}");
+        }
+        let two = format!(
+            "policies:\n  - name: p\n    images: [\"a\"]\n    threshold: 2\n    authorities:\n      - name: x\n        key:\n          data: \"{}\"\n",
+            KEY.replace('\n', "\\n")
+        );
+        assert!(parse(&two).unwrap_err().contains("threshold"));
+    }
+}

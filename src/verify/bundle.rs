@@ -1,0 +1,270 @@
+//! Cryptographic verification of one Sigstore bundle (v0.1 to v0.3).
+//!
+//! This answers "is this signature real, logged and made by the holder of this
+//! certificate or key at a verified time?". It deliberately does *not* decide
+//! whether that signer is acceptable: that is `policy`, evaluated on the
+//! [`VerifiedSignature`] this returns, so a bundle is verified once no matter
+//! how many authorities a policy lists.
+
+use serde::Serialize;
+use sigstore_verify::types::{Artifact, Bundle, TransparencyLogEntry, VerificationMaterialContent};
+use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy};
+
+use super::certificate::CertificateIdentity;
+use super::digest::Digest;
+use super::error::{from_bundle_structure, one_line, CertificateError, MaterialError, VerifyError};
+use super::keys::PublicKey;
+use super::tlog;
+use super::trust::TrustMaterial;
+
+/// Largest bundle we parse. cosign image bundles are ~5 KiB; SLSA
+/// provenance bundles reach a few hundred KiB.
+pub const MAX_BUNDLE_BYTES: usize = 8 << 20;
+
+/// What was signed, as the caller knows it.
+#[derive(Debug, Clone, Copy)]
+pub enum ArtifactRef<'a> {
+    /// The artifact's bytes.
+    Bytes(&'a [u8]),
+    /// Only its digest (an image manifest digest, or `sha256:`/`sha512:` on the CLI).
+    Digest(&'a Digest),
+}
+
+impl<'a> ArtifactRef<'a> {
+    fn to_library(self) -> Artifact<'a> {
+        match self {
+            Self::Bytes(bytes) => Artifact::Blob(bytes),
+            Self::Digest(digest) => Artifact::Digest(digest.to_library()),
+        }
+    }
+}
+
+/// Which kind of signer the caller is prepared to accept for this bundle.
+#[derive(Debug, Clone, Copy)]
+pub enum ExpectedSigner<'a> {
+    /// A Fulcio certificate; the identity is matched afterwards by policy.
+    Certificate,
+    /// This configured public key.
+    Key(&'a PublicKey),
+}
+
+/// Who signed, as established by verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Signer {
+    /// A Fulcio certificate that chained to the trusted root at signing time.
+    Certificate(CertificateIdentity),
+    /// A configured public key.
+    Key {
+        /// `sha256:<hex>` of the key's SPKI.
+        fingerprint: String,
+        /// The key algorithm.
+        algorithm: String,
+    },
+}
+
+/// A transparency-log entry that was verified with the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntrySummary {
+    /// Hex log ID (sha256 of the log key).
+    pub log_id: String,
+    /// Index in the log.
+    pub log_index: u64,
+    /// `kind/version` of the entry.
+    pub kind: String,
+    /// Integrated time (RFC 3339), when the entry has one.
+    pub integrated_time: Option<String>,
+}
+
+/// A signature that verified. Policy decides whether its signer is acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifiedSignature {
+    /// The signer.
+    pub signer: Signer,
+    /// Every verified signing time (SET integrated times, RFC 3161 times), RFC 3339.
+    pub signing_times: Vec<String>,
+    /// The log entries that were verified.
+    pub tlog_entries: Vec<LogEntrySummary>,
+}
+
+/// Parse bundle JSON, refusing oversized input. Never panics.
+pub fn parse_bundle(json: &[u8]) -> Result<Bundle, MaterialError> {
+    if json.len() > MAX_BUNDLE_BYTES {
+        return Err(MaterialError::TooLarge {
+            what: "bundle",
+            size: json.len(),
+            limit: MAX_BUNDLE_BYTES,
+        });
+    }
+    let text = std::str::from_utf8(json)
+        .map_err(|_| MaterialError::MalformedBundle("not UTF-8".into()))?;
+    Bundle::from_json(text).map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))
+}
+
+/// Whether the library's optimized path or its unmodified reference path runs.
+///
+/// `Fast` is what production uses. `Reference` is the library's `verify` with
+/// no step taken over, kept so tests can check the two always agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Library steps 0-3 and 7-8; steps 4-5 (inclusion proof, checkpoint,
+    /// remaining SETs) in [`tlog`], without re-verifying the SET.
+    Fast,
+    /// The library's own full verification.
+    Reference,
+}
+
+impl TrustMaterial {
+    /// Verify a bundle's signature, certificate (or key), timestamps and log
+    /// evidence against this trust root. Identity is *not* checked here.
+    ///
+    /// # Verification steps
+    ///
+    /// 1. Parse the material (done by [`parse_bundle`]) and check it has the
+    ///    log evidence its version requires ("no transparency log proof").
+    /// 2. (Callers) bind the signature to the artifact: image statement checks
+    ///    in `image.rs`, simple-signing checks in `legacy.rs`.
+    /// 3. Establish verified signing times: SETs and RFC 3161 timestamps
+    ///    (library step 0).
+    /// 4. The certificate chains to a trusted Fulcio CA at every signing time,
+    ///    with code-signing EKU; or the configured key is the signer (step 1).
+    /// 5. The certificate's embedded SCT verifies (step 2).
+    /// 6. Inclusion proof, signed checkpoint and SETs (steps 4-5, in `tlog.rs`).
+    /// 7. The signature over the artifact or DSSE PAE (step 7).
+    /// 8. The log entries describe this very signature (step 8, CVE-2022-36056).
+    pub fn verify_bundle(
+        &self,
+        bundle: &Bundle,
+        artifact: ArtifactRef<'_>,
+        signer: ExpectedSigner<'_>,
+    ) -> Result<VerifiedSignature, VerifyError> {
+        self.verify_bundle_with_mode(bundle, artifact, signer, Mode::Fast)
+    }
+
+    /// [`Self::verify_bundle`] with an explicit [`Mode`] (for differential tests and benches).
+    pub fn verify_bundle_with_mode(
+        &self,
+        bundle: &Bundle,
+        artifact: ArtifactRef<'_>,
+        signer: ExpectedSigner<'_>,
+        mode: Mode,
+    ) -> Result<VerifiedSignature, VerifyError> {
+        match signer {
+            ExpectedSigner::Certificate => self.verify_keyless(bundle, artifact, mode),
+            ExpectedSigner::Key(key) => self.verify_with_key(bundle, artifact, key),
+        }
+    }
+
+    fn verify_keyless(
+        &self,
+        bundle: &Bundle,
+        artifact: ArtifactRef<'_>,
+        mode: Mode,
+    ) -> Result<VerifiedSignature, VerifyError> {
+        // (1) The material must carry a certificate; a key-signed bundle
+        //     cannot satisfy a keyless identity.
+        let leaf = match &bundle.verification_material.content {
+            VerificationMaterialContent::PublicKey(_) => {
+                return Err(CertificateError::WrongKind(
+                    "signed with a public key, not a Fulcio certificate".into(),
+                )
+                .into())
+            }
+            _ => bundle.signing_certificate().ok_or_else(|| {
+                CertificateError::Malformed("empty certificate chain".into())
+            })?,
+        };
+        let result = match mode {
+            Mode::Reference => self
+                .verifier
+                .verify(artifact.to_library(), bundle, &VerificationPolicy::any_identity())
+                .map_err(VerifyError::from_library)?,
+            Mode::Fast => {
+                // (1) The log evidence the bundle version requires: the same
+                //     structural rule the library applies when it verifies
+                //     the log itself, which `skip_tlog_unsafe` would relax.
+                sigstore_verify::bundle::validate_bundle_with_options(
+                    bundle,
+                    &sigstore_verify::bundle::ValidationOptions::new()
+                        .with_require_inclusion_proof(true)
+                        .with_require_timestamp(false),
+                )
+                .map_err(from_bundle_structure)?;
+                // (3), (4), (5), (7), (8): the library. Its step 0 verifies
+                //     each Rekor v1 SET once to trust the integrated time.
+                let policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
+                let result = self
+                    .verifier
+                    .verify(artifact.to_library(), bundle, &policy)
+                    .map_err(VerifyError::from_library)?;
+                // (6) Inclusion proofs, checkpoints, and any SET step 0 did not cover.
+                for entry in &bundle.verification_material.tlog_entries {
+                    tlog::verify_inclusion(entry, &self.rekor_keys)?;
+                }
+                result
+            }
+        };
+        let info = result.certificate().ok_or_else(|| {
+            CertificateError::Malformed("verified bundle reported no certificate".into())
+        })?;
+        Ok(VerifiedSignature {
+            signer: Signer::Certificate(CertificateIdentity::new(info, leaf.as_bytes())),
+            signing_times: times(result.verified_timestamps()),
+            tlog_entries: summarize(&bundle.verification_material.tlog_entries),
+        })
+    }
+
+    fn verify_with_key(
+        &self,
+        bundle: &Bundle,
+        artifact: ArtifactRef<'_>,
+        key: &PublicKey,
+    ) -> Result<VerifiedSignature, VerifyError> {
+        if !matches!(
+            bundle.verification_material.content,
+            VerificationMaterialContent::PublicKey(_)
+        ) {
+            return Err(CertificateError::WrongKind(
+                "signed with a Fulcio certificate, not a public key".into(),
+            )
+            .into());
+        }
+        // The library's key path verifies each SET once; nothing to optimize.
+        let policy = PublicKeyVerificationPolicy::new(key.der().clone());
+        let result = self
+            .verifier
+            .verify(artifact.to_library(), bundle, &policy)
+            .map_err(VerifyError::from_library)?;
+        Ok(VerifiedSignature {
+            signer: Signer::Key {
+                fingerprint: key.fingerprint().to_string(),
+                algorithm: key.kind().to_string(),
+            },
+            signing_times: times(result.verified_timestamps()),
+            tlog_entries: summarize(&bundle.verification_material.tlog_entries),
+        })
+    }
+}
+
+fn times(times: &[jiff::Timestamp]) -> Vec<String> {
+    let mut out: Vec<String> = times.iter().map(ToString::to_string).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn summarize(entries: &[TransparencyLogEntry]) -> Vec<LogEntrySummary> {
+    entries
+        .iter()
+        .map(|entry| LogEntrySummary {
+            log_id: hex::encode(entry.log_id.key_id.as_bytes()),
+            log_index: entry.log_index.get(),
+            kind: format!(
+                "{}/{}",
+                entry.kind_version.kind(),
+                entry.kind_version.version()
+            ),
+            integrated_time: entry.integrated_time.map(|t| t.to_string()),
+        })
+        .collect()
+}

@@ -1,0 +1,175 @@
+//! Trust material: the parsed `trusted_root.json` and everything derived from
+//! it that verification reuses.
+//!
+//! Parsing the root, validating its keys and certificates and building the
+//! library's `Verifier` happens once per root, not once per pull. The result is
+//! immutable and shared behind an `Arc`; [`TrustStore`] swaps it atomically when
+//! the root is rotated, and in-flight verifications keep the `Arc` they started
+//! with.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use rustls_pki_types::{CertificateDer, TrustAnchor};
+use sigstore_verify::crypto::Keyring;
+use sigstore_verify::trust_root::TrustedRoot;
+use sigstore_verify::types::TimeRange;
+
+use super::error::{one_line, TrustRootError};
+
+/// Upper bound for a trusted_root.json. Real roots are ~10 KiB; this refuses
+/// to parse something absurd handed over by a broken mirror.
+pub const MAX_TRUSTED_ROOT_BYTES: usize = 4 << 20;
+
+/// A Fulcio certificate usable as a path anchor, with its CA's validity window.
+pub(crate) struct FulcioAnchor {
+    pub(crate) anchor: TrustAnchor<'static>,
+    pub(crate) window: Option<TimeRange>,
+}
+
+/// Everything derived from one trusted root. Cheap to share (`Arc`), never mutated.
+pub struct TrustMaterial {
+    /// The parsed root, kept for reporting and for building views of it.
+    root: TrustedRoot,
+    /// The library verifier: validated keys, CT keyrings and Fulcio anchors.
+    pub(crate) verifier: sigstore_verify::Verifier,
+    /// Rekor keys parsed once, for the log checks we perform ourselves
+    /// (checkpoint, SET of legacy `.sig` bundles).
+    pub(crate) rekor_keys: Keyring,
+    /// Fulcio anchors for the legacy `rekord` path, which the library does not cover.
+    pub(crate) fulcio_anchors: Vec<FulcioAnchor>,
+    /// sha256 of the JSON this was built from, to report which root decided.
+    source_digest: String,
+}
+
+impl std::fmt::Debug for TrustMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrustMaterial")
+            .field("source_digest", &self.source_digest)
+            .field("tlogs", &self.root.tlogs.len())
+            .field("certificate_authorities", &self.root.certificate_authorities.len())
+            .field("ctlogs", &self.root.ctlogs.len())
+            .field("timestamp_authorities", &self.root.timestamp_authorities.len())
+            .finish()
+    }
+}
+
+impl TrustMaterial {
+    /// Parse a Sigstore TrustedRoot JSON document and prepare it for verification.
+    pub fn from_json(json: &str) -> Result<Self, TrustRootError> {
+        if json.len() > MAX_TRUSTED_ROOT_BYTES {
+            return Err(TrustRootError::Invalid(format!(
+                "{} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit",
+                json.len()
+            )));
+        }
+        let root = TrustedRoot::from_json(json)
+            .map_err(|e| TrustRootError::Invalid(one_line(&e.to_string())))?;
+        let source_digest = format!(
+            "sha256:{}",
+            sigstore_verify::crypto::sha256(json.as_bytes()).to_hex()
+        );
+        Self::from_root(root, source_digest)
+    }
+
+    /// Read and prepare a trusted_root.json file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrustRootError> {
+        let path = path.as_ref();
+        let read_error = |reason: String| TrustRootError::Read {
+            path: path.display().to_string(),
+            reason,
+        };
+        let len = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?.len();
+        if len > MAX_TRUSTED_ROOT_BYTES as u64 {
+            return Err(read_error(format!(
+                "{len} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit"
+            )));
+        }
+        let json = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
+        Self::from_json(&json)
+    }
+
+    /// The embedded Sigstore public-good production root shipped with the
+    /// library (possibly stale; the conformance CLI's default).
+    pub fn embedded_production() -> Result<Self, TrustRootError> {
+        Self::from_json(sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT)
+    }
+
+    /// The embedded Sigstore staging root (`verify-bundle --staging`).
+    pub fn embedded_staging() -> Result<Self, TrustRootError> {
+        Self::from_json(sigstore_verify::trust_root::SIGSTORE_STAGING_TRUSTED_ROOT)
+    }
+
+    fn from_root(root: TrustedRoot, source_digest: String) -> Result<Self, TrustRootError> {
+        let invalid = |e: &dyn std::fmt::Display| TrustRootError::Invalid(one_line(&e.to_string()));
+        let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| invalid(&e))?;
+        let rekor_keys = root.rekor_keys().map_err(|e| invalid(&e))?;
+        let mut fulcio_anchors = Vec::new();
+        for ca in &root.certificate_authorities {
+            for cert in &ca.cert_chain.certificates {
+                let der = CertificateDer::from(cert.raw_bytes.as_bytes());
+                let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| invalid(&e))?;
+                fulcio_anchors.push(FulcioAnchor {
+                    anchor: anchor.to_owned(),
+                    window: ca.valid_for,
+                });
+            }
+        }
+        Ok(Self {
+            root,
+            verifier,
+            rekor_keys,
+            fulcio_anchors,
+            source_digest,
+        })
+    }
+
+    /// The parsed trusted root.
+    pub fn trusted_root(&self) -> &TrustedRoot {
+        &self.root
+    }
+
+    /// `sha256:<hex>` of the JSON this material was built from.
+    pub fn source_digest(&self) -> &str {
+        &self.source_digest
+    }
+}
+
+/// The current trust material, swappable while verifications are running.
+///
+/// Readers take a cheap `Arc` clone under a short read lock and then verify
+/// without holding any lock, so a root rotation never blocks or tears a
+/// verification that is already under way.
+#[derive(Debug)]
+pub struct TrustStore {
+    current: RwLock<Arc<TrustMaterial>>,
+}
+
+impl TrustStore {
+    /// Start with `material`.
+    pub fn new(material: TrustMaterial) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(material)),
+        }
+    }
+
+    /// The material to use for the next verification.
+    pub fn current(&self) -> Arc<TrustMaterial> {
+        // A poisoned lock only means a writer panicked after (or before)
+        // storing a complete Arc; the value itself is always consistent.
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Atomically install new material, returning the previous one.
+    pub fn replace(&self, material: TrustMaterial) -> Arc<TrustMaterial> {
+        let new = Arc::new(material);
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::replace(&mut *guard, new)
+    }
+}
