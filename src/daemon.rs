@@ -25,7 +25,7 @@ pub async fn run(
         None => Listener::bind(&config.listen, config.socket_mode.0, config.socket_group)?,
     };
     let upstream = Upstream::new(&config.upstream, config.upstream_connection.clone());
-    let proxy = Arc::new(Proxy::new(upstream, config.access.clone()));
+    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), None));
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream.display(),

@@ -41,6 +41,11 @@ impl Buffered {
     pub fn new(data: Option<Bytes>, trailers: Option<HeaderMap>) -> Self {
         Buffered { data: data.filter(|d| !d.is_empty()), trailers }
     }
+
+    /// The body bytes, if any.
+    pub fn into_data(self) -> Option<Bytes> {
+        self.data
+    }
 }
 
 impl Body for Buffered {

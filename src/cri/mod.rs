@@ -2,6 +2,7 @@
 
 pub mod grpc;
 pub mod images;
+pub mod intercept;
 pub mod listener;
 pub mod proxy;
 pub mod server;

@@ -7,20 +7,20 @@
 //! upstream call, because dropping the response body resets the upstream stream.
 //!
 //! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer) are buffered and
-//! decoded; even then the original request bytes are forwarded unless a decision changes them.
+//! decoded (`intercept.rs`); even then the original request bytes are forwarded unless a
+//! decision changes them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use prost::Message;
 
-use super::api;
 use super::grpc::{self, Buffered, Code};
+use super::images::ContainerdImages;
+use super::intercept::Gate;
 use super::upstream::Upstream;
 use crate::config::Access;
 
@@ -36,10 +36,6 @@ pub mod method {
     pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
 }
 
-/// Bound on a buffered (intercepted) request or response body. CRI requests are small; a
-/// larger one is refused rather than buffered without limit.
-const MAX_BUFFERED_BODY: usize = 16 << 20;
-
 /// Who is calling, from `SO_PEERCRED` of their connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -52,11 +48,24 @@ pub struct Peer {
 pub struct Proxy {
     upstream: Upstream,
     access: Access,
+    /// Decides PullImage and CreateContainer; `None` runs as a pure pass-through.
+    gate: Option<Arc<dyn Gate>>,
+    /// containerd's image records (to tag digest-pinned pulls).
+    images: ContainerdImages,
 }
 
 impl Proxy {
-    pub fn new(upstream: Upstream, access: Access) -> Self {
-        Proxy { upstream, access }
+    pub fn new(upstream: Upstream, access: Access, gate: Option<Arc<dyn Gate>>) -> Self {
+        let images = ContainerdImages::new(upstream.path());
+        Proxy { upstream, access, gate, images }
+    }
+
+    pub fn gate(&self) -> Option<&Arc<dyn Gate>> {
+        self.gate.as_ref()
+    }
+
+    pub fn images(&self) -> &ContainerdImages {
+        &self.images
     }
 
     pub fn upstream(&self) -> &Upstream {
@@ -101,98 +110,6 @@ impl Proxy {
             }
         }
     }
-
-    /// A call pullgate decodes: buffered, logged with what it asked for and how it ended, and
-    /// forwarded with its original bytes.
-    async fn intercepted(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: {e}")),
-        };
-        let path = parts.uri.path().to_owned();
-        let what = describe_request(&path, &body);
-        let resp = self.forward(Request::from_parts(parts, Either::Right(Full::new(body)))).await;
-        let (resp, code, message) = buffer_response(resp).await;
-        let ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
-        let method = path.rsplit('/').next().unwrap_or(&path);
-        let CallInfo { image, pod, container, undecodable } = what;
-        let code = code.unwrap_or(-1);
-        tracing::info!(
-            method,
-            image,
-            pod,
-            container,
-            undecodable,
-            code,
-            error = (code != 0).then_some(message),
-            ms,
-            "call"
-        );
-        resp
-    }
-}
-
-/// What an intercepted request asks for, for its log line.
-#[derive(Debug, Default, PartialEq)]
-struct CallInfo {
-    image: String,
-    /// `namespace/name` of the pod, when the request carries its sandbox config.
-    pod: String,
-    /// Container name (CreateContainer).
-    container: String,
-    /// Why the request could not be decoded, if it could not.
-    undecodable: Option<String>,
-}
-
-fn describe_request(path: &str, body: &Bytes) -> CallInfo {
-    let msg = match grpc::unary_message(body) {
-        Ok(m) => m,
-        Err(e) => return CallInfo { undecodable: Some(e.to_string()), ..Default::default() },
-    };
-    let pod = |cfg: Option<&api::PodSandboxConfig>| {
-        cfg.and_then(|c| c.metadata.as_ref()).map(|m| format!("{}/{}", m.namespace, m.name)).unwrap_or_default()
-    };
-    let image = |spec: Option<api::ImageSpec>| spec.map(|i| i.image).unwrap_or_default();
-    let decoded = match path {
-        method::PULL_IMAGE => api::PullImageRequest::decode(msg)
-            .map(|r| CallInfo { pod: pod(r.sandbox_config.as_ref()), image: image(r.image), ..Default::default() }),
-        method::IMAGE_STATUS => api::ImageStatusRequest::decode(msg).map(|r| CallInfo { image: image(r.image), ..Default::default() }),
-        method::CREATE_CONTAINER => api::CreateContainerRequest::decode(msg).map(|r| {
-            let c = r.config.unwrap_or_default();
-            CallInfo {
-                pod: pod(r.sandbox_config.as_ref()),
-                image: image(c.image),
-                container: c.metadata.map(|m| m.name).unwrap_or_default(),
-                undecodable: None,
-            }
-        }),
-        _ => Ok(CallInfo::default()),
-    };
-    decoded.unwrap_or_else(|e| CallInfo { undecodable: Some(e.to_string()), ..Default::default() })
-}
-
-/// Reads a (unary) response completely, to learn its status; returns an equivalent response.
-async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody>, Option<i32>, String) {
-    let header_code = Code::from_header(resp.headers().get("grpc-status"));
-    let header_msg = resp.headers().get("grpc-message").map(|v| grpc::decode_message(v.as_bytes()));
-    let (parts, body) = resp.into_parts();
-    match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().cloned();
-            let code = header_code.or_else(|| trailers.as_ref().and_then(|t| Code::from_header(t.get("grpc-status"))));
-            let message = header_msg
-                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-message")).map(|v| grpc::decode_message(v.as_bytes())))
-                .unwrap_or_default();
-            let body = Buffered::new(Some(collected.to_bytes()), trailers);
-            (Response::from_parts(parts, Either::Right(body)), code, message)
-        }
-        Err(e) => {
-            let msg = format!("containerd's response could not be read: {e}");
-            (grpc::status_response(Code::Unavailable, &msg), Some(Code::Unavailable as i32), msg)
-        }
-    }
 }
 
 /// The URI to send upstream: HTTP/2 needs a scheme and authority. The caller's authority is kept
@@ -221,19 +138,4 @@ mod tests {
         assert_eq!(upstream_uri(&Uri::from_static("http://foo:1/a.B/C")), "http://foo:1/a.B/C");
     }
 
-    #[test]
-    fn describes_pull_requests() {
-        let req = api::PullImageRequest {
-            image: Some(api::ImageSpec { image: "reg/app:1".into(), ..Default::default() }),
-            sandbox_config: Some(api::PodSandboxConfig {
-                metadata: Some(api::PodSandboxMetadata { name: "web".into(), namespace: "prod".into(), ..Default::default() }),
-            }),
-            ..Default::default()
-        };
-        let body = grpc::frame(&req.encode_to_vec());
-        let info = describe_request(method::PULL_IMAGE, &body);
-        assert_eq!((info.image.as_str(), info.pod.as_str()), ("reg/app:1", "prod/web"));
-        assert!(describe_request(method::PULL_IMAGE, &Bytes::from_static(b"x")).undecodable.is_some());
-        assert!(describe_request(method::PULL_IMAGE, &grpc::frame(b"\xff")).undecodable.is_some());
-    }
 }

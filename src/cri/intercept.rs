@@ -1,0 +1,296 @@
+//! The calls pullgate decodes: PullImage, ImageStatus and CreateContainer.
+//!
+//! The proxy does the mechanics here (buffer, decode, ask the [`Gate`], edit, forward, refuse);
+//! what to decide lives behind the [`Gate`] trait (`crate::enforce`). Without a gate (no
+//! `--config`), these calls are only logged and forwarded with their original bytes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use prost::Message;
+
+use super::api;
+use super::grpc::{self, Buffered, Code};
+use super::proxy::{method, Proxy, ResponseBody};
+use super::wire;
+
+/// Bound on a buffered (intercepted) request or response body. CRI requests are small; a
+/// larger one is refused rather than buffered without limit.
+const MAX_BUFFERED_BODY: usize = 16 << 20;
+
+/// Prefix kubelet recognises: it reports the pod's image error as `SignatureValidationFailed`.
+pub const REFUSAL_PREFIX: &str = "SignatureValidationFailed: ";
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A PullImage as the gate sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PullCall {
+    /// The reference kubelet asked for, as written.
+    pub image: String,
+    /// The pod's namespace, from the sandbox config kubelet sends along.
+    pub namespace: Option<String>,
+    pub pod: String,
+    /// Registry credentials kubelet passed (image pull secrets).
+    pub auth: Option<api::AuthConfig>,
+}
+
+/// What to do with a PullImage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PullVerdict {
+    /// Forward unchanged.
+    Forward,
+    /// Have containerd pull exactly `reference` (`repo@sha256:...`, the verified digest), then
+    /// point image record `tag_as` (the normalised `repo:tag` kubelet asked for) at it.
+    Pin { reference: String, tag_as: Option<String> },
+    /// Refuse with this one-line reason.
+    Refuse(String),
+}
+
+/// A CreateContainer as the gate sees it.
+#[derive(Debug, Clone, Default)]
+pub struct CreateCall {
+    /// The image as given in the container config (an image ID or a reference).
+    pub image: String,
+    pub namespace: Option<String>,
+    pub pod: String,
+    pub container: String,
+    /// What containerd knows of that image (`None`: not present).
+    pub status: Option<api::Image>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateVerdict {
+    Forward,
+    Refuse(String),
+}
+
+/// The decision maker behind PullImage and CreateContainer.
+pub trait Gate: Send + Sync + 'static {
+    fn pull<'a>(&'a self, call: &'a PullCall) -> BoxFuture<'a, PullVerdict>;
+    fn create<'a>(&'a self, call: &'a CreateCall) -> BoxFuture<'a, CreateVerdict>;
+}
+
+fn refusal(reason: &str) -> Response<ResponseBody> {
+    // One line, so the kubelet event stays readable.
+    let line: String = reason.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    grpc::status_response(Code::Unknown, &format!("{REFUSAL_PREFIX}{line}"))
+}
+
+fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, String) {
+    match cfg.and_then(|c| c.metadata.as_ref()) {
+        Some(m) => (Some(m.namespace.clone()), format!("{}/{}", m.namespace, m.name)),
+        None => (None, String::new()),
+    }
+}
+
+impl Proxy {
+    /// Serves a call pullgate decodes.
+    pub(super) async fn intercepted(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: {e}")),
+        };
+        let path = parts.uri.path().to_owned();
+        let method = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        let decoded = grpc::unary_message(&body).map_err(|e| e.to_string());
+
+        let (resp, info) = match (path.as_str(), decoded) {
+            (method::PULL_IMAGE, Ok(msg)) => match api::PullImageRequest::decode(msg.clone()) {
+                Ok(r) => self.pull_image(parts, body, &msg, r).await,
+                Err(e) => self.undecodable(parts, body, e.to_string()).await,
+            },
+            (method::CREATE_CONTAINER, Ok(msg)) => match api::CreateContainerRequest::decode(msg) {
+                Ok(r) => self.create_container(parts, body, r).await,
+                Err(e) => self.undecodable(parts, body, e.to_string()).await,
+            },
+            (method::IMAGE_STATUS, Ok(msg)) => {
+                let image = api::ImageStatusRequest::decode(msg).ok().and_then(|r| r.image).map(|i| i.image).unwrap_or_default();
+                let resp = self.forward_buffered(parts, body).await;
+                (resp, CallLog { image, ..Default::default() })
+            }
+            (_, Ok(_)) => (self.forward_buffered(parts, body).await, CallLog::default()),
+            (_, Err(e)) => self.undecodable(parts, body, e).await,
+        };
+        let (resp, code, message) = buffer_response(resp).await;
+        let ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
+        let CallLog { image, pod, container, verdict, undecodable } = info;
+        tracing::info!(
+            method,
+            image,
+            pod,
+            container,
+            verdict,
+            undecodable,
+            code,
+            error = (code != 0).then_some(message),
+            ms,
+            "call"
+        );
+        resp
+    }
+
+    /// A request pullgate cannot decode: with a gate, it cannot be checked, so it is refused;
+    /// without one it is forwarded for containerd to judge.
+    async fn undecodable(&self, parts: http::request::Parts, body: Bytes, why: String) -> (Response<ResponseBody>, CallLog) {
+        let log = CallLog { undecodable: Some(why.clone()), ..Default::default() };
+        if self.gate().is_some() {
+            return (refusal(&format!("pullgate cannot decode this {} request ({why}), so it cannot check it", parts.uri.path())), log);
+        }
+        (self.forward_buffered(parts, body).await, log)
+    }
+
+    async fn forward_buffered(&self, parts: http::request::Parts, body: Bytes) -> Response<ResponseBody> {
+        self.forward(Request::from_parts(parts, Either::Right(Full::new(body)))).await
+    }
+
+    async fn pull_image(&self, parts: http::request::Parts, body: Bytes, msg: &Bytes, req: api::PullImageRequest) -> (Response<ResponseBody>, CallLog) {
+        let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
+        let image = req.image.map(|i| i.image).unwrap_or_default();
+        let mut log = CallLog { image: image.clone(), pod: pod.clone(), ..Default::default() };
+        let Some(gate) = self.gate() else {
+            return (self.forward_buffered(parts, body).await, log);
+        };
+        let call = PullCall { image, namespace, pod, auth: req.auth };
+        match gate.pull(&call).await {
+            PullVerdict::Forward => {
+                log.verdict = Some("forward".into());
+                (self.forward_buffered(parts, body).await, log)
+            }
+            PullVerdict::Refuse(reason) => {
+                log.verdict = Some("refused".into());
+                (refusal(&reason), log)
+            }
+            PullVerdict::Pin { reference, tag_as } => {
+                log.verdict = Some(format!("pinned to {reference}"));
+                let edited = match wire::set_string_field(msg, &[1, 1], reference.as_bytes()) {
+                    Ok(m) => grpc::frame(&m),
+                    Err(e) => return (refusal(&format!("cannot pin the pull to {reference}: {e}")), log),
+                };
+                let resp = self.forward_buffered(parts, edited).await;
+                let (resp, code, _) = buffer_response(resp).await;
+                if code == 0 {
+                    if let Some(tag) = tag_as {
+                        // containerd recorded the image under `reference`; add the tag kubelet
+                        // asked for so its ImageStatus finds the image.
+                        if let Err(e) = self.images().tag(&reference, &tag).await {
+                            tracing::warn!(image = %tag, pinned = %reference, error = %e,
+                                "pulled the verified digest but could not tag it; kubelet will not find the image by tag and will pull again");
+                        }
+                    }
+                }
+                (resp, log)
+            }
+        }
+    }
+
+    async fn create_container(&self, parts: http::request::Parts, body: Bytes, req: api::CreateContainerRequest) -> (Response<ResponseBody>, CallLog) {
+        let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
+        let config = req.config.unwrap_or_default();
+        let image = config.image.map(|i| i.image).unwrap_or_default();
+        let container = config.metadata.map(|m| m.name).unwrap_or_default();
+        let mut log = CallLog { image: image.clone(), pod: pod.clone(), container: container.clone(), ..Default::default() };
+        let Some(gate) = self.gate() else {
+            return (self.forward_buffered(parts, body).await, log);
+        };
+        let status = match self.image_status(&image).await {
+            Ok(s) => s,
+            Err(e) => {
+                log.verdict = Some("refused".into());
+                return (refusal(&format!("cannot look up image {image} in containerd to check it: {e}")), log);
+            }
+        };
+        let call = CreateCall { image, namespace, pod, container, status };
+        match gate.create(&call).await {
+            CreateVerdict::Forward => {
+                log.verdict = Some("forward".into());
+                (self.forward_buffered(parts, body).await, log)
+            }
+            CreateVerdict::Refuse(reason) => {
+                log.verdict = Some("refused".into());
+                (refusal(&reason), log)
+            }
+        }
+    }
+
+    /// containerd's CRI `ImageStatus` for `image`, asked by pullgate itself.
+    pub async fn image_status(&self, image: &str) -> Result<Option<api::Image>, String> {
+        let req = api::ImageStatusRequest { image: Some(api::ImageSpec { image: image.into(), ..Default::default() }), verbose: false };
+        let http_req = Request::builder()
+            .method("POST")
+            .uri(method::IMAGE_STATUS)
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", "10S")
+            .body(Either::Right(Full::new(grpc::frame(&req.encode_to_vec()))))
+            .map_err(|e| e.to_string())?;
+        let (resp, code, message) = buffer_response(self.forward(http_req).await).await;
+        if code != 0 {
+            return Err(format!("ImageStatus failed with code {code}: {message}"));
+        }
+        let body = resp.into_body();
+        let bytes = match body {
+            Either::Right(b) => b.into_data(),
+            Either::Left(_) => None,
+        }
+        .unwrap_or_default();
+        let msg = grpc::unary_message(&bytes).map_err(|e| e.to_string())?;
+        let status = api::ImageStatusResponse::decode(msg).map_err(|e| e.to_string())?;
+        Ok(status.image.filter(|i| !i.id.is_empty()))
+    }
+}
+
+/// What the log line of an intercepted call says.
+#[derive(Debug, Default)]
+struct CallLog {
+    image: String,
+    /// `namespace/name` of the pod.
+    pod: String,
+    container: String,
+    /// What the gate decided, when there is one.
+    verdict: Option<String>,
+    undecodable: Option<String>,
+}
+
+/// Reads a (unary) response completely, to learn its status; returns an equivalent response,
+/// the gRPC code and message.
+async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody>, i32, String) {
+    let header_code = Code::from_header(resp.headers().get("grpc-status"));
+    let header_msg = resp.headers().get("grpc-message").map(|v| grpc::decode_message(v.as_bytes()));
+    let (parts, body) = resp.into_parts();
+    match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            let code = header_code.or_else(|| trailers.as_ref().and_then(|t| Code::from_header(t.get("grpc-status"))));
+            let message = header_msg
+                .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-message")).map(|v| grpc::decode_message(v.as_bytes())))
+                .unwrap_or_default();
+            let body = Buffered::new(Some(collected.to_bytes()), trailers);
+            (Response::from_parts(parts, Either::Right(body)), code.unwrap_or(Code::Unknown as i32), message)
+        }
+        Err(e) => {
+            let msg = format!("containerd's response could not be read: {e}");
+            (grpc::status_response(Code::Unavailable, &msg), Code::Unavailable as i32, msg)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_one_line_with_the_kubelet_prefix() {
+        let r = refusal("image x denied:\n  no signatures found");
+        let msg = grpc::decode_message(r.headers()["grpc-message"].as_bytes());
+        assert_eq!(msg, "SignatureValidationFailed: image x denied: no signatures found");
+        assert_eq!(r.headers()["grpc-status"], "2");
+    }
+}
