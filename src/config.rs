@@ -32,10 +32,23 @@ pub struct Config {
     /// How pullgate talks to containerd.
     pub upstream_connection: UpstreamConnection,
     /// How long SIGTERM waits for in-flight calls before closing them.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de_duration")]
     pub drain_timeout: Duration,
     /// Log output.
     pub log: Log,
+    /// Which images need signatures by whom. Without it, pullgate checks nothing (pure
+    /// pass-through, with a warning at start).
+    pub policy: Option<crate::enforce::policy::PolicyConfig>,
+    /// The node's registry mirrors (containerd's hosts directory) and discovery limits.
+    pub registry: crate::registry::RegistryConfig,
+    /// The mirrored Sigstore trust root: where it is installed and how fresh it must be.
+    pub trust_root: crate::trust::TrustRootConfig,
+    /// The decision cache.
+    pub cache: crate::enforce::gate::CacheConfig,
+    /// Where decisions are recorded.
+    pub audit: crate::enforce::audit::AuditConfig,
+    /// Node name in audit records; default: the host name.
+    pub node_name: Option<String>,
 }
 
 impl Default for Config {
@@ -49,6 +62,12 @@ impl Default for Config {
             upstream_connection: UpstreamConnection::default(),
             drain_timeout: Duration::from_secs(10),
             log: Log::default(),
+            policy: None,
+            registry: Default::default(),
+            trust_root: Default::default(),
+            cache: Default::default(),
+            audit: Default::default(),
+            node_name: None,
         }
     }
 }
@@ -75,13 +94,13 @@ impl Access {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConnection {
     /// Bound on connecting and the HTTP/2 handshake; a call fails with `Unavailable` past it.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
     /// After a failed connect, calls fail fast for this long before the next attempt; the wait
     /// doubles on each failure up to `max_backoff`.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de_duration")]
     pub initial_backoff: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "de_duration")]
     pub max_backoff: Duration,
 }
 
@@ -155,7 +174,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     d.ok_or_else(|| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Deserializes a duration written as in [`parse_duration`].
+pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
 }
@@ -223,12 +243,25 @@ impl Config {
             }
             err(key_path.clone(), message)
         })?;
-        config.validate().map_err(|(key, message)| err(Some(key.into()), message))?;
+        config.validate().map_err(|(key, message)| err(Some(key), message))?;
         Ok(config)
     }
 
     /// Checks that go beyond types: paths absolute, bounds sane.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_proxy().map_err(|(k, m)| (k.to_string(), m))?;
+        self.registry.validate().map_err(|(k, m)| (format!("registry.{k}"), m))?;
+        self.trust_root.validate().map_err(|(k, m)| (k.to_string(), m))?;
+        if let Some(policy) = &self.policy {
+            policy.compile(0).map_err(|e| (e.key, e.message))?;
+        }
+        if self.cache.capacity == 0 {
+            return Err(("cache.capacity".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn validate_proxy(&self) -> Result<(), (&'static str, String)> {
         for (key, path) in [("listen", &self.listen), ("upstream", &self.upstream)] {
             if !path.is_absolute() {
                 return Err((key, format!("expected an absolute socket path, got {:?}", path.display())));

@@ -1,37 +1,161 @@
 //! `pullgate serve`: wires the configuration to the proxy and runs it until a signal.
+//!
+//! SIGHUP reloads the policy from the configuration file and the installed trust root: a valid
+//! new policy or root is swapped in atomically (in-flight decisions finish on the old one); an
+//! invalid one is refused, logged, and the last good one stays in force.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::cri::intercept::Gate;
 use crate::cri::listener::{ListenError, Listener};
 use crate::cri::proxy::Proxy;
 use crate::cri::server;
 use crate::cri::upstream::Upstream;
+use crate::enforce::audit::AuditLog;
+use crate::enforce::checker::MirrorChecker;
+use crate::enforce::gate::Enforcer;
+use crate::registry::Registry;
+use crate::trust::{StateDir, SystemClock, TrustHandle};
 
-/// Runs the daemon until `shutdown` resolves. Fails only if the socket cannot be set up.
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
+    #[error("policy: {0}")]
+    Policy(String),
+}
+
+/// The enforcement side of a running daemon, kept for reloads.
+struct Enforcement {
+    enforcer: Arc<Enforcer>,
+    trust: Arc<TrustHandle>,
+    /// Generation of the policy in force; the next reload uses the next number.
+    policy_generation: AtomicU64,
+    config_path: Option<PathBuf>,
+}
+
+/// The host name, for audit records.
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
+}
+
+fn build_enforcement(config: &Config, config_path: Option<&Path>) -> Result<Option<Enforcement>, StartError> {
+    let Some(policy_config) = &config.policy else {
+        return Ok(None);
+    };
+    let policy = policy_config.compile(1).map_err(|e| StartError::Policy(e.to_string()))?;
+    let trust = Arc::new(TrustHandle::new(
+        StateDir::new(&config.trust_root.state_dir),
+        config.trust_root.policy(),
+        Arc::new(SystemClock),
+    ));
+    match trust.reload() {
+        Ok(outcome) => tracing::info!(state_dir = %config.trust_root.state_dir.display(), ?outcome, "trust root loaded"),
+        Err(e) => tracing::error!(
+            state_dir = %config.trust_root.state_dir.display(),
+            error = %e,
+            "no usable trust root: enforce-mode pulls will be refused until `pullgate trust-root import` installs one"
+        ),
+    }
+    let registry = Registry::new(config.registry.clone());
+    let checker = Arc::new(MirrorChecker::new(registry, trust.clone()));
+    let audit = AuditLog::new(&config.audit).map_err(StartError::Audit)?;
+    let node = config.node_name.clone().unwrap_or_else(hostname);
+    let enforcer = Arc::new(Enforcer::new(policy, &config.cache, checker, audit, node));
+    tracing::info!(
+        policies = policy_config.policies.len(),
+        exemptions = policy_config.exemptions.len(),
+        unmatched = ?policy_config.unmatched,
+        "enforcement on"
+    );
+    Ok(Some(Enforcement { enforcer, trust, policy_generation: AtomicU64::new(1), config_path: config_path.map(Path::to_owned) }))
+}
+
+impl Enforcement {
+    /// SIGHUP: re-read the policy and the trust root; keep the last good of each.
+    fn reload(&self) {
+        if let Some(path) = &self.config_path {
+            match Config::load(path) {
+                Ok(cfg) => match cfg.policy {
+                    Some(p) => {
+                        let generation = self.policy_generation.fetch_add(1, Ordering::SeqCst) + 1;
+                        match p.compile(generation) {
+                            Ok(set) => {
+                                self.enforcer.replace_policy(set);
+                                tracing::info!(generation, "policy reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
+                        }
+                    }
+                    None => tracing::error!(
+                        "policy reload refused: the new configuration has no `policy` section (switching enforcement off needs a restart); the previous policy stays in force"
+                    ),
+                },
+                Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous policy stays in force"),
+            }
+        }
+        match self.trust.reload() {
+            Ok(outcome) => tracing::info!(?outcome, "trust root reloaded"),
+            Err(e) => tracing::error!(error = %e, "trust root reload refused; the previous root stays in force"),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves. Fails only if it cannot start.
 ///
 /// `activated` is the socket systemd passed, if any (see [`Listener::systemd_socket`]); without
-/// it pullgate binds `config.listen` itself.
+/// it pullgate binds `config.listen` itself. `config_path` is re-read on SIGHUP.
 pub async fn run(
     config: Config,
+    config_path: Option<&Path>,
     activated: Option<std::os::unix::net::UnixListener>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ListenError> {
+) -> Result<(), StartError> {
     let started = Instant::now();
+    let enforcement = build_enforcement(&config, config_path)?;
     let listener = match activated {
         Some(socket) => Listener::activated(socket)?,
         None => Listener::bind(&config.listen, config.socket_mode.0, config.socket_group)?,
     };
     let upstream = Upstream::new(&config.upstream, config.upstream_connection.clone());
-    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), None));
+    let gate = enforcement.as_ref().map(|e| e.enforcer.clone() as Arc<dyn Gate>);
+    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), gate));
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream.display(),
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "pullgate is accepting CRI calls"
     );
+    let enforcement = enforcement.map(Arc::new);
+    if let Some(e) = &enforcement {
+        let watcher = e.trust.clone();
+        let interval = config.trust_root.watch_interval;
+        tokio::spawn(async move { watcher.watch(interval, std::future::pending()).await });
+    }
+    // Always handle SIGHUP: its default action would terminate the process.
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match &enforcement {
+                Some(e) => {
+                    tracing::info!("SIGHUP received: reloading policy and trust root");
+                    let e = e.clone();
+                    // Reading files and verifying a root: off the reactor.
+                    let _ = tokio::task::spawn_blocking(move || e.reload()).await;
+                }
+                None => tracing::info!("SIGHUP received: no policy configured, nothing to reload"),
+            }
+        }
+    });
     server::serve(listener, proxy, shutdown, config.drain_timeout).await;
     Ok(())
 }

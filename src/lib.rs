@@ -8,7 +8,10 @@
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
 //! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
 //!   cache and the audit log.
+//! - [`registry`]: the node's registry mirror, found like containerd does: digests and
+//!   signature discovery.
 //! - [`policy`]: whom we accept: keyless identities, keys, authorities and thresholds.
+//! - [`trust`]: the mirrored trust root: TUF import, freshness, hot reload, status.
 //! - [`verify`]: offline Sigstore verification of image signatures (bundles, cosign legacy).
 #![forbid(unsafe_code)]
 
@@ -17,4 +20,6 @@ pub mod cri;
 pub mod daemon;
 pub mod enforce;
 pub mod policy;
+pub mod registry;
+pub mod trust;
 pub mod verify;

@@ -32,6 +32,22 @@ enum Command {
     /// Work with configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check an image on the registry mirror, offline: resolve it, find its signatures and
+    /// verify them against the policy and the mirrored trust root. Exit 0 only when verified.
+    Verify(pullgate::enforce::verify_cmd::VerifyArgs),
+    /// Verify an image's signature from files (digest + bundle or legacy signature files), for
+    /// build pipelines: no registry needed.
+    VerifyImageFiles(pullgate::verify::cli::VerifyImageFilesArgs),
+    /// The sigstore-conformance client protocol: verify one bundle against an artifact or
+    /// digest. Lets anyone run Sigstore's own conformance suite against pullgate.
+    VerifyBundle(pullgate::verify::cli::VerifyBundleArgs),
+    /// Import, inspect and check the mirrored Sigstore trust root.
+    #[command(subcommand)]
+    TrustRoot(pullgate::trust::cli::TrustRootCommand),
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[derive(Args)]
@@ -55,6 +71,9 @@ struct ServeArgs {
     /// Log filter (`info`, `debug`, `pullgate=debug`); overrides `log.level`. RUST_LOG also works.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// Threads that serve calls. 0 runs everything on one thread (a current-thread runtime).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    worker_threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +89,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Verify(args) => exit(pullgate::enforce::verify_cmd::run_verify(args)),
+        Command::VerifyImageFiles(args) => exit(pullgate::verify::cli::run_verify_image_files(args)),
+        Command::VerifyBundle(args) => exit(pullgate::verify::cli::run_verify_bundle(args)),
+        Command::TrustRoot(cmd) => exit(pullgate::trust::cli::run(&cmd)),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
@@ -112,6 +135,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if args.config.is_none() {
         tracing::warn!("no --config given: running as a pure pass-through proxy, no image is checked");
+    } else if config.policy.is_none() {
+        tracing::warn!("the configuration has no `policy` section: running as a pure pass-through proxy, no image is checked");
     }
     // Before any thread exists: this edits the environment.
     let activated = match pullgate::cri::listener::Listener::systemd_socket() {
@@ -121,15 +146,28 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let mut builder = match args.worker_threads {
+        0 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pullgate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(pullgate::daemon::run(config, activated, pullgate::daemon::termination_signal())) {
+    let shutdown = pullgate::daemon::termination_signal();
+    match runtime.block_on(pullgate::daemon::run(config, args.config.as_deref(), activated, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ pullgate::daemon::StartError::Policy(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(EX_USAGE)
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE

@@ -5,6 +5,7 @@ pub mod images;
 pub mod intercept;
 pub mod listener;
 pub mod proxy;
+pub mod relay;
 pub mod server;
 pub mod upstream;
 pub mod wire;

@@ -21,13 +21,14 @@ use hyper::body::Incoming;
 use super::grpc::{self, Buffered, Code};
 use super::images::ContainerdImages;
 use super::intercept::Gate;
+use super::relay::UpstreamBody;
 use super::upstream::Upstream;
 use crate::config::Access;
 
 /// A request as sent to containerd: the caller's own stream, or bytes pullgate buffered.
 pub type RequestBody = Either<Incoming, Full<Bytes>>;
 /// A response as sent to the caller: containerd's own stream, or one pullgate made or buffered.
-pub type ResponseBody = Either<Incoming, Buffered>;
+pub type ResponseBody = Either<UpstreamBody, Buffered>;
 
 /// gRPC paths of the calls pullgate decodes.
 pub mod method {
@@ -87,7 +88,9 @@ impl Proxy {
             return Ok(grpc::status_response(Code::PermissionDenied, &msg));
         }
         let resp = match req.uri().path() {
-            method::PULL_IMAGE | method::IMAGE_STATUS | method::CREATE_CONTAINER => self.intercepted(req).await,
+            // Boxed: the intercepted path's state is large, and the future of every call (which
+            // tokio copies when it spawns it) would otherwise be that large too.
+            method::PULL_IMAGE | method::IMAGE_STATUS | method::CREATE_CONTAINER => Box::pin(self.intercepted(req)).await,
             _ => self.forward(req.map(Either::Left)).await,
         };
         Ok(resp)
@@ -95,13 +98,14 @@ impl Proxy {
 
     /// Sends a request to containerd and returns its response as a stream.
     pub async fn forward(&self, req: Request<RequestBody>) -> Response<ResponseBody> {
-        let mut sender = match self.upstream.sender().await {
+        let sender = match self.upstream.sender().await {
             Ok(s) => s,
             Err(e) => return grpc::status_response(Code::Unavailable, &e.to_string()),
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = upstream_uri(&parts.uri);
-        match sender.send_request(Request::from_parts(parts, body)).await {
+        prepare_headers(&mut parts, &body);
+        match sender.clone().call(Request::from_parts(parts, ()), body).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => {
                 self.upstream.reset(&sender);
@@ -122,6 +126,37 @@ fn upstream_uri(uri: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }
 
+/// What hyper's client did to a request before sending it, and h2 requires: no
+/// connection-specific headers (RFC 9113 8.2.2; `te` only as `trailers`), and a
+/// `content-length` when the body's length is known (pullgate's own buffered bodies).
+fn prepare_headers(parts: &mut http::request::Parts, body: &RequestBody) {
+    use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+    use http::Method;
+    let h = &mut parts.headers;
+    for name in [TRANSFER_ENCODING, UPGRADE] {
+        h.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        h.remove(name);
+    }
+    if h.get(TE).is_some_and(|v| v != "trailers") {
+        h.remove(TE);
+    }
+    if let Some(named) = h.remove(CONNECTION) {
+        // It may name other headers that are meant for this connection only.
+        if let Ok(named) = named.to_str() {
+            for name in named.split(',') {
+                h.remove(name.trim());
+            }
+        }
+    }
+    if let Some(len) = http_body::Body::size_hint(body).exact() {
+        if len != 0 || !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) {
+            h.entry(CONTENT_LENGTH).or_insert_with(|| http::HeaderValue::from(len));
+        }
+    }
+}
+
 impl From<Buffered> for ResponseBody {
     fn from(b: Buffered) -> Self {
         Either::Right(b)
@@ -138,4 +173,28 @@ mod tests {
         assert_eq!(upstream_uri(&Uri::from_static("http://foo:1/a.B/C")), "http://foo:1/a.B/C");
     }
 
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    fn fut_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    #[test]
+    fn probe_future_sizes() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _g = rt.enter();
+        let up = Upstream::new(std::path::Path::new("/nonexistent"), Default::default());
+        let proxy = Arc::new(Proxy::new(up, Default::default(), None));
+        let peer = Peer { uid: 0, gid: 0, pid: None };
+        let p = proxy.clone();
+        eprintln!("handle: {}", fut_size(move |req: Request<Incoming>| p.clone().handle(peer, req)));
+        let p = proxy.clone();
+        eprintln!("forward: {}", fut_size(move |req: Request<RequestBody>| async move { p.forward(req).await }));
+        let p = proxy.clone();
+        eprintln!("intercepted: {}", fut_size(move |req: Request<Incoming>| async move { p.intercepted(req).await }));
+        let p = proxy.clone();
+        eprintln!("sender: {}", fut_size(move |_: ()| async move { p.upstream().sender().await.is_ok() }));
+    }
 }

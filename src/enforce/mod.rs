@@ -3,4 +3,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod checker;
+pub mod gate;
 pub mod policy;
+pub mod verify_cmd;

@@ -180,6 +180,19 @@ pub struct ImagePolicy {
     pub multi_arch: MultiArch,
 }
 
+impl ImagePolicy {
+    /// A policy that is not from configuration (e.g. `pullgate verify` identity flags): it
+    /// matches every image in every namespace, in enforce mode.
+    pub fn adhoc(name: &str, identity: IdentityPolicy, multi_arch: MultiArch) -> ImagePolicy {
+        let mut all = GlobSetBuilder::new();
+        if let Ok(g) = glob("**") {
+            all.add(g);
+        }
+        let images = all.build().unwrap_or_else(|_| GlobSet::empty());
+        ImagePolicy { name: name.into(), images, namespaces: None, mode: Mode::Enforce, identity, multi_arch }
+    }
+}
+
 #[derive(Debug)]
 struct Exemption {
     name: String,

@@ -30,7 +30,10 @@ pub struct Authority {
 
 impl Authority {
     /// A keyless authority.
-    pub fn keyless(name: impl Into<String>, identities: Vec<KeylessIdentity>) -> Result<Self, PolicyError> {
+    pub fn keyless(
+        name: impl Into<String>,
+        identities: Vec<KeylessIdentity>,
+    ) -> Result<Self, PolicyError> {
         let name = name.into();
         if identities.is_empty() {
             return Err(PolicyError::EmptyAuthority(name));

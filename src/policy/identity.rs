@@ -73,7 +73,13 @@ impl StringMatcher {
             .build()
             .map_err(|e| PolicyError::InvalidRegex {
                 pattern: pattern.clone(),
-                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+                reason: e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
             })?;
         Ok(Self::Regex { pattern, compiled })
     }
@@ -251,7 +257,10 @@ mod tests {
 
     fn cert(subject: &str, issuer: &str) -> CertificateIdentity {
         let mut extensions = BTreeMap::new();
-        extensions.insert("1.3.6.1.4.1.57264.1.14".to_string(), "refs/heads/main".to_string());
+        extensions.insert(
+            "1.3.6.1.4.1.57264.1.14".to_string(),
+            "refs/heads/main".to_string(),
+        );
         CertificateIdentity {
             subject: Some(subject.into()),
             issuer: Some(issuer.into()),
@@ -276,14 +285,23 @@ mod tests {
         let id = KeylessIdentity::exact("me@example.com", "https://issuer")
             .with_claim(ExtensionClaim::new("source-repository-ref", "refs/heads/main").unwrap());
         assert!(id.check(&cert("me@example.com", "https://issuer")).is_ok());
-        let err = id.check(&cert("you@example.com", "https://issuer")).unwrap_err();
-        assert_eq!(err.to_string(), "identity mismatch: got you@example.com, want me@example.com");
+        let err = id
+            .check(&cert("you@example.com", "https://issuer"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "identity mismatch: got you@example.com, want me@example.com"
+        );
         assert!(matches!(
             id.check(&cert("me@example.com", "https://issuer/")),
             Err(IdentityMismatch::Issuer { .. })
         ));
         let id = id.with_claim(ExtensionClaim::new("build-trigger", "push").unwrap());
-        let err = id.check(&cert("me@example.com", "https://issuer")).unwrap_err();
-        assert!(err.to_string().starts_with("certificate extension build-trigger"));
+        let err = id
+            .check(&cert("me@example.com", "https://issuer"))
+            .unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("certificate extension build-trigger"));
     }
 }

@@ -170,14 +170,18 @@ impl TrustMaterial {
                 )
                 .into())
             }
-            _ => bundle.signing_certificate().ok_or_else(|| {
-                CertificateError::Malformed("empty certificate chain".into())
-            })?,
+            _ => bundle
+                .signing_certificate()
+                .ok_or_else(|| CertificateError::Malformed("empty certificate chain".into()))?,
         };
         let result = match mode {
             Mode::Reference => self
                 .verifier
-                .verify(artifact.to_library(), bundle, &VerificationPolicy::any_identity())
+                .verify(
+                    artifact.to_library(),
+                    bundle,
+                    &VerificationPolicy::any_identity(),
+                )
                 .map_err(VerifyError::from_library)?,
             Mode::Fast => {
                 // (1) The log evidence the bundle version requires: the same
@@ -190,16 +194,78 @@ impl TrustMaterial {
                         .with_require_timestamp(false),
                 )
                 .map_err(from_bundle_structure)?;
+                // (3) RFC 3161 timestamps are ours when a SET also dates the
+                //     signature: the library then runs on the bundle without
+                //     them and we verify them against the cached TSA chains.
+                let tokens = &bundle
+                    .verification_material
+                    .timestamp_verification_data
+                    .rfc3161_timestamps;
+                let own_timestamps = !tokens.is_empty() && has_set_time(bundle);
+                let stripped;
+                let library_bundle = if own_timestamps {
+                    let mut copy = bundle.clone();
+                    copy.verification_material
+                        .timestamp_verification_data
+                        .rfc3161_timestamps
+                        .clear();
+                    stripped = copy;
+                    &stripped
+                } else {
+                    bundle
+                };
                 // (3), (4), (5), (7), (8): the library. Its step 0 verifies
                 //     each Rekor v1 SET once to trust the integrated time.
                 let policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
                 let result = self
                     .verifier
-                    .verify(artifact.to_library(), bundle, &policy)
+                    .verify(artifact.to_library(), library_bundle, &policy)
                     .map_err(VerifyError::from_library)?;
                 // (6) Inclusion proofs, checkpoints, and any SET step 0 did not cover.
                 for entry in &bundle.verification_material.tlog_entries {
                     tlog::verify_inclusion(entry, &self.rekor_keys)?;
+                }
+                if own_timestamps {
+                    let signature = signature_bytes(bundle)?;
+                    let mut times = Vec::with_capacity(tokens.len());
+                    for token in tokens {
+                        times.push(super::timestamp::verify(
+                            &self.tsa,
+                            token.signed_timestamp.as_bytes(),
+                            signature,
+                        )?);
+                    }
+                    // (4) The certificate must be valid at these times too.
+                    //     When its CA's window might not cover them, let the
+                    //     library decide with the full bundle.
+                    let info = result.certificate().ok_or_else(|| {
+                        CertificateError::Malformed(
+                            "verified bundle reported no certificate".into(),
+                        )
+                    })?;
+                    for time in &times {
+                        if !self.ca_covers(leaf.as_bytes(), *time) {
+                            return self.verify_keyless(bundle, artifact, Mode::Reference);
+                        }
+                        if *time < info.not_before {
+                            return Err(CertificateError::NotYetValid {
+                                time: time.to_string(),
+                                not_before: info.not_before.to_string(),
+                            }
+                            .into());
+                        }
+                        if *time > info.not_after {
+                            return Err(CertificateError::Expired {
+                                time: time.to_string(),
+                                not_after: info.not_after.to_string(),
+                            }
+                            .into());
+                        }
+                    }
+                    let mut all: Vec<jiff::Timestamp> = result.verified_timestamps().to_vec();
+                    all.extend(times);
+                    let info = info.clone();
+                    return self.finish_keyless(bundle, leaf.as_bytes(), &info, &all);
                 }
                 result
             }
@@ -207,11 +273,44 @@ impl TrustMaterial {
         let info = result.certificate().ok_or_else(|| {
             CertificateError::Malformed("verified bundle reported no certificate".into())
         })?;
+        let info = info.clone();
+        self.finish_keyless(bundle, leaf.as_bytes(), &info, result.verified_timestamps())
+    }
+
+    /// Common tail of keyless verification: log identity and the result.
+    fn finish_keyless(
+        &self,
+        bundle: &Bundle,
+        leaf: &[u8],
+        info: &sigstore_verify::crypto::CertificateInfo,
+        verified_times: &[jiff::Timestamp],
+    ) -> Result<VerifiedSignature, VerifyError> {
+        // (6) In both modes: each entry is proven by the log it names.
+        for entry in &bundle.verification_material.tlog_entries {
+            tlog::verify_log_identity(entry, &self.rekor_keys)?;
+        }
         Ok(VerifiedSignature {
-            signer: Signer::Certificate(CertificateIdentity::new(info, leaf.as_bytes())),
-            signing_times: times(result.verified_timestamps()),
+            signer: Signer::Certificate(CertificateIdentity::new(info, leaf)),
+            signing_times: times(verified_times),
             tlog_entries: summarize(&bundle.verification_material.tlog_entries),
         })
+    }
+
+    /// Whether every trusted CA that could have issued `leaf` (same subject
+    /// as its issuer) was valid at `time`. The library has already verified
+    /// the leaf's chain at another signing time, so this is what remains of
+    /// chain validation at `time` (webpki does not check anchor validity).
+    fn ca_covers(&self, leaf: &[u8], time: jiff::Timestamp) -> bool {
+        let Some(issuer) = super::certificate::issuer_name(leaf) else {
+            return false;
+        };
+        let mut candidates = self
+            .fulcio_subjects
+            .iter()
+            .filter(|(subject, _)| *subject == issuer)
+            .peekable();
+        candidates.peek().is_some()
+            && candidates.all(|(_, window)| window.is_none_or(|w| w.contains(time)))
     }
 
     fn verify_with_key(
@@ -235,6 +334,9 @@ impl TrustMaterial {
             .verifier
             .verify(artifact.to_library(), bundle, &policy)
             .map_err(VerifyError::from_library)?;
+        for entry in &bundle.verification_material.tlog_entries {
+            tlog::verify_log_identity(entry, &self.rekor_keys)?;
+        }
         Ok(VerifiedSignature {
             signer: Signer::Key {
                 fingerprint: key.fingerprint().to_string(),
@@ -243,6 +345,29 @@ impl TrustMaterial {
             signing_times: times(result.verified_timestamps()),
             tlog_entries: summarize(&bundle.verification_material.tlog_entries),
         })
+    }
+}
+
+/// Whether a Rekor v1 SET authenticates an integrated time for the bundle:
+/// then the library has a signing time even without the RFC 3161 tokens.
+fn has_set_time(bundle: &Bundle) -> bool {
+    use sigstore_verify::types::KindVersion;
+    bundle.verification_material.tlog_entries.iter().any(|e| {
+        matches!(
+            e.kind_version,
+            KindVersion::HashedRekordV001 | KindVersion::DsseV001 | KindVersion::IntotoV002
+        ) && e.inclusion_promise.is_some()
+            && e.integrated_time.is_some()
+    })
+}
+
+/// The signature bytes an RFC 3161 token is computed over.
+fn signature_bytes(bundle: &Bundle) -> Result<&[u8], VerifyError> {
+    use sigstore_verify::types::SignatureContent;
+    match &bundle.content {
+        SignatureContent::MessageSignature(m) => Ok(m.signature.as_bytes()),
+        SignatureContent::DsseEnvelope(e) => Ok(e.signature.sig.as_bytes()),
+        _ => Err(MaterialError::UnsupportedBundle("unsupported signature content".into()).into()),
     }
 }
 

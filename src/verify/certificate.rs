@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use x509_cert::der::Decode;
-use x509_cert::Certificate;
 
 /// The Fulcio extension arc: `1.3.6.1.4.1.57264.1.<n>`.
 pub const FULCIO_ARC: &str = "1.3.6.1.4.1.57264.1";
@@ -58,7 +56,11 @@ pub fn claim_oid(name_or_oid: &str) -> Option<String> {
 
 /// The human name of a Fulcio claim OID, if it has one.
 pub fn claim_name(oid: &str) -> Option<&'static str> {
-    let number: u32 = oid.strip_prefix(FULCIO_ARC)?.strip_prefix('.')?.parse().ok()?;
+    let number: u32 = oid
+        .strip_prefix(FULCIO_ARC)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()?;
     FULCIO_CLAIMS
         .iter()
         .find(|(n, _)| *n == number)
@@ -82,10 +84,7 @@ pub struct CertificateIdentity {
 
 impl CertificateIdentity {
     /// Build from the library's certificate info plus the leaf's raw DER.
-    pub(crate) fn new(
-        info: &sigstore_verify::crypto::CertificateInfo,
-        leaf_der: &[u8],
-    ) -> Self {
+    pub(crate) fn new(info: &sigstore_verify::crypto::CertificateInfo, leaf_der: &[u8]) -> Self {
         Self {
             subject: info.identity.as_ref().map(|san| san.as_str().to_string()),
             issuer: info.issuer.clone(),
@@ -98,45 +97,184 @@ impl CertificateIdentity {
 
 /// Read the Fulcio claims of a DER certificate. Claims that cannot be decoded
 /// as text are left out (a policy requiring them then fails closed).
+///
+/// This runs on every verification, after the library has already parsed
+/// and verified the same certificate, so it walks the DER directly instead of
+/// building a full `x509_cert::Certificate` a second time.
 pub fn fulcio_claims(leaf_der: &[u8]) -> BTreeMap<String, String> {
     let mut claims = BTreeMap::new();
-    let Ok(cert) = Certificate::from_der(leaf_der) else {
+    let Some(view) = der_walk::tbs(leaf_der) else {
         return claims;
     };
-    let Some(extensions) = cert.tbs_certificate.extensions.as_ref() else {
-        return claims;
-    };
-    for ext in extensions {
-        let oid = ext.extn_id.to_string();
-        let Some(number) = oid
-            .strip_prefix(FULCIO_ARC)
-            .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
+    for (oid, value) in view.extensions {
+        let Some(number) = der_walk::fulcio_claim_number(oid) else {
             continue;
         };
-        let bytes = ext.extn_value.as_bytes();
-        let value = if number <= 6 {
+        let decoded = if number <= 6 {
             // Deprecated claims hold the bare string. Fall back to DER for
             // issuers that encoded them the new way.
-            std::str::from_utf8(bytes)
+            std::str::from_utf8(value)
                 .ok()
                 .map(str::to_owned)
-                .or_else(|| der_utf8(bytes))
+                .or_else(|| der_walk::utf8_string(value))
         } else {
-            der_utf8(bytes)
+            der_walk::utf8_string(value)
         };
-        if let Some(value) = value {
-            claims.insert(oid, value);
+        if let Some(decoded) = decoded {
+            claims.insert(format!("{FULCIO_ARC}.{number}"), decoded);
         }
     }
     claims
 }
 
-fn der_utf8(bytes: &[u8]) -> Option<String> {
-    x509_cert::der::asn1::Utf8StringRef::from_der(bytes)
-        .ok()
-        .map(|s| s.as_str().to_owned())
+/// The DER issuer `Name` (whole TLV) of a certificate, without a full parse.
+pub(crate) fn issuer_name(cert_der: &[u8]) -> Option<Vec<u8>> {
+    der_walk::tbs(cert_der).map(|view| view.issuer.to_vec())
+}
+
+/// The DER SubjectPublicKeyInfo (whole TLV) of a certificate, without a full parse.
+pub(crate) fn spki(cert_der: &[u8]) -> Option<Vec<u8>> {
+    der_walk::tbs(cert_der).map(|view| view.spki.to_vec())
+}
+
+/// The DER subject `Name` (whole TLV) of a certificate, without a full parse.
+pub(crate) fn subject_name(cert_der: &[u8]) -> Option<Vec<u8>> {
+    der_walk::tbs(cert_der).map(|view| view.subject.to_vec())
+}
+
+/// A minimal, allocation-free DER reader for the few certificate fields we
+/// need after the library has verified the certificate. Any surprise yields
+/// `None`; callers treat that as "field absent".
+mod der_walk {
+    /// One TLV: (tag, whole encoding, contents, rest of input).
+    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+    fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
+        let tag = *input.first()?;
+        if tag & 0x1f == 0x1f {
+            return None; // high tag numbers never occur in certificates
+        }
+        let first = *input.get(1)?;
+        let (len, header) = if first < 0x80 {
+            (first as usize, 2)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for b in input.get(2..2 + n)? {
+                len = (len << 8) | *b as usize;
+            }
+            (len, 2 + n)
+        };
+        let end = header.checked_add(len)?;
+        let whole = input.get(..end)?;
+        Some((tag, whole, &whole[header..], &input[end..]))
+    }
+
+    pub(super) struct TbsView<'a> {
+        pub(super) issuer: &'a [u8],
+        pub(super) subject: &'a [u8],
+        pub(super) spki: &'a [u8],
+        /// (OID contents, extnValue contents) in order.
+        pub(super) extensions: Vec<(&'a [u8], &'a [u8])>,
+    }
+
+    pub(super) fn tbs(cert: &[u8]) -> Option<TbsView<'_>> {
+        let (0x30, _, cert, _) = tlv(cert)? else {
+            return None;
+        };
+        let (0x30, _, tbs, _) = tlv(cert)? else {
+            return None;
+        };
+        let mut rest = tbs;
+        let (tag, _, _, after) = tlv(rest)?;
+        if tag == 0xa0 {
+            rest = after; // version
+        }
+        let (0x02, _, _, rest) = tlv(rest)? else {
+            return None;
+        }; // serial
+        let (0x30, _, _, rest) = tlv(rest)? else {
+            return None;
+        }; // signature
+        let (0x30, issuer, _, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, _, _, rest) = tlv(rest)? else {
+            return None;
+        }; // validity
+        let (0x30, subject, _, rest) = tlv(rest)? else {
+            return None;
+        };
+        let (0x30, spki, _, mut rest) = tlv(rest)? else {
+            return None;
+        };
+        let mut extensions = Vec::new();
+        while !rest.is_empty() {
+            let (tag, _, contents, after) = tlv(rest)?;
+            rest = after;
+            if tag != 0xa3 {
+                continue; // issuerUniqueID / subjectUniqueID
+            }
+            let (0x30, _, mut list, _) = tlv(contents)? else {
+                return None;
+            };
+            while !list.is_empty() {
+                let (0x30, _, ext, after) = tlv(list)? else {
+                    return None;
+                };
+                list = after;
+                let (0x06, _, oid, mut fields) = tlv(ext)? else {
+                    return None;
+                };
+                let (tag, _, value, after) = tlv(fields)?;
+                if tag == 0x01 {
+                    fields = after; // critical
+                    let (0x04, _, value, _) = tlv(fields)? else {
+                        return None;
+                    };
+                    extensions.push((oid, value));
+                } else if tag == 0x04 {
+                    extensions.push((oid, value));
+                } else {
+                    return None;
+                }
+            }
+        }
+        Some(TbsView {
+            issuer,
+            subject,
+            spki,
+            extensions,
+        })
+    }
+
+    /// `N` if `oid` (DER contents) is `1.3.6.1.4.1.57264.1.N`.
+    pub(super) fn fulcio_claim_number(oid: &[u8]) -> Option<u32> {
+        const PREFIX: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xbf, 0x30, 0x01];
+        let tail = oid.strip_prefix(PREFIX)?;
+        if tail.is_empty() || tail.len() > 4 || tail[tail.len() - 1] & 0x80 != 0 {
+            return None;
+        }
+        let mut n: u32 = 0;
+        for b in tail {
+            n = (n << 7) | u32::from(b & 0x7f);
+        }
+        Some(n)
+    }
+
+    /// A whole DER UTF8String.
+    pub(super) fn utf8_string(value: &[u8]) -> Option<String> {
+        let (0x0c, whole, contents, _) = tlv(value)? else {
+            return None;
+        };
+        if whole.len() != value.len() {
+            return None;
+        }
+        std::str::from_utf8(contents).ok().map(str::to_owned)
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +293,21 @@ mod tests {
         );
         assert_eq!(claim_oid("1.2.3"), None);
         assert_eq!(claim_oid("nope"), None);
-        assert_eq!(claim_name("1.3.6.1.4.1.57264.1.9"), Some("build-signer-uri"));
+        assert_eq!(
+            claim_name("1.3.6.1.4.1.57264.1.9"),
+            Some("build-signer-uri")
+        );
+    }
+
+    #[test]
+    fn der_walk_never_panics_on_garbage() {
+        let mut data = vec![0x30, 0x82, 0xff, 0xff];
+        for i in 0..2000u32 {
+            data.push((i.wrapping_mul(2654435761) >> 13) as u8);
+            let _ = fulcio_claims(&data);
+            let _ = fulcio_claims(&data[4..]);
+            let _ = issuer_name(&data);
+        }
+        assert!(fulcio_claims(&[]).is_empty());
     }
 }

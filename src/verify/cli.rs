@@ -47,7 +47,12 @@ pub struct VerifyBundleArgs {
     #[arg(long, value_name = "FILE")]
     pub bundle: PathBuf,
     /// Required certificate SAN, matched exactly.
-    #[arg(long, value_name = "ID", requires = "certificate_oidc_issuer", conflicts_with = "key")]
+    #[arg(
+        long,
+        value_name = "ID",
+        requires = "certificate_oidc_issuer",
+        conflicts_with = "key"
+    )]
     pub certificate_identity: Option<String>,
     /// Required OIDC issuer, matched exactly.
     #[arg(long, value_name = "URL", requires = "certificate_identity")]
@@ -104,20 +109,27 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     // The artifact is a digest when it looks like one and no such file exists.
     let artifact_bytes;
     let digest;
-    let artifact = if !Path::new(&args.artifact).exists() && Digest::looks_like_digest(&args.artifact) {
-        digest = args.artifact.parse::<Digest>().map_err(usage)?;
-        ArtifactRef::Digest(&digest)
-    } else {
-        artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
-        ArtifactRef::Bytes(&artifact_bytes)
-    };
+    let artifact =
+        if !Path::new(&args.artifact).exists() && Digest::looks_like_digest(&args.artifact) {
+            digest = args.artifact.parse::<Digest>().map_err(usage)?;
+            ArtifactRef::Digest(&digest)
+        } else {
+            artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
+            ArtifactRef::Bytes(&artifact_bytes)
+        };
 
     let signer = match &key {
         Some(key) => ExpectedSigner::Key(key),
         None => ExpectedSigner::Certificate,
     };
-    let verified = trust.verify_bundle(&bundle, artifact, signer).map_err(rejected)?;
-    match (&verified.signer, &args.certificate_identity, &args.certificate_oidc_issuer) {
+    let verified = trust
+        .verify_bundle(&bundle, artifact, signer)
+        .map_err(rejected)?;
+    match (
+        &verified.signer,
+        &args.certificate_identity,
+        &args.certificate_oidc_issuer,
+    ) {
         (Signer::Certificate(identity), Some(subject), Some(issuer)) => {
             KeylessIdentity::exact(subject, issuer)
                 .check(identity)
@@ -125,12 +137,15 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
             Ok(format!("signed by {subject} ({issuer})"))
         }
         (Signer::Key { fingerprint, .. }, None, None) => Ok(format!("signed by key {fingerprint}")),
-        _ => Err(rejected("signer kind does not match the requested verification")),
+        _ => Err(rejected(
+            "signer kind does not match the requested verification",
+        )),
     }
 }
 
 fn read_limited(path: &Path, limit: u64) -> CliResult<Vec<u8>> {
-    let meta = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
     if meta.len() > limit {
         return Err(usage(format!(
             "{} is {} bytes, over the {limit}-byte limit",
@@ -195,14 +210,35 @@ pub struct VerifyImageFilesArgs {
     /// trusted_root.json to verify against (the mirrored root).
     #[arg(long, value_name = "FILE")]
     pub trusted_root: PathBuf,
+    /// Whom to accept.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: OutputFormat,
+}
+
+/// Whom to accept, cosign style: one keyless identity (SAN and issuer, exact
+/// or anchored regex, plus Fulcio claims) or one or more public keys. Shared
+/// by `verify-image-files` and the registry-backed `verify`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentityArgs {
     /// Required certificate SAN, exact.
-    #[arg(long, value_name = "ID", conflicts_with = "certificate_identity_regexp")]
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "certificate_identity_regexp"
+    )]
     pub certificate_identity: Option<String>,
     /// Required certificate SAN, as a regular expression matching the whole SAN.
     #[arg(long, value_name = "REGEX")]
     pub certificate_identity_regexp: Option<String>,
     /// Required OIDC issuer, exact.
-    #[arg(long, value_name = "URL", conflicts_with = "certificate_oidc_issuer_regexp")]
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "certificate_oidc_issuer_regexp"
+    )]
     pub certificate_oidc_issuer: Option<String>,
     /// Required OIDC issuer, as a regular expression matching the whole issuer.
     #[arg(long, value_name = "REGEX")]
@@ -228,9 +264,23 @@ pub struct VerifyImageFilesArgs {
     /// Accept signatures by this PEM public key instead of a Fulcio identity. Repeatable (any one).
     #[arg(long = "key", value_name = "KEY.pub")]
     pub keys: Vec<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "human")]
-    pub output: OutputFormat,
+}
+
+impl IdentityArgs {
+    /// Whether any identity or key flag was given.
+    pub fn is_given(&self) -> bool {
+        self.certificate_identity.is_some()
+            || self.certificate_identity_regexp.is_some()
+            || self.certificate_oidc_issuer.is_some()
+            || self.certificate_oidc_issuer_regexp.is_some()
+            || !self.certificate_extensions.is_empty()
+            || self.certificate_github_workflow_trigger.is_some()
+            || self.certificate_github_workflow_sha.is_some()
+            || self.certificate_github_workflow_name.is_some()
+            || self.certificate_github_workflow_repository.is_some()
+            || self.certificate_github_workflow_ref.is_some()
+            || !self.keys.is_empty()
+    }
 }
 
 /// Run `verify-image-files`; prints the decision, returns the exit code.
@@ -249,10 +299,17 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
             if let Some(object) = value.as_object_mut() {
                 object.insert("reason".into(), decision.reason().into());
             }
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
         }
         OutputFormat::Human => {
-            let verdict = if decision.allowed { "VERIFIED" } else { "DENIED" };
+            let verdict = if decision.allowed {
+                "VERIFIED"
+            } else {
+                "DENIED"
+            };
             println!("{verdict} {}: {}", decision.image, decision.reason());
             for c in &decision.candidates {
                 let status = match c.reason() {
@@ -273,11 +330,16 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
     }
 }
 
-type Prepared = (IdentityPolicy, TrustMaterial, Digest, Vec<SignatureMaterial>);
+type Prepared = (
+    IdentityPolicy,
+    TrustMaterial,
+    Digest,
+    Vec<SignatureMaterial>,
+);
 
 fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
     let image: Digest = args.digest.parse().map_err(usage)?;
-    let policy = image_policy(args)?;
+    let policy = policy_from_flags(&args.identity)?;
     let trust = TrustMaterial::from_file(&args.trusted_root).map_err(usage)?;
     let mut candidates = Vec::new();
     for path in &args.bundles {
@@ -287,9 +349,11 @@ fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
         });
     }
     for spec in &args.signature_layers {
-        let (descriptor, payload) = spec
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--signature-layer {spec:?}: want DESCRIPTOR.json=PAYLOAD")))?;
+        let (descriptor, payload) = spec.split_once('=').ok_or_else(|| {
+            usage(format!(
+                "--signature-layer {spec:?}: want DESCRIPTOR.json=PAYLOAD"
+            ))
+        })?;
         let descriptor_json = read_text(Path::new(descriptor), 1 << 20)?;
         let payload = read_limited(Path::new(payload), 1 << 20)?;
         let signature = LegacySignature::from_layer_json(&descriptor_json, payload)
@@ -317,19 +381,32 @@ fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
         });
     }
     if candidates.is_empty() {
-        return Err(usage("no signature material: give --bundle, --signature-layer or --payload/--signature"));
+        return Err(usage(
+            "no signature material: give --bundle, --signature-layer or --payload/--signature",
+        ));
     }
     Ok((policy, trust, image, candidates))
 }
 
-/// Build the one-authority policy the flags describe.
-fn image_policy(args: &VerifyImageFilesArgs) -> CliResult<IdentityPolicy> {
-    let subject = match (&args.certificate_identity, &args.certificate_identity_regexp) {
+/// Build the one-authority policy the identity flags describe. Errors are
+/// usage errors (contradictory flags, bad regex, unreadable key), one line.
+pub fn identity_policy(args: &IdentityArgs) -> Result<IdentityPolicy, String> {
+    policy_from_flags(args).map_err(|(_, reason)| reason)
+}
+
+fn policy_from_flags(args: &IdentityArgs) -> CliResult<IdentityPolicy> {
+    let subject = match (
+        &args.certificate_identity,
+        &args.certificate_identity_regexp,
+    ) {
         (Some(exact), None) => Some(StringMatcher::exact(exact)),
         (None, Some(pattern)) => Some(StringMatcher::regex(pattern).map_err(usage)?),
         _ => None,
     };
-    let issuer = match (&args.certificate_oidc_issuer, &args.certificate_oidc_issuer_regexp) {
+    let issuer = match (
+        &args.certificate_oidc_issuer,
+        &args.certificate_oidc_issuer_regexp,
+    ) {
         (Some(exact), None) => Some(StringMatcher::exact(exact)),
         (None, Some(pattern)) => Some(StringMatcher::regex(pattern).map_err(usage)?),
         _ => None,
@@ -342,10 +419,19 @@ fn image_policy(args: &VerifyImageFilesArgs) -> CliResult<IdentityPolicy> {
         claims.push(ExtensionClaim::new(name, value).map_err(usage)?);
     }
     let github = [
-        ("github-workflow-trigger", &args.certificate_github_workflow_trigger),
+        (
+            "github-workflow-trigger",
+            &args.certificate_github_workflow_trigger,
+        ),
         ("github-workflow-sha", &args.certificate_github_workflow_sha),
-        ("github-workflow-name", &args.certificate_github_workflow_name),
-        ("github-workflow-repository", &args.certificate_github_workflow_repository),
+        (
+            "github-workflow-name",
+            &args.certificate_github_workflow_name,
+        ),
+        (
+            "github-workflow-repository",
+            &args.certificate_github_workflow_repository,
+        ),
         ("github-workflow-ref", &args.certificate_github_workflow_ref),
     ];
     for (name, value) in github {
@@ -355,14 +441,20 @@ fn image_policy(args: &VerifyImageFilesArgs) -> CliResult<IdentityPolicy> {
     }
     let keyless_requested = subject.is_some() || issuer.is_some() || !claims.is_empty();
     let authority = match (keyless_requested, args.keys.is_empty()) {
-        (true, false) => return Err(usage("give either certificate identity flags or --key, not both")),
-        (false, true) => {
+        (true, false) => {
             return Err(usage(
-                "give --certificate-identity[-regexp] and --certificate-oidc-issuer[-regexp], or --key",
+                "give either certificate identity flags or --key, not both",
             ))
         }
+        (false, true) => return Err(usage(
+            "give --certificate-identity[-regexp] and --certificate-oidc-issuer[-regexp], or --key",
+        )),
         (false, false) => {
-            let keys = args.keys.iter().map(|p| read_key(p)).collect::<CliResult<Vec<_>>>()?;
+            let keys = args
+                .keys
+                .iter()
+                .map(|p| read_key(p))
+                .collect::<CliResult<Vec<_>>>()?;
             Authority::keys("key", keys).map_err(usage)?
         }
         (true, true) => {

@@ -42,7 +42,9 @@ pub enum MaterialError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BindingError {
     /// A cosign image signature must be a DSSE envelope, not a bare message signature.
-    #[error("not an image signature: bundle holds a message signature, want a DSSE in-toto statement")]
+    #[error(
+        "not an image signature: bundle holds a message signature, want a DSSE in-toto statement"
+    )]
     NotDsse,
     /// The DSSE payload is not an in-toto statement.
     #[error("DSSE payload type is {got:?}, want \"application/vnd.in-toto+json\"")]
@@ -268,7 +270,9 @@ impl VerifyError {
             L::SignatureInvalid(d) => SignatureError::Invalid(one_line(&d)).into(),
             // The library reports a log entry that hashes another artifact as
             // an artifact mismatch; for us that is the entry not matching.
-            L::ArtifactMismatch(d) if d.contains("entry") => TlogError::EntryMismatch(one_line(&d)).into(),
+            L::ArtifactMismatch(d) if d.contains("entry") => {
+                TlogError::EntryMismatch(one_line(&d)).into()
+            }
             L::ArtifactMismatch(d) => BindingError::Artifact(one_line(&d)).into(),
             L::UnsupportedArtifact(d) => SignatureError::Unsupported(one_line(&d)).into(),
             L::Certificate(c) => match c {
@@ -306,7 +310,9 @@ impl VerifyError {
                 LTime::OutsideAuthorityValidity { time } => {
                     TimestampError::OutsideAuthorityValidity(time.to_string()).into()
                 }
-                LTime::NoVerifiedTimestamp(d) => TimestampError::NoVerifiedTime(one_line(&d)).into(),
+                LTime::NoVerifiedTimestamp(d) => {
+                    TimestampError::NoVerifiedTime(one_line(&d)).into()
+                }
                 _ => TimestampError::Invalid(text).into(),
             },
             L::Bundle(b) => from_bundle_structure(b),
@@ -329,21 +335,31 @@ fn chain_error(detail: &str) -> CertificateError {
         let rest = &detail[detail.find(label)? + label.len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let seconds: i64 = digits.parse().ok()?;
-        jiff::Timestamp::from_second(seconds).ok().map(|t| t.to_string())
+        jiff::Timestamp::from_second(seconds)
+            .ok()
+            .map(|t| t.to_string())
     };
     if detail.contains("CertExpired") {
-        if let (Some(time), Some(not_after)) = (time("time: UnixTime("), time("not_after: UnixTime(")) {
+        if let (Some(time), Some(not_after)) =
+            (time("time: UnixTime("), time("not_after: UnixTime("))
+        {
             return CertificateError::Expired { time, not_after };
         }
     }
     if detail.contains("CertNotValidYet") {
-        if let (Some(time), Some(not_before)) = (time("time: UnixTime("), time("not_before: UnixTime(")) {
+        if let (Some(time), Some(not_before)) =
+            (time("time: UnixTime("), time("not_before: UnixTime("))
+        {
             return CertificateError::NotYetValid { time, not_before };
         }
     }
-    if ["InvalidSignatureForPublicKey", "UnknownIssuer", "BadSignature"]
-        .iter()
-        .any(|marker| detail.contains(marker))
+    if [
+        "InvalidSignatureForPublicKey",
+        "UnknownIssuer",
+        "BadSignature",
+    ]
+    .iter()
+    .any(|marker| detail.contains(marker))
     {
         return CertificateError::Untrusted(format!(
             "not issued by a trusted Fulcio CA ({})",

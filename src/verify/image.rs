@@ -173,7 +173,10 @@ impl ImageDecision {
 
 fn signer_label(signer: &Signer) -> String {
     match signer {
-        Signer::Certificate(c) => c.subject.clone().unwrap_or_else(|| "certificate without SAN".into()),
+        Signer::Certificate(c) => c
+            .subject
+            .clone()
+            .unwrap_or_else(|| "certificate without SAN".into()),
         Signer::Key { fingerprint, .. } => format!("key {fingerprint}"),
     }
 }
@@ -191,7 +194,12 @@ pub fn check_image_statement(bundle: &Bundle, image: &Digest) -> Result<(), Bind
     }
     let statement: serde_json::Value = serde_json::from_slice(envelope.payload.as_bytes())
         .map_err(|e| BindingError::MalformedStatement(one_line(&e.to_string())))?;
-    let field = |name: &str| statement.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+    let field = |name: &str| {
+        statement
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
     if field("_type") != STATEMENT_V1 {
         return Err(BindingError::StatementType {
             got: one_line(field("_type")),
@@ -314,7 +322,10 @@ fn evaluate_candidate(
     };
     let keyless = match &parsed {
         Parsed::Bundle(b) => b.signing_certificate().is_some(),
-        Parsed::Legacy(l) => l.certificate.as_deref().is_some_and(|c| !c.trim().is_empty()),
+        Parsed::Legacy(l) => l
+            .certificate
+            .as_deref()
+            .is_some_and(|c| !c.trim().is_empty()),
     };
     let verify = |signer: ExpectedSigner<'_>| match &parsed {
         Parsed::Bundle(bundle) => trust.verify_image_bundle(bundle, image, signer),
@@ -341,7 +352,10 @@ fn evaluate_candidate(
             return failed(
                 outcome,
                 policy,
-                crate::verify::error::CertificateError::WrongKind("expected a certificate signer".into()).into(),
+                crate::verify::error::CertificateError::WrongKind(
+                    "expected a certificate signer".into(),
+                )
+                .into(),
             );
         };
         for authority in policy.authorities() {
@@ -371,7 +385,9 @@ fn evaluate_candidate(
                 )
                 .to_string()),
             };
-            outcome.authorities.push(authority_outcome(&authority.name, result));
+            outcome
+                .authorities
+                .push(authority_outcome(&authority.name, result));
         }
         outcome.verified = Some(verified);
         return outcome;
@@ -409,7 +425,11 @@ fn evaluate_candidate(
                     }
                     None => Err(match last_error {
                         // Binding and material errors do not depend on the key: report them as such.
-                        Some(e @ (VerifyError::Binding(_) | VerifyError::Material(_) | VerifyError::Tlog(_))) => e.to_string(),
+                        Some(
+                            e @ (VerifyError::Binding(_)
+                            | VerifyError::Material(_)
+                            | VerifyError::Tlog(_)),
+                        ) => e.to_string(),
                         Some(e) if keys.len() == 1 => e.to_string(),
                         _ => IdentityMismatch::NoKey(keys.len()).to_string(),
                     }),
@@ -420,7 +440,9 @@ fn evaluate_candidate(
             )
             .to_string()),
         };
-        outcome.authorities.push(authority_outcome(&authority.name, result));
+        outcome
+            .authorities
+            .push(authority_outcome(&authority.name, result));
     }
     outcome
 }
@@ -433,7 +455,11 @@ fn authority_outcome(name: &str, result: Result<(), String>) -> AuthorityOutcome
     }
 }
 
-fn failed(mut outcome: CandidateOutcome, policy: &IdentityPolicy, error: VerifyError) -> CandidateOutcome {
+fn failed(
+    mut outcome: CandidateOutcome,
+    policy: &IdentityPolicy,
+    error: VerifyError,
+) -> CandidateOutcome {
     outcome.error_category = Some(error.category());
     outcome.error = Some(error.to_string());
     outcome.authorities = policy

@@ -87,9 +87,17 @@ struct LayerDescriptor {
 impl LegacySignature {
     /// Build from a layer descriptor (JSON, as in the `.sig` manifest) and its blob.
     pub fn from_layer_json(descriptor: &str, payload: Vec<u8>) -> Result<Self, MaterialError> {
-        bounded("layer descriptor", descriptor.len(), MAX_ANNOTATION_BYTES * 4)?;
-        let descriptor: LayerDescriptor = serde_json::from_str(descriptor)
-            .map_err(|e| MaterialError::MalformedLegacy(format!("layer descriptor: {}", one_line(&e.to_string()))))?;
+        bounded(
+            "layer descriptor",
+            descriptor.len(),
+            MAX_ANNOTATION_BYTES * 4,
+        )?;
+        let descriptor: LayerDescriptor = serde_json::from_str(descriptor).map_err(|e| {
+            MaterialError::MalformedLegacy(format!(
+                "layer descriptor: {}",
+                one_line(&e.to_string())
+            ))
+        })?;
         Self::from_layer(
             &descriptor.media_type,
             &descriptor.digest,
@@ -118,7 +126,9 @@ impl LegacySignature {
         let signature = annotations
             .get(ANNOTATION_SIGNATURE)
             .cloned()
-            .ok_or_else(|| MaterialError::MalformedLegacy(format!("no {ANNOTATION_SIGNATURE} annotation")))?;
+            .ok_or_else(|| {
+                MaterialError::MalformedLegacy(format!("no {ANNOTATION_SIGNATURE} annotation"))
+            })?;
         Ok(Self {
             payload,
             layer_digest: Some(layer_digest),
@@ -193,11 +203,13 @@ impl RekorSetBundle {
     /// Parse the annotation value.
     pub fn parse(json: &str) -> Result<Self, MaterialError> {
         bounded("Rekor bundle annotation", json.len(), MAX_ANNOTATION_BYTES)?;
-        let malformed = |what: &str| MaterialError::MalformedLegacy(format!("Rekor bundle: {what}"));
-        let wire: WireSetBundle = serde_json::from_str(json)
-            .map_err(|e| malformed(&one_line(&e.to_string())))?;
+        let malformed =
+            |what: &str| MaterialError::MalformedLegacy(format!("Rekor bundle: {what}"));
+        let wire: WireSetBundle =
+            serde_json::from_str(json).map_err(|e| malformed(&one_line(&e.to_string())))?;
         let set = b64(&wire.set).ok_or_else(|| malformed("SignedEntryTimestamp is not base64"))?;
-        let log_id = hex::decode(&wire.payload.log_id).map_err(|_| malformed("logID is not hex"))?;
+        let log_id =
+            hex::decode(&wire.payload.log_id).map_err(|_| malformed("logID is not hex"))?;
         if log_id.len() != 32 {
             return Err(malformed("logID is not 32 bytes"));
         }
@@ -220,15 +232,26 @@ impl RekorSetBundle {
     }
 
     fn kind(&self) -> Result<(String, String), MaterialError> {
-        let body: serde_json::Value = serde_json::from_slice(&self.body_bytes())
-            .map_err(|e| MaterialError::MalformedLegacy(format!("Rekor entry body: {}", one_line(&e.to_string()))))?;
-        let field = |name: &str| body.get(name).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let body: serde_json::Value = serde_json::from_slice(&self.body_bytes()).map_err(|e| {
+            MaterialError::MalformedLegacy(format!(
+                "Rekor entry body: {}",
+                one_line(&e.to_string())
+            ))
+        })?;
+        let field = |name: &str| {
+            body.get(name)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
         Ok((field("kind"), field("apiVersion")))
     }
 }
 
 fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }
 
 /// The simple-signing payload fields we check.
@@ -272,7 +295,11 @@ impl TrustMaterial {
         signer: ExpectedSigner<'_>,
     ) -> Result<VerifiedSignature, VerifyError> {
         // (1) Bounds.
-        bounded("simple-signing payload", sig.payload.len(), MAX_PAYLOAD_BYTES)?;
+        bounded(
+            "simple-signing payload",
+            sig.payload.len(),
+            MAX_PAYLOAD_BYTES,
+        )?;
         // (2) Bind the payload to its layer and to the pulled image.
         if let Some(layer_digest) = &sig.layer_digest {
             let actual = Digest::of(layer_digest.algorithm(), &sig.payload);
@@ -285,7 +312,10 @@ impl TrustMaterial {
             }
         }
         let payload: SimpleSigning = serde_json::from_slice(&sig.payload).map_err(|e| {
-            MaterialError::MalformedLegacy(format!("simple-signing payload: {}", one_line(&e.to_string())))
+            MaterialError::MalformedLegacy(format!(
+                "simple-signing payload: {}",
+                one_line(&e.to_string())
+            ))
         })?;
         if payload.critical.type_ != CRITICAL_TYPE {
             return Err(BindingError::CriticalType {
@@ -293,12 +323,15 @@ impl TrustMaterial {
             }
             .into());
         }
-        let signed: Digest = payload.critical.image.docker_manifest_digest.parse().map_err(|_| {
-            BindingError::ManifestDigest {
+        let signed: Digest = payload
+            .critical
+            .image
+            .docker_manifest_digest
+            .parse()
+            .map_err(|_| BindingError::ManifestDigest {
                 got: one_line(&payload.critical.image.docker_manifest_digest),
                 want: image.to_string(),
-            }
-        })?;
+            })?;
         if &signed != image {
             return Err(BindingError::ManifestDigest {
                 got: signed.to_string(),
@@ -315,7 +348,7 @@ impl TrustMaterial {
         sig: &LegacySignature,
         signer: ExpectedSigner<'_>,
     ) -> Result<VerifiedSignature, VerifyError> {
-        let parsed = parse_pieces(sig)?;
+        let parsed = parse_pieces(sig, &self.fulcio_certs)?;
         match (&parsed.leaf, signer) {
             (None, ExpectedSigner::Certificate) => {
                 return Err(CertificateError::WrongKind(
@@ -438,7 +471,10 @@ impl TrustMaterial {
                     )
                     .into());
                 }
-                (info.public_key.clone(), Some(CertificateIdentity::new(&info, leaf.as_bytes())))
+                (
+                    info.public_key.clone(),
+                    Some(CertificateIdentity::new(&info, leaf.as_bytes())),
+                )
             }
             (None, ExpectedSigner::Key(key)) => (key.der().clone(), None),
             _ => {
@@ -486,7 +522,9 @@ impl TrustMaterial {
         let signature = SignatureBytes::from_bytes(signature);
         let mut last = None;
         for authority in self.trusted_root().tsa_authorities() {
-            match sigstore_verify::tsa::verify_timestamp_for_authority(&token, &signature, &authority) {
+            match sigstore_verify::tsa::verify_timestamp_for_authority(
+                &token, &signature, &authority,
+            ) {
                 Ok(time) => return Ok(time),
                 Err(sigstore_verify::tsa::Error::TimestampOutsideValidity { time }) => {
                     return Err(TimestampError::OutsideAuthorityValidity(time.to_string()).into())
@@ -494,7 +532,10 @@ impl TrustMaterial {
                 Err(e) => last = Some(one_line(&e.to_string())),
             }
         }
-        Err(TimestampError::Invalid(last.unwrap_or_else(|| "no trusted timestamp authority".into())).into())
+        Err(TimestampError::Invalid(
+            last.unwrap_or_else(|| "no trusted timestamp authority".into()),
+        )
+        .into())
     }
 
     fn verify_fulcio_chain(
@@ -513,10 +554,15 @@ impl TrustMaterial {
             .map(|a| a.anchor.clone())
             .collect();
         if anchors.is_empty() {
-            return Err(CertificateError::NoValidAuthority { time: time.to_string() }.into());
+            return Err(CertificateError::NoValidAuthority {
+                time: time.to_string(),
+            }
+            .into());
         }
-        let intermediates: Vec<CertificateDer<'_>> =
-            chain.iter().map(|c| CertificateDer::from(c.as_bytes())).collect();
+        let intermediates: Vec<CertificateDer<'_>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes()))
+            .collect();
         let leaf_der = CertificateDer::from(leaf.as_bytes());
         let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
             .map_err(|e| CertificateError::Malformed(one_line(&format!("{e:?}"))))?;
@@ -546,7 +592,9 @@ fn timestamp(seconds: i64) -> Result<jiff::Timestamp, TlogError> {
 }
 
 /// cosign signs with SHA-256 except on P-384 keys (SHA-384).
-fn legacy_scheme(algorithm: sigstore_verify::crypto::KeyAlgorithm) -> sigstore_verify::crypto::SigningScheme {
+fn legacy_scheme(
+    algorithm: sigstore_verify::crypto::KeyAlgorithm,
+) -> sigstore_verify::crypto::SigningScheme {
     use sigstore_verify::crypto::{KeyAlgorithm, SigningScheme};
     match algorithm {
         KeyAlgorithm::EcdsaP384 => SigningScheme::EcdsaP384Sha384,
@@ -564,7 +612,7 @@ fn has_embedded_sct(leaf_der: &[u8]) -> bool {
 }
 
 /// Decode the annotation values. Step 1.
-fn parse_pieces(sig: &LegacySignature) -> Result<Parsed, MaterialError> {
+fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, MaterialError> {
     let malformed = |what: String| MaterialError::MalformedLegacy(what);
     let signature = b64(&sig.signature)
         .filter(|s| !s.is_empty())
@@ -573,13 +621,16 @@ fn parse_pieces(sig: &LegacySignature) -> Result<Parsed, MaterialError> {
         .certificate
         .as_deref()
         .filter(|pem| !pem.trim().is_empty())
-        .map(|pem| {
-            DerCertificate::from_pem(pem.trim())
-                .map_err(|e| malformed(format!("{ANNOTATION_CERTIFICATE}: {}", one_line(&e.to_string()))))
+        .map(|pem| match pem_certificates(pem).as_deref() {
+            Ok([one]) => Ok(DerCertificate::new(one.clone())),
+            Ok(_) => Err(malformed(format!(
+                "{ANNOTATION_CERTIFICATE}: want exactly one certificate"
+            ))),
+            Err(e) => Err(malformed(format!("{ANNOTATION_CERTIFICATE}: {e}"))),
         })
         .transpose()?;
     let chain = match sig.chain.as_deref() {
-        Some(pem) => split_pem_certificates(pem)
+        Some(pem) => split_pem_certificates(pem, trusted)
             .map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
         None => Vec::new(),
     };
@@ -596,9 +647,15 @@ fn parse_pieces(sig: &LegacySignature) -> Result<Parsed, MaterialError> {
                 signed: String,
             }
             let wire: Wire = serde_json::from_str(json).map_err(|e| {
-                malformed(format!("{ANNOTATION_RFC3161}: {}", one_line(&e.to_string())))
+                malformed(format!(
+                    "{ANNOTATION_RFC3161}: {}",
+                    one_line(&e.to_string())
+                ))
             })?;
-            Some(b64(&wire.signed).ok_or_else(|| malformed(format!("{ANNOTATION_RFC3161} is not base64")))?)
+            Some(
+                b64(&wire.signed)
+                    .ok_or_else(|| malformed(format!("{ANNOTATION_RFC3161} is not base64")))?,
+            )
         }
         None => None,
     };
@@ -611,28 +668,61 @@ fn parse_pieces(sig: &LegacySignature) -> Result<Parsed, MaterialError> {
     })
 }
 
-/// Split concatenated PEM certificates.
-fn split_pem_certificates(pem: &str) -> Result<Vec<DerCertificate>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+/// Split concatenated PEM certificates, leaving out the ones the trust root
+/// already holds (they are path anchors; repeating them only costs time).
+fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>]) -> Result<Vec<DerCertificate>, String> {
     let mut out = Vec::new();
-    for part in pem.split(BEGIN).skip(1) {
-        let block = format!("{BEGIN}{part}");
-        let cert = DerCertificate::from_pem(block.trim()).map_err(|e| one_line(&e.to_string()))?;
+    for der in pem_certificates(pem)? {
+        if trusted.iter().any(|t| *t == der) {
+            continue;
+        }
         // Unused intermediates would be ignored by path building; refuse
         // garbage anyway rather than carry it into a decision.
         {
             use x509_cert::der::Decode;
-            x509_cert::Certificate::from_der(cert.as_bytes()).map_err(|e| one_line(&e.to_string()))?;
+            x509_cert::Certificate::from_der(&der).map_err(|e| one_line(&e.to_string()))?;
         }
-        out.push(cert);
+        out.push(DerCertificate::new(der));
+    }
+    Ok(out)
+}
+
+/// Decode `-----BEGIN CERTIFICATE-----` blocks (RFC 7468, strict base64,
+/// whitespace ignored). Annotations are small and signed material is checked
+/// later, so this is deliberately simple: anything but blocks and whitespace,
+/// more than 8 blocks, or none at all is an error.
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let body = rest
+            .strip_prefix(BEGIN)
+            .ok_or("expected -----BEGIN CERTIFICATE-----")?;
+        let end = body.find(END).ok_or("missing -----END CERTIFICATE-----")?;
+        let b64: String = body[..end]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let der = b64_strict(&b64).ok_or("certificate is not base64")?;
+        if der.is_empty() {
+            return Err("empty certificate".into());
+        }
+        out.push(der);
         if out.len() > 8 {
             return Err("more than 8 certificates".into());
         }
+        rest = body[end + END.len()..].trim_start();
     }
-    if out.is_empty() && !pem.trim().is_empty() {
+    if out.is_empty() {
         return Err("no PEM certificate".into());
     }
     Ok(out)
+}
+
+fn b64_strict(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 
 /// The v0.1 bundle equivalent to a legacy signature with a hashedrekord entry.
@@ -642,7 +732,8 @@ fn to_bundle(
     set: &RekorSetBundle,
     signer: ExpectedSigner<'_>,
 ) -> Result<Bundle, VerifyError> {
-    let malformed = |e: &dyn std::fmt::Display| MaterialError::MalformedLegacy(one_line(&e.to_string()));
+    let malformed =
+        |e: &dyn std::fmt::Display| MaterialError::MalformedLegacy(one_line(&e.to_string()));
     let entry = TransparencyLogEntry::new(
         LogIndex::new(set.log_index as u64).map_err(|e| malformed(&e))?,
         LogId::new(LogKeyId::new(set.log_id.clone())),
@@ -655,14 +746,24 @@ fn to_bundle(
         (Some(leaf), _) => {
             let mut certificates = vec![X509Certificate::new(leaf.clone())];
             certificates.extend(parsed.chain.iter().cloned().map(X509Certificate::new));
-            let algorithm = sigstore_verify::crypto::parse_certificate_info(leaf)
-                .map(|info| info.key_algorithm)
-                .map_err(|e| CertificateError::Malformed(one_line(&e.to_string())))?;
+            // Only the key algorithm is needed here; the library parses the
+            // certificate fully when it verifies it.
+            let algorithm = super::certificate::spki(leaf.as_bytes())
+                .and_then(|spki| {
+                    sigstore_verify::crypto::KeyAlgorithm::from_spki(
+                        &sigstore_verify::types::DerPublicKey::new(spki),
+                    )
+                    .ok()
+                })
+                .ok_or_else(|| CertificateError::Malformed("unreadable public key".into()))?;
             let digest = match algorithm {
                 sigstore_verify::crypto::KeyAlgorithm::EcdsaP384 => SignedDigest::Sha384,
                 _ => SignedDigest::Sha256,
             };
-            (VerificationMaterialContent::X509CertificateChain { certificates }, digest)
+            (
+                VerificationMaterialContent::X509CertificateChain { certificates },
+                digest,
+            )
         }
         (None, ExpectedSigner::Key(key)) => (
             VerificationMaterialContent::PublicKey(PublicKeyIdentifier::new(String::new())),
@@ -678,11 +779,19 @@ fn to_bundle(
     let message_digest = match digest_algorithm {
         SignedDigest::Sha256 => MessageDigest::new(
             sigstore_verify::types::HashAlgorithm::Sha2256,
-            DigestBytes::new(Digest::of(DigestAlgorithm::Sha256, &sig.payload).as_bytes().to_vec()),
+            DigestBytes::new(
+                Digest::of(DigestAlgorithm::Sha256, &sig.payload)
+                    .as_bytes()
+                    .to_vec(),
+            ),
         ),
         SignedDigest::Sha384 => MessageDigest::new(
             sigstore_verify::types::HashAlgorithm::Sha2384,
-            DigestBytes::new(sigstore_verify::crypto::sha384(&sig.payload).as_bytes().to_vec()),
+            DigestBytes::new(
+                sigstore_verify::crypto::sha384(&sig.payload)
+                    .as_bytes()
+                    .to_vec(),
+            ),
         ),
     };
     let mut material = VerificationMaterial::new(content).with_tlog_entries(vec![entry]);

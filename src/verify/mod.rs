@@ -6,6 +6,7 @@
 //! - [`image`]: cosign v3 image binding and the per-image decision.
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
 //! - [`tlog`]: inclusion proofs, checkpoints and SETs we check ourselves.
+//! - `timestamp`: RFC 3161 tokens against TSA chains validated once per root.
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
 //! - [`digest`]: `sha256:`/`sha512:` digests.
@@ -41,6 +42,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod legacy;
+mod timestamp;
 pub mod tlog;
 pub mod trust;
 

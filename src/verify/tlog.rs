@@ -35,6 +35,48 @@ pub(crate) fn verify_inclusion(
     Ok(())
 }
 
+/// Every entry must name a log of the trusted root, and a Rekor v2
+/// checkpoint must carry a valid signature by *that* log's key.
+///
+/// The library authenticates a v2 checkpoint with any trusted log key whose
+/// hint matches and never looks at the entry's log ID. We also check it in
+/// both modes (as sigstore-go does), so an entry cannot claim one log while
+/// being proven by another one with a different validity window.
+pub(crate) fn verify_log_identity(
+    entry: &TransparencyLogEntry,
+    rekor_keys: &Keyring,
+) -> Result<(), TlogError> {
+    let log_id = entry.log_id.key_id.as_bytes();
+    let key_id = Sha256Hash::try_from(log_id)
+        .map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
+    let key = rekor_keys
+        .key(&key_id)
+        .ok_or_else(|| TlogError::UnknownLog(key_id.to_hex()))?;
+    if is_rekor_v2(entry) {
+        let Some(checkpoint) = entry
+            .inclusion_proof
+            .as_ref()
+            .and_then(|p| p.checkpoint.checkpoint())
+        else {
+            return Err(TlogError::NoProof(
+                "Rekor v2 entry without a checkpoint".into(),
+            ));
+        };
+        let signed = checkpoint
+            .signatures()
+            .iter()
+            .filter(|s| s.key_id.as_bytes()[..] == log_id[..4])
+            .any(|s| key.verify(checkpoint.signed_data(), &s.signature).is_ok());
+        if !signed {
+            return Err(TlogError::Checkpoint(format!(
+                "not signed by the entry's log {}",
+                key_id.to_hex()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The library's step 0 verifies the SET of every Rekor v1 entry that has an
 /// integrated time (it is what authenticates that time); all others are ours.
 fn set_verified_by_library(entry: &TransparencyLogEntry) -> bool {
@@ -62,7 +104,11 @@ fn verify_merkle_inclusion(
         let checkpoint = proof.checkpoint.checkpoint().ok_or_else(|| {
             TlogError::Checkpoint("Rekor v2 inclusion proof has no checkpoint".into())
         })?;
-        (entry.log_index.get(), checkpoint.tree_size(), *checkpoint.root_hash())
+        (
+            entry.log_index.get(),
+            checkpoint.tree_size(),
+            *checkpoint.root_hash(),
+        )
     } else {
         (proof.log_index.get(), proof.tree_size, proof.root_hash)
     };
@@ -157,7 +203,11 @@ pub(crate) fn verify_set_parts(
         .map_err(|e| TlogError::Set(one_line(&e.to_string())))
 }
 
-fn unknown_or_expired(rekor_keys: &Keyring, key_id: &Sha256Hash, time: jiff::Timestamp) -> TlogError {
+fn unknown_or_expired(
+    rekor_keys: &Keyring,
+    key_id: &Sha256Hash,
+    time: jiff::Timestamp,
+) -> TlogError {
     if rekor_keys.key(key_id).is_some() {
         TlogError::Set(format!(
             "log {} key was not valid at integrated time {time}",
@@ -176,7 +226,9 @@ fn verify_entry_set(entry: &TransparencyLogEntry, rekor_keys: &Keyring) -> Resul
         .ok_or_else(|| TlogError::Set("missing inclusion promise".into()))?;
     let Some(time) = entry.integrated_time else {
         // A SET always signs an integrated time; one without it cannot verify.
-        return Err(TlogError::Set("inclusion promise without integrated time".into()));
+        return Err(TlogError::Set(
+            "inclusion promise without integrated time".into(),
+        ));
     };
     verify_set_parts(
         rekor_keys,

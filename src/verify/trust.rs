@@ -38,6 +38,14 @@ pub struct TrustMaterial {
     pub(crate) rekor_keys: Keyring,
     /// Fulcio anchors for the legacy `rekord` path, which the library does not cover.
     pub(crate) fulcio_anchors: Vec<FulcioAnchor>,
+    /// DER subject and CA window of every Fulcio anchor, to check a verified
+    /// leaf's CA against further signing times without another chain walk.
+    pub(crate) fulcio_subjects: Vec<(Vec<u8>, Option<TimeRange>)>,
+    /// DER of every Fulcio CA certificate: a legacy `chain` annotation that
+    /// repeats them adds nothing (they are anchors already) and is dropped.
+    pub(crate) fulcio_certs: Vec<Vec<u8>>,
+    /// Timestamp authorities with their certificate chains checked once.
+    pub(crate) tsa: Vec<super::timestamp::CachedAuthority>,
     /// sha256 of the JSON this was built from, to report which root decided.
     source_digest: String,
 }
@@ -47,9 +55,15 @@ impl std::fmt::Debug for TrustMaterial {
         f.debug_struct("TrustMaterial")
             .field("source_digest", &self.source_digest)
             .field("tlogs", &self.root.tlogs.len())
-            .field("certificate_authorities", &self.root.certificate_authorities.len())
+            .field(
+                "certificate_authorities",
+                &self.root.certificate_authorities.len(),
+            )
             .field("ctlogs", &self.root.ctlogs.len())
-            .field("timestamp_authorities", &self.root.timestamp_authorities.len())
+            .field(
+                "timestamp_authorities",
+                &self.root.timestamp_authorities.len(),
+            )
             .finish()
     }
 }
@@ -79,7 +93,9 @@ impl TrustMaterial {
             path: path.display().to_string(),
             reason,
         };
-        let len = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?.len();
+        let len = std::fs::metadata(path)
+            .map_err(|e| read_error(e.to_string()))?
+            .len();
         if len > MAX_TRUSTED_ROOT_BYTES as u64 {
             return Err(read_error(format!(
                 "{len} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit"
@@ -105,6 +121,8 @@ impl TrustMaterial {
         let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| invalid(&e))?;
         let rekor_keys = root.rekor_keys().map_err(|e| invalid(&e))?;
         let mut fulcio_anchors = Vec::new();
+        let mut fulcio_subjects = Vec::new();
+        let mut fulcio_certs = Vec::new();
         for ca in &root.certificate_authorities {
             for cert in &ca.cert_chain.certificates {
                 let der = CertificateDer::from(cert.raw_bytes.as_bytes());
@@ -113,13 +131,21 @@ impl TrustMaterial {
                     anchor: anchor.to_owned(),
                     window: ca.valid_for,
                 });
+                fulcio_certs.push(cert.raw_bytes.as_bytes().to_vec());
+                if let Some(subject) = super::certificate::subject_name(cert.raw_bytes.as_bytes()) {
+                    fulcio_subjects.push((subject, ca.valid_for));
+                }
             }
         }
+        let tsa = super::timestamp::prepare(&root);
         Ok(Self {
             root,
             verifier,
             rekor_keys,
             fulcio_anchors,
+            fulcio_subjects,
+            fulcio_certs,
+            tsa,
             source_digest,
         })
     }

@@ -28,18 +28,10 @@ impl Daemon {
 
     /// Starts a prepared command and waits until `socket` accepts connections.
     pub fn start_with(socket: &Path, cmd: &mut Command) -> Result<Daemon, String> {
-        let log = socket.with_extension(format!("{}.log", std::process::id()));
-        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(|e| e.to_string())?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| format!("cannot start pullgate: {e}"))?;
-        let mut d = Daemon { child, socket: socket.to_owned(), log };
+        let mut d = Self::spawn(socket, cmd)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = d.child.try_wait() {
+            if let Some(status) = d.exited() {
                 return Err(format!("pullgate exited at start ({status}):\n{}", d.logs()));
             }
             if UnixStream::connect(socket).is_ok() {
@@ -48,6 +40,24 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         Err(format!("pullgate did not accept on {} within 10s:\n{}", socket.display(), d.logs()))
+    }
+
+    /// Starts a prepared command (output to the log file) without waiting for `socket`.
+    pub fn spawn(socket: &Path, cmd: &mut Command) -> Result<Daemon, String> {
+        let log = socket.with_extension(format!("{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().map_err(|e| e.to_string())?)
+            .stderr(file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cmd.get_program().to_string_lossy()))?;
+        Ok(Daemon { child, socket: socket.to_owned(), log })
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn pid(&self) -> u32 {

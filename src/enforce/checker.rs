@@ -1,0 +1,205 @@
+//! The real [`Checker`]: the registry mirror (`crate::registry`) for digests and signature
+//! material, the verification engine (`crate::verify`) for the decision, and the installed trust
+//! root (`crate::trust`) as the anchor.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::gate::{Checker, Outcome, Resolved, TrustStatus};
+use super::policy::{ImagePolicy, MultiArch};
+use crate::cri::api::AuthConfig;
+use crate::cri::intercept::BoxFuture;
+use crate::registry::{self, Credentials, Discovery, Material, Reference, Registry, ResolvedImage, Secret};
+use crate::trust::TrustHandle;
+use crate::verify::image::{verify_image, ImageDecision, SignatureMaterial};
+use crate::verify::legacy::LegacySignature;
+use crate::verify::trust::TrustMaterial;
+use crate::verify::Signer;
+
+/// Checks images on the mirror against the installed trust root.
+pub struct MirrorChecker {
+    registry: Registry,
+    trust: Arc<TrustHandle>,
+}
+
+impl MirrorChecker {
+    pub fn new(registry: Registry, trust: Arc<TrustHandle>) -> MirrorChecker {
+        MirrorChecker { registry, trust }
+    }
+}
+
+/// kubelet's `AuthConfig` as registry credentials; `None` when kubelet sent nothing.
+pub fn credentials(auth: Option<&AuthConfig>) -> Option<Credentials> {
+    let a = auth?;
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let secret = |s: &str| (!s.is_empty()).then(|| Secret::new(s));
+    let c = Credentials {
+        username: some(&a.username),
+        password: secret(&a.password),
+        auth: secret(&a.auth),
+        identity_token: secret(&a.identity_token),
+        registry_token: secret(&a.registry_token),
+        server_address: some(&a.server_address),
+    };
+    (!c.is_empty()).then_some(c)
+}
+
+fn to_verify_digest(d: &registry::Digest) -> Result<crate::verify::digest::Digest, String> {
+    d.to_string().parse().map_err(|e| format!("digest {d}: {e}"))
+}
+
+/// The discovered candidates for one subject digest, in the verification engine's form. A
+/// candidate that cannot even be read becomes a failed candidate later, not an error here.
+fn candidates_for(materials: &[Material], subject: &registry::Digest) -> (Vec<SignatureMaterial>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for m in materials.iter().filter(|m| m.subject() == subject) {
+        match m {
+            Material::Bundle { json, source, .. } => {
+                out.push(SignatureMaterial::Bundle { source: source.to_string(), json: json.to_vec() })
+            }
+            Material::LegacySignature { digest, payload, annotations, source, .. } => {
+                match LegacySignature::from_layer(
+                    crate::verify::legacy::SIMPLE_SIGNING_MEDIA_TYPE,
+                    &digest.to_string(),
+                    annotations,
+                    payload.to_vec(),
+                ) {
+                    Ok(signature) => out.push(SignatureMaterial::Legacy { source: source.to_string(), signature }),
+                    Err(e) => problems.push(format!("{source}: {e}")),
+                }
+            }
+        }
+    }
+    (out, problems)
+}
+
+fn signer_label(s: &Signer) -> String {
+    match s {
+        Signer::Certificate(c) => c.subject.clone().unwrap_or_else(|| "certificate without SAN".into()),
+        Signer::Key { fingerprint, .. } => format!("key {fingerprint}"),
+    }
+}
+
+fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
+    let mut identity = BTreeSet::new();
+    let mut source = BTreeSet::new();
+    for c in &decision.candidates {
+        if let Some(v) = &c.verified {
+            identity.insert(signer_label(&v.signer));
+            if c.authorities.iter().any(|a| a.satisfied) {
+                source.insert(c.source.clone());
+            }
+        }
+    }
+    let mut reason = decision.reason();
+    if !decision.allowed && !problems.is_empty() {
+        reason = format!("{reason}; unreadable candidates: {}", problems.join("; "));
+    }
+    Outcome {
+        allowed: decision.allowed,
+        reason,
+        identity: identity.into_iter().collect::<Vec<_>>().join(", "),
+        source: source.into_iter().collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Verifies what discovery found for `image` against `policy`: the outcome, and the engine's
+/// full decision for each subject digest tried (for `pullgate verify`'s report).
+pub async fn decide(
+    trust: Arc<TrustMaterial>,
+    image: &ResolvedImage,
+    discovery: &Discovery,
+    policy: &ImagePolicy,
+) -> (Outcome, Vec<ImageDecision>) {
+    // Which digests a signature may be on (multi-arch: the index covers its manifests).
+    let mut subjects = vec![image.digest.clone()];
+    if let Some(p) = &image.platform {
+        match policy.multi_arch {
+            MultiArch::Either => subjects.push(p.digest.clone()),
+            MultiArch::Platform => subjects = vec![p.digest.clone()],
+            MultiArch::Index => {}
+        }
+    }
+    let mut decisions = Vec::new();
+    let mut last: Option<Outcome> = None;
+    for subject in &subjects {
+        let (candidates, problems) = candidates_for(&discovery.materials, subject);
+        let digest = match to_verify_digest(subject) {
+            Ok(d) => d,
+            Err(e) => return (deny(e), decisions),
+        };
+        // CPU-bound (signature checks): off the reactor threads.
+        let identity = policy.identity.clone();
+        let trust = trust.clone();
+        let decision = match tokio::task::spawn_blocking(move || verify_image(&trust, &digest, &candidates, &identity)).await {
+            Ok(d) => d,
+            Err(e) => return (deny(format!("verification task failed: {e}")), decisions),
+        };
+        let outcome = outcome_of(&decision, &problems);
+        decisions.push(decision);
+        if outcome.allowed {
+            return (outcome, decisions);
+        }
+        last = Some(outcome);
+    }
+    let mut out = last.unwrap_or_else(|| deny("no signatures found".into()));
+    let errors = discovery.errors();
+    if !errors.is_empty() {
+        out.reason = format!("{}; discovery errors: {}", out.reason, errors.join("; "));
+    }
+    (out, decisions)
+}
+
+fn deny(reason: String) -> Outcome {
+    Outcome { allowed: false, reason, identity: String::new(), source: String::new() }
+}
+
+impl Checker for MirrorChecker {
+    fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+        Box::pin(async move {
+            let creds = credentials(auth);
+            let image = self.registry.resolve(reference, creds.as_ref()).await.map_err(|e| e.to_string())?;
+            Ok(Resolved {
+                digest: image.digest.clone(),
+                platform_digest: image.platform.as_ref().map(|p| p.digest.clone()),
+                image: Some(Arc::new(image)),
+            })
+        })
+    }
+
+    fn verify<'a>(
+        &'a self,
+        reference: &'a Reference,
+        resolved: &'a Resolved,
+        policy: &'a ImagePolicy,
+        auth: Option<&'a AuthConfig>,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let (trust, _) = match self.trust.material() {
+                Ok(m) => m,
+                Err(e) => return deny(e.to_string()),
+            };
+            let creds = credentials(auth);
+            let image = match &resolved.image {
+                Some(i) => i.clone(),
+                None => match self.registry.resolve(&reference.with_digest(resolved.digest.clone()), creds.as_ref()).await {
+                    Ok(i) => Arc::new(i),
+                    Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
+                },
+            };
+            let discovery = match self.registry.discover(&image, creds.as_ref()).await {
+                Ok(d) => d,
+                Err(e) => return deny(format!("signature discovery failed: {e}")),
+            };
+            decide(trust, &image, &discovery, policy).await.0
+        })
+    }
+
+    fn trust(&self) -> TrustStatus {
+        match self.trust.material() {
+            Ok((_, generation)) => TrustStatus { generation, unusable: None },
+            Err(e) => TrustStatus { generation: self.trust.generation(), unusable: Some(e.to_string()) },
+        }
+    }
+}

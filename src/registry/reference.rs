@@ -1,0 +1,504 @@
+//! Image references and digests, normalised the way containerd's CRI plugin and Docker do
+//! (`github.com/distribution/reference`: `ParseNormalizedNamed` then `TagNameOnly`).
+//!
+//! - no registry: `docker.io`; a single path component on `docker.io`: `library/` prefixed;
+//! - `index.docker.io` is the legacy spelling of `docker.io` (the endpoint containerd talks to
+//!   for it, `registry-1.docker.io`, is chosen by [`super::hosts`], not here);
+//! - neither tag nor digest: tag `latest`;
+//! - `name:tag@digest`: both are kept, and the digest is what is resolved (containerd ignores the
+//!   tag then).
+//!
+//! The normalised string (`docker.io/library/busybox:latest`) is what policies match on, so
+//! parsing is strict: anything containerd would refuse is refused here with the reason.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// Registry assumed when a reference names none.
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+/// Old name of [`DEFAULT_REGISTRY`], still accepted in references.
+pub const LEGACY_DEFAULT_REGISTRY: &str = "index.docker.io";
+/// Tag assumed when a reference has neither tag nor digest.
+pub const DEFAULT_TAG: &str = "latest";
+/// distribution's limit on `registry/repository`.
+const MAX_NAME_LEN: usize = 255;
+/// distribution's limit on a tag (`[\w][\w.-]{0,127}`).
+const MAX_TAG_LEN: usize = 128;
+
+/// Why a string is not an image reference.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("empty image reference")]
+    Empty,
+    #[error("invalid image reference {0:?}: {1}")]
+    Invalid(String, &'static str),
+    #[error("invalid image reference {0:?}: repository name {1:?} must be lowercase")]
+    Uppercase(String, String),
+    #[error("invalid image reference {0:?}: {1:?} is a 64-character hex string, which looks like an image ID, not a name")]
+    LooksLikeId(String, String),
+    #[error("invalid image reference {0:?}: name is {1} characters long, at most 255 allowed")]
+    TooLong(String, usize),
+    #[error("invalid image reference {0:?}: {1}")]
+    Digest(String, DigestError),
+}
+
+/// Why a string is not a digest pullgate can check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    #[error("digest {0:?} has no `algorithm:` prefix")]
+    NoAlgorithm(String),
+    #[error("digest algorithm {0:?} is not supported (sha256, sha384 or sha512)")]
+    UnsupportedAlgorithm(String),
+    #[error("digest {0:?} is not {1} lowercase hex characters")]
+    BadHex(String, usize),
+}
+
+/// Hash functions OCI content is addressed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DigestAlgorithm {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl DigestAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Sha384 => "sha384",
+            DigestAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn hex_len(self) -> usize {
+        match self {
+            DigestAlgorithm::Sha256 => 64,
+            DigestAlgorithm::Sha384 => 96,
+            DigestAlgorithm::Sha512 => 128,
+        }
+    }
+
+    fn aws_lc(self) -> &'static aws_lc_rs::digest::Algorithm {
+        match self {
+            DigestAlgorithm::Sha256 => &aws_lc_rs::digest::SHA256,
+            DigestAlgorithm::Sha384 => &aws_lc_rs::digest::SHA384,
+            DigestAlgorithm::Sha512 => &aws_lc_rs::digest::SHA512,
+        }
+    }
+}
+
+/// A content digest (`sha256:<64 hex>`), validated; the hex is lowercase as OCI requires.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    algorithm: DigestAlgorithm,
+    hex: String,
+}
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Digest, DigestError> {
+        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::NoAlgorithm(s.to_string()))?;
+        let algorithm = match alg {
+            "sha256" => DigestAlgorithm::Sha256,
+            "sha384" => DigestAlgorithm::Sha384,
+            "sha512" => DigestAlgorithm::Sha512,
+            _ => return Err(DigestError::UnsupportedAlgorithm(alg.to_string())),
+        };
+        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(DigestError::BadHex(s.to_string(), algorithm.hex_len()));
+        }
+        Ok(Digest { algorithm, hex: hex.to_string() })
+    }
+
+    /// The digest of `bytes` with `algorithm`.
+    pub fn compute(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
+        let d = aws_lc_rs::digest::digest(algorithm.aws_lc(), bytes);
+        let hex = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Digest { algorithm, hex }
+    }
+
+    pub fn sha256(bytes: &[u8]) -> Digest {
+        Digest::compute(DigestAlgorithm::Sha256, bytes)
+    }
+
+    /// Whether `bytes` hash to this digest (with this digest's algorithm).
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        Digest::compute(self.algorithm, bytes) == *self
+    }
+
+    pub fn algorithm(&self) -> DigestAlgorithm {
+        self.algorithm
+    }
+
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// The tag of the OCI 1.1 referrers tag schema: `<alg>-<ref>`, alg and ref truncated to 32
+    /// and 64 characters (OCI distribution spec, "Referrers Tag Schema").
+    pub fn referrers_tag(&self) -> String {
+        let alg = self.algorithm.name();
+        format!("{}-{}", &alg[..alg.len().min(32)], &self.hex[..self.hex.len().min(64)])
+    }
+
+    /// The tag cosign stores legacy signatures under: the digest with `:` replaced, plus `.sig`.
+    pub fn cosign_signature_tag(&self) -> String {
+        format!("{}-{}.sig", self.algorithm.name(), self.hex)
+    }
+
+    /// The file stem a bundle for this digest has in the local bundle directory.
+    pub fn file_stem(&self) -> String {
+        format!("{}-{}", self.algorithm.name(), self.hex)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.name(), self.hex)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Digest::parse(s)
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A normalised image reference: registry, repository, and a tag, a digest or both.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<Digest>,
+}
+
+impl Reference {
+    /// Parses and normalises `s` like containerd's CRI plugin does for `PullImage`.
+    pub fn parse(s: &str) -> Result<Reference, ReferenceError> {
+        let invalid = |why: &'static str| ReferenceError::Invalid(s.to_string(), why);
+        if s.is_empty() {
+            return Err(ReferenceError::Empty);
+        }
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            return Err(ReferenceError::LooksLikeId(s.to_string(), s.to_string()));
+        }
+        if s.contains("://") {
+            return Err(invalid("a reference has no URL scheme (write registry/repository:tag)"));
+        }
+        let (name_tag, digest) = match s.split_once('@') {
+            Some((n, d)) => (n, Some(Digest::parse(d).map_err(|e| ReferenceError::Digest(s.to_string(), e))?)),
+            None => (s, None),
+        };
+        // distribution's splitDockerDomain: the first component is a registry when it has a
+        // `.` or `:`, is `localhost`, or has uppercase letters (registry names are not lowercased).
+        let (registry, remainder) = match name_tag.split_once('/') {
+            Some((first, rest))
+                if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first =>
+            {
+                (first, rest.to_string())
+            }
+            _ => (DEFAULT_REGISTRY, name_tag.to_string()),
+        };
+        let registry = if registry == LEGACY_DEFAULT_REGISTRY { DEFAULT_REGISTRY } else { registry };
+        let (repository, tag) = match remainder.rfind(':') {
+            Some(i) if !remainder[i + 1..].contains('/') => (&remainder[..i], Some(&remainder[i + 1..])),
+            _ => (remainder.as_str(), None),
+        };
+        let mut repository = repository.to_string();
+        if registry == DEFAULT_REGISTRY && !repository.contains('/') {
+            repository = format!("library/{repository}");
+        }
+        if repository.to_lowercase() != repository {
+            return Err(ReferenceError::Uppercase(s.to_string(), repository));
+        }
+        validate_registry(registry).map_err(invalid)?;
+        validate_repository(&repository).map_err(invalid)?;
+        if let Some(tag) = tag {
+            validate_tag(tag).map_err(invalid)?;
+        }
+        let name_len = registry.len() + 1 + repository.len();
+        if name_len > MAX_NAME_LEN {
+            return Err(ReferenceError::TooLong(s.to_string(), name_len));
+        }
+        let tag = match (tag, &digest) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, None) => Some(DEFAULT_TAG.to_string()),
+            (None, Some(_)) => None,
+        };
+        Ok(Reference { registry: registry.to_string(), repository, tag, digest })
+    }
+
+    /// The same repository at `digest`, without a tag (what a pull by digest asks for).
+    pub fn with_digest(&self, digest: Digest) -> Reference {
+        Reference { registry: self.registry.clone(), repository: self.repository.clone(), tag: None, digest: Some(digest) }
+    }
+
+    /// The registry as named in the reference (`docker.io`, `127.0.0.1:5000`): the key
+    /// containerd looks up in its hosts directory.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// The repository inside the registry (`library/busybox`).
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    pub fn digest(&self) -> Option<&Digest> {
+        self.digest.as_ref()
+    }
+
+    /// `registry/repository`, without tag or digest.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reference({self})")
+    }
+}
+
+impl FromStr for Reference {
+    type Err = ReferenceError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reference::parse(s)
+    }
+}
+
+impl Serialize for Reference {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `host[:port]` where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn validate_registry(registry: &str) -> Result<(), &'static str> {
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or("unterminated [IPv6] registry address")?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("invalid IPv6 registry address");
+        }
+        match after {
+            "" => return Ok(()),
+            p => (None, Some(p.strip_prefix(':').ok_or("invalid registry address after ]")?)),
+        }
+    } else {
+        match registry.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(registry), None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("registry port must be a number");
+        }
+    }
+    if let Some(host) = host {
+        let ok_label = |l: &str| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !host.split('.').all(ok_label) {
+            return Err("invalid registry host name");
+        }
+    }
+    Ok(())
+}
+
+/// Path components `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*` separated by `/`.
+fn validate_repository(repo: &str) -> Result<(), &'static str> {
+    for component in repo.split('/') {
+        if component.is_empty() {
+            return Err("empty path component in repository name");
+        }
+        let b = component.as_bytes();
+        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+            return Err("repository path components must start and end with a lowercase letter or digit");
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if alnum(b[i]) {
+                i += 1;
+                continue;
+            }
+            // a separator: `.`, `_`, `__` or a run of `-`
+            let start = i;
+            while i < b.len() && !alnum(b[i]) {
+                i += 1;
+            }
+            let sep = &component[start..i];
+            let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|c| c == b'-');
+            if !ok {
+                return Err("repository name has an invalid character or separator (allowed: a-z 0-9 . _ __ -)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[\w][\w.-]{0,127}`.
+fn validate_tag(tag: &str) -> Result<(), &'static str> {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = tag.as_bytes();
+    if b.is_empty() {
+        return Err("empty tag");
+    }
+    if b.len() > MAX_TAG_LEN {
+        return Err("tag is longer than 128 characters");
+    }
+    if !word(b[0]) || !b.iter().all(|&c| word(c) || c == b'.' || c == b'-') {
+        return Err("invalid tag (allowed: letters, digits, _ . -, not starting with . or -)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn norm(s: &str) -> String {
+        Reference::parse(s).unwrap_or_else(|e| panic!("{s}: {e}")).to_string()
+    }
+
+    #[test]
+    fn docker_hub_defaults() {
+        assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("busybox:1.36"), "docker.io/library/busybox:1.36");
+        assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("index.docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("index.docker.io/user/app:v1"), "docker.io/user/app:v1");
+        assert_eq!(norm("user/app"), "docker.io/user/app:latest");
+        assert_eq!(norm("user/team/app:v1"), "docker.io/user/team/app:v1");
+    }
+
+    #[test]
+    fn registries_and_ports() {
+        assert_eq!(norm("ghcr.io/example/app:1.2"), "ghcr.io/example/app:1.2");
+        assert_eq!(norm("localhost/app"), "localhost/app:latest");
+        assert_eq!(norm("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(norm("127.0.0.1:5000/demo/app:1"), "127.0.0.1:5000/demo/app:1");
+        assert_eq!(norm("[::1]:5000/demo/app:1"), "[::1]:5000/demo/app:1");
+        assert_eq!(norm("[fe80::1]/app"), "[fe80::1]/app:latest");
+        assert_eq!(norm("Registry/app"), "Registry/app:latest", "uppercase first component is a registry");
+        assert_eq!(norm("mirror:5000/app"), "mirror:5000/app:latest");
+        // single component on another registry: no library/ prefix
+        let r = Reference::parse("quay.io/app").unwrap();
+        assert_eq!(r.repository(), "app");
+        assert_eq!(r.registry(), "quay.io");
+        assert_eq!(r.name(), "quay.io/app");
+    }
+
+    #[test]
+    fn digests() {
+        let r = Reference::parse(&format!("busybox@{D}")).unwrap();
+        assert_eq!(r.tag(), None, "a digest alone gets no default tag");
+        assert_eq!(r.digest().unwrap().to_string(), D);
+        assert_eq!(r.to_string(), format!("docker.io/library/busybox@{D}"));
+        let r = Reference::parse(&format!("ghcr.io/a/b:1.0@{D}")).unwrap();
+        assert_eq!(r.tag(), Some("1.0"));
+        assert_eq!(r.digest().unwrap().to_string(), D);
+        assert_eq!(r.to_string(), format!("ghcr.io/a/b:1.0@{D}"));
+        let r = Reference::parse(&format!("localhost:5000/a@{D}")).unwrap();
+        assert_eq!(r.registry(), "localhost:5000");
+        assert_eq!(r.with_digest(r.digest().unwrap().clone()).to_string(), format!("localhost:5000/a@{D}"));
+    }
+
+    #[test]
+    fn separators() {
+        for ok in ["a/b.c", "a/b_c", "a/b__c", "a/b-c", "a/b---c", "a0/9z", "a.b.c/d"] {
+            Reference::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["a/b..c", "a/b___c", "a/-b", "a/b-", "a/.b", "a//b", "a/b/", "a/b_.c"] {
+            assert!(Reference::parse(bad).is_err(), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn errors_say_why() {
+        assert_eq!(Reference::parse("").unwrap_err(), ReferenceError::Empty);
+        let e = Reference::parse("docker.io/Library/Busybox").unwrap_err().to_string();
+        assert!(e.contains("must be lowercase"), "{e}");
+        let e = Reference::parse(&D[7..]).unwrap_err().to_string();
+        assert!(e.contains("image ID"), "{e}");
+        let e = Reference::parse("busybox:").unwrap_err().to_string();
+        assert!(e.contains("empty tag"), "{e}");
+        let e = Reference::parse("busybox:-x").unwrap_err().to_string();
+        assert!(e.contains("invalid tag"), "{e}");
+        let e = Reference::parse(&format!("busybox:{}", "a".repeat(129))).unwrap_err().to_string();
+        assert!(e.contains("128"), "{e}");
+        let e = Reference::parse("busybox@sha256:abc").unwrap_err().to_string();
+        assert!(e.contains("64 lowercase hex"), "{e}");
+        let e = Reference::parse("busybox@md5:abc").unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
+        let e = Reference::parse(&format!("busybox@{}", D.to_uppercase().replace("SHA256", "sha256"))).unwrap_err().to_string();
+        assert!(e.contains("lowercase hex"), "{e}");
+        let e = Reference::parse("docker://busybox").unwrap_err().to_string();
+        assert!(e.contains("URL scheme"), "{e}");
+        let e = Reference::parse("host:port/app").unwrap_err().to_string();
+        assert!(e.contains("port must be a number"), "{e}");
+        let e = Reference::parse("bad_host.io/app").unwrap_err().to_string();
+        assert!(e.contains("registry host"), "{e}");
+        let e = Reference::parse(&format!("r.io/{}", "a".repeat(260))).unwrap_err().to_string();
+        assert!(e.contains("at most 255"), "{e}");
+        let e = Reference::parse("[::1/app").unwrap_err().to_string();
+        assert!(e.contains("IPv6"), "{e}");
+        assert!(Reference::parse("a b").is_err());
+        assert!(Reference::parse("busybox:1@").is_err());
+        assert!(Reference::parse(" busybox").is_err());
+    }
+
+    #[test]
+    fn digest_helpers() {
+        let d = Digest::sha256(b"hello");
+        assert_eq!(d.to_string(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert!(d.matches(b"hello"));
+        assert!(!d.matches(b"hello!"));
+        assert_eq!(d.referrers_tag(), "sha256-2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(d.cosign_signature_tag(), format!("{}.sig", d.referrers_tag()));
+        let d512 = Digest::compute(DigestAlgorithm::Sha512, b"x");
+        assert_eq!(d512.referrers_tag().len(), "sha512-".len() + 64, "ref truncated to 64 characters");
+        assert!(Digest::parse(&d512.to_string()).is_ok());
+        assert!(Digest::parse("sha256").is_err());
+        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
+    }
+}

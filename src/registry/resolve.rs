@@ -1,0 +1,406 @@
+//! Tag → digest on the mirror, and content fetched by digest, verified.
+//!
+//! Resolution is containerd's: `HEAD <path>/<repo>/manifests/<tag>` on each endpoint with the
+//! `resolve` capability in order (a 404 or an error moves on to the next), taking the
+//! `Docker-Content-Digest` answer, or the digest of the bytes of a `GET` when the header is
+//! missing. The manifest is then fetched by that digest from the `pull` endpoints, like
+//! containerd fetches it, and its bytes must hash to the digest: a mirror that serves other bytes
+//! fails the resolution with an error naming it. Every fetched manifest and blob is bounded by a
+//! size limit and checked against its digest.
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use oci_spec::image::{ImageIndex, ImageManifest};
+use serde::Serialize;
+
+use super::client::{Call, ErrorKind, Op, RequestError, Transport};
+use super::config::Platform;
+use super::hosts::Endpoint;
+use super::reference::{Digest, Reference};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// What containerd accepts for an image manifest or index.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Why an image could not be resolved; one line naming the image and the endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{reference}: not found on {endpoints}")]
+    NotFound { reference: String, endpoints: String },
+    #[error("{reference}: no endpoint with the `{capability}` capability is configured for {registry} (hosts.toml)")]
+    NoEndpoint { reference: String, registry: String, capability: &'static str },
+    #[error("{reference}: {error}")]
+    Request { reference: String, error: RequestError },
+    #[error("{reference}: {endpoint}: manifest {digest}: {message}")]
+    Manifest { reference: String, endpoint: String, digest: String, message: String },
+}
+
+/// An image resolved on the mirror.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedImage {
+    /// The reference as normalised.
+    pub reference: Reference,
+    /// The digest of the manifest or index the reference points to: what to pull.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// The endpoint that answered the tag (or served the manifest, for a digest reference).
+    pub resolved_by: String,
+    /// For an index: the manifest for the configured platform.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<PlatformImage>,
+    /// Things worth telling (e.g. an index without the wanted platform).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The verified manifest bytes.
+    #[serde(skip)]
+    pub manifest: Bytes,
+}
+
+/// The platform manifest picked from an index.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformImage {
+    pub platform: String,
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// Which digest of an image signatures are looked up for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectRole {
+    /// A single-platform image's manifest.
+    Manifest,
+    /// A multi-arch image's index (covers its platform manifests).
+    Index,
+    /// The platform manifest picked from an index.
+    Platform,
+}
+
+impl ResolvedImage {
+    /// The digests to discover signatures for: the image's own, then its platform manifest's.
+    pub fn subjects(&self) -> Vec<(Digest, SubjectRole)> {
+        match &self.platform {
+            None if is_index(&self.media_type) => vec![(self.digest.clone(), SubjectRole::Index)],
+            None => vec![(self.digest.clone(), SubjectRole::Manifest)],
+            Some(p) => vec![(self.digest.clone(), SubjectRole::Index), (p.digest.clone(), SubjectRole::Platform)],
+        }
+    }
+}
+
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+}
+
+/// Which store a digest is fetched from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Store {
+    Manifests,
+    Blobs,
+}
+
+/// Content fetched by digest and verified.
+pub(crate) struct Fetched {
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    pub endpoint: String,
+}
+
+/// Why content could not be fetched by digest.
+#[derive(Debug)]
+pub(crate) enum FetchError {
+    /// 404 on every endpoint tried.
+    NotFound(Vec<String>),
+    Request(RequestError),
+    NoEndpoint,
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::NotFound(eps) => write!(f, "not found on {}", eps.join(", ")),
+            FetchError::Request(e) => write!(f, "{e}"),
+            FetchError::NoEndpoint => f.write_str("no endpoint with the `pull` capability"),
+        }
+    }
+}
+
+pub(crate) fn manifest_limit_setting() -> &'static str {
+    "registry.max_manifest_bytes"
+}
+
+/// Fetches `digest` from `store` on the first of `endpoints` that has it, checking size and
+/// digest. A 404 or an unreachable endpoint moves on to the next; a wrong digest or an oversized
+/// answer is an error at once (the mirror serves something else).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fetch_verified(
+    transport: &Transport,
+    op: &Op,
+    endpoints: &[&Endpoint],
+    repository: &str,
+    store: Store,
+    digest: &Digest,
+    limit: u64,
+    limit_setting: &'static str,
+    accept: &str,
+) -> Result<Fetched, FetchError> {
+    let mut first_err: Option<RequestError> = None;
+    let mut not_found = Vec::new();
+    let mut tried = 0;
+    for ep in endpoints {
+        if op.is_dead(ep) {
+            continue;
+        }
+        tried += 1;
+        let kind = if store == Store::Manifests { "manifests" } else { "blobs" };
+        let call = Call {
+            method: Method::GET,
+            path: format!("{}/{}/{}/{}", ep.path, repository, kind, digest),
+            accept,
+            limit,
+            limit_setting,
+            repository,
+        };
+        let resp = match transport.send(op, ep, &call).await {
+            Ok(r) => r,
+            Err(e) if e.is_unreachable() => {
+                first_err.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(FetchError::Request(e)),
+        };
+        if resp.status == StatusCode::NOT_FOUND {
+            not_found.push(ep.url());
+            continue;
+        }
+        let fail = |kind| RequestError { endpoint: ep.url(), method: "GET".into(), path: call.path.clone(), kind };
+        if !resp.status.is_success() {
+            first_err.get_or_insert(fail(ErrorKind::Status { status: resp.status.as_u16(), detail: resp.detail() }));
+            continue;
+        }
+        if !digest.matches(&resp.body) {
+            let got = Digest::compute(digest.algorithm(), &resp.body);
+            return Err(FetchError::Request(fail(ErrorKind::DigestMismatch { got: got.to_string(), want: digest.to_string() })));
+        }
+        let content_type = resp.header("content-type").map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+        return Ok(Fetched { body: resp.body, content_type, endpoint: ep.url() });
+    }
+    if let Some(e) = first_err {
+        return Err(FetchError::Request(e));
+    }
+    if tried == 0 && not_found.is_empty() {
+        return Err(FetchError::NoEndpoint);
+    }
+    Err(FetchError::NotFound(not_found))
+}
+
+/// The media type of a manifest: its `mediaType` field, else the served content type, else its
+/// shape.
+pub(crate) fn manifest_media_type(body: &[u8], content_type: Option<&str>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    let peek: Peek = serde_json::from_slice(body).ok()?;
+    if let Some(mt) = peek.media_type.filter(|m| !m.is_empty()) {
+        return Some(mt);
+    }
+    if let Some(ct) = content_type.filter(|c| [OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST].contains(c)) {
+        return Some(ct.to_string());
+    }
+    if peek.manifests.is_some() {
+        Some(OCI_INDEX.into())
+    } else if peek.layers.is_some() {
+        Some(OCI_MANIFEST.into())
+    } else {
+        None
+    }
+}
+
+/// Resolves `reference` to a verified manifest, and for an index to its `platform` manifest.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn resolve(
+    transport: &Transport,
+    op: &Op,
+    endpoints: &[Endpoint],
+    reference: &Reference,
+    platform: &Platform,
+    max_manifest: u64,
+) -> Result<ResolvedImage, ResolveError> {
+    let refname = reference.to_string();
+    let repo = reference.repository();
+    let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
+    let mut resolved_by = None;
+    let mut prefetched: Option<(Bytes, Option<String>)> = None;
+    let digest = match reference.digest() {
+        Some(d) => d.clone(),
+        None => {
+            let tag = reference.tag().unwrap_or(super::reference::DEFAULT_TAG);
+            let resolvers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.resolve).collect();
+            if resolvers.is_empty() {
+                return Err(ResolveError::NoEndpoint {
+                    reference: refname,
+                    registry: reference.registry().into(),
+                    capability: "resolve",
+                });
+            }
+            let mut first_err = None;
+            let mut found = None;
+            for ep in &resolvers {
+                if op.is_dead(ep) {
+                    continue;
+                }
+                match resolve_tag(transport, op, ep, repo, tag, max_manifest).await {
+                    Ok(Some((digest, body))) => {
+                        found = Some(digest);
+                        prefetched = body;
+                        resolved_by = Some(ep.url());
+                        break;
+                    }
+                    Ok(None) => continue,
+                    Err(e) if matches!(e.kind, ErrorKind::DigestMismatch { .. } | ErrorKind::TooLarge { .. }) => {
+                        return Err(ResolveError::Request { reference: refname, error: e });
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            match (found, first_err) {
+                (Some(d), _) => d,
+                (None, Some(error)) => return Err(ResolveError::Request { reference: refname, error }),
+                (None, None) => {
+                    return Err(ResolveError::NotFound {
+                        reference: refname,
+                        endpoints: resolvers.iter().map(|e| e.url()).collect::<Vec<_>>().join(", "),
+                    })
+                }
+            }
+        }
+    };
+
+    // The manifest by digest, from the pull endpoints in order, as containerd fetches it.
+    let (body, content_type, served_by) = match prefetched {
+        Some((body, ct)) => (body, ct, resolved_by.clone().unwrap_or_default()),
+        None => {
+            match fetch_verified(transport, op, &pullers, repo, Store::Manifests, &digest, max_manifest, manifest_limit_setting(), MANIFEST_ACCEPT).await {
+                Ok(f) => (f.body, f.content_type, f.endpoint),
+                Err(FetchError::Request(error)) => return Err(ResolveError::Request { reference: refname, error }),
+                Err(FetchError::NoEndpoint) => {
+                    return Err(ResolveError::NoEndpoint { reference: refname, registry: reference.registry().into(), capability: "pull" })
+                }
+                Err(FetchError::NotFound(eps)) => {
+                    return Err(ResolveError::NotFound { reference: format!("{refname} (manifest {digest})"), endpoints: eps.join(", ") })
+                }
+            }
+        }
+    };
+    let bad = |endpoint: &str, message: String| ResolveError::Manifest {
+        reference: reference.to_string(),
+        endpoint: endpoint.to_string(),
+        digest: digest.to_string(),
+        message,
+    };
+    let media_type = manifest_media_type(&body, content_type.as_deref())
+        .ok_or_else(|| bad(&served_by, "not a JSON manifest or index".into()))?;
+    let mut image = ResolvedImage {
+        reference: reference.clone(),
+        digest: digest.clone(),
+        media_type: media_type.clone(),
+        size: body.len() as u64,
+        resolved_by: resolved_by.unwrap_or_else(|| served_by.clone()),
+        platform: None,
+        notes: Vec::new(),
+        manifest: body.clone(),
+    };
+    if is_index(&media_type) {
+        let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid index: {e}")))?;
+        let pick = index.manifests().iter().find(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
+            })
+        });
+        match pick {
+            Some(d) => {
+                let pd = Digest::parse(d.digest().as_ref())
+                    .map_err(|e| bad(&served_by, format!("index entry for {platform}: {e}")))?;
+                image.platform = Some(PlatformImage {
+                    platform: platform.to_string(),
+                    digest: pd,
+                    media_type: d.media_type().to_string(),
+                    size: d.size(),
+                });
+            }
+            None => image.notes.push(format!("index has no manifest for platform {platform}")),
+        }
+    } else if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
+        let _: ImageManifest = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid manifest: {e}")))?;
+    } else {
+        return Err(bad(&served_by, format!("unsupported media type {media_type:?} (expected an OCI or Docker v2 manifest or index)")));
+    }
+    Ok(image)
+}
+
+/// `HEAD` (then `GET` if needed) a tag on one endpoint: `Ok(None)` for 404.
+async fn resolve_tag(
+    transport: &Transport,
+    op: &Op,
+    ep: &Endpoint,
+    repo: &str,
+    tag: &str,
+    max_manifest: u64,
+) -> Result<Option<(Digest, Option<(Bytes, Option<String>)>)>, RequestError> {
+    let path = format!("{}/{}/manifests/{}", ep.path, repo, tag);
+    let head = Call {
+        method: Method::HEAD,
+        path: path.clone(),
+        accept: MANIFEST_ACCEPT,
+        limit: max_manifest,
+        limit_setting: manifest_limit_setting(),
+        repository: repo,
+    };
+    let resp = transport.send(op, ep, &head).await?;
+    let fail = |method: &str, kind| RequestError { endpoint: ep.url(), method: method.into(), path: path.clone(), kind };
+    if resp.status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status.is_success() {
+        return Err(fail("HEAD", ErrorKind::Status { status: resp.status.as_u16(), detail: String::new() }));
+    }
+    if let Some(len) = resp.header("content-length").and_then(|l| l.parse::<u64>().ok()) {
+        if len > max_manifest {
+            return Err(fail("HEAD", ErrorKind::TooLarge { size: len, limit: max_manifest, setting: manifest_limit_setting() }));
+        }
+    }
+    if let Some(Ok(d)) = resp.header("docker-content-digest").map(Digest::parse) {
+        return Ok(Some((d, None)));
+    }
+    // No usable digest header: the digest is that of the manifest's bytes.
+    let get = Call { method: Method::GET, ..head };
+    let resp = transport.send(op, ep, &get).await?;
+    if resp.status == StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if !resp.status.is_success() {
+        return Err(fail("GET", ErrorKind::Status { status: resp.status.as_u16(), detail: resp.detail() }));
+    }
+    let digest = Digest::sha256(&resp.body);
+    if let Some(Ok(claimed)) = resp.header("docker-content-digest").map(Digest::parse) {
+        if !claimed.matches(&resp.body) {
+            let got = Digest::compute(claimed.algorithm(), &resp.body);
+            return Err(fail("GET", ErrorKind::DigestMismatch { got: got.to_string(), want: claimed.to_string() }));
+        }
+        let ct = resp.header("content-type").map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+        return Ok(Some((claimed, Some((resp.body, ct)))));
+    }
+    let ct = resp.header("content-type").map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
+    Ok(Some((digest, Some((resp.body, ct)))))
+}

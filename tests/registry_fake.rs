@@ -1,0 +1,439 @@
+//! Discovery and the registry client against a FAKE registry and a FAKE token server
+//! (`tests/support/registry/fake.rs`): no registry with the OCI 1.1 referrers API or Docker
+//! token auth installs on this machine, and faults (a mirror serving other bytes, oversized or
+//! hanging answers) need a server that misbehaves on purpose. What a real registry can show is
+//! tested against the testbed's registry in `registry_testbed.rs`.
+
+#[path = "support/registry/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pullgate::registry::{Credentials, Digest, Material, Outcome, Registry, RegistryConfig, Secret, Source, Step};
+use support::fake::{Auth, FakeRegistry, Fault, TokenPolicy, TokenServer};
+use support::push::{self, Pusher, COSIGN_SIGN_PREDICATE, OCI_MANIFEST};
+use support::{closed_port, write_hosts, RecordingDialer};
+
+const SLSA: &str = "https://slsa.dev/provenance/v1";
+
+fn config(hosts_dir: &Path) -> RegistryConfig {
+    RegistryConfig {
+        hosts_dir: vec![hosts_dir.to_owned()],
+        bundle_dir: None,
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(3),
+        discovery_timeout: Duration::from_secs(10),
+        ..RegistryConfig::default()
+    }
+}
+
+/// hosts.toml mapping `registry` to the fake over plain HTTP, the way the testbed does.
+fn mirror_hosts(dir: &Path, registry: &str, fake: &FakeRegistry) {
+    write_hosts(dir, registry, &format!("server = \"http://{}\"\n[host]\n", fake.host()));
+}
+
+fn outcome(report: &pullgate::registry::Report, subject: &Digest, step: Step) -> Outcome {
+    report.discovery.steps.iter().find(|s| &s.subject == subject && s.step == step).map(|s| s.outcome.clone()).expect("step reported")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_api_finds_bundles_and_keeps_attestations_aside() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    let (_, bundle) = push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, SLSA, "provenance").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    fake.clear_log();
+
+    let report = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(report.image.digest, digest);
+    assert_eq!(report.image.resolved_by, format!("http://{}", fake.host()));
+    assert_eq!(outcome(&report, &digest, Step::ReferrersApi), Outcome::Found { candidates: 1 });
+    assert_eq!(outcome(&report, &digest, Step::ReferrersTag), Outcome::NotFound);
+    assert_eq!(outcome(&report, &digest, Step::SignatureTag), Outcome::NotFound);
+    assert_eq!(report.discovery.materials.len(), 1, "{report}");
+    match &report.discovery.materials[0] {
+        Material::Bundle { json, subject, source: Source::ReferrersApi { endpoint, .. }, .. } => {
+            assert_eq!(json.as_ref(), bundle.as_slice());
+            assert_eq!(subject, &digest);
+            assert_eq!(endpoint, &format!("http://{}", fake.host()));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(report.discovery.side_artifacts.len(), 1);
+    assert_eq!(report.discovery.side_artifacts[0].predicate_type.as_deref(), Some(SLSA));
+    assert!(report.discovery.errors().is_empty(), "{:?}", report.discovery.errors());
+    // the attestation was listed but never fetched; the listing asked for everything at once
+    let log = fake.log();
+    let side = report.discovery.side_artifacts[0].manifest.to_string();
+    assert!(!log.iter().any(|l| l.contains(&side)), "{log:#?}");
+    assert!(log.iter().any(|l| l == &format!("GET /v2/team/app/referrers/{digest}")), "{log:#?}");
+    // JSON report for `--output json`
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["discovery"]["materials"][0]["kind"], "bundle");
+    assert_eq!(json["discovery"]["materials"][0]["source"]["kind"], "referrers_api");
+    assert_eq!(json["discovery"]["steps"][0]["status"], "found");
+    assert!(report.to_string().contains("referrers API: 1 candidate(s)"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_api_and_tag_schema_are_deduplicated() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    let (desc, _) = push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    push::push_referrers_tag(&p, "team/app", &digest, vec![desc]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let report = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(outcome(&report, &digest, Step::ReferrersApi), Outcome::Found { candidates: 1 });
+    assert_eq!(outcome(&report, &digest, Step::ReferrersTag), Outcome::NotFound, "same referrer listed twice is one candidate");
+    assert_eq!(report.discovery.materials.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_broken_referrers_api_is_unsupported_not_none() {
+    let fake = FakeRegistry::start(false).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let registry = Registry::new(config(dir.path()));
+    let report = registry.inspect("ghcr.io/team/app:1", None).await.unwrap();
+    match outcome(&report, &digest, Step::ReferrersApi) {
+        Outcome::Unsupported { reason } => assert!(reason.contains("HTTP 404"), "{reason}"),
+        o => panic!("{o:?}"),
+    }
+    let fake = FakeRegistry::start(true).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    fake.fault(&format!("/referrers/{digest}"), Fault::NotJson);
+    mirror_hosts(dir.path(), "quay.io", &fake);
+    let report = registry.inspect("quay.io/team/app:1", None).await.unwrap();
+    match outcome(&report, &digest, Step::ReferrersApi) {
+        Outcome::Unsupported { reason } => assert!(reason.contains("not an OCI index"), "{reason}"),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_serving_other_bytes_is_refused() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    fake.fault(&format!("/manifests/{digest}"), Fault::Body(bytes::Bytes::from_static(b"{\"schemaVersion\":2}")));
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let e = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("http://{}: GET /v2/team/app/manifests/{digest}", fake.host())), "{e}");
+    assert!(e.contains("not the requested") && e.contains("other bytes"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_manifests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for fault in [Fault::Oversize(5 << 20), Fault::OversizeChunked(5 << 20)] {
+        let fake = FakeRegistry::start(true).await;
+        let (digest, _) = fake.put_image("team/app", "1", "app");
+        fake.fault(&format!("/manifests/{digest}"), fault.clone());
+        mirror_hosts(dir.path(), "ghcr.io", &fake);
+        // the chunked variant really comes without a length: the reader's bound is what stops it
+        let probe = support::http::request(fake.addr, "GET", &format!("/v2/team/app/manifests/{digest}"), &[], bytes::Bytes::new()).await.unwrap();
+        assert_eq!(probe.header("content-length").is_none(), matches!(fault, Fault::OversizeChunked(_)), "{fault:?}");
+        let e = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+        assert!(e.contains("over the 4194304-byte limit (registry.max_manifest_bytes)"), "{fault:?}: {e}");
+        assert!(e.contains(&format!("GET /v2/team/app/manifests/{digest}")), "{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bundle_blobs_are_problems_not_candidates() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    let (desc, bundle) = push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    let _ = desc;
+    let blob = Digest::sha256(&bundle);
+    fake.fault(&format!("/blobs/{blob}"), Fault::Body(bytes::Bytes::from_static(b"{\"tampered\":true}")));
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let report = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert!(report.discovery.materials.is_empty());
+    let errors = report.discovery.errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains(&format!("GET /v2/team/app/blobs/{blob}")) && errors[0].contains("other bytes"), "{errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_down_fails_fast_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    write_hosts(dir.path(), "ghcr.io", &format!("server = \"http://127.0.0.1:{port}\"\n[host]\n"));
+    let started = Instant::now();
+    let e = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(
+        e,
+        format!("ghcr.io/team/app:1: http://127.0.0.1:{port}: HEAD /v2/team/app/manifests/1: cannot connect: 127.0.0.1:{port}: connection refused")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_mirror_hits_the_request_timeout_and_the_budget() {
+    let fake = FakeRegistry::start(true).await;
+    fake.put_image("team/app", "1", "app");
+    fake.fault("/manifests/1", Fault::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let mut c = config(dir.path());
+    c.request_timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let e = Registry::new(c.clone()).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.ends_with("HEAD /v2/team/app/manifests/1: no complete answer within 300ms"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    c.request_timeout = Duration::from_secs(5);
+    c.discovery_timeout = Duration::from_millis(200);
+    let e = Registry::new(c).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains("budget of 200ms for this image exhausted (registry.discovery_timeout)"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_configured_mirror_is_ever_contacted() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let dialer = RecordingDialer::allowing(&[fake.host()]);
+    let registry = Registry::with_dialer(config(dir.path()), Arc::new(dialer.clone()));
+    let report = registry.inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(report.discovery.materials.len(), 1);
+    let attempts = dialer.attempts();
+    assert!(!attempts.is_empty());
+    assert!(attempts.iter().all(|a| *a == fake.host()), "{attempts:?}");
+
+    // An unconfigured registry: the registry itself, as containerd does, and nothing else; a
+    // failed connection is not retried within the operation.
+    let dialer = RecordingDialer::allowing(&[]);
+    let registry = Registry::with_dialer(config(dir.path()), Arc::new(dialer.clone()));
+    let e = registry.inspect("quay.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains("https://quay.io: HEAD /v2/team/app/manifests/1: cannot connect: quay.io:443"), "{e}");
+    assert_eq!(dialer.attempts(), ["quay.io:443"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_decide_who_resolves_and_who_serves() {
+    // A: pull-only mirror without the tag; B: resolves. Tag lookups never go to A; content by
+    // digest is asked from A first, then B (containerd's order).
+    let a = FakeRegistry::start(false).await;
+    let b = FakeRegistry::start(false).await;
+    let (digest, _) = b.put_image("team/app", "1", "app");
+    let dir = tempfile::tempdir().unwrap();
+    write_hosts(
+        dir.path(),
+        "ghcr.io",
+        &format!(
+            "server = \"http://{}\"\n[host.\"http://{}\"]\ncapabilities = [\"pull\"]\n[host.\"http://{}\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+            b.host(),
+            a.host(),
+            b.host()
+        ),
+    );
+    let report = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(report.image.digest, digest);
+    assert_eq!(report.image.resolved_by, format!("http://{}", b.host()));
+    let alog = a.log();
+    assert!(!alog.iter().any(|l| l.starts_with("HEAD /v2/team/app/manifests/1")), "{alog:#?}");
+    assert!(alog.iter().any(|l| l.starts_with(&format!("GET /v2/team/app/manifests/{digest}"))), "{alog:#?}");
+    assert_eq!(report.endpoints.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_digest_header_falls_back_to_get() {
+    let fake = FakeRegistry::start(false).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    fake.omit_digest_header(true);
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let image = Registry::new(config(dir.path())).resolve(&"ghcr.io/team/app:1".parse().unwrap(), None).await.unwrap();
+    assert_eq!(image.digest, digest);
+    assert!(fake.log().iter().any(|l| l.starts_with("GET /v2/team/app/manifests/1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_registry_without_hosts_toml_falls_back_to_plain_http() {
+    let fake = FakeRegistry::start(false).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    let dir = tempfile::tempdir().unwrap();
+    let report = Registry::new(config(dir.path())).inspect(&format!("{}/team/app:1", fake.host()), None).await.unwrap();
+    assert_eq!(report.image.digest, digest);
+    assert_eq!(report.endpoints[0].url(), format!("https+http://{}", fake.host()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_with_basic_refresh_and_registry_tokens() {
+    let tokens = TokenServer::start(TokenPolicy {
+        anonymous: false,
+        users: vec![("alice".into(), "pw".into())],
+        refresh_tokens: vec!["refresh-1".into()],
+    })
+    .await;
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    fake.set_auth(Auth::Bearer { realm: tokens.realm(), service: "fake-registry".into(), tokens: tokens.tokens.clone() });
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let mut c = config(dir.path());
+    c.token_realm_hosts = vec![tokens.addr.to_string()];
+    let registry = Registry::new(c.clone());
+
+    // username/password: GET with basic auth at the realm, one token reused for the operation
+    let report = registry.inspect("ghcr.io/team/app:1", Some(&Credentials::basic("alice", "pw"))).await.unwrap();
+    assert_eq!(report.discovery.materials.len(), 1, "{report}");
+    let log = tokens.log();
+    assert!(log[0].starts_with("GET service=fake-registry&scope=repository%3Ateam%2Fapp%3Apull basic"), "{log:?}");
+    assert_eq!(log.len(), 1, "token cached across requests: {log:?}");
+    assert!(fake.log().iter().filter(|l| l.ends_with(" auth")).count() >= 4);
+
+    // identity token: OAuth2 refresh-token grant
+    let idt = Credentials { identity_token: Some(Secret::new("refresh-1")), ..Credentials::default() };
+    registry.inspect("ghcr.io/team/app:1", Some(&idt)).await.unwrap();
+    assert!(tokens.log().iter().any(|l| l.starts_with("POST grant_type=refresh_token&refresh_token=refresh-1")), "{:?}", tokens.log());
+
+    // registry token: sent as is, no token server round trip
+    tokens.tokens.lock().unwrap().insert("static-token".into());
+    let before = tokens.log().len();
+    let rt = Credentials { registry_token: Some(Secret::new("static-token")), ..Credentials::default() };
+    registry.inspect("ghcr.io/team/app:1", Some(&rt)).await.unwrap();
+    assert_eq!(tokens.log().len(), before);
+
+    // anonymous and wrong password: refused, saying so
+    let e = registry.inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains("unauthorized: token server answered HTTP 401: anonymous token refused"), "{e}");
+    let e = registry.inspect("ghcr.io/team/app:1", Some(&Credentials::basic("alice", "nope"))).await.unwrap_err().to_string();
+    assert!(e.contains("credentials refused") && !e.contains("nope"), "{e}");
+
+    // static credentials from the configuration, for the endpoint host
+    let mut c2 = c.clone();
+    c2.credentials.insert(fake.host(), Credentials::basic("alice", "pw"));
+    Registry::new(c2).inspect("ghcr.io/team/app:1", None).await.unwrap();
+
+    // kubelet credentials for another server are not sent to this mirror
+    let other = Credentials { server_address: Some("registry.elsewhere".into()), ..Credentials::basic("alice", "pw") };
+    let e = registry.inspect("ghcr.io/team/app:1", Some(&other)).await.unwrap_err().to_string();
+    assert!(e.contains("anonymous token refused"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_realm_on_an_unconfigured_host_is_never_contacted() {
+    let tokens = TokenServer::start(TokenPolicy { anonymous: true, ..TokenPolicy::default() }).await;
+    let fake = FakeRegistry::start(true).await;
+    fake.put_image("team/app", "1", "app");
+    fake.set_auth(Auth::Bearer { realm: tokens.realm(), service: "fake-registry".into(), tokens: tokens.tokens.clone() });
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let dialer = RecordingDialer::allowing(&[fake.host(), tokens.addr.to_string()]);
+    let e = Registry::with_dialer(config(dir.path()), Arc::new(dialer.clone()))
+        .inspect("ghcr.io/team/app:1", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not an endpoint of this registry; add it to registry.token_realm_hosts"), "{e}");
+    assert!(tokens.log().is_empty());
+    assert!(dialer.attempts().iter().all(|a| *a == fake.host()), "{:?}", dialer.attempts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_challenge_is_answered() {
+    let fake = FakeRegistry::start(false).await;
+    fake.put_image("team/app", "1", "app");
+    fake.set_auth(Auth::Basic { user: "bob".into(), password: "pw".into() });
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let registry = Registry::new(config(dir.path()));
+    registry.inspect("ghcr.io/team/app:1", Some(&Credentials::basic("bob", "pw"))).await.unwrap();
+    let e = registry.inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains("anonymous access refused"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_directory_on_the_node() {
+    let fake = FakeRegistry::start(false).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let bundles = tempfile::tempdir().unwrap();
+    std::fs::write(bundles.path().join(format!("{}.json", digest.file_stem())), push::fake_bundle("file1")).unwrap();
+    std::fs::write(bundles.path().join(format!("{}.sigstore.json", digest.file_stem())), push::fake_bundle("file2")).unwrap();
+    let mut c = config(dir.path());
+    c.bundle_dir = Some(bundles.path().to_owned());
+    let report = Registry::new(c.clone()).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(outcome(&report, &digest, Step::BundleDir), Outcome::Found { candidates: 2 });
+    assert!(matches!(report.discovery.materials[0].source(), Source::BundleFile { path } if path.ends_with(format!("{}.json", digest.file_stem()))));
+    c.max_blob_bytes = 10;
+    let report = Registry::new(c).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert_eq!(outcome(&report, &digest, Step::BundleDir), Outcome::NotFound);
+    assert!(report.discovery.errors().iter().all(|e| e.contains("over the 10-byte limit")), "{:?}", report.discovery.errors());
+    assert_eq!(report.discovery.errors().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_host_are_bounded() {
+    let fake = FakeRegistry::start(true).await;
+    fake.put_image("team/app", "1", "app");
+    fake.delay(Duration::from_millis(20));
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let mut c = config(dir.path());
+    c.max_concurrent_requests = 1;
+    let registry = Registry::new(c.clone());
+    // several pulls at once, each discovering with several requests in parallel
+    let runs = (0..3).map(|_| registry.inspect("ghcr.io/team/app:1", None));
+    for r in futures_util::future::join_all(runs).await {
+        r.unwrap();
+    }
+    assert_eq!(fake.max_in_flight(), 1);
+    c.max_concurrent_requests = 8;
+    Registry::new(c).inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert!(fake.max_in_flight() > 1, "discovery steps run in parallel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mirror_with_custom_ca_and_client_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = support::tls::make_pki(pki_dir.path());
+    let fake = FakeRegistry::start_tls(true, support::tls::server_config(&pki)).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    let port = fake.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = |extra: &str| {
+        write_hosts(dir.path(), "registry.internal", &format!("server = \"https://localhost:{port}\"\n{extra}\n[host]\n"));
+    };
+    let (ca, cert, key) = (pki.path("ca.pem"), pki.path("client.pem"), pki.path("client.key"));
+    let registry = Registry::new(config(dir.path()));
+
+    hosts(&format!("ca = {ca:?}\nclient = [[{cert:?}, {key:?}]]"));
+    let r = registry.inspect("registry.internal/team/app:1", None).await.unwrap();
+    assert_eq!(r.image.digest, digest);
+    assert_eq!(r.image.resolved_by, format!("https://localhost:{port}"));
+
+    // the CA is needed: system roots alone do not trust the mirror
+    hosts(&format!("client = [[{cert:?}, {key:?}]]"));
+    let e = registry.inspect("registry.internal/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("https://localhost:{port}: HEAD /v2/team/app/manifests/1: TLS: handshake with localhost:{port}")), "{e}");
+    assert!(e.contains("UnknownIssuer") || e.contains("unknown issuer"), "{e}");
+
+    // the mirror requires a client certificate
+    hosts(&format!("ca = {ca:?}"));
+    let e = registry.inspect("registry.internal/team/app:1", None).await.unwrap_err().to_string();
+    assert!(e.starts_with(&format!("registry.internal/team/app:1: https://localhost:{port}: HEAD /v2/team/app/manifests/1: ")), "{e}");
+
+    // skip_verify: any server certificate, client certificate still presented
+    hosts(&format!("skip_verify = true\nclient = [[{cert:?}, {key:?}]]"));
+    registry.inspect("registry.internal/team/app:1", None).await.unwrap();
+}
