@@ -23,7 +23,10 @@ pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: impl Future<
         // kubelet multiplexes all its CRI calls over one connection.
         .max_concurrent_streams(1000)
         .keep_alive_interval(Some(Duration::from_secs(60)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(Duration::from_secs(20))
+        // No `date` header on responses: containerd sends none, and pass-through must not add
+        // one (it also saves formatting one per call).
+        .auto_date_header(false);
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {

@@ -29,8 +29,7 @@ use super::bundle::{ArtifactRef, ExpectedSigner, LogEntrySummary, Signer, Verifi
 use super::certificate::CertificateIdentity;
 use super::digest::{Digest, DigestAlgorithm};
 use super::error::{
-    one_line, BindingError, CertificateError, MaterialError, SignatureError, TimestampError,
-    TlogError, VerifyError,
+    one_line, BindingError, CertificateError, MaterialError, SignatureError, TlogError, VerifyError,
 };
 use super::tlog;
 use super::trust::TrustMaterial;
@@ -518,24 +517,7 @@ impl TrustMaterial {
         token: &[u8],
         signature: &[u8],
     ) -> Result<jiff::Timestamp, VerifyError> {
-        let token = TimestampToken::new(token.to_vec());
-        let signature = SignatureBytes::from_bytes(signature);
-        let mut last = None;
-        for authority in self.trusted_root().tsa_authorities() {
-            match sigstore_verify::tsa::verify_timestamp_for_authority(
-                &token, &signature, &authority,
-            ) {
-                Ok(time) => return Ok(time),
-                Err(sigstore_verify::tsa::Error::TimestampOutsideValidity { time }) => {
-                    return Err(TimestampError::OutsideAuthorityValidity(time.to_string()).into())
-                }
-                Err(e) => last = Some(one_line(&e.to_string())),
-            }
-        }
-        Err(TimestampError::Invalid(
-            last.unwrap_or_else(|| "no trusted timestamp authority".into()),
-        )
-        .into())
+        Ok(super::timestamp::verify(&self.tsa, token, signature)?)
     }
 
     fn verify_fulcio_chain(
@@ -673,7 +655,7 @@ fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, Ma
 fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>]) -> Result<Vec<DerCertificate>, String> {
     let mut out = Vec::new();
     for der in pem_certificates(pem)? {
-        if trusted.iter().any(|t| *t == der) {
+        if trusted.contains(&der) {
             continue;
         }
         // Unused intermediates would be ignored by path building; refuse

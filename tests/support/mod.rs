@@ -2,4 +2,6 @@
 //! and uses only part of it, hence the blanket `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod registry;
+pub mod signer;
 pub mod sigstore;

@@ -152,7 +152,22 @@ pub async fn push_bundle_referrer(
     label: &str,
 ) -> Result<(Value, Vec<u8>), String> {
     let bundle = fake_bundle(label);
-    let bundle_digest = p.blob(repo, &bundle).await?;
+    let desc = push_bundle_bytes(p, repo, subject, subject_size, subject_media_type, predicate_type, &bundle).await?;
+    Ok((desc, bundle))
+}
+
+/// Pushes `bundle` (real or not) as a cosign v3 referrer of `subject`, the way cosign 3 stores
+/// it; returns the referrer's descriptor as listed in a referrers index.
+pub async fn push_bundle_bytes(
+    p: &Pusher,
+    repo: &str,
+    subject: &Digest,
+    subject_size: usize,
+    subject_media_type: &str,
+    predicate_type: &str,
+    bundle: &[u8],
+) -> Result<Value, String> {
+    let bundle_digest = p.blob(repo, bundle).await?;
     let empty_digest = p.blob(repo, b"{}").await?;
     let annotations = json!({
         "dev.sigstore.bundle.content": "dsse-envelope",
@@ -174,7 +189,28 @@ pub async fn push_bundle_referrer(
     let mut desc = descriptor(OCI_MANIFEST, &digest, bytes.len());
     desc["artifactType"] = json!(BUNDLE_V03);
     desc["annotations"] = annotations;
-    Ok((desc, bundle))
+    Ok(desc)
+}
+
+/// Pushes a cosign legacy signature manifest at tag `sha256-<hex>.sig` with these layers
+/// (simple-signing payload bytes and the layer annotations); returns the manifest digest.
+pub async fn push_signature_layers(p: &Pusher, repo: &str, subject: &Digest, layers: &[(Vec<u8>, Value)]) -> Result<Digest, String> {
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (payload, annotations) in layers {
+        let d = p.blob(repo, payload).await?;
+        diff_ids.push(d.to_string());
+        descs.push(json!({"mediaType": SIMPLE_SIGNING, "digest": d.to_string(), "size": payload.len(), "annotations": annotations}));
+    }
+    let config = serde_json::to_vec(&json!({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})).unwrap();
+    let config_digest = p.blob(repo, &config).await?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len()),
+        "layers": descs
+    });
+    Ok(p.json_manifest(repo, &subject.cosign_signature_tag(), OCI_MANIFEST, &manifest).await?.0)
 }
 
 /// Pushes the referrers tag schema index for `subject` listing `descriptors`.
