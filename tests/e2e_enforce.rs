@@ -192,6 +192,7 @@ fn main() {
         ("mirror_down_refuses_in_enforce_and_logs_in_audit", mirror_down),
         ("stale_or_missing_trust_root_fails_closed", missing_trust_root),
         ("policy_reload_keeps_last_good_on_error", policy_reload),
+        ("network_access_is_only_containerd_and_the_mirror", offline),
     ];
     let trials = tests
         .into_iter()
@@ -619,5 +620,49 @@ fn policy_reload(c: &Ctx) -> TestResult {
     ensure!(d.logs().contains("policy reloaded"), "no reload logged:\n{}", d.logs());
     c.rt.block_on(pull(&sock, &unsigned)).map_err(|s| format!("new audit policy not in force: {}", s.message()))?;
     d.terminate(Duration::from_secs(10));
+    Ok(())
+}
+
+/// Offline: every connection the daemon opens while it verifies signed, unsigned and
+/// refused images goes to containerd's socket or the configured mirror; nothing else (no
+/// Fulcio, Rekor, TUF CDN, DNS). Traced at the system-call level with strace.
+fn offline(c: &Ctx) -> TestResult {
+    let sock = c.tb.dir.join("traced.sock");
+    let audit = c.tb.dir.join("traced-audit.log");
+    let trace = c.tb.dir.join("connect.trace");
+    let paths = SetupPaths { dir: c.tb.dir.clone(), registry: c.registry.clone(), containerd: c.direct() };
+    let cfg = c.tb.dir.join("traced.yaml");
+    std::fs::write(&cfg, config(&paths, &sock, "enforce", c.tb.get("HOSTS_DIR"), &audit))?;
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=connect,sendto", "-o"]).arg(&trace).arg(daemon::binary());
+    cmd.args(["serve", "--config", cfg.to_str().unwrap()]);
+    let mut d = Daemon::start_with(&sock, &mut cmd)?;
+    c.rt.block_on(async {
+        cri::images(&c.direct()).remove_image(k8s::RemoveImageRequest { image: spec(c.tb.get("DEMO_IMAGE")) }).await.ok();
+        pull(&sock, c.tb.get("DEMO_IMAGE")).await?;
+        let _ = pull(&sock, c.tb.get("UNSIGNED_IMAGE")).await;
+        let _ = pull(&sock, "ghcr.io/example/app:1").await;
+        Ok::<_, Failed>(())
+    })?;
+    d.terminate(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&trace)?;
+    let connects: Vec<&str> = text.lines().filter(|l| l.contains("connect(")).collect();
+    ensure!(!connects.is_empty(), "strace saw no connect at all:\n{text}");
+    let port = c.registry.rsplit(':').next().unwrap_or_default();
+    let mirror = format!("sin_port=htons({port}), sin_addr=inet_addr(\"127.0.0.1\")");
+    let containerd = format!("sun_path=\"{}\"", c.direct().display());
+    let mut reached_mirror = false;
+    for line in &connects {
+        if line.contains("AF_UNIX") {
+            ensure!(line.contains(&containerd), "connection to a unix socket other than containerd's: {line}");
+        } else if line.contains("AF_INET") {
+            ensure!(line.contains(&mirror), "network connection other than the mirror: {line}");
+            reached_mirror = true;
+        } else {
+            return Err(format!("unexpected connect: {line}").into());
+        }
+    }
+    ensure!(reached_mirror, "the mirror was never contacted: {connects:?}");
+    ensure!(!text.contains("htons(53)"), "DNS traffic: {text}");
     Ok(())
 }
