@@ -60,7 +60,27 @@ struct Plan {
 }
 
 impl Plan {
+    /// The full or quick plan; `PULLGATE_BENCH_ROUNDS`, `_SEQ_CALLS`, `_LOAD_MS` and `_STARTS`
+    /// override single values.
     fn from_env() -> Plan {
+        let mut plan = Self::base();
+        let get = |k: &str| std::env::var(format!("PULLGATE_BENCH_{k}")).ok().and_then(|v| v.parse::<u64>().ok());
+        if let Some(v) = get("ROUNDS") {
+            plan.rounds = v.max(1) as usize;
+        }
+        if let Some(v) = get("SEQ_CALLS") {
+            plan.seq_calls = v.max(1) as usize;
+        }
+        if let Some(v) = get("LOAD_MS") {
+            plan.load = Duration::from_millis(v.max(1));
+        }
+        if let Some(v) = get("STARTS") {
+            plan.startups = v as usize;
+        }
+        plan
+    }
+
+    fn base() -> Plan {
         let quick = std::env::var("PULLGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         if quick {
             Plan {
@@ -136,7 +156,20 @@ async fn call(ch: &Channel, c: &Call) -> Result<Bytes, String> {
 const DIRECT: usize = 0;
 const VIA: usize = 1;
 
+/// Progress on stderr, with the time since the bench started.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!("[bench {:6.1}s] {}", started().elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
+fn started() -> &'static Instant {
+    static T: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    T.get_or_init(Instant::now)
+}
+
 fn main() {
+    started();
     if let Some(reason) = testbed::unavailable_reason() {
         eprintln!("proxy bench skipped: {reason}");
         return;
@@ -150,36 +183,69 @@ fn main() {
     }
 }
 
+fn env_args(key: &str) -> Vec<String> {
+    std::env::var(key).unwrap_or_default().split_whitespace().map(String::from).collect()
+}
+
+/// A pullgate under test: binary and extra `serve` arguments.
+struct Variant {
+    bin: PathBuf,
+    args: Vec<String>,
+}
+
+impl Variant {
+    fn describe(&self) -> String {
+        let mut s = self.bin.display().to_string();
+        if !self.args.is_empty() {
+            s += &format!(" serve ... {}", self.args.join(" "));
+        }
+        s
+    }
+
+    fn start(&self, socket: &Path, upstream: &Path) -> Result<Daemon, String> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve").arg("--listen").arg(socket).arg("--upstream").arg(upstream).args(&self.args);
+        Daemon::start_with(socket, &mut cmd)
+    }
+}
+
 /// Sets up, measures and tears down (`Testbed` and `Daemon` clean up on drop, on error too).
 fn run() -> Result<String, String> {
     let plan = Plan::from_env();
-    let bin = pullgate_binary()?;
-    let extra_args: Vec<String> =
-        std::env::var("PULLGATE_BENCH_ARGS").unwrap_or_default().split_whitespace().map(String::from).collect();
-    eprintln!("[bench] pullgate binary: {}", bin.display());
-    eprintln!("[bench] starting testbed (containerd + registry)...");
+    let a = Variant { bin: pullgate_binary("PULLGATE_BIN")?, args: env_args("PULLGATE_BENCH_ARGS") };
+    // Optional second pullgate, measured interleaved with the first (A/B comparisons under the
+    // same machine noise): PULLGATE_BENCH_B_BIN and/or PULLGATE_BENCH_B_ARGS.
+    let b = if std::env::var_os("PULLGATE_BENCH_B_BIN").is_some() || std::env::var_os("PULLGATE_BENCH_B_ARGS").is_some() {
+        let bin = if std::env::var_os("PULLGATE_BENCH_B_BIN").is_some() { pullgate_binary("PULLGATE_BENCH_B_BIN")? } else { a.bin.clone() };
+        Some(Variant { bin, args: env_args("PULLGATE_BENCH_B_ARGS") })
+    } else {
+        None
+    };
+    progress!("pullgate: {}", a.describe());
+    if let Some(b) = &b {
+        progress!("pullgate B: {}", b.describe());
+    }
+    progress!("starting testbed (containerd + registry)...");
     let tb = Testbed::start("bench", &[])?;
     let direct_sock = tb.containerd_sock();
-    let pg_sock = tb.dir.join("pullgate.sock");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("serve")
-        .arg("--listen")
-        .arg(&pg_sock)
-        .arg("--upstream")
-        .arg(&direct_sock)
-        .args(&extra_args);
-    let pg = Daemon::start_with(&pg_sock, &mut cmd)?;
+    let mut socks = vec![direct_sock.clone(), tb.dir.join("pullgate.sock")];
+    let mut daemons = vec![a.start(&socks[VIA], &direct_sock)?];
+    if let Some(b) = &b {
+        socks.push(tb.dir.join("pullgate-b.sock"));
+        daemons.push(b.start(&socks[2], &direct_sock)?);
+    }
+    let pids: Vec<u32> = daemons.iter().map(Daemon::pid).collect();
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let image = tb.get("DEMO_IMAGE").to_string();
     let calls = calls(&image);
-    let chans = {
+    let chans: Vec<Channel> = {
         let _rt = rt.enter();
-        [cri::channel(&direct_sock), cri::channel(&pg_sock)]
+        socks.iter().map(|s| cri::channel(s)).collect()
     };
 
     rt.block_on(async {
-        eprintln!("[bench] pulling {image} into containerd");
+        progress!("pulling {image} into containerd");
         let pull = k8s::PullImageRequest {
             image: Some(k8s::ImageSpec { image: image.clone(), ..Default::default() }),
             ..Default::default()
@@ -188,32 +254,44 @@ fn run() -> Result<String, String> {
         // The same answer both ways, or the comparison means nothing.
         for c in &calls {
             let d = call(&chans[DIRECT], c).await?;
-            let v = call(&chans[VIA], c).await?;
-            if d != v {
-                return Err(format!("{}: response through pullgate differs from the direct one", c.name));
+            for ch in &chans[1..] {
+                if call(ch, c).await? != d {
+                    return Err(format!("{}: response through pullgate differs from the direct one", c.name));
+                }
             }
         }
         Ok::<_, String>(())
     })?;
 
-    let mut out = String::new();
     let seq = rt.block_on(sequential(&plan, &chans, &calls))?;
-    let load = rt.block_on(concurrent(&plan, &chans, &calls, pg.pid()))?;
+    let mut procs = vec![("client (bench)".to_string(), std::process::id())];
+    if let Ok(pid) = tb.get("CONTAINERD_PID").parse() {
+        procs.push(("containerd".to_string(), pid));
+    }
+    procs.push(("pullgate".to_string(), pids[0]));
+    if pids.len() > 1 {
+        procs.push(("pullgate B".to_string(), pids[1]));
+    }
+    let load = rt.block_on(concurrent(&plan, &chans, &calls, &pids, procs))?;
     drop(chans);
     drop(rt);
-    let startup = startups(&plan, &bin, &extra_args, &tb.dir, &direct_sock)?;
-    let pg_log_lines = pg.logs().lines().count();
-    drop(pg);
+    let startup = startups(&plan, &a, &tb.dir, &direct_sock)?;
+    let log_lines = daemons[0].logs().lines().count();
+    drop(daemons);
 
-    write_report(&mut out, &plan, &seq, &load, &startup, &bin, &extra_args);
-    let _ = writeln!(out, "\n(pullgate wrote {pg_log_lines} log lines during the run: one per intercepted ImageStatus call, at the default `info` level.)");
-    eprintln!("[bench] tearing down the testbed");
+    let mut out = String::new();
+    write_report(&mut out, &plan, &seq, &load, &startup, &a, b.as_ref());
+    let _ = writeln!(
+        out,
+        "\n(pullgate wrote {log_lines} log lines during the run: one per intercepted ImageStatus call, at the default `info` level.)"
+    );
+    progress!("tearing down the testbed");
     drop(tb);
     Ok(out)
 }
 
-fn pullgate_binary() -> Result<PathBuf, String> {
-    let bin = match std::env::var_os("PULLGATE_BIN") {
+fn pullgate_binary(var: &str) -> Result<PathBuf, String> {
+    let bin = match std::env::var_os(var) {
         Some(p) => PathBuf::from(p),
         // Set by cargo for benchmarks: the binary built in this (release) profile.
         None => PathBuf::from(env!("CARGO_BIN_EXE_pullgate")),
@@ -222,7 +300,7 @@ fn pullgate_binary() -> Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!(
-            "no pullgate binary at {}; build it with `cargo build --release` (or point PULLGATE_BIN at one)",
+            "no pullgate binary at {}; build it with `cargo build --release` (or point {var} at one)",
             bin.display()
         ))
     }
@@ -231,58 +309,65 @@ fn pullgate_binary() -> Result<PathBuf, String> {
 // --- sequential latency ------------------------------------------------------------------------
 
 struct Sequential {
-    /// Per round and path: p50, p99 over all calls (ns).
-    rounds: Vec<[(u64, u64); 2]>,
-    /// Per call kind, per round and path: p50 (ns).
-    per_call: Vec<(&'static str, Vec<[u64; 2]>)>,
+    /// Per round, per path: p50, p99 over all calls (ns).
+    rounds: Vec<Vec<(u64, u64)>>,
+    /// Per call kind, per round, per path: p50 (ns).
+    per_call: Vec<(&'static str, Vec<Vec<u64>>)>,
 }
 
-async fn sequential(plan: &Plan, chans: &[Channel; 2], calls: &[Call]) -> Result<Sequential, String> {
-    eprintln!("[bench] sequential: warm-up, then {} rounds x {} calls per path", plan.rounds, plan.seq_calls);
+/// The order paths take in a round: rotated each round so none is always first.
+fn order(round: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|i| (i + round) % n).collect()
+}
+
+async fn sequential(plan: &Plan, chans: &[Channel], calls: &[Call]) -> Result<Sequential, String> {
+    progress!("sequential: warm-up, then {} rounds x {} calls per path", plan.rounds, plan.seq_calls);
     for ch in chans {
         for i in 0..plan.warmup_calls {
             call(ch, &calls[i % calls.len()]).await?;
         }
     }
+    let n = chans.len();
     let mut result = Sequential { rounds: vec![], per_call: calls.iter().map(|c| (c.name, vec![])).collect() };
     for round in 0..plan.rounds {
         // samples[path][call kind]
-        let mut samples: [Vec<Vec<u64>>; 2] = [vec![vec![]; calls.len()], vec![vec![]; calls.len()]];
-        let order = if round % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
+        let mut samples: Vec<Vec<Vec<u64>>> = vec![vec![Vec::with_capacity(plan.seq_calls); calls.len()]; n];
         let mut done = 0;
         while done < plan.seq_calls {
-            let n = plan.seq_block.min(plan.seq_calls - done);
-            for p in order {
-                for i in done..done + n {
-                    let k = i % calls.len();
+            let k = plan.seq_block.min(plan.seq_calls - done);
+            for p in order(round, n) {
+                for i in done..done + k {
+                    let kind = i % calls.len();
                     let t = Instant::now();
-                    call(&chans[p], &calls[k]).await?;
-                    samples[p][k].push(t.elapsed().as_nanos() as u64);
+                    call(&chans[p], &calls[kind]).await?;
+                    samples[p][kind].push(t.elapsed().as_nanos() as u64);
                 }
             }
-            done += n;
+            done += k;
         }
-        let mut r = [(0, 0); 2];
-        for p in [DIRECT, VIA] {
-            let mut all: Vec<u64> = samples[p].iter().flatten().copied().collect();
+        let mut r = vec![];
+        for s in &samples {
+            let mut all: Vec<u64> = s.iter().flatten().copied().collect();
             all.sort_unstable();
-            r[p] = (pct(&all, 50.0), pct(&all, 99.0));
+            r.push((pct(&all, 50.0), pct(&all, 99.0)));
         }
-        for (k, (_, v)) in result.per_call.iter_mut().enumerate() {
-            let mut p50 = [0; 2];
-            for p in [DIRECT, VIA] {
-                samples[p][k].sort_unstable();
-                p50[p] = pct(&samples[p][k], 50.0);
-            }
-            v.push(p50);
+        for (kind, (_, v)) in result.per_call.iter_mut().enumerate() {
+            v.push(
+                samples
+                    .iter_mut()
+                    .map(|s| {
+                        s[kind].sort_unstable();
+                        pct(&s[kind], 50.0)
+                    })
+                    .collect(),
+            );
         }
-        eprintln!(
-            "[bench]   round {}: p50 {:.1} / {:.1} us, p99 {:.1} / {:.1} us (direct / via)",
+        progress!(
+            "  round {}: p50 {} us, p99 {} us (direct / via{})",
             round + 1,
-            us(r[0].0),
-            us(r[1].0),
-            us(r[0].1),
-            us(r[1].1)
+            r.iter().map(|x| format!("{:.1}", us(x.0))).collect::<Vec<_>>().join(" / "),
+            r.iter().map(|x| format!("{:.1}", us(x.1))).collect::<Vec<_>>().join(" / "),
+            if n > 2 { " / B" } else { "" }
         );
         result.rounds.push(r);
     }
@@ -292,44 +377,63 @@ async fn sequential(plan: &Plan, chans: &[Channel; 2], calls: &[Call]) -> Result
 // --- concurrent throughput and RSS -------------------------------------------------------------
 
 struct Load {
-    /// Per round: calls/s [direct, via].
-    rounds: Vec<[f64; 2]>,
-    max_rss_kib: u64,
-    hwm_kib: u64,
+    /// Per round, per path: calls/s.
+    rounds: Vec<Vec<f64>>,
+    /// Per path, summed over rounds: calls, and CPU time (ns) of each process in `procs`.
+    cpu: Vec<(u64, Vec<u64>)>,
+    /// The processes whose CPU time is measured: the client (this bench), containerd, pullgate(s).
+    procs: Vec<(String, u32)>,
+    /// Per pullgate: max VmRSS sampled, VmHWM at the end (KiB).
+    rss_kib: Vec<(u64, u64)>,
+    /// Per pullgate: VmRSS before the load, and the largest RssAnon and RssFile sampled (KiB).
+    rss_parts_kib: Vec<(u64, u64, u64)>,
 }
 
-async fn concurrent(plan: &Plan, chans: &[Channel; 2], calls: &[Call], pid: u32) -> Result<Load, String> {
-    eprintln!(
-        "[bench] concurrent: {} callers on one connection, {} rounds x {:?} per path",
-        plan.callers, plan.rounds, plan.load
+async fn concurrent(plan: &Plan, chans: &[Channel], calls: &[Call], pids: &[u32], procs: Vec<(String, u32)>) -> Result<Load, String> {
+    progress!(
+        "concurrent: {} callers on one connection, {} rounds x {:?} per path",
+        plan.callers,
+        plan.rounds,
+        plan.load
     );
-    let sampler = RssSampler::start(pid);
-    for p in [DIRECT, VIA] {
-        load_once(plan.callers, &chans[p], calls, plan.load / 4).await?;
+    let idle: Vec<u64> = pids.iter().map(|p| proc_status_kib(*p, "VmRSS:").unwrap_or(0)).collect();
+    let samplers: Vec<RssSampler> = pids.iter().map(|p| RssSampler::start(*p)).collect();
+    for ch in chans {
+        load_once(plan.callers, ch, calls, plan.load / 4).await?;
     }
     let mut rounds = vec![];
+    let mut cpu = vec![(0u64, vec![0u64; procs.len()]); chans.len()];
     for round in 0..plan.rounds {
-        let order = if round % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
-        let mut r = [0.0; 2];
-        for p in order {
-            r[p] = load_once(plan.callers, &chans[p], calls, plan.load).await?;
+        let mut r = vec![0.0; chans.len()];
+        for p in order(round, chans.len()) {
+            let before: Vec<u64> = procs.iter().map(|(_, pid)| cpu_ns(*pid)).collect();
+            let (rate, n) = load_once(plan.callers, &chans[p], calls, plan.load).await?;
+            r[p] = rate;
+            cpu[p].0 += n;
+            for (i, (_, pid)) in procs.iter().enumerate() {
+                cpu[p].1[i] += cpu_ns(*pid).saturating_sub(before[i]);
+            }
         }
-        eprintln!(
-            "[bench]   round {}: {:.0} / {:.0} calls/s (direct / via), ratio {:.3}",
+        progress!(
+            "  round {}: {} calls/s, ratio {}",
             round + 1,
-            r[0],
-            r[1],
-            r[1] / r[0]
+            r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "),
+            r[1..].iter().map(|x| format!("{:.3}", x / r[0])).collect::<Vec<_>>().join(" / ")
         );
         rounds.push(r);
     }
-    let max_rss_kib = sampler.stop();
-    let hwm_kib = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
-    Ok(Load { rounds, max_rss_kib, hwm_kib })
+    let mut rss_kib = vec![];
+    let mut rss_parts_kib = vec![];
+    for ((s, pid), idle) in samplers.into_iter().zip(pids).zip(idle) {
+        let [rss, anon, file] = s.stop();
+        rss_kib.push((rss, proc_status_kib(*pid, "VmHWM:").unwrap_or(0)));
+        rss_parts_kib.push((idle, anon, file));
+    }
+    Ok(Load { rounds, rss_kib, rss_parts_kib, cpu, procs })
 }
 
-/// `callers` tasks calling back-to-back on one channel for `duration`; returns calls/s.
-async fn load_once(callers: usize, ch: &Channel, calls: &[Call], duration: Duration) -> Result<f64, String> {
+/// `callers` tasks calling back-to-back on one channel for `duration`; returns calls/s and calls.
+async fn load_once(callers: usize, ch: &Channel, calls: &[Call], duration: Duration) -> Result<(f64, u64), String> {
     let start = Instant::now();
     let deadline = start + duration;
     let mut set = tokio::task::JoinSet::new();
@@ -349,13 +453,26 @@ async fn load_once(callers: usize, ch: &Channel, calls: &[Call], duration: Durat
     while let Some(r) = set.join_next().await {
         total += r.map_err(|e| e.to_string())??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    Ok((total as f64 / start.elapsed().as_secs_f64(), total))
 }
 
-/// Samples a process's VmRSS every 10 ms on its own thread.
+/// User + system CPU time of a process (all threads), from /proc/PID/stat, in ns.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks * 10_000_000
+}
+
+/// Samples a process's VmRSS, RssAnon and RssFile every 10 ms on its own thread; keeps the
+/// largest of each.
 struct RssSampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
+    thread: std::thread::JoinHandle<[u64; 3]>,
 }
 
 impl RssSampler {
@@ -363,9 +480,11 @@ impl RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut max = 0;
+            let mut max = [0; 3];
             while !flag.load(Ordering::Relaxed) {
-                max = max.max(proc_status_kib(pid, "VmRSS:").unwrap_or(0));
+                for (m, key) in max.iter_mut().zip(["VmRSS:", "RssAnon:", "RssFile:"]) {
+                    *m = (*m).max(proc_status_kib(pid, key).unwrap_or(0));
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             max
@@ -373,9 +492,9 @@ impl RssSampler {
         RssSampler { stop, thread }
     }
 
-    fn stop(self) -> u64 {
+    fn stop(self) -> [u64; 3] {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or(0)
+        self.thread.join().unwrap_or([0; 3])
     }
 }
 
@@ -393,15 +512,15 @@ struct Startup {
     runs: Vec<(u64, u64, Option<f64>)>,
 }
 
-fn startups(plan: &Plan, bin: &Path, extra: &[String], dir: &Path, upstream: &Path) -> Result<Startup, String> {
-    eprintln!("[bench] startup: {} starts", plan.startups);
+fn startups(plan: &Plan, v: &Variant, dir: &Path, upstream: &Path) -> Result<Startup, String> {
+    progress!("startup: {} starts", plan.startups);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let version = grpc_frame(&k8s::VersionRequest { version: "v1".into() }.encode_to_vec());
     let mut runs = vec![];
     for i in 0..plan.startups {
         let sock = dir.join(format!("start{i}.sock"));
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve").arg("--listen").arg(&sock).arg("--upstream").arg(upstream).args(extra);
+        let mut cmd = Command::new(&v.bin);
+        cmd.arg("serve").arg("--listen").arg(&sock).arg("--upstream").arg(upstream).args(&v.args);
         let t0 = Instant::now();
         let mut d = Daemon::spawn(&sock, &mut cmd)?;
         let deadline = t0 + Duration::from_secs(10);
@@ -452,7 +571,10 @@ async fn first_version(stream: std::os::unix::net::UnixStream, body: Bytes) -> R
     let collected = resp.into_body().collect().await.map_err(|e| format!("Version body: {e}"))?;
     let status = status.or_else(|| collected.trailers().and_then(|t| t.get("grpc-status").cloned()));
     drop(send);
+    // Close the connection now (the runtime does not run between calls), so pullgate's SIGTERM
+    // drain does not wait for it.
     conn.abort();
+    let _ = conn.await;
     match status.as_ref().map(|s| s.as_bytes()) {
         Some(b"0") => Ok(()),
         other => Err(format!("first Version call through pullgate failed: grpc-status {other:?}")),
@@ -503,36 +625,34 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st: &Startup, bin: &Path, extra: &[String]) {
+fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st: &Startup, a: &Variant, b: Option<&Variant>) {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let _ = writeln!(out, "\n## CRI proxy overhead\n");
     let _ = writeln!(
         out,
-        "{cores} cores; {} rounds; sequential {} calls per path per round; {} callers for {:?} per path per round; {} starts; binary {}{}\n",
+        "{cores} cores; {} rounds; sequential: {} calls per path per round; load: {} callers on one connection for {:?} per path per round; {} starts.\npullgate: {}\n",
         plan.rounds,
         plan.seq_calls,
         plan.callers,
         plan.load,
         plan.startups,
-        bin.display(),
-        if extra.is_empty() { String::new() } else { format!(" (serve args: {})", extra.join(" ")) }
+        a.describe()
     );
-    let m = |f: &dyn Fn(&[(u64, u64); 2]) -> f64| median_f(seq.rounds.iter().map(f).collect());
-    let p50 = [m(&|r| us(r[0].0)), m(&|r| us(r[1].0))];
-    let p99 = [m(&|r| us(r[0].1)), m(&|r| us(r[1].1))];
+    // Median over rounds of a per-round value.
+    let ms = |f: &dyn Fn(&Vec<(u64, u64)>) -> f64| median_f(seq.rounds.iter().map(f).collect());
+    let ml = |f: &dyn Fn(&Vec<f64>) -> f64| median_f(load.rounds.iter().map(f).collect());
+    let p50 = [ms(&|r| us(r[DIRECT].0)), ms(&|r| us(r[VIA].0))];
+    let p99 = [ms(&|r| us(r[DIRECT].1)), ms(&|r| us(r[VIA].1))];
     // Added latency: median over rounds of (via - direct) in that round.
-    let add50 = m(&|r| us(r[1].0) - us(r[0].0));
-    let add99 = m(&|r| us(r[1].1) - us(r[0].1));
-    let tput = [
-        median_f(load.rounds.iter().map(|r| r[0]).collect()),
-        median_f(load.rounds.iter().map(|r| r[1]).collect()),
-    ];
-    let ratio = median_f(load.rounds.iter().map(|r| r[1] / r[0]).collect());
-    let rss_mib = load.max_rss_kib.max(load.hwm_kib) as f64 / 1024.0;
+    let add50 = ms(&|r| us(r[VIA].0) - us(r[DIRECT].0));
+    let add99 = ms(&|r| us(r[VIA].1) - us(r[DIRECT].1));
+    let tput = [ml(&|r| r[DIRECT]), ml(&|r| r[VIA])];
+    let ratio = ml(&|r| r[VIA] / r[DIRECT]);
+    let (max_rss, hwm) = load.rss_kib[0];
+    let rss_mib = max_rss.max(hwm) as f64 / 1024.0;
     let connect_ms = median_f(st.runs.iter().map(|r| r.0 as f64 / 1e6).collect());
     let version_ms = median_f(st.runs.iter().map(|r| r.1 as f64 / 1e6).collect());
     let logged: Vec<f64> = st.runs.iter().filter_map(|r| r.2).collect();
-    let logged_ms = median_f(logged.clone());
 
     let _ = writeln!(out, "| metric | direct | via pullgate | added / ratio | goal | met? |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
@@ -565,11 +685,19 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
     );
     let _ = writeln!(
         out,
-        "| pullgate RSS under that load (max VmRSS {:.1} MiB, VmHWM {:.1} MiB) | - | {:.1} MiB | - | <= 10 MiB | {} |",
-        load.max_rss_kib as f64 / 1024.0,
-        load.hwm_kib as f64 / 1024.0,
+        "| pullgate RSS under that load (max of sampled VmRSS {:.1} MiB and VmHWM {:.1} MiB) | - | {:.1} MiB | - | <= 10 MiB | {} |",
+        max_rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
         rss_mib,
         met(rss_mib <= 10.0)
+    );
+    let (idle, anon, file) = load.rss_parts_kib[0];
+    let _ = writeln!(
+        out,
+        "| of which: anonymous (heap, stacks) max / file-backed (pages of the executable and libc) max / VmRSS before the load | - | {:.1} / {:.1} / {:.1} MiB | - | - | - |",
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
+        idle as f64 / 1024.0
     );
     let _ = writeln!(
         out,
@@ -578,36 +706,75 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         version_ms,
         met(version_ms <= 10.0)
     );
-    let _ = writeln!(out, "| startup: spawn to socket accepting | - | {connect_ms:.2} ms | - | - | - |");
+    let _ = writeln!(out, "| startup: spawn to socket accepting (median) | - | {connect_ms:.2} ms | - | - | - |");
     let _ = writeln!(
         out,
-        "| startup_ms pullgate logs (bind to accepting, median) | - | {} | - | - | - |",
-        if logged.is_empty() { "n/a".to_string() } else { format!("{logged_ms:.3} ms") }
+        "| startup_ms logged by pullgate (bind to accepting, median) | - | {} | - | - | - |",
+        if logged.is_empty() { "n/a".to_string() } else { format!("{:.3} ms", median_f(logged)) }
     );
 
     let _ = writeln!(out, "\nSequential p50 per call (median of rounds):\n");
     let _ = writeln!(out, "| call | direct | via pullgate | added |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     for (name, rounds) in &seq.per_call {
-        let d = median_f(rounds.iter().map(|r| us(r[0])).collect());
-        let v = median_f(rounds.iter().map(|r| us(r[1])).collect());
-        let a = median_f(rounds.iter().map(|r| us(r[1]) - us(r[0])).collect());
+        let d = median_f(rounds.iter().map(|r| us(r[DIRECT])).collect());
+        let v = median_f(rounds.iter().map(|r| us(r[VIA])).collect());
+        let a = median_f(rounds.iter().map(|r| us(r[VIA]) - us(r[DIRECT])).collect());
         let note = if *name == "ImageStatus" { " (intercepted: buffered, decoded, logged)" } else { "" };
         let _ = writeln!(out, "| {name}{note} | {d:.1} us | {v:.1} us | +{a:.1} us |");
     }
-    let _ = writeln!(out, "\nPer round (direct / via):\n");
+
+    let _ = writeln!(
+        out,
+        "\nCPU time per call under the {}-caller load (us; all rounds; from /proc/PID/stat, 10 ms ticks):\n",
+        plan.callers
+    );
+    let paths = ["direct", "via pullgate", "via pullgate B"];
+    let _ = writeln!(out, "| path | {} | total |", load.procs.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(load.procs.len()));
+    for (p, (n, ns)) in load.cpu.iter().enumerate() {
+        let per = |v: u64| v as f64 / 1000.0 / (*n).max(1) as f64;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} |",
+            paths[p],
+            ns.iter().map(|v| format!("{:.1}", per(*v))).collect::<Vec<_>>().join(" | "),
+            per(ns.iter().sum())
+        );
+    }
+
+    if let Some(b) = b {
+        const B: usize = 2;
+        let _ = writeln!(out, "\nA/B, measured interleaved in the same run. B: {}\n", b.describe());
+        let _ = writeln!(out, "| metric | A (above) | B | B - A |");
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        let b50 = ms(&|r| us(r[B].0) - us(r[DIRECT].0));
+        let b99 = ms(&|r| us(r[B].1) - us(r[DIRECT].1));
+        let d50 = ms(&|r| us(r[B].0) - us(r[VIA].0));
+        let d99 = ms(&|r| us(r[B].1) - us(r[VIA].1));
+        let bratio = ml(&|r| r[B] / r[DIRECT]);
+        let dratio = ml(&|r| r[B] / r[DIRECT] - r[VIA] / r[DIRECT]);
+        let (brss, bhwm) = load.rss_kib[1];
+        let _ = writeln!(out, "| added p50 | +{add50:.1} us | +{b50:.1} us | {d50:+.1} us |");
+        let _ = writeln!(out, "| added p99 | +{add99:.1} us | +{b99:.1} us | {d99:+.1} us |");
+        let _ = writeln!(out, "| throughput ratio | {ratio:.3} | {bratio:.3} | {dratio:+.3} |");
+        let _ = writeln!(
+            out,
+            "| RSS | {rss_mib:.1} MiB | {:.1} MiB | {:+.1} MiB |",
+            brss.max(bhwm) as f64 / 1024.0,
+            (brss.max(bhwm) as f64 - max_rss.max(hwm) as f64) / 1024.0
+        );
+    }
+
+    let _ = writeln!(out, "\nPer round (direct / via{}):\n", if b.is_some() { " / B" } else { "" });
     for (i, (s, l)) in seq.rounds.iter().zip(&load.rounds).enumerate() {
         let _ = writeln!(
             out,
-            "- round {}: p50 {:.1} / {:.1} us, p99 {:.1} / {:.1} us, {:.0} / {:.0} calls/s (ratio {:.3})",
+            "- round {}: p50 {} us, p99 {} us, {} calls/s",
             i + 1,
-            us(s[0].0),
-            us(s[1].0),
-            us(s[0].1),
-            us(s[1].1),
-            l[0],
-            l[1],
-            l[1] / l[0]
+            s.iter().map(|x| format!("{:.1}", us(x.0))).collect::<Vec<_>>().join(" / "),
+            s.iter().map(|x| format!("{:.1}", us(x.1))).collect::<Vec<_>>().join(" / "),
+            l.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "),
         );
     }
 }

@@ -49,6 +49,8 @@ pub struct Config {
     pub audit: crate::enforce::audit::AuditConfig,
     /// Node name in audit records; default: the host name.
     pub node_name: Option<String>,
+    /// Metrics and health endpoints; off unless `admin.listen` is set.
+    pub admin: crate::admin::AdminConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             cache: Default::default(),
             audit: Default::default(),
             node_name: None,
+            admin: Default::default(),
         }
     }
 }
@@ -216,34 +219,8 @@ impl Config {
 
     /// Parses and validates config text; `file` only names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let err = |key: Option<String>, message: String| ConfigError { file: file.to_owned(), key, message };
-        // An empty file (or one holding only comments) is the all-defaults config.
-        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            return Ok(Config::default());
-        }
-        let mut key_path = None;
-        let options = serde_saphyr::options! { with_snippet: false };
-        let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
-                let path = e.path().to_string();
-                if path != "." {
-                    key_path = Some(path);
-                }
-                e.into_inner()
-            })
-        });
-        let config = parsed.map_err(|e| {
-            let mut message = first_line(&e.to_string());
-            // serde-saphyr ends its message with the location; say it once, at the end.
-            if let Some(i) = message.rfind(" at line ") {
-                message.truncate(i);
-            }
-            if let Some(l) = e.location().filter(|l| l.line() > 0) {
-                message.push_str(&format!(" (line {}, column {})", l.line(), l.column()));
-            }
-            err(key_path.clone(), message)
-        })?;
-        config.validate().map_err(|(key, message)| err(Some(key), message))?;
+        let config: Config = parse_yaml(text, file)?;
+        config.validate().map_err(|(key, message)| ConfigError { file: file.to_owned(), key: Some(key), message })?;
         Ok(config)
     }
 
@@ -252,6 +229,7 @@ impl Config {
         self.validate_proxy().map_err(|(k, m)| (k.to_string(), m))?;
         self.registry.validate().map_err(|(k, m)| (format!("registry.{k}"), m))?;
         self.trust_root.validate().map_err(|(k, m)| (k.to_string(), m))?;
+        self.admin.validate().map_err(|(k, m)| (k.to_string(), m))?;
         if let Some(policy) = &self.policy {
             policy.compile(0).map_err(|e| (e.key, e.message))?;
         }
@@ -285,6 +263,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Deserializes YAML text into `T`, with errors naming `file`, the key path and the location.
+/// An empty file (or one holding only comments) is `T::default()`.
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(T::default());
+    }
+    let mut key_path = None;
+    let options = serde_saphyr::options! { with_snippet: false };
+    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
+        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path != "." {
+                key_path = Some(path);
+            }
+            e.into_inner()
+        })
+    });
+    parsed.map_err(|e| {
+        let mut message = first_line(&e.to_string());
+        // serde-saphyr ends its message with the location; say it once, at the end.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        if let Some(l) = e.location().filter(|l| l.line() > 0) {
+            message.push_str(&format!(" (line {}, column {})", l.line(), l.column()));
+        }
+        ConfigError { file: file.to_owned(), key: key_path.clone(), message }
+    })
 }
 
 /// serde-saphyr appends its own location after a newline; keep the message itself.

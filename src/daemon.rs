@@ -10,7 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admin;
+use crate::admin::health::Health;
+use crate::admin::metrics::{EnforceMetrics, Metrics, ProbeStatus, ReloadStatus, StateCollector};
+use crate::admin::server::Admin;
 use crate::config::Config;
+use crate::cri::client::CriClient;
 use crate::cri::intercept::Gate;
 use crate::cri::listener::{ListenError, Listener};
 use crate::cri::proxy::Proxy;
@@ -31,6 +36,8 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("policy: {0}")]
     Policy(String),
+    #[error("cannot bind the admin endpoints on {0} (admin.listen): {1}")]
+    Admin(std::net::SocketAddr, std::io::Error),
 }
 
 /// The enforcement side of a running daemon, kept for reloads.
@@ -40,6 +47,9 @@ struct Enforcement {
     /// Generation of the policy in force; the next reload uses the next number.
     policy_generation: AtomicU64,
     config_path: Option<PathBuf>,
+    /// Outcome of the latest policy (re)load, for metrics.
+    reload_status: Arc<ReloadStatus>,
+    metrics: Option<Arc<EnforceMetrics>>,
 }
 
 /// The host name, for audit records.
@@ -47,7 +57,7 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
-fn build_enforcement(config: &Config, config_path: Option<&Path>) -> Result<Option<Enforcement>, StartError> {
+fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Option<Arc<EnforceMetrics>>) -> Result<Option<Enforcement>, StartError> {
     let Some(policy_config) = &config.policy else {
         return Ok(None);
     };
@@ -66,45 +76,77 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>) -> Result<Opti
         ),
     }
     let registry = Registry::new(config.registry.clone());
-    let checker = Arc::new(MirrorChecker::new(registry, trust.clone()));
+    let mut checker = MirrorChecker::new(registry, trust.clone());
+    if let Some(m) = &metrics {
+        checker = checker.with_metrics(m.clone());
+    }
     let audit = AuditLog::new(&config.audit).map_err(StartError::Audit)?;
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    let enforcer = Arc::new(Enforcer::new(policy, &config.cache, checker, audit, node));
+    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node);
+    if let Some(m) = &metrics {
+        enforcer = enforcer.with_metrics(m.clone());
+    }
+    let enforcer = Arc::new(enforcer);
     tracing::info!(
         policies = policy_config.policies.len(),
         exemptions = policy_config.exemptions.len(),
         unmatched = ?policy_config.unmatched,
         "enforcement on"
     );
-    Ok(Some(Enforcement { enforcer, trust, policy_generation: AtomicU64::new(1), config_path: config_path.map(Path::to_owned) }))
+    Ok(Some(Enforcement {
+        enforcer,
+        trust,
+        policy_generation: AtomicU64::new(1),
+        config_path: config_path.map(Path::to_owned),
+        reload_status: Arc::new(ReloadStatus::default()),
+        metrics,
+    }))
 }
 
 impl Enforcement {
     /// SIGHUP: re-read the policy and the trust root; keep the last good of each.
     fn reload(&self) {
-        if let Some(path) = &self.config_path {
-            match Config::load(path) {
-                Ok(cfg) => match cfg.policy {
-                    Some(p) => {
-                        let generation = self.policy_generation.fetch_add(1, Ordering::SeqCst) + 1;
-                        match p.compile(generation) {
-                            Ok(set) => {
-                                self.enforcer.replace_policy(set);
-                                tracing::info!(generation, "policy reloaded");
-                            }
-                            Err(e) => tracing::error!(error = %e, "policy reload refused; the previous policy stays in force"),
-                        }
-                    }
-                    None => tracing::error!(
-                        "policy reload refused: the new configuration has no `policy` section (switching enforcement off needs a restart); the previous policy stays in force"
-                    ),
-                },
-                Err(e) => tracing::error!(error = %e, "configuration reload refused; the previous policy stays in force"),
-            }
+        let policy_ok = self.reload_policy();
+        self.reload_status.record(policy_ok);
+        if let Some(m) = &self.metrics {
+            m.policy_reload(policy_ok);
         }
         match self.trust.reload() {
             Ok(outcome) => tracing::info!(?outcome, "trust root reloaded"),
             Err(e) => tracing::error!(error = %e, "trust root reload refused; the previous root stays in force"),
+        }
+    }
+
+    /// Re-reads the policy; whether a new valid one is in force.
+    fn reload_policy(&self) -> bool {
+        let Some(path) = &self.config_path else { return true };
+        match Config::load(path) {
+            Ok(cfg) => match cfg.policy {
+                Some(p) => {
+                    let generation = self.policy_generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    match p.compile(generation) {
+                        Ok(set) => {
+                            self.enforcer.replace_policy(set);
+                            tracing::info!(generation, "policy reloaded");
+                            true
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "policy reload refused; the previous policy stays in force");
+                            false
+                        }
+                    }
+                }
+                None => {
+                    tracing::error!(
+                        "policy reload refused: the new configuration has no `policy` section (switching enforcement off needs a restart); the previous policy stays in force"
+                    );
+                    false
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the previous policy stays in force");
+                false
+            }
         }
     }
 }
@@ -120,7 +162,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let started = Instant::now();
-    let enforcement = build_enforcement(&config, config_path)?;
+    let metrics = config.admin.listen.map(|_| Metrics::new());
+    let enforcement = build_enforcement(&config, config_path, metrics.as_ref().map(|m| m.enforce.clone()))?;
+    // Before the CRI socket: a port in use must not leave a bound socket behind.
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(admin::server::bind(addr).await.map_err(|e| StartError::Admin(addr, e))?),
+        None => None,
+    };
     let listener = match activated {
         Some(socket) => Listener::activated(socket)?,
         None => Listener::bind(&config.listen, config.socket_mode.0, config.socket_group)?,
@@ -134,6 +182,30 @@ pub async fn run(
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "pullgate is accepting CRI calls"
     );
+    let calls = metrics.as_ref().map(|m| m.calls);
+    if let (Some(admin_listener), Some(mut metrics)) = (admin_listener, metrics) {
+        let probe = Arc::new(ProbeStatus::default());
+        let connected = proxy.clone();
+        metrics.register_state(StateCollector {
+            enforcer: enforcement.as_ref().map(|e| e.enforcer.clone()),
+            trust: enforcement.as_ref().map(|e| e.trust.clone()),
+            policy_reload: enforcement.as_ref().map(|e| e.reload_status.clone()).unwrap_or_default(),
+            upstream: Arc::new(move || connected.upstream().is_connected()),
+            probe: probe.clone(),
+        });
+        let health = Health {
+            config_path: config_path.map(Path::to_owned),
+            enforcer: enforcement.as_ref().map(|e| e.enforcer.clone()),
+            trust: enforcement.as_ref().map(|e| e.trust.clone()),
+            containerd: CriClient::new(
+                &config.upstream,
+                config.upstream_connection.clone(),
+                config.upstream_connection.connect_timeout + std::time::Duration::from_secs(3),
+            ),
+            probe,
+        };
+        tokio::spawn(admin::server::serve(admin_listener, Arc::new(Admin { metrics, health })));
+    }
     let enforcement = enforcement.map(Arc::new);
     if let Some(e) = &enforcement {
         let watcher = e.trust.clone();
@@ -156,7 +228,7 @@ pub async fn run(
             }
         }
     });
-    server::serve(listener, proxy, shutdown, config.drain_timeout).await;
+    server::serve_metered(listener, proxy, calls, shutdown, config.drain_timeout).await;
     Ok(())
 }
 

@@ -2,12 +2,14 @@
 //! a Sigstore signature by an allowed identity verifies offline against a mirrored trust root.
 //!
 //! # Layout
+//! - [`admin`]: metrics, `/live` and `/ready` on a loopback HTTP port.
 //! - [`config`]: the YAML configuration, validated before anything is bound.
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
+//! - [`doctor`]: `pullgate doctor`, a check of the node's setup, one line per problem.
 //! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
-//!   cache and the audit log.
+//!   cache, the audit log and `pullgate report` over it.
 //! - [`registry`]: the node's registry mirror, found like containerd does: digests and
 //!   signature discovery.
 //! - [`policy`]: whom we accept: keyless identities, keys, authorities and thresholds.
@@ -15,9 +17,11 @@
 //! - [`verify`]: offline Sigstore verification of image signatures (bundles, cosign legacy).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod doctor;
 pub mod enforce;
 pub mod policy;
 pub mod registry;

@@ -60,9 +60,18 @@ impl ContainerdImages {
     }
 
     /// Points image record `name` at the same manifest as record `source` (creating or
-    /// replacing it), with the same labels.
+    /// replacing it), with the same labels. Nothing is written when `name` already is such a
+    /// record (every pull after the first of an image): no write, no image event for
+    /// containerd's CRI plugin to process.
     pub async fn tag(&self, source: &str, name: &str) -> Result<(), ImagesError> {
-        let src = self.get(source).await?;
+        // Both records on the one connection at once: one round trip.
+        let (src, existing) = tokio::join!(self.get(source), self.get(name));
+        let src = src?;
+        if let Ok(existing) = existing {
+            if existing.target == src.target && existing.labels == src.labels {
+                return Ok(());
+            }
+        }
         let image = Image { name: name.into(), labels: src.labels, target: src.target, created_at: None, updated_at: None };
         let mut client = self.client.clone();
         match client.create(Self::request(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None })).await {

@@ -122,7 +122,8 @@ where
                 // The first chunk is queued right away, behind the HEADERS (one write for a
                 // unary call); later ones only once the stream has capacity again, so a peer
                 // that reads slowly holds back the caller instead of filling pullgate's memory.
-                if me.sent_any {
+                // Empty frames (an explicit end of stream) need no capacity.
+                if me.sent_any && !data.is_empty() {
                     while me.send.capacity() == 0 {
                         match me.send.poll_capacity(cx) {
                             Poll::Pending => {
@@ -205,6 +206,74 @@ fn h2_reason(e: &(dyn StdError + 'static)) -> Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::StreamBody;
+
+    type Frames = Vec<Result<Frame<Bytes>, h2::Error>>;
+
+    /// Pipes `frames` as a request body through an in-memory HTTP/2 connection; returns what
+    /// the server received: data, trailers, or the reset reason.
+    async fn pipe_through(frames: Frames) -> (Vec<u8>, Option<http::HeaderMap>, Option<Reason>) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(b).await.unwrap();
+            let (req, _respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut data = vec![];
+            while let Some(chunk) = body.data().await {
+                match chunk {
+                    Ok(c) => {
+                        let _ = body.flow_control().release_capacity(c.len());
+                        data.extend_from_slice(&c);
+                    }
+                    Err(e) => return (data, None, e.reason()),
+                }
+            }
+            match body.trailers().await {
+                Ok(t) => (data, t, None),
+                Err(e) => (data, None, e.reason()),
+            }
+        });
+        let (client, conn) = h2::client::handshake(a).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post("http://localhost/a.B/C").body(()).unwrap();
+        let (_response, send) = client.send_request(req, false).unwrap();
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        tokio::spawn(RequestPipe::new(body, send));
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn request_chunks_and_trailers_arrive_in_order() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-t", "1".parse().unwrap());
+        let big = Bytes::from(vec![7u8; 200_000]);
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::new())),
+            Ok(Frame::data(big.clone())),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let (data, t, reset) = pipe_through(frames).await;
+        assert_eq!(reset, None);
+        assert_eq!(data.len(), 2 + big.len());
+        assert_eq!(&data[..2], b"ab");
+        assert_eq!(t.unwrap()["x-t"], "1");
+    }
+
+    #[tokio::test]
+    async fn request_ends_without_trailers() {
+        let (data, t, reset) = pipe_through(vec![Ok(Frame::data(Bytes::from_static(b"xyz")))]).await;
+        assert_eq!((data.as_slice(), t, reset), (&b"xyz"[..], None, None));
+    }
+
+    #[tokio::test]
+    async fn failing_caller_body_resets_the_upstream_stream_with_its_reason() {
+        let frames = vec![Ok(Frame::data(Bytes::from_static(b"a"))), Err(h2::Error::from(Reason::CANCEL))];
+        let (_, _, reset) = pipe_through(frames).await;
+        assert_eq!(reset, Some(Reason::CANCEL));
+    }
 
     #[test]
     fn reason_is_found_in_the_chain() {

@@ -10,10 +10,22 @@ use hyper_util::server::graceful::GracefulShutdown;
 
 use super::listener::Listener;
 use super::proxy::{Peer, Proxy};
+use crate::admin::calls::{CallMetrics, Metered};
 
 /// Serves CRI on `listener` until `shutdown` resolves; then stops accepting, lets in-flight calls
 /// finish for at most `drain`, and removes the socket if pullgate created it.
 pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
+    serve_metered(listener, proxy, None, shutdown, drain).await
+}
+
+/// [`serve`], counting and timing every call in `calls` (see `crate::admin::calls`).
+pub async fn serve_metered(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    calls: Option<&'static CallMetrics>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
@@ -54,7 +66,18 @@ pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: impl Future<
             tracing::debug!(uid = peer.uid, pid = peer.pid, "connection accepted");
         }
         let proxy = proxy.clone();
-        let svc = service_fn(move |req| proxy.clone().handle(peer, req));
+        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let probe = calls.map(|c| c.start(req.uri().path()));
+            let call = proxy.clone().handle(peer, req);
+            async move {
+                let Ok(resp) = call.await;
+                let mut probe = probe;
+                if let Some(p) = probe.as_mut() {
+                    p.headers(resp.headers());
+                }
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Metered::new(body, probe)))
+            }
+        });
         let conn = graceful.watch(h2.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

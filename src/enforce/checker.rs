@@ -4,9 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::gate::{Checker, Outcome, Resolved, TrustStatus};
 use super::policy::{ImagePolicy, MultiArch};
+use crate::admin::metrics::EnforceMetrics;
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::BoxFuture;
 use crate::registry::{self, Credentials, Discovery, Material, Reference, Registry, ResolvedImage, Secret};
@@ -20,11 +22,25 @@ use crate::verify::Signer;
 pub struct MirrorChecker {
     registry: Registry,
     trust: Arc<TrustHandle>,
+    /// Mirror request and verification counters, when metrics are on.
+    metrics: Option<Arc<EnforceMetrics>>,
 }
 
 impl MirrorChecker {
     pub fn new(registry: Registry, trust: Arc<TrustHandle>) -> MirrorChecker {
-        MirrorChecker { registry, trust }
+        MirrorChecker { registry, trust, metrics: None }
+    }
+
+    /// Records mirror requests and verifications in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<EnforceMetrics>) -> MirrorChecker {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn note_mirror(&self, reference: &Reference, operation: &'static str, ok: bool, started: Instant) {
+        if let Some(m) = &self.metrics {
+            m.mirror_request(reference.registry(), operation, ok, started.elapsed());
+        }
     }
 }
 
@@ -159,12 +175,13 @@ impl Checker for MirrorChecker {
     fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
         Box::pin(async move {
             let creds = credentials(auth);
-            let image = self.registry.resolve(reference, creds.as_ref()).await.map_err(|e| e.to_string())?;
-            Ok(Resolved {
-                digest: image.digest.clone(),
-                platform_digest: image.platform.as_ref().map(|p| p.digest.clone()),
-                image: Some(Arc::new(image)),
-            })
+            let started = Instant::now();
+            // The digest only (a `HEAD`): decisions are cached by digest, so on a hit the manifest
+            // is never needed; on a miss `verify` fetches it by this digest (checked against it).
+            let digest = self.registry.resolve_digest(reference, creds.as_ref()).await;
+            self.note_mirror(reference, "resolve", digest.is_ok(), started);
+            let digest = digest.map_err(|e| e.to_string())?;
+            Ok(Resolved { digest, platform_digest: None, image: None })
         })
     }
 
@@ -183,16 +200,30 @@ impl Checker for MirrorChecker {
             let creds = credentials(auth);
             let image = match &resolved.image {
                 Some(i) => i.clone(),
-                None => match self.registry.resolve(&reference.with_digest(resolved.digest.clone()), creds.as_ref()).await {
-                    Ok(i) => Arc::new(i),
-                    Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
-                },
+                None => {
+                    let started = Instant::now();
+                    let image = self.registry.resolve(&reference.with_digest(resolved.digest.clone()), creds.as_ref()).await;
+                    self.note_mirror(reference, "resolve", image.is_ok(), started);
+                    match image {
+                        Ok(i) => Arc::new(i),
+                        Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
+                    }
+                }
             };
-            let discovery = match self.registry.discover(&image, creds.as_ref()).await {
+            let started = Instant::now();
+            let discovery = self.registry.discover(&image, creds.as_ref()).await;
+            let failed_steps = discovery.as_ref().map(|d| !d.errors().is_empty()).unwrap_or(true);
+            self.note_mirror(reference, "discover", !failed_steps, started);
+            let discovery = match discovery {
                 Ok(d) => d,
                 Err(e) => return deny(format!("signature discovery failed: {e}")),
             };
-            decide(trust, &image, &discovery, policy).await.0
+            let started = Instant::now();
+            let outcome = decide(trust, &image, &discovery, policy).await.0;
+            if let Some(m) = &self.metrics {
+                m.verification(outcome.allowed, started.elapsed());
+            }
+            outcome
         })
     }
 

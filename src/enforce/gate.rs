@@ -33,7 +33,8 @@ pub struct Resolved {
     pub digest: Digest,
     /// For an index: the manifest digest of this node's platform.
     pub platform_digest: Option<Digest>,
-    /// What the mirror served, when the real checker resolved it (saves fetching it again).
+    /// What the mirror served, when the checker already fetched the manifest (saves fetching it
+    /// again); `None`: `Checker::verify` fetches it by `digest` when it needs it (a cache miss).
     pub image: Option<Arc<crate::registry::ResolvedImage>>,
 }
 
@@ -114,6 +115,8 @@ pub struct Enforcer {
     checker: Arc<dyn Checker>,
     audit: AuditLog,
     node: String,
+    /// Decision and cache counters, when metrics are on.
+    metrics: Option<Arc<crate::admin::metrics::EnforceMetrics>>,
 }
 
 /// The forms of a reference policies are matched against.
@@ -156,7 +159,14 @@ impl Enforcer {
             checker,
             audit,
             node,
+            metrics: None,
         }
+    }
+
+    /// Records decisions and cache lookups in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::admin::metrics::EnforceMetrics>) -> Enforcer {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The policy in force.
@@ -205,6 +215,9 @@ impl Enforcer {
                 .cache
                 .get_or_compute(key, || self.checker.verify(reference, resolved, policy, auth))
                 .await;
+            if let Some(m) = &self.metrics {
+                m.cache_lookup(lookup);
+            }
             results.push((policy.clone(), outcome, lookup != Lookup::Miss));
         }
         results
@@ -322,6 +335,12 @@ impl Enforcer {
             _ => None,
         };
         (PullVerdict::Pin { reference: pinned.to_string(), tag_as }, record)
+    }
+
+    /// The CreateContainer decision for `call`, neither logged, audited nor counted (for
+    /// `pullgate doctor`, which asks about every image on the node).
+    pub async fn dry_run_create(&self, call: &CreateCall) -> (CreateVerdict, AuditRecord) {
+        self.decide_create(call).await
     }
 
     async fn decide_create(&self, call: &CreateCall) -> (CreateVerdict, AuditRecord) {
@@ -447,6 +466,9 @@ impl Enforcer {
             tracing::warn!(call = %record.call, image = %record.image, digest = %record.digest, policy = %record.policy, reason = %record.reason, "refused");
         } else {
             tracing::info!(call = %record.call, image = %record.image, digest = %record.digest, policy = %record.policy, identity = %record.identity, cached = record.cached, "allowed");
+        }
+        if let Some(m) = &self.metrics {
+            m.decision(&record, refused);
         }
         self.audit(record);
     }

@@ -1,9 +1,10 @@
-//! Enforcement: decisions at PullImage and CreateContainer, modes, the decision cache and the
-//! audit log.
+//! Enforcement: decisions at PullImage and CreateContainer, modes, the decision cache, the
+//! audit log and the report over it.
 
 pub mod audit;
 pub mod cache;
 pub mod checker;
 pub mod gate;
 pub mod policy;
+pub mod report;
 pub mod verify_cmd;

@@ -134,6 +134,15 @@ impl Registry {
         Ok(self.resolve_in(&op, &hosts, reference).await?)
     }
 
+    /// The digest `reference` names on the mirror (its tag resolved, `HEAD` only when the mirror
+    /// sends `Docker-Content-Digest`), without fetching the manifest: enough to look a decision up.
+    pub async fn resolve_digest(&self, reference: &Reference, credentials: Option<&Credentials>) -> Result<Digest, Error> {
+        let hosts = self.endpoints(reference.registry())?;
+        let op = self.op(&hosts, credentials);
+        let c = &self.inner.config;
+        Ok(resolve::resolve_digest(&self.inner.transport, &op, &hosts.endpoints, reference, c.max_manifest_bytes).await?.digest)
+    }
+
     async fn resolve_in(&self, op: &Op, hosts: &HostsResolution, reference: &Reference) -> Result<ResolvedImage, ResolveError> {
         let c = &self.inner.config;
         resolve::resolve(&self.inner.transport, op, &hosts.endpoints, reference, &c.platform, c.max_manifest_bytes).await
@@ -144,6 +153,27 @@ impl Registry {
         let hosts = self.endpoints(image.reference.registry())?;
         let op = self.op(&hosts, credentials);
         Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &self.settings()).await)
+    }
+
+    /// `GET <api path>/` (`/v2/`) on each endpoint containerd would use for `registry`: the HTTP
+    /// status, or why the endpoint could not be reached. For `pullgate doctor`.
+    pub async fn ping(&self, registry: &str) -> Result<Vec<(String, Result<u16, RequestError>)>, HostsError> {
+        let hosts = self.endpoints(registry)?;
+        let op = self.op(&hosts, None);
+        let mut out = Vec::new();
+        for ep in &hosts.endpoints {
+            let call = client::Call {
+                method: http::Method::GET,
+                path: format!("{}/", ep.path.trim_end_matches('/')),
+                accept: "application/json",
+                limit: 64 << 10,
+                limit_setting: "registry.max_manifest_bytes",
+                repository: "",
+            };
+            let answer = self.inner.transport.send(&op, ep, &call).await;
+            out.push((ep.url(), answer.map(|r| r.status.as_u16())));
+        }
+        Ok(out)
     }
 
     /// Resolves and discovers in one budget of `discovery_timeout`: the library side of

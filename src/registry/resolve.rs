@@ -225,6 +225,59 @@ pub(crate) fn manifest_media_type(body: &[u8], content_type: Option<&str>) -> Op
     }
 }
 
+/// What resolving a reference's tag gave.
+pub(crate) struct TagResolution {
+    pub digest: Digest,
+    /// The manifest's bytes and content type, when a `GET` was needed to learn the digest.
+    pub prefetched: Option<(Bytes, Option<String>)>,
+    /// The endpoint that answered the tag (`None` for a digest reference).
+    pub resolved_by: Option<String>,
+}
+
+/// The digest `reference` names: its own, or its tag's as the first `resolve` endpoint that
+/// has it answers (`HEAD`, then `GET` if the answer carries no digest), as containerd resolves.
+pub(crate) async fn resolve_digest(
+    transport: &Transport,
+    op: &Op,
+    endpoints: &[Endpoint],
+    reference: &Reference,
+    max_manifest: u64,
+) -> Result<TagResolution, ResolveError> {
+    if let Some(d) = reference.digest() {
+        return Ok(TagResolution { digest: d.clone(), prefetched: None, resolved_by: None });
+    }
+    let refname = reference.to_string();
+    let repo = reference.repository();
+    let tag = reference.tag().unwrap_or(super::reference::DEFAULT_TAG);
+    let resolvers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.resolve).collect();
+    if resolvers.is_empty() {
+        return Err(ResolveError::NoEndpoint { reference: refname, registry: reference.registry().into(), capability: "resolve" });
+    }
+    let mut first_err = None;
+    for ep in &resolvers {
+        if op.is_dead(ep) {
+            continue;
+        }
+        match resolve_tag(transport, op, ep, repo, tag, max_manifest).await {
+            Ok(Some((digest, prefetched))) => return Ok(TagResolution { digest, prefetched, resolved_by: Some(ep.url()) }),
+            Ok(None) => continue,
+            Err(e) if matches!(e.kind, ErrorKind::DigestMismatch { .. } | ErrorKind::TooLarge { .. }) => {
+                return Err(ResolveError::Request { reference: refname, error: e });
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(error) => Err(ResolveError::Request { reference: refname, error }),
+        None => Err(ResolveError::NotFound {
+            reference: refname,
+            endpoints: resolvers.iter().map(|e| e.url()).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
 /// Resolves `reference` to a verified manifest, and for an index to its `platform` manifest.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn resolve(
@@ -238,54 +291,7 @@ pub(crate) async fn resolve(
     let refname = reference.to_string();
     let repo = reference.repository();
     let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
-    let mut resolved_by = None;
-    let mut prefetched: Option<(Bytes, Option<String>)> = None;
-    let digest = match reference.digest() {
-        Some(d) => d.clone(),
-        None => {
-            let tag = reference.tag().unwrap_or(super::reference::DEFAULT_TAG);
-            let resolvers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.resolve).collect();
-            if resolvers.is_empty() {
-                return Err(ResolveError::NoEndpoint {
-                    reference: refname,
-                    registry: reference.registry().into(),
-                    capability: "resolve",
-                });
-            }
-            let mut first_err = None;
-            let mut found = None;
-            for ep in &resolvers {
-                if op.is_dead(ep) {
-                    continue;
-                }
-                match resolve_tag(transport, op, ep, repo, tag, max_manifest).await {
-                    Ok(Some((digest, body))) => {
-                        found = Some(digest);
-                        prefetched = body;
-                        resolved_by = Some(ep.url());
-                        break;
-                    }
-                    Ok(None) => continue,
-                    Err(e) if matches!(e.kind, ErrorKind::DigestMismatch { .. } | ErrorKind::TooLarge { .. }) => {
-                        return Err(ResolveError::Request { reference: refname, error: e });
-                    }
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            match (found, first_err) {
-                (Some(d), _) => d,
-                (None, Some(error)) => return Err(ResolveError::Request { reference: refname, error }),
-                (None, None) => {
-                    return Err(ResolveError::NotFound {
-                        reference: refname,
-                        endpoints: resolvers.iter().map(|e| e.url()).collect::<Vec<_>>().join(", "),
-                    })
-                }
-            }
-        }
-    };
+    let TagResolution { digest, prefetched, resolved_by } = resolve_digest(transport, op, endpoints, reference, max_manifest).await?;
 
     // The manifest by digest, from the pull endpoints in order, as containerd fetches it.
     let (body, content_type, served_by) = match prefetched {

@@ -14,9 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::config::ConfigError;
 use crate::trust::freshness::FreshnessPolicy;
 
 /// Default state directory, shared with the daemon.
@@ -39,13 +39,13 @@ pub struct TrustRootConfig {
     pub state_dir: PathBuf,
     /// How long after its freshness anchor (see [`crate::trust::freshness`]) an installed root
     /// may be used.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::config::de_duration")]
     pub max_age: Duration,
     /// How long before going stale the daemon and `trust-root status` start warning.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::config::de_duration")]
     pub warn_before: Duration,
     /// How often the daemon checks the state dir for a newly imported root.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::config::de_duration")]
     pub watch_interval: Duration,
 }
 
@@ -113,39 +113,12 @@ impl TrustRootConfig {
             trust_root: TrustRootConfig,
         }
         let err = |key: Option<String>, message: String| ConfigError { file: file.to_owned(), key, message };
-        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            return Ok(TrustRootConfig::default());
-        }
-        let mut key_path = None;
-        let options = serde_saphyr::options! { with_snippet: false };
-        let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize::<_, Section>(de).map_err(|e| {
-                let path = e.path().to_string();
-                if path != "." {
-                    key_path = Some(path);
-                }
-                e.into_inner()
-            })
-        });
-        let section = parsed.map_err(|e| {
-            let mut message = e.to_string().lines().next().unwrap_or("").trim().to_string();
-            if let Some(i) = message.rfind(" at line ") {
-                message.truncate(i);
-            }
-            if let Some(l) = e.location().filter(|l| l.line() > 0) {
-                message.push_str(&format!(" (line {}, column {})", l.line(), l.column()));
-            }
-            err(key_path.clone(), message)
-        })?;
+        let section: Section = crate::config::parse_yaml(text, file)?;
         section.trust_root.validate().map_err(|(key, message)| err(Some(key.into()), message))?;
         Ok(section.trust_root)
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
 
 #[cfg(test)]
 mod tests {

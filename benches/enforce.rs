@@ -1,0 +1,919 @@
+//! Enforcement overhead: PullImage and CreateContainer through the real `pullgate` binary with
+//! a policy, against the same calls sent directly to a real containerd, measured in one run.
+//!
+//! ```text
+//! cargo bench --bench enforce                         # full run (about a minute), as root
+//! PULLGATE_BENCH_QUICK=1 cargo bench --bench enforce  # smoke run in seconds (CI)
+//! ```
+//!
+//! The set-up is the enforcement end-to-end suite's (`tests/e2e_enforce.rs`): a real containerd
+//! and registry (`scripts/testbed.sh`), the test Sigstore stack's trust root imported with
+//! `pullgate trust-root import`, images signed by that stack (cosign v3 bundles published as
+//! referrers), and a pullgate whose policy requires a keyless signature for `REGISTRY/demo/**`.
+//! Cargo builds the `pullgate` binary in the bench (= release) profile and passes its path; set
+//! `PULLGATE_BIN` to measure another build.
+//!
+//! What is measured (figures in BENCHMARKS.md, "Enforcement overhead"):
+//! - PullImage with a **cold decision**: N distinct small signed images (zero layers: a config
+//!   blob and a manifest, which containerd pulls and records like any image). Each image is
+//!   pulled once directly and once through pullgate (order alternating per image), with a
+//!   RemoveImage (direct, untimed) before each pull, so containerd really fetches it both times
+//!   and pullgate has never seen the digest: tag resolve, discovery and verification on the
+//!   loopback mirror, then the pull pinned to the verified digest and the tag record.
+//! - PullImage with a **warm decision**: the same signed image pulled again and again, already
+//!   present in containerd; blocks of direct and via-pullgate pulls interleaved. Plus, for the
+//!   analysis, the parts of pullgate's warm path measured alone: containerd's pull by digest
+//!   (what pullgate forwards), and the tag-record step pullgate does with containerd's image
+//!   API after it.
+//! - **CreateContainer with a warm decision**: creates (and untimed removes) of containers in
+//!   one host-network pod sandbox, alternating direct and via pullgate. containerd's own create
+//!   costs tens of milliseconds with milliseconds of jitter, which buries a sub-millisecond
+//!   difference, so the same comparison is also made with CreateContainer calls that containerd
+//!   refuses at once (an unknown sandbox ID): pullgate does all of its work for those (image
+//!   lookup, decision, audit record, forward) and containerd almost none.
+//!
+//! pullgate's own accounts are read back too: the audit log's `latency_ms` (the decision: resolve,
+//! cache, discovery, verification) and the JSON log's `ms` per intercepted call (everything
+//! pullgate did for the call, containerd's pull included).
+//!
+//! The client is a kubelet-like tonic CRI client (one connection per socket, as kubelet keeps
+//! it) on a current-thread tokio runtime; client, pullgate, containerd and the registry share the
+//! machine's cores.
+
+#[path = "../tests/support/cri.rs"]
+mod cri;
+#[path = "../tests/support/daemon.rs"]
+mod daemon;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "../tests/support/testbed.rs"]
+mod testbed;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use daemon::Daemon;
+use k8s_cri::v1 as k8s;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use pullgate::enforce::audit::{read_records, AuditRecord};
+use pullgate::registry::Digest;
+use serde_json::json;
+use support::registry::push::Pusher;
+use support::signer::{sign_and_push, Format};
+use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
+use testbed::Testbed;
+use tonic::transport::Channel;
+
+/// How much to measure.
+struct Plan {
+    quick: bool,
+    /// Distinct images, each pulled cold once per path.
+    cold: usize,
+    /// Warm pulls per path.
+    warm: usize,
+    /// Calls per block; the paths' blocks alternate.
+    block: usize,
+    /// Real CreateContainer calls per path.
+    creates: usize,
+    /// CreateContainer calls containerd refuses at once, per path.
+    rejects: usize,
+    /// Unmeasured cold pulls per path first (connections, caches, code paths).
+    warmup: usize,
+}
+
+impl Plan {
+    /// The full or quick plan; `PULLGATE_BENCH_COLD`, `_WARM`, `_CREATES` and `_REJECTS`
+    /// override single values.
+    fn from_env() -> Plan {
+        let quick = std::env::var("PULLGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let mut plan = if quick {
+            Plan { quick, cold: 4, warm: 40, block: 10, creates: 4, rejects: 40, warmup: 1 }
+        } else {
+            Plan { quick, cold: 60, warm: 600, block: 25, creates: 40, rejects: 600, warmup: 3 }
+        };
+        let get = |k: &str| std::env::var(format!("PULLGATE_BENCH_{k}")).ok().and_then(|v| v.parse::<usize>().ok());
+        if let Some(v) = get("COLD") {
+            plan.cold = v.max(1);
+        }
+        if let Some(v) = get("WARM") {
+            plan.warm = v.max(1);
+        }
+        if let Some(v) = get("CREATES") {
+            plan.creates = v.max(1);
+        }
+        if let Some(v) = get("REJECTS") {
+            plan.rejects = v.max(1);
+        }
+        plan
+    }
+}
+
+/// Progress on stderr, with the time since the bench started.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        eprintln!("[bench {:6.1}s] {}", started().elapsed().as_secs_f64(), format!($($arg)*))
+    };
+}
+
+fn started() -> &'static Instant {
+    static T: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    T.get_or_init(Instant::now)
+}
+
+fn main() {
+    started();
+    if let Some(reason) = testbed::unavailable_reason() {
+        eprintln!("enforce bench skipped: {reason}");
+        return;
+    }
+    match run() {
+        Ok(report) => print!("{report}"),
+        Err(e) => {
+            eprintln!("enforce bench failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn pullgate_binary() -> Result<PathBuf, String> {
+    let bin = match std::env::var_os("PULLGATE_BIN") {
+        Some(p) => PathBuf::from(p),
+        // Set by cargo for benchmarks: the binary built in this (release) profile.
+        None => PathBuf::from(env!("CARGO_BIN_EXE_pullgate")),
+    };
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(format!("no pullgate binary at {}; build it with `cargo build --release` (or point PULLGATE_BIN at one)", bin.display()))
+    }
+}
+
+/// pullgate's configuration: the e2e suite's enforce policy, JSON logs (read back for `ms`).
+fn config(dir: &Path, registry: &str, listen: &Path, upstream: &Path, hosts_dir: &str, audit: &Path, admin: SocketAddr) -> String {
+    format!(
+        r#"listen: {listen}
+upstream: {upstream}
+log:
+  format: json
+  level: info
+admin:
+  listen: {admin}
+registry:
+  hosts_dir: {hosts_dir}
+  bundle_dir: {bundles}
+  connect_timeout: 1s
+  request_timeout: 5s
+  discovery_timeout: 10s
+trust_root:
+  state_dir: {state}
+audit:
+  sink: file
+  path: {audit}
+policy:
+  unmatched: deny
+  exemptions:
+    - name: sandbox
+      images: ["{registry}/pause", "{registry}/pause:*"]
+  policies:
+    - name: demo
+      images: ["{registry}/demo/**"]
+      mode: enforce
+      authorities:
+        - name: release-workflow
+          keyless:
+            identities:
+              - issuer: {issuer}
+                subject: {san}
+                extensions:
+                  github-workflow-repository: pullgate/demo
+"#,
+        listen = listen.display(),
+        upstream = upstream.display(),
+        bundles = dir.join("bundles").display(),
+        state = dir.join("state").display(),
+        audit = audit.display(),
+        issuer = DEFAULT_ISSUER,
+        san = DEFAULT_SAN,
+    )
+}
+
+/// Pushes a tiny image with no layers (a distinct config, so a distinct digest) to `repo:tag`.
+async fn push_image(pusher: &Pusher, repo: &str, tag: &str, salt: &str) -> Result<Digest, String> {
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"pullgate.bench": format!("{repo}:{tag} {salt}")}},
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .map_err(|e| e.to_string())?;
+    let cd = pusher.blob(repo, &config).await?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": []
+    });
+    Ok(pusher.json_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &manifest).await?.0)
+}
+
+// --- CRI calls ---------------------------------------------------------------------------------
+
+fn spec(image: &str) -> Option<k8s::ImageSpec> {
+    Some(k8s::ImageSpec { image: image.into(), ..Default::default() })
+}
+
+/// A host-network pod (the testbed's CNI is loopback only), as kubelet describes it.
+fn pod(namespace: &str, name: &str) -> k8s::PodSandboxConfig {
+    k8s::PodSandboxConfig {
+        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: namespace.into(), attempt: 0 }),
+        linux: Some(k8s::LinuxPodSandboxConfig {
+            security_context: Some(k8s::LinuxSandboxSecurityContext {
+                namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One PullImage as kubelet sends it (with the pod's sandbox config); its wall time.
+async fn pull(client: &ImageServiceClient<Channel>, image: &str, pod_cfg: &k8s::PodSandboxConfig) -> Result<(u64, String), String> {
+    let req = k8s::PullImageRequest { image: spec(image), auth: None, sandbox_config: Some(pod_cfg.clone()) };
+    let t = Instant::now();
+    let r = client.clone().pull_image(req).await;
+    let ns = t.elapsed().as_nanos() as u64;
+    match r {
+        Ok(r) => Ok((ns, r.into_inner().image_ref)),
+        Err(s) => Err(format!("PullImage {image}: {:?} {}", s.code(), s.message())),
+    }
+}
+
+async fn remove_image(direct: &ImageServiceClient<Channel>, image: &str) -> Result<(), String> {
+    direct
+        .clone()
+        .remove_image(k8s::RemoveImageRequest { image: spec(image) })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("RemoveImage {image}: {}", s.message()))
+}
+
+async fn image_present(direct: &ImageServiceClient<Channel>, image: &str) -> Result<Option<k8s::Image>, String> {
+    direct
+        .clone()
+        .image_status(k8s::ImageStatusRequest { image: spec(image), verbose: false })
+        .await
+        .map(|r| r.into_inner().image)
+        .map_err(|s| format!("ImageStatus {image}: {}", s.message()))
+}
+
+fn create_request(sandbox: &str, cfg: &k8s::PodSandboxConfig, name: &str, image_id: &str) -> k8s::CreateContainerRequest {
+    k8s::CreateContainerRequest {
+        pod_sandbox_id: sandbox.into(),
+        config: Some(k8s::ContainerConfig {
+            metadata: Some(k8s::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: spec(image_id),
+            command: vec!["/hello".into()],
+            ..Default::default()
+        }),
+        sandbox_config: Some(cfg.clone()),
+    }
+}
+
+/// Container name of the CreateContainer calls containerd refuses (unknown sandbox).
+const REJECTED: &str = "rejected";
+
+const DIRECT: usize = 0;
+const VIA: usize = 1;
+const PATHS: [&str; 2] = ["direct", "via pullgate"];
+
+/// The two paths' clients: index DIRECT or VIA.
+struct Clients {
+    images: [ImageServiceClient<Channel>; 2],
+    runtime: [RuntimeServiceClient<Channel>; 2],
+}
+
+// --- the run -----------------------------------------------------------------------------------
+
+/// Sets up, measures and tears down (`Testbed` and `Daemon` clean up on drop, on error too).
+fn run() -> Result<String, String> {
+    let plan = Plan::from_env();
+    let bin = pullgate_binary()?;
+    progress!("pullgate: {}", bin.display());
+    progress!("starting testbed (containerd + registry)...");
+    let tb = Testbed::start("benf", &[])?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let registry = tb.get("REGISTRY").to_string();
+    let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
+    let pusher = Pusher::new(addr);
+    let direct_sock = tb.containerd_sock();
+
+    // The test Sigstore stack and its trust root, imported as an operator would.
+    progress!("importing the test Sigstore trust root, signing and pushing images");
+    let mut stack = Stack::new();
+    let root = tb.dir.join("trusted_root.json");
+    std::fs::write(&root, stack.trusted_root_json()).map_err(|e| e.to_string())?;
+    let out = Command::new(&bin)
+        .args(["trust-root", "import", "--trusted-root"])
+        .arg(&root)
+        .arg("--accept-unverified-trusted-root")
+        .arg("--state-dir")
+        .arg(tb.dir.join("state"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("trust-root import failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+
+    // Signed images: the testbed's demo/app:1 (a real image with a binary, for containers) and
+    // the distinct tiny images for cold pulls (warm-up ones first).
+    let demo_image = tb.get("DEMO_IMAGE").to_string();
+    let demo_digest = Digest::parse(tb.get("DEMO_DIGEST")).map_err(|e| e.to_string())?;
+    let salt = format!("{}-{}", std::process::id(), jiff::Timestamp::now().as_nanosecond());
+    let repo = "demo/bench";
+    let n_images = plan.warmup + plan.cold;
+    let opts = SignOptions::new(stack.now);
+    let cold_images: Vec<String> = rt.block_on(async {
+        sign_and_push(&mut stack, &pusher, "demo/app", &demo_digest, &opts, Format::Bundle).await?;
+        let mut images = Vec::new();
+        for i in 0..n_images {
+            let tag = format!("c{i}");
+            let d = push_image(&pusher, repo, &tag, &salt).await?;
+            sign_and_push(&mut stack, &pusher, repo, &d, &opts, Format::Bundle).await?;
+            images.push(format!("{registry}/{repo}:{tag}"));
+        }
+        Ok::<_, String>(images)
+    })?;
+
+    let pg_sock = tb.dir.join("pg.sock");
+    let audit_log = tb.dir.join("audit.log");
+    let cfg_path = tb.dir.join("enforce.yaml");
+    // Metrics on (as in production, where they are scraped): the mirror-request and verification
+    // histograms split the cold decision into its parts.
+    let admin: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
+    std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin)).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("serve").arg("--config").arg(&cfg_path);
+    let mut pg = Daemon::start_with(&pg_sock, &mut cmd)?;
+
+    let clients = {
+        let _rt = rt.enter();
+        Clients {
+            images: [cri::images(&direct_sock), cri::images(&pg_sock)],
+            runtime: [cri::runtime(&direct_sock), cri::runtime(&pg_sock)],
+        }
+    };
+
+    let m0 = rt.block_on(Metrics::scrape(admin))?;
+    let cold = rt.block_on(cold_pulls(&plan, &clients, &cold_images))?;
+    let m1 = rt.block_on(Metrics::scrape(admin))?;
+    let warm = rt.block_on(warm_pulls(&plan, &clients, &demo_image, &demo_digest, &direct_sock))?;
+    let m2 = rt.block_on(Metrics::scrape(admin))?;
+    let create = rt.block_on(creates(&plan, &clients, &demo_image))?;
+
+    progress!("reading pullgate's audit log and call log");
+    let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
+    pg.terminate(Duration::from_secs(10));
+    let logs = CallLogs::parse(&pg.logs());
+    drop(pg);
+    let mut accounts = Accounts::collect(&records, &logs, &cold_images[plan.warmup..], &demo_image);
+    accounts.cold_parts = m1.minus(&m0);
+    accounts.warm_parts = m2.minus(&m1);
+
+    let mut out = String::new();
+    write_report(&mut out, &plan, &cold, &warm, &create, &accounts, &bin);
+    progress!("tearing down the testbed");
+    drop(clients);
+    drop(rt);
+    drop(tb);
+    Ok(out)
+}
+
+// --- cold decisions ----------------------------------------------------------------------------
+
+struct Cold {
+    /// Per image: wall time of its direct and via-pullgate pull (ns).
+    pairs: Vec<[u64; 2]>,
+    /// Per path: pulls after which an immediate ImageStatus by the pulled reference found
+    /// nothing yet (found on a retry), and the longest wait for it (ms).
+    late: [usize; 2],
+    late_max_ms: f64,
+}
+
+async fn cold_pulls(plan: &Plan, c: &Clients, images: &[String]) -> Result<Cold, String> {
+    let direct = &c.images[DIRECT];
+    let pod_cfg = pod("team", "web");
+    progress!("cold decisions: {} warm-up images, then {} images, each pulled once per path", plan.warmup, plan.cold);
+    let mut pairs = Vec::new();
+    let mut late = [0usize; 2];
+    let mut late_max_ms = 0f64;
+    for (i, image) in images.iter().enumerate() {
+        let mut t = [0u64; 2];
+        // Alternate which path goes first, so a leftover of the first pull (page cache, a
+        // containerd cache) favours neither.
+        let order = if i % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
+        for p in order {
+            remove_image(direct, image).await?;
+            if image_present(direct, image).await?.is_some() {
+                return Err(format!("{image} is still in containerd after RemoveImage"));
+            }
+            let (ns, _) = pull(&c.images[p], image, &pod_cfg).await?;
+            t[p] = ns;
+            // kubelet's view: ImageStatus by the reference it pulled. containerd's CRI plugin
+            // learns of image records written through containerd's image API (pullgate's tag
+            // record) from events, asynchronously: wait a little if need be, and count it.
+            if image_present(direct, image).await?.is_none() {
+                let waited = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if image_present(direct, image).await?.is_some() {
+                        break;
+                    }
+                    if waited.elapsed() > Duration::from_secs(5) {
+                        return Err(format!("{image} is not in containerd 5 s after a successful pull ({})", PATHS[p]));
+                    }
+                }
+                late[p] += 1;
+                late_max_ms = late_max_ms.max(waited.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        remove_image(direct, image).await?;
+        if i >= plan.warmup {
+            pairs.push(t);
+            if pairs.len() % 10 == 0 || pairs.len() == plan.cold {
+                progress!("  {} / {} images", pairs.len(), plan.cold);
+            }
+        }
+    }
+    Ok(Cold { pairs, late, late_max_ms })
+}
+
+// --- warm decisions ----------------------------------------------------------------------------
+
+/// What the warm-pull phase measures, per round: ns samples.
+const W_DIRECT: usize = 0;
+const W_VIA: usize = 1;
+/// containerd's pull of `repo@digest` (what pullgate forwards), direct.
+const W_BY_DIGEST: usize = 2;
+/// pullgate's tag-record step alone (`pullgate::cri::images::ContainerdImages::tag`, the code
+/// linked into this bench), from here.
+const W_TAG: usize = 3;
+const WARM_KINDS: usize = 4;
+
+struct Warm {
+    samples: [Vec<u64>; WARM_KINDS],
+}
+
+async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, direct_sock: &Path) -> Result<Warm, String> {
+    let pod_cfg = pod("team", "web");
+    let name = image.rsplit_once(':').map(|(n, _)| n).unwrap_or(image);
+    let by_digest = format!("{name}@{digest}");
+    // Present in containerd, decision cached.
+    let (_, id_via) = pull(&c.images[VIA], image, &pod_cfg).await?;
+    let (_, id_direct) = pull(&c.images[DIRECT], image, &pod_cfg).await?;
+    if id_via != id_direct {
+        return Err(format!("the two paths pulled different images: {id_via} vs {id_direct}"));
+    }
+    let images = pullgate::cri::images::ContainerdImages::new(direct_sock);
+    progress!("warm decisions: {} pulls per path of {image}, in blocks of {}", plan.warm, plan.block);
+    for _ in 0..plan.block {
+        for p in [DIRECT, VIA] {
+            pull(&c.images[p], image, &pod_cfg).await?;
+        }
+        pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?;
+        images.tag(&by_digest, image).await.map_err(|e| e.to_string())?;
+    }
+    let mut samples: [Vec<u64>; WARM_KINDS] = Default::default();
+    let mut done = 0;
+    let mut round = 0;
+    while done < plan.warm {
+        let k = plan.block.min(plan.warm - done);
+        for j in 0..WARM_KINDS {
+            let kind = (j + round) % WARM_KINDS;
+            for _ in 0..k {
+                let ns = match kind {
+                    W_DIRECT => pull(&c.images[DIRECT], image, &pod_cfg).await?.0,
+                    W_VIA => pull(&c.images[VIA], image, &pod_cfg).await?.0,
+                    W_BY_DIGEST => pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?.0,
+                    _ => {
+                        let t = Instant::now();
+                        images.tag(&by_digest, image).await.map_err(|e| format!("tag step: {e}"))?;
+                        t.elapsed().as_nanos() as u64
+                    }
+                };
+                samples[kind].push(ns);
+            }
+        }
+        done += k;
+        round += 1;
+    }
+    Ok(Warm { samples })
+}
+
+// --- CreateContainer ---------------------------------------------------------------------------
+
+struct Create {
+    /// Real creates: per pair, direct and via (ns).
+    pairs: Vec<[u64; 2]>,
+    /// Creates containerd refuses at once (unknown sandbox): samples per path (ns).
+    rejects: [Vec<u64>; 2],
+    /// What containerd answered those.
+    reject_answer: String,
+}
+
+async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String> {
+    let image_id = image_present(&c.images[DIRECT], image).await?.ok_or("the demo image is not in containerd")?.id;
+    let cfg = pod("team", "bench");
+    let mut direct_rt = c.runtime[DIRECT].clone();
+    progress!("CreateContainer: sandbox, then {} creates per path (each removed, untimed)", plan.creates);
+    let sandbox = direct_rt
+        .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+        .await
+        .map_err(|s| format!("RunPodSandbox: {}", s.message()))?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = async {
+        let mut n = 0usize;
+        let mut create_once = |p: usize| {
+            n += 1;
+            let req = create_request(&sandbox, &cfg, &format!("c{n}"), &image_id);
+            let mut rt = c.runtime[p].clone();
+            let mut direct_rt = direct_rt.clone();
+            async move {
+                let t = Instant::now();
+                let id = rt
+                    .create_container(req)
+                    .await
+                    .map_err(|s| format!("CreateContainer ({}): {:?} {}", PATHS[p], s.code(), s.message()))?
+                    .into_inner()
+                    .container_id;
+                let ns = t.elapsed().as_nanos() as u64;
+                direct_rt
+                    .remove_container(k8s::RemoveContainerRequest { container_id: id })
+                    .await
+                    .map_err(|s| format!("RemoveContainer: {}", s.message()))?;
+                Ok::<u64, String>(ns)
+            }
+        };
+        // Warm-up: both paths, not measured.
+        for p in [DIRECT, VIA, DIRECT, VIA] {
+            create_once(p).await?;
+        }
+        let mut pairs = Vec::new();
+        for i in 0..plan.creates {
+            let mut t = [0u64; 2];
+            let order = if i % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
+            for p in order {
+                t[p] = create_once(p).await?;
+            }
+            pairs.push(t);
+        }
+
+        progress!("CreateContainer refused by containerd (unknown sandbox): {} per path, in blocks of {}", plan.rejects, plan.block);
+        let bogus = "0".repeat(64);
+        let reject_once = |p: usize| {
+            let req = create_request(&bogus, &cfg, REJECTED, &image_id);
+            let mut rt = c.runtime[p].clone();
+            async move {
+                let t = Instant::now();
+                let r = rt.create_container(req).await;
+                let ns = t.elapsed().as_nanos() as u64;
+                match r {
+                    Ok(_) => Err("CreateContainer in an unknown sandbox succeeded".to_string()),
+                    Err(s) if s.message().starts_with("SignatureValidationFailed") => Err(format!("pullgate refused: {}", s.message())),
+                    Err(s) => Ok((ns, format!("{:?}: {}", s.code(), s.message()))),
+                }
+            }
+        };
+        let mut answers = [String::new(), String::new()];
+        for p in [DIRECT, VIA] {
+            for _ in 0..plan.block {
+                answers[p] = reject_once(p).await?.1;
+            }
+        }
+        if answers[DIRECT] != answers[VIA] {
+            return Err(format!("containerd answered differently: direct {:?}, via {:?}", answers[DIRECT], answers[VIA]));
+        }
+        let mut rejects: [Vec<u64>; 2] = Default::default();
+        let mut done = 0;
+        let mut round = 0;
+        while done < plan.rejects {
+            let k = plan.block.min(plan.rejects - done);
+            let order = if round % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
+            for p in order {
+                for _ in 0..k {
+                    rejects[p].push(reject_once(p).await?.0);
+                }
+            }
+            done += k;
+            round += 1;
+        }
+        Ok::<_, String>(Create { pairs, rejects, reject_answer: answers[DIRECT].clone() })
+    }
+    .await;
+    let _ = direct_rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await;
+    let _ = direct_rt.remove_pod_sandbox(k8s::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await;
+    result
+}
+
+// --- pullgate's own accounts -------------------------------------------------------------------
+
+/// `ms` of pullgate's per-call log lines (JSON), with method, image and container name.
+struct CallLogs {
+    calls: Vec<(String, String, String, f64)>,
+}
+
+impl CallLogs {
+    fn parse(text: &str) -> CallLogs {
+        let calls = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == "call")
+            .filter_map(|v| {
+                let ms = match &v["ms"] {
+                    serde_json::Value::String(s) => s.parse().ok()?,
+                    other => other.as_f64()?,
+                };
+                let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+                Some((field("method"), field("image"), field("container"), ms))
+            })
+            .collect();
+        CallLogs { calls }
+    }
+
+    /// `ms` of the calls of `method` whose image and container name pass `f`.
+    fn ms(&self, method: &str, f: impl Fn(&str, &str) -> bool) -> Vec<f64> {
+        self.calls.iter().filter(|(m, i, c, _)| m == method && f(i, c)).map(|c| c.3).collect()
+    }
+}
+
+/// Times pullgate reports itself (ms).
+struct Accounts {
+    /// Audit `latency_ms` of the measured cold pulls (decision: resolve, discovery, verify).
+    cold_decision: Vec<f64>,
+    /// How many of those were answered from the cache (should be none).
+    cold_cached: usize,
+    /// Logged `ms` of the measured cold pulls (the whole call: decision, pinned pull, tag).
+    cold_call: Vec<f64>,
+    /// Audit `latency_ms` of warm pulls (resolve + cache hit).
+    warm_decision: Vec<f64>,
+    warm_uncached: usize,
+    warm_call: Vec<f64>,
+    /// Audit `latency_ms` of CreateContainer decisions (cache hit), and how many were not cached.
+    create_decision: Vec<f64>,
+    create_uncached: usize,
+    create_call: Vec<f64>,
+    /// Logged `ms` of the CreateContainer calls containerd refused.
+    reject_call: Vec<f64>,
+    /// pullgate's metrics over the cold phase (warm-up images included) and the warm phase.
+    cold_parts: Metrics,
+    warm_parts: Metrics,
+}
+
+/// Sums and counts of pullgate's duration histograms (seconds): mirror `resolve` and
+/// `discover` operations, and verifications.
+#[derive(Debug, Clone, Copy, Default)]
+struct Metrics {
+    resolve: (f64, f64),
+    discover: (f64, f64),
+    verify: (f64, f64),
+}
+
+impl Metrics {
+    async fn scrape(admin: SocketAddr) -> Result<Metrics, String> {
+        let r = support::registry::http::request(admin, "GET", "/metrics", &[], bytes::Bytes::new()).await?;
+        if r.status != 200 {
+            return Err(format!("GET /metrics: HTTP {}", r.status));
+        }
+        let text = String::from_utf8_lossy(&r.body);
+        let value = |name: &str, label: &str| -> f64 {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| l.split(['{', ' ']).next().is_some_and(|n| n.ends_with(name)) && l.contains(label))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let hist = |base: &str, label: &str| (value(&format!("{base}_sum"), label), value(&format!("{base}_count"), label));
+        Ok(Metrics {
+            resolve: hist("mirror_request_duration_seconds", "operation=\"resolve\""),
+            discover: hist("mirror_request_duration_seconds", "operation=\"discover\""),
+            verify: hist("verification_duration_seconds", ""),
+        })
+    }
+
+    fn minus(&self, o: &Metrics) -> Metrics {
+        let d = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
+        Metrics { resolve: d(self.resolve, o.resolve), discover: d(self.discover, o.discover), verify: d(self.verify, o.verify) }
+    }
+}
+
+/// Mean of a histogram's observations, ms ("n/a" without any).
+fn mean_ms(h: (f64, f64)) -> String {
+    if h.1 < 1.0 {
+        "n/a".into()
+    } else {
+        format!("{} (n = {})", fmt_ms(h.0 / h.1 * 1000.0), h.1)
+    }
+}
+
+impl Accounts {
+    fn collect(records: &[AuditRecord], logs: &CallLogs, cold_images: &[String], warm_image: &str) -> Accounts {
+        let cold: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && cold_images.contains(&r.image)).collect();
+        // Warm: every PullImage of the warm image but the first (which made the decision).
+        let warm: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && r.image == warm_image).skip(1).collect();
+        let create: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "CreateContainer").collect();
+        let warm_call = logs.ms("PullImage", |i, _| i == warm_image);
+        Accounts {
+            cold_decision: cold.iter().map(|r| r.latency_ms).collect(),
+            cold_cached: cold.iter().filter(|r| r.cached).count(),
+            cold_call: logs.ms("PullImage", |i, _| cold_images.iter().any(|c| c == i)),
+            warm_decision: warm.iter().map(|r| r.latency_ms).collect(),
+            warm_uncached: warm.iter().filter(|r| !r.cached).count(),
+            warm_call: warm_call.into_iter().skip(1).collect(),
+            create_decision: create.iter().map(|r| r.latency_ms).collect(),
+            create_uncached: create.iter().filter(|r| !r.cached).count(),
+            create_call: logs.ms("CreateContainer", |_, c| c != REJECTED),
+            reject_call: logs.ms("CreateContainer", |_, c| c == REJECTED),
+            cold_parts: Metrics::default(),
+            warm_parts: Metrics::default(),
+        }
+    }
+}
+
+// --- report ------------------------------------------------------------------------------------
+
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn pct_f(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((p / 100.0) * (s.len() - 1) as f64).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+fn sorted(v: &[u64]) -> Vec<u64> {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// p50 and p90 of `v`, in ms.
+fn p50_p90(v: &[u64]) -> (f64, f64) {
+    let s = sorted(v);
+    (ms(pct(&s, 50.0)), ms(pct(&s, 90.0)))
+}
+
+/// Median of per-pair differences (via - direct), ms.
+fn paired_median(pairs: &[[u64; 2]]) -> f64 {
+    let d: Vec<f64> = pairs.iter().map(|p| ms(p[VIA]) - ms(p[DIRECT])).collect();
+    pct_f(&d, 50.0)
+}
+
+/// A bootstrap-free spread of a median difference: the interquartile range of the per-pair
+/// differences divided by sqrt(n) (about the standard error of the median for a symmetric
+/// distribution, times ~0.93).
+fn paired_se(pairs: &[[u64; 2]]) -> f64 {
+    let d: Vec<f64> = pairs.iter().map(|p| ms(p[VIA]) - ms(p[DIRECT])).collect();
+    (pct_f(&d, 75.0) - pct_f(&d, 25.0)) / (d.len() as f64).sqrt()
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v.abs() < 1.0 {
+        format!("{:.3} ms", v)
+    } else {
+        format!("{:.2} ms", v)
+    }
+}
+
+fn signed_ms(v: f64) -> String {
+    if v.abs() < 1.0 {
+        format!("{:+.3} ms", v)
+    } else {
+        format!("{:+.2} ms", v)
+    }
+}
+
+fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create: &Create, acc: &Accounts, bin: &Path) {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(out, "\n## Enforcement overhead{}\n", if plan.quick { " (QUICK smoke run: too few samples to quote)" } else { "" });
+    let _ = writeln!(
+        out,
+        "{cores} cores, load average at the end {load}; cold: {} images pulled once per path; warm: {} pulls per path in blocks of {}; CreateContainer: {} per path (+ {} refused by containerd).\npullgate: {}\n",
+        plan.cold,
+        plan.warm,
+        plan.block,
+        plan.creates,
+        plan.rejects,
+        bin.display()
+    );
+
+    let cold_d: Vec<u64> = cold.pairs.iter().map(|p| p[DIRECT]).collect();
+    let cold_v: Vec<u64> = cold.pairs.iter().map(|p| p[VIA]).collect();
+    let (cd50, cd90) = p50_p90(&cold_d);
+    let (cv50, cv90) = p50_p90(&cold_v);
+    let (wd50, wd90) = p50_p90(&warm.samples[W_DIRECT]);
+    let (wv50, wv90) = p50_p90(&warm.samples[W_VIA]);
+    let (wg50, wg90) = p50_p90(&warm.samples[W_BY_DIGEST]);
+    let (wt50, _) = p50_p90(&warm.samples[W_TAG]);
+    let cr_d: Vec<u64> = create.pairs.iter().map(|p| p[DIRECT]).collect();
+    let cr_v: Vec<u64> = create.pairs.iter().map(|p| p[VIA]).collect();
+    let (crd50, crd90) = p50_p90(&cr_d);
+    let (crv50, crv90) = p50_p90(&cr_v);
+    let (rjd50, rjd90) = p50_p90(&create.rejects[DIRECT]);
+    let (rjv50, rjv90) = p50_p90(&create.rejects[VIA]);
+
+    let _ = writeln!(out, "| metric | direct | via pullgate | added | goal | met? |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
+    let row = |out: &mut String, name: &str, d: f64, v: f64, goal: Option<f64>| {
+        let added = v - d;
+        let (g, m) = match goal {
+            Some(g) => (format!("added p50 <= {}", fmt_ms(g)), met(added <= g).to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(out, "| {name} | {} | {} | {} ({:.2}x) | {g} | {m} |", fmt_ms(d), fmt_ms(v), signed_ms(added), v / d);
+    };
+    row(out, "PullImage, cold decision, p50", cd50, cv50, Some(10.0));
+    row(out, "PullImage, cold decision, p90", cd90, cv90, None);
+    row(out, "PullImage, warm decision (image present), p50", wd50, wv50, Some(0.1));
+    row(out, "PullImage, warm decision (image present), p90", wd90, wv90, None);
+    // pullgate forwards the pull pinned to the digest, which spares containerd its own tag
+    // resolve: against the same pull by digest sent directly, containerd's work is identical
+    // and the difference is pullgate's own.
+    row(out, "PullImage, warm, against the direct pull **by digest** (same containerd work), p50", wg50, wv50, Some(0.1));
+    row(out, "PullImage, warm, against the direct pull by digest, p90", wg90, wv90, None);
+    row(out, "CreateContainer, warm decision, p50", crd50, crv50, Some(0.1));
+    row(out, "CreateContainer, warm decision, p90", crd90, crv90, None);
+    row(out, "CreateContainer refused by containerd (unknown sandbox; pullgate does all its work), p50", rjd50, rjv50, Some(0.1));
+    row(out, "CreateContainer refused by containerd, p90", rjd90, rjv90, None);
+
+    let _ = writeln!(out, "\nPaired differences (via - direct, same image / adjacent calls), median and IQR/sqrt(n):\n");
+    let _ = writeln!(out, "- cold PullImage: {} (+/- {}) over {} images", signed_ms(paired_median(&cold.pairs)), fmt_ms(paired_se(&cold.pairs)), cold.pairs.len());
+    let _ = writeln!(out, "- CreateContainer: {} (+/- {}) over {} pairs", signed_ms(paired_median(&create.pairs)), fmt_ms(paired_se(&create.pairs)), create.pairs.len());
+    let _ = writeln!(out, "- containerd's answer to the refused creates: `{}`", create.reject_answer);
+    let _ = writeln!(
+        out,
+        "- cold pulls after which ImageStatus by the pulled tag, asked at once, found nothing yet: direct {}, via pullgate {} of {} (longest wait {:.1} ms)",
+        cold.late[DIRECT],
+        cold.late[VIA],
+        plan.cold + plan.warmup,
+        cold.late_max_ms
+    );
+
+    let _ = writeln!(out, "\nWhere the time goes (pullgate's own accounts: audit `latency_ms` = the decision; log `ms` = the whole call inside pullgate):\n");
+    let _ = writeln!(out, "| part | p50 | p90 |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let f = |out: &mut String, name: String, v: &[f64]| {
+        let _ = writeln!(out, "| {name} | {} | {} |", fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)));
+    };
+    f(out, format!("cold: decision (tag resolve + manifest + discovery + verify; {} of {} from cache)", acc.cold_cached, acc.cold_decision.len()), &acc.cold_decision);
+    f(out, "cold: whole call in pullgate (decision + containerd pull by digest + tag record)".into(), &acc.cold_call);
+    f(out, format!("warm: decision (tag resolve on the mirror + cache hit; {} of {} not from cache)", acc.warm_uncached, acc.warm_decision.len()), &acc.warm_decision);
+    f(out, "warm: whole call in pullgate".into(), &acc.warm_call);
+    f(out, format!("CreateContainer: decision (cache hit; {} of {} not from cache)", acc.create_uncached, acc.create_decision.len()), &acc.create_decision);
+    f(out, "CreateContainer: whole call in pullgate (ImageStatus lookup + decision + containerd's create)".into(), &acc.create_call);
+    f(out, "CreateContainer refused by containerd: whole call in pullgate (ImageStatus lookup + decision + containerd's refusal)".into(), &acc.reject_call);
+
+    let _ = writeln!(out, "\npullgate's metrics (means of the duration histograms; cold phase includes the warm-up images):\n");
+    let _ = writeln!(out, "| part | cold phase | warm phase |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    let _ = writeln!(out, "| mirror `resolve` operations (tag -> digest, manifest) | {} | {} |", mean_ms(acc.cold_parts.resolve), mean_ms(acc.warm_parts.resolve));
+    let _ = writeln!(out, "| mirror discovery (all steps, concurrent) | {} | {} |", mean_ms(acc.cold_parts.discover), mean_ms(acc.warm_parts.discover));
+    let _ = writeln!(out, "| verification (crypto, on the blocking pool) | {} | {} |", mean_ms(acc.cold_parts.verify), mean_ms(acc.warm_parts.verify));
+
+    let _ = writeln!(out, "\nWarm PullImage, the parts of pullgate's path measured alone from the client (p50):\n");
+    let _ = writeln!(out, "| step | p50 |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(out, "| containerd PullImage by tag (direct baseline) | {} |", fmt_ms(wd50));
+    let _ = writeln!(out, "| containerd PullImage by digest (what pullgate forwards) | {} ({} vs by tag) |", fmt_ms(wg50), signed_ms(wg50 - wd50));
+    let _ = writeln!(out, "| tag record step (`ContainerdImages::tag` of this build, record already in place) | {} |", fmt_ms(wt50));
+    let _ = writeln!(out, "| pullgate decision (audit latency_ms, p50) | {} |", fmt_ms(pct_f(&acc.warm_decision, 50.0)));
+    let rest = (wv50 - wd50) - (wg50 - wd50) - wt50 - pct_f(&acc.warm_decision, 50.0);
+    let _ = writeln!(out, "| rest (proxying, decoding, audit and log writes, scheduling) | {} |", signed_ms(rest));
+    let _ = writeln!(out, "| = added p50 | {} |", signed_ms(wv50 - wd50));
+}

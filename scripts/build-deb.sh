@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# scripts/build-deb.sh - build pullgate's Debian package (what a node-image build installs).
+#
+# usage: scripts/build-deb.sh [--binary FILE] [--output DIR]
+#   --binary FILE  the pullgate binary to package (default: target/release/pullgate, built with
+#                  `cargo build --release --locked` when missing)
+#   --output DIR   where the .deb goes (default: target/debian); its path is printed last
+#
+# Plain dpkg-deb, no debhelper. The package installs:
+#   /usr/bin/pullgate
+#   /lib/systemd/system/pullgate.service, pullgate.socket   (enabled on install, not started)
+#   /etc/pullgate/config.yaml                               (conffile: local edits survive upgrades)
+#   /usr/share/doc/pullgate/                                README, audit-log note, copyright
+#   /usr/share/doc/pullgate/examples/                       policy example, kubelet drop-ins,
+#                                                           Prometheus alerts, DaemonSet manifest
+#   /var/lib/pullgate, /var/log/pullgate                    state (trust root) and audit log
+# Maintainer scripts honour DPKG_ROOT (dpkg --root ... --force-script-chrootless), so the package
+# also installs into an image root from outside it.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+BINARY=target/release/pullgate
+OUTPUT=target/debian
+while [ $# -gt 0 ]; do
+  case $1 in
+    --binary) BINARY=${2:?--binary needs a file}; shift 2 ;;
+    --output) OUTPUT=${2:?--output needs a directory}; shift 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
+  esac
+done
+
+command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian's dpkg package)"
+if [ ! -x "$BINARY" ]; then
+  [ "$BINARY" = target/release/pullgate ] || die "$BINARY is not an executable"
+  echo "build-deb: building the release binary" >&2
+  cargo build --release --locked --bin pullgate
+fi
+
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+[ -n "$VERSION" ] || die "no version in Cargo.toml"
+ARCH=$(dpkg --print-architecture)
+# The newest glibc symbol version the binary needs (the Depends: line).
+GLIBC=$( (objdump -T "$BINARY" 2>/dev/null || true) | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+GLIBC=${GLIBC:-2.34}
+
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+ROOT=$STAGE/root
+DOC=$ROOT/usr/share/doc/pullgate
+EX=$DOC/examples
+
+install -D -m 0755 "$BINARY" "$ROOT/usr/bin/pullgate"
+# The release profile keeps line tables for backtraces; a package ships without them (function
+# names stay, for panics).
+if command -v objcopy >/dev/null; then
+  objcopy --strip-debug "$ROOT/usr/bin/pullgate"
+fi
+install -D -m 0644 packaging/systemd/pullgate.service "$ROOT/lib/systemd/system/pullgate.service"
+install -D -m 0644 packaging/systemd/pullgate.socket "$ROOT/lib/systemd/system/pullgate.socket"
+install -D -m 0644 packaging/config.yaml "$ROOT/etc/pullgate/config.yaml"
+install -D -m 0644 README.md "$DOC/README.md"
+install -D -m 0644 packaging/AUDIT-LOG.md "$DOC/AUDIT-LOG.md"
+install -D -m 0644 packaging/config.yaml "$EX/config.yaml"
+install -D -m 0644 packaging/policy-example.yaml "$EX/policy-example.yaml"
+install -D -m 0644 packaging/kubelet/20-pullgate.conf "$EX/kubelet/20-pullgate.conf"
+install -D -m 0644 packaging/kubelet/kubelet-pullgate.service.conf "$EX/kubelet/kubelet-pullgate.service.conf"
+install -D -m 0644 packaging/prometheus/pullgate-alerts.yaml "$EX/prometheus/pullgate-alerts.yaml"
+install -D -m 0644 packaging/kubernetes/daemonset.yaml "$EX/kubernetes/daemonset.yaml"
+install -D -m 0755 packaging/kubernetes/pullgate-sync.sh "$EX/kubernetes/pullgate-sync.sh"
+install -d -m 0755 "$ROOT/var/lib/pullgate" "$ROOT/var/log/pullgate"
+cat >"$DOC/copyright" <<'EOF'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: pullgate
+Source: the pullgate repository
+
+Files: *
+License: Apache-2.0
+ On Debian systems the full text of the Apache License 2.0 is in
+ /usr/share/common-licenses/Apache-2.0.
+EOF
+chmod 0644 "$DOC/copyright"
+
+mkdir -p "$ROOT/DEBIAN"
+INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
+cat >"$ROOT/DEBIAN/control" <<EOF
+Package: pullgate
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: pullgate developers <pullgate@localhost>
+Installed-Size: $INSTALLED_SIZE
+Depends: libc6 (>= $GLIBC)
+Recommends: containerd
+Section: admin
+Priority: optional
+Description: CRI proxy that admits only images with a valid Sigstore signature
+ pullgate sits between kubelet and containerd on every node and forwards every CRI call,
+ except the image pulls and container creations it checks: an image is pulled or run only
+ when a Sigstore signature by an allowed identity verifies, fully offline, against a mirrored
+ trust root. Point kubelet at /run/pullgate/pullgate.sock with the drop-in in
+ /usr/share/doc/pullgate/examples/kubelet/.
+EOF
+echo /etc/pullgate/config.yaml >"$ROOT/DEBIAN/conffiles"
+
+cat >"$ROOT/DEBIAN/postinst" <<'EOF'
+#!/bin/sh
+# Enables (does not start) the socket and service: kubelet uses pullgate only once its drop-in
+# is installed, and a node image build has no running systemd. An upgrade restarts a running
+# pullgate; pullgate.socket keeps kubelet's socket in place meanwhile.
+set -e
+if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ]; then
+  if command -v deb-systemd-helper >/dev/null 2>&1; then
+    deb-systemd-helper enable pullgate.socket pullgate.service >/dev/null || true
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || true
+    if [ -n "$2" ] && systemctl is-active --quiet pullgate.service; then
+      systemctl restart pullgate.service || true
+    fi
+  fi
+fi
+exit 0
+EOF
+cat >"$ROOT/DEBIAN/prerm" <<'EOF'
+#!/bin/sh
+# Removing pullgate from a node whose kubelet still points at it stops that node's kubelet
+# from reaching containerd: move kubelet back first (remove its drop-in, restart kubelet).
+set -e
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  systemctl stop pullgate.service pullgate.socket >/dev/null 2>&1 || true
+fi
+exit 0
+EOF
+cat >"$ROOT/DEBIAN/postrm" <<'EOF'
+#!/bin/sh
+# purge: also the trust root, decision state and audit logs.
+set -e
+if [ "$1" = purge ]; then
+  if [ -z "${DPKG_ROOT:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
+    deb-systemd-helper purge pullgate.socket pullgate.service >/dev/null || true
+  fi
+  rm -rf "${DPKG_ROOT:-}/var/lib/pullgate" "${DPKG_ROOT:-}/var/log/pullgate"
+fi
+if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload >/dev/null 2>&1 || true
+fi
+exit 0
+EOF
+chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/prerm" "$ROOT/DEBIAN/postrm"
+(cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort | xargs md5sum) >"$ROOT/DEBIAN/md5sums"
+
+mkdir -p "$OUTPUT"
+DEB=$OUTPUT/pullgate_${VERSION}_${ARCH}.deb
+dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >/dev/null
+echo "$DEB"
