@@ -2,13 +2,16 @@
 //! the real `pullgate` binary, measured in one run.
 //!
 //! ```text
-//! cargo bench --bench proxy                         # full run (a few minutes), as root
+//! cargo bench --bench proxy                         # full run, ~1 minute after the build; as root
 //! PULLGATE_BENCH_QUICK=1 cargo bench --bench proxy  # smoke run in seconds (CI)
 //! ```
 //!
 //! Cargo builds the `pullgate` binary in the bench (= release) profile before running this and
 //! passes its path (`target/release/pullgate`); set `PULLGATE_BIN` to measure another build.
-//! `PULLGATE_BENCH_ARGS` adds arguments to `pullgate serve` (e.g. for A/B runs of a flag).
+//! `PULLGATE_BENCH_ARGS` adds arguments to `pullgate serve`. `PULLGATE_BENCH_B_BIN` and/or
+//! `PULLGATE_BENCH_B_ARGS` add a second pullgate, measured interleaved with the first (A/B under
+//! the same machine noise). `PULLGATE_BENCH_ROUNDS`, `_SEQ_CALLS`, `_LOAD_MS` and `_STARTS`
+//! override the plan. Without root the bench reports itself skipped.
 //!
 //! What is measured (see BENCHMARKS.md for the figures):
 //! - sequential latency: one caller, one call at a time, p50 and p99 per round;
