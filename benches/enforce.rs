@@ -21,10 +21,12 @@
 //!   and pullgate has never seen the digest: tag resolve, discovery and verification on the
 //!   loopback mirror, then the pull pinned to the verified digest and the tag record.
 //! - PullImage with a **warm decision**: the same signed image pulled again and again, already
-//!   present in containerd; blocks of direct and via-pullgate pulls interleaved. Plus, for the
-//!   analysis, the parts of pullgate's warm path measured alone: containerd's pull by digest
-//!   (what pullgate forwards), and the tag-record step pullgate does with containerd's image
-//!   API after it.
+//!   present in containerd; blocks of direct and via-pullgate pulls interleaved. pullgate
+//!   forwards the pull pinned to the verified digest, which spares containerd its own tag
+//!   resolve, so the via path is also compared with the same pull by digest sent directly
+//!   (identical containerd work). Plus, for the analysis, the parts of pullgate's warm path
+//!   measured alone: the tag-record step pullgate does with containerd's image API after the
+//!   pull, and one `HEAD` of the tag on the mirror (the registry's own answer time).
 //! - **CreateContainer with a warm decision**: creates (and untimed removes) of containers in
 //!   one host-network pod sandbox, alternating direct and via pullgate. containerd's own create
 //!   costs tens of milliseconds with milliseconds of jitter, which buries a sub-millisecond
@@ -370,11 +372,15 @@ fn run() -> Result<String, String> {
     let m0 = rt.block_on(Metrics::scrape(admin))?;
     let cold = rt.block_on(cold_pulls(&plan, &clients, &cold_images))?;
     let m1 = rt.block_on(Metrics::scrape(admin))?;
-    let warm = rt.block_on(warm_pulls(&plan, &clients, &demo_image, &demo_digest, &direct_sock))?;
+    let warm = rt.block_on(warm_pulls(&plan, &clients, &demo_image, &demo_digest, &direct_sock, addr))?;
     let m2 = rt.block_on(Metrics::scrape(admin))?;
     let create = rt.block_on(creates(&plan, &clients, &demo_image))?;
 
     progress!("reading pullgate's audit log and call log");
+    // Close the client connections first (dropping the runtime drops their tasks), so pullgate's
+    // SIGTERM drain has nothing to wait for.
+    drop(clients);
+    drop(rt);
     let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
     pg.terminate(Duration::from_secs(10));
     let logs = CallLogs::parse(&pg.logs());
@@ -386,8 +392,6 @@ fn run() -> Result<String, String> {
     let mut out = String::new();
     write_report(&mut out, &plan, &cold, &warm, &create, &accounts, &bin);
     progress!("tearing down the testbed");
-    drop(clients);
-    drop(rt);
     drop(tb);
     Ok(out)
 }
@@ -461,13 +465,28 @@ const W_BY_DIGEST: usize = 2;
 /// pullgate's tag-record step alone (`pullgate::cri::images::ContainerdImages::tag`, the code
 /// linked into this bench), from here.
 const W_TAG: usize = 3;
-const WARM_KINDS: usize = 4;
+/// One `HEAD` of the tag on the mirror from here (a new connection each time): the registry's
+/// own answer time, which pullgate's warm decision waits for.
+const W_HEAD: usize = 4;
+const WARM_KINDS: usize = 5;
 
 struct Warm {
     samples: [Vec<u64>; WARM_KINDS],
 }
 
-async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, direct_sock: &Path) -> Result<Warm, String> {
+/// `HEAD /v2/<repo>/manifests/<tag>` of `image` on `registry`, as pullgate and containerd send it.
+async fn head_tag(registry: SocketAddr, image: &str) -> Result<(), String> {
+    let path = image.split_once('/').map(|(_, p)| p).unwrap_or(image);
+    let (repo, tag) = path.rsplit_once(':').ok_or("no tag")?;
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+    let r = support::registry::http::request(registry, "HEAD", &format!("/v2/{repo}/manifests/{tag}"), &[("accept", accept.into())], bytes::Bytes::new()).await?;
+    if r.status != 200 || r.header("docker-content-digest").is_none() {
+        return Err(format!("HEAD {image}: HTTP {}", r.status));
+    }
+    Ok(())
+}
+
+async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, direct_sock: &Path, registry: SocketAddr) -> Result<Warm, String> {
     let pod_cfg = pod("team", "web");
     let name = image.rsplit_once(':').map(|(n, _)| n).unwrap_or(image);
     let by_digest = format!("{name}@{digest}");
@@ -498,6 +517,11 @@ async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, dire
                     W_DIRECT => pull(&c.images[DIRECT], image, &pod_cfg).await?.0,
                     W_VIA => pull(&c.images[VIA], image, &pod_cfg).await?.0,
                     W_BY_DIGEST => pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?.0,
+                    W_HEAD => {
+                        let t = Instant::now();
+                        head_tag(registry, image).await?;
+                        t.elapsed().as_nanos() as u64
+                    }
                     _ => {
                         let t = Instant::now();
                         images.tag(&by_digest, image).await.map_err(|e| format!("tag step: {e}"))?;
@@ -916,4 +940,10 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     let rest = (wv50 - wd50) - (wg50 - wd50) - wt50 - pct_f(&acc.warm_decision, 50.0);
     let _ = writeln!(out, "| rest (proxying, decoding, audit and log writes, scheduling) | {} |", signed_ms(rest));
     let _ = writeln!(out, "| = added p50 | {} |", signed_ms(wv50 - wd50));
+    let _ = writeln!(
+        out,
+        "\nFor reference, one `HEAD` of the tag on the mirror sent from the bench (a new TCP connection each), interleaved with the above: p50 {}, p90 {}.",
+        fmt_ms(p50_p90(&warm.samples[W_HEAD]).0),
+        fmt_ms(p50_p90(&warm.samples[W_HEAD]).1)
+    );
 }

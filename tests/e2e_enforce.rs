@@ -644,7 +644,10 @@ fn offline(c: &Ctx) -> TestResult {
         let _ = pull(&sock, "ghcr.io/example/app:1").await;
         Ok::<_, Failed>(())
     })?;
-    d.terminate(Duration::from_secs(10));
+    // SIGTERM the traced pullgate itself (strace's child), then strace exits with it.
+    let _ = Command::new("pkill").args(["-TERM", "-f"]).arg(format!("serve --config {}", cfg.display())).status();
+    d.wait(Duration::from_secs(10));
+    d.terminate(Duration::from_secs(5));
     let text = std::fs::read_to_string(&trace)?;
     let connects: Vec<&str> = text.lines().filter(|l| l.contains("connect(")).collect();
     ensure!(!connects.is_empty(), "strace saw no connect at all:\n{text}");

@@ -16,6 +16,9 @@
 //! The trials share one testbed and run one at a time, in order (the containerd-down trial is
 //! last). Without root they are reported as ignored, with the reason.
 
+// `ensure!(sample(...) >= Some(1.0), ...)` reads better than its partial_cmp form.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]

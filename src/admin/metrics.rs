@@ -30,6 +30,8 @@ use crate::trust::TrustHandle;
 const SLOW_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 type Labels3 = [(&'static str, String); 3];
+/// Histograms by one static label; built by [`slow_histogram`].
+type HistogramFamily = Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>;
 type Labels5 = [(&'static str, String); 5];
 
 fn slow_histogram() -> Histogram {
@@ -47,7 +49,7 @@ pub struct EnforceMetrics {
     /// registry, operation (`resolve`, `discover`), outcome (`ok`, `error`).
     mirror_requests: Family<Labels3, Counter>,
     /// operation.
-    mirror_duration: Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>,
+    mirror_duration: HistogramFamily,
     /// result: `verified`, `rejected`.
     verifications: Family<[(&'static str, &'static str); 1], Counter>,
     verification_duration: Histogram,
