@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use pullgate::enforce::audit::{read_records, AuditRecord};
 use pullgate::registry::Digest;
 use serde_json::json;
@@ -177,7 +177,6 @@ fn setup() -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let skip = testbed::unavailable_reason();
     let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
         ("signed_image_is_pulled_and_runs", signed_image_is_pulled_and_runs),
         ("legacy_signed_image_is_pulled", legacy_signed_image_is_pulled),
@@ -194,22 +193,7 @@ fn main() {
         ("policy_reload_keeps_last_good_on_error", policy_reload),
         ("network_access_is_only_containerd_and_the_mirror", offline),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let t = Trial::test(name, move || {
-                let c = ctx()?;
-                f(&c)
-            });
-            match &skip {
-                Some(reason) => {
-                    eprintln!("skipping {name}: {reason}");
-                    t.with_ignored_flag(true)
-                }
-                None => t,
-            }
-        })
-        .collect();
+    let trials = testbed::trials(tests, ctx);
     let conclusion = libtest_mimic::run(&args, trials);
     if let Some(Ok(ctx)) = CTX.get() {
         if let Ok(mut pg) = ctx.pg.lock() {

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use pullgate::registry::Digest;
 use serde_json::Value;
 use support::registry::push::Pusher;
@@ -177,7 +177,6 @@ fn setup() -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let skip = testbed::unavailable_reason();
     let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
         ("ready_only_once_a_trust_root_is_loaded", ready_after_trust_root),
         ("metrics_change_as_calls_are_made", metrics_change),
@@ -187,22 +186,7 @@ fn main() {
         ("sync_script_installs_config_and_trust_root_and_reloads", sync_script),
         ("not_ready_while_containerd_is_down", containerd_down),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let t = Trial::test(name, move || {
-                let c = ctx()?;
-                f(&c)
-            });
-            match &skip {
-                Some(reason) => {
-                    eprintln!("skipping {name}: {reason}");
-                    t.with_ignored_flag(true)
-                }
-                None => t,
-            }
-        })
-        .collect();
+    let trials = testbed::trials(tests, ctx);
     let conclusion = libtest_mimic::run(&args, trials);
     if let Some(Ok(ctx)) = CTX.get() {
         if let Ok(mut pg) = ctx.pg.lock() {

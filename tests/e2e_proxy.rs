@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Failed};
 use testbed::Testbed;
 
 struct Ctx {
@@ -76,7 +76,6 @@ fn main() {
     let mut args = Arguments::from_args();
     // One testbed, shared; one trial restarts containerd, so no two trials overlap.
     args.test_threads = Some(1);
-    let skip = testbed::unavailable_reason();
     let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
         ("version_matches_direct", version_matches_direct),
         ("image_calls_match_direct", image_calls_match_direct),
@@ -92,22 +91,7 @@ fn main() {
         ("systemd_socket_activation_keeps_socket", systemd_activation),
         ("invalid_config_exits_64_before_binding", invalid_config),
     ];
-    let trials = tests
-        .into_iter()
-        .map(|(name, f)| {
-            let t = Trial::test(name, move || {
-                let c = ctx()?;
-                f(&c)
-            });
-            match &skip {
-                Some(reason) => {
-                    eprintln!("skipping {name}: {reason}");
-                    t.with_ignored_flag(true)
-                }
-                None => t,
-            }
-        })
-        .collect();
+    let trials = testbed::trials(tests, ctx);
     let conclusion = libtest_mimic::run(&args, trials);
     // Statics are never dropped: stop pullgate and the testbed (containerd, shims, registry)
     // explicitly before exiting.

@@ -20,6 +20,31 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
+/// libtest trials for suites that share one testbed context: each trial gets the context from
+/// `ctx` (set up on first use); without root every trial is reported ignored, with the reason.
+pub fn trials<C: 'static>(
+    tests: Vec<(&'static str, fn(&C) -> Result<(), libtest_mimic::Failed>)>,
+    ctx: fn() -> Result<std::sync::Arc<C>, libtest_mimic::Failed>,
+) -> Vec<libtest_mimic::Trial> {
+    let skip = unavailable_reason();
+    tests
+        .into_iter()
+        .map(|(name, f)| {
+            let t = libtest_mimic::Trial::test(name, move || {
+                let c = ctx()?;
+                f(&c)
+            });
+            match &skip {
+                Some(reason) => {
+                    eprintln!("skipping {name}: {reason}");
+                    t.with_ignored_flag(true)
+                }
+                None => t,
+            }
+        })
+        .collect()
+}
+
 pub struct Testbed {
     pub dir: PathBuf,
     env: HashMap<String, String>,
