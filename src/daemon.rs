@@ -82,7 +82,9 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
     }
     let audit = AuditLog::new(&config.audit).map_err(StartError::Audit)?;
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node);
+    // Validated with the configuration; an invalid map cannot reach here.
+    let aliases = crate::registry::reference::Aliases::new(&config.registry.aliases).unwrap_or_default();
+    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node).with_aliases(aliases);
     if let Some(m) = &metrics {
         enforcer = enforcer.with_metrics(m.clone());
     }

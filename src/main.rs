@@ -106,7 +106,10 @@ fn main() -> ExitCode {
         Command::Report(args) => exit(pullgate::enforce::report::run(&args)),
         Command::Doctor(args) => exit(pullgate::doctor::run(&args)),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                for w in config.policy.as_ref().map(|p| p.warnings()).unwrap_or_default() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}: valid", file.display());
                 ExitCode::SUCCESS
             }

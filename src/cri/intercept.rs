@@ -57,6 +57,9 @@ pub enum PullVerdict {
 pub struct CreateCall {
     /// The image as given in the container config (an image ID or a reference).
     pub image: String,
+    /// The image as the pod spec names it (`ImageSpec.user_specified_image`, field 18, sent by
+    /// kubelet since Kubernetes 1.30); `None` when the caller did not send it.
+    pub user_specified: Option<String>,
     pub namespace: Option<String>,
     pub pod: String,
     pub container: String,
@@ -194,7 +197,8 @@ impl Proxy {
     async fn create_container(&self, parts: http::request::Parts, body: Bytes, req: api::CreateContainerRequest) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
         let config = req.config.unwrap_or_default();
-        let image = config.image.map(|i| i.image).unwrap_or_default();
+        let (image, user_specified) = config.image.map(|i| (i.image, i.user_specified_image)).unwrap_or_default();
+        let user_specified = (!user_specified.is_empty()).then_some(user_specified);
         let container = config.metadata.map(|m| m.name).unwrap_or_default();
         let mut log = CallLog { image: image.clone(), pod: pod.clone(), container: container.clone(), ..Default::default() };
         let Some(gate) = self.gate() else {
@@ -207,7 +211,7 @@ impl Proxy {
                 return (refusal(&format!("cannot look up image {image} in containerd to check it: {e}")), log);
             }
         };
-        let call = CreateCall { image, namespace, pod, container, status };
+        let call = CreateCall { image, user_specified, namespace, pod, container, status };
         match gate.create(&call).await {
             CreateVerdict::Forward => {
                 log.verdict = Some("forward".into());

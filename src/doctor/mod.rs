@@ -332,7 +332,7 @@ async fn check_images(
     let (mut allowed, mut refused, mut audit_only, mut checked) = (0, 0, 0, 0);
     for image in images.iter().take(args.max_images) {
         let name = image.repo_tags.first().or(image.repo_digests.first()).cloned().unwrap_or_else(|| image.id.clone());
-        let call = CreateCall { image: image.id.clone(), namespace: None, pod: String::new(), container: String::new(), status: Some(image.clone()) };
+        let call = CreateCall { image: image.id.clone(), user_specified: None, namespace: None, pod: String::new(), container: String::new(), status: Some(image.clone()) };
         let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
         let Ok((verdict, record)) = tokio::time::timeout(left, enforcer.dry_run_create(&call)).await else { break };
         checked += 1;

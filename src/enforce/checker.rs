@@ -117,6 +117,7 @@ fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
         reason,
         identity: identity.into_iter().collect::<Vec<_>>().join(", "),
         source: source.into_iter().collect::<Vec<_>>().join(", "),
+        ..Default::default()
     }
 }
 
@@ -128,18 +129,28 @@ pub async fn decide(
     discovery: &Discovery,
     policy: &ImagePolicy,
 ) -> (Outcome, Vec<ImageDecision>) {
-    // Which digests a signature may be on (multi-arch: the index covers its manifests).
-    let mut subjects = vec![image.digest.clone()];
-    if let Some(p) = &image.platform {
-        match policy.multi_arch {
-            MultiArch::Either => subjects.push(p.digest.clone()),
-            MultiArch::Platform => subjects = vec![p.digest.clone()],
-            MultiArch::Index => {}
+    // Which digests a signature may be on (multi-arch: the index covers its manifests), and for
+    // each, what containerd is then to pull and which image ID that admits.
+    let subjects: Vec<(registry::Digest, registry::Digest, registry::Digest)> = match (&image.platform, &image.config) {
+        (Some(p), _) => match policy.multi_arch {
+            // The platform manifest is pinned either way: containerd never picks from the index.
+            MultiArch::Either => vec![
+                (image.digest.clone(), p.digest.clone(), p.config.clone()),
+                (p.digest.clone(), p.digest.clone(), p.config.clone()),
+            ],
+            MultiArch::Platform => vec![(p.digest.clone(), p.digest.clone(), p.config.clone())],
+            // The index is pinned; containerd picks the entry pullgate picked (same rules).
+            MultiArch::Index => vec![(image.digest.clone(), image.digest.clone(), p.config.clone())],
+        },
+        (None, Some(config)) => vec![(image.digest.clone(), image.digest.clone(), config.clone())],
+        (None, None) => {
+            let why = if image.notes.is_empty() { "no manifest for this node's platform".to_string() } else { image.notes.join("; ") };
+            return (deny(format!("index {}: {why} (containerd would not pull it either)", image.digest)), Vec::new());
         }
-    }
+    };
     let mut decisions = Vec::new();
     let mut last: Option<Outcome> = None;
-    for subject in &subjects {
+    for (subject, pin, config) in &subjects {
         let (candidates, problems) = candidates_for(&discovery.materials, subject);
         let digest = match to_verify_digest(subject) {
             Ok(d) => d,
@@ -152,9 +163,14 @@ pub async fn decide(
             Ok(d) => d,
             Err(e) => return (deny(format!("verification task failed: {e}")), decisions),
         };
-        let outcome = outcome_of(&decision, &problems);
+        let mut outcome = outcome_of(&decision, &problems);
         decisions.push(decision);
         if outcome.allowed {
+            outcome.pin = Some(pin.clone());
+            outcome.configs = vec![config.clone()];
+            if subject != pin {
+                outcome.reason = format!("{} (on index {subject}; pinned to its entry for this node, {pin})", outcome.reason);
+            }
             return (outcome, decisions);
         }
         last = Some(outcome);
@@ -168,7 +184,7 @@ pub async fn decide(
 }
 
 fn deny(reason: String) -> Outcome {
-    Outcome { allowed: false, reason, identity: String::new(), source: String::new() }
+    Outcome { allowed: false, reason, ..Default::default() }
 }
 
 impl Checker for MirrorChecker {

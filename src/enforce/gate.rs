@@ -16,7 +16,8 @@
 //! Every error (mirror down, timeout, malformed material, stale trust root) refuses in enforce
 //! mode. Every decision is written to the audit log.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::audit::{AuditLog, AuditRecord};
@@ -24,7 +25,7 @@ use super::cache::{DecisionCache, Lookup};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, PullCall, PullVerdict};
-use crate::registry::reference::{Digest, Reference};
+use crate::registry::reference::{Aliases, Digest, Reference};
 
 /// The digests an image reference resolved to on the mirror.
 #[derive(Debug, Clone)]
@@ -39,7 +40,7 @@ pub struct Resolved {
 }
 
 /// The result of checking one image against one policy.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Outcome {
     pub allowed: bool,
     /// One line: why allowed or denied.
@@ -48,6 +49,13 @@ pub struct Outcome {
     pub identity: String,
     /// Where the deciding signature came from.
     pub source: String,
+    /// Allowed: the manifest containerd is to pull, which is what was verified: the image's
+    /// own manifest; for an index, the platform manifest containerd would pick (verified
+    /// itself, or covered by the signed index), or the index itself under `multi_arch: index`.
+    pub pin: Option<Digest>,
+    /// Allowed: the config digests (containerd's image IDs) of the verified manifest(s) this
+    /// decision admits at CreateContainer.
+    pub configs: Vec<Digest>,
 }
 
 /// Freshness of the trust root, as the gate needs it.
@@ -117,17 +125,32 @@ pub struct Enforcer {
     node: String,
     /// Decision and cache counters, when metrics are on.
     metrics: Option<Arc<crate::admin::metrics::EnforceMetrics>>,
+    /// Other spellings of registries (`registry.aliases`): one canonical name per registry.
+    aliases: Aliases,
+    /// `name@<platform manifest>` -> the signed index it was pinned from at PullImage, so that
+    /// CreateContainer can find the signature that covers it. Bounded by the cache capacity;
+    /// after a restart the image's tags are resolved on the mirror instead.
+    picked: Mutex<HashMap<String, Digest>>,
+    /// Bound of `picked`.
+    picked_capacity: usize,
 }
 
-/// The forms of a reference policies are matched against.
+/// The forms of a reference policies and exemptions are matched against, with its canonical
+/// registry name (lower-cased, no `:443`): `name` and `name:tag` for a tag reference, `name`
+/// and `name@digest` for a digest reference. containerd ignores the tag of `name:tag@digest`,
+/// so it is ignored here too.
 pub fn match_names(reference: &Reference) -> Vec<String> {
-    let name = reference.name();
+    match_names_in(&Aliases::default(), reference)
+}
+
+/// [`match_names`] with the registry aliases of the configuration.
+pub fn match_names_in(aliases: &Aliases, reference: &Reference) -> Vec<String> {
+    let name = aliases.name(reference);
     let mut names = vec![name.clone()];
-    if let Some(tag) = reference.tag() {
-        names.push(format!("{name}:{tag}"));
-    }
-    if let Some(d) = reference.digest() {
-        names.push(format!("{name}@{d}"));
+    match (reference.digest(), reference.tag()) {
+        (Some(d), _) => names.push(format!("{name}@{d}")),
+        (None, Some(tag)) => names.push(format!("{name}:{tag}")),
+        (None, None) => {}
     }
     names
 }
@@ -160,7 +183,34 @@ impl Enforcer {
             audit,
             node,
             metrics: None,
+            aliases: Aliases::default(),
+            picked: Mutex::new(HashMap::new()),
+            picked_capacity: cache.capacity.max(1),
         }
+    }
+
+    /// Treats the registry spellings in `aliases` as one registry.
+    pub fn with_aliases(mut self, aliases: Aliases) -> Enforcer {
+        self.aliases = aliases;
+        self
+    }
+
+    fn names(&self, reference: &Reference) -> Vec<String> {
+        match_names_in(&self.aliases, reference)
+    }
+
+    /// Remembers that `pinned` (a platform manifest) was picked from the signed index `index`.
+    fn remember_pick(&self, pinned: &Reference, index: &Digest) {
+        let mut picked = self.picked.lock().unwrap_or_else(|p| p.into_inner());
+        if picked.len() >= self.picked_capacity {
+            picked.clear();
+        }
+        picked.insert(format!("{}@{}", self.aliases.name(pinned), pinned.digest().map(|d| d.to_string()).unwrap_or_default()), index.clone());
+    }
+
+    fn picked_from(&self, reference: &Reference) -> Option<Digest> {
+        let key = format!("{}@{}", self.aliases.name(reference), reference.digest()?);
+        self.picked.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
     }
 
     /// Records decisions and cache lookups in `metrics`.
@@ -201,7 +251,7 @@ impl Enforcer {
         let mut results = Vec::new();
         for policy in policies {
             if let Some(why) = &trust.unusable {
-                let outcome = Outcome { allowed: false, reason: why.clone(), identity: String::new(), source: String::new() };
+                let outcome = Outcome { allowed: false, reason: why.clone(), ..Default::default() };
                 results.push((policy.clone(), Arc::new(outcome), false));
                 continue;
             }
@@ -280,7 +330,7 @@ impl Enforcer {
             }
         };
         let policy = self.policy();
-        let policies = match policy.applicable(&match_names(&reference), call.namespace.as_deref()) {
+        let policies = match policy.applicable(&self.names(&reference), call.namespace.as_deref()) {
             Applicable::Exempt(name) => {
                 record.policy = format!("exempt:{name}");
                 record.decision = "allow".into();
@@ -328,7 +378,14 @@ impl Enforcer {
         if !checked.allowed {
             return (PullVerdict::Refuse(checked.reason), record);
         }
-        let pinned = reference.with_digest(resolved.digest.clone());
+        // What was verified is what containerd pulls: the platform manifest when that (or an
+        // index covering it) verified; the index only when every policy verified the index.
+        let pins: Vec<&Digest> = results.iter().filter(|(_, o, _)| o.allowed).filter_map(|(_, o, _)| o.pin.as_ref()).collect();
+        let pin = pins.iter().find(|d| ***d != resolved.digest).or(pins.first()).map(|d| (*d).clone()).unwrap_or_else(|| resolved.digest.clone());
+        let pinned = reference.with_digest(pin.clone());
+        if pin != resolved.digest {
+            self.remember_pick(&pinned, &resolved.digest);
+        }
         let tag_as = match (reference.tag(), reference.digest()) {
             // containerd drops the tag of `name:tag@digest` too; nothing to add.
             (Some(tag), None) => Some(format!("{}:{tag}", reference.name())),
@@ -343,13 +400,39 @@ impl Enforcer {
         self.decide_create(call).await
     }
 
+    /// The name the pod asked for (`user_specified_image`, else the container config's image
+    /// when that is a name), when it really is one of the image's names in containerd; `None`
+    /// when that is not known (an image ID, a short ID, an older kubelet).
+    fn asked_name(&self, call: &CreateCall, tags: &[Reference], digests: &[Reference]) -> Option<Reference> {
+        let spelled = call.user_specified.as_deref().filter(|s| !s.is_empty()).unwrap_or(&call.image);
+        let asked = Reference::parse(spelled).ok()?;
+        let same = |r: &Reference| {
+            self.aliases.same_repository(r, &asked)
+                && match asked.digest() {
+                    Some(d) => r.digest() == Some(d),
+                    None => r.digest().is_none() && r.tag() == asked.tag(),
+                }
+        };
+        tags.iter().chain(digests).any(same).then_some(asked)
+    }
+
+    /// The per-image decision at CreateContainer (and for any other call that puts an image
+    /// present in containerd into a container): `call.status` is containerd's record of the
+    /// image, `call.user_specified`/`call.image` the name it was asked by.
+    ///
+    /// - An exemption applies only when the name the pod asked for is exempt (when that name is
+    ///   not known: only when every name of the image is exempt).
+    /// - Otherwise the policies of that name (unknown: of every name of the image) apply, and
+    ///   the image is allowed only when one of its registry digests in that repository verifies
+    ///   under all of them **and** the image ID is the config of the manifest that verified: a
+    ///   passing digest never admits an image ID that is not what it runs.
     async fn decide_create(&self, call: &CreateCall) -> (CreateVerdict, AuditRecord) {
         let mut record = AuditRecord {
             node: self.node.clone(),
             call: "CreateContainer".into(),
             namespace: call.namespace.clone().unwrap_or_default(),
             pod: call.pod.clone(),
-            image: call.image.clone(),
+            image: call.user_specified.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| call.image.clone()),
             ..Default::default()
         };
         let Some(image) = &call.status else {
@@ -358,27 +441,46 @@ impl Enforcer {
             record.reason = "image not present in containerd; containerd will refuse the container".into();
             return (CreateVerdict::Forward, record);
         };
+        let refuse = |mut record: AuditRecord, reason: String| {
+            record.mode = Mode::Enforce.as_str().into();
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+            (CreateVerdict::Refuse(reason), record)
+        };
         let policy = self.policy();
-        let tags: Vec<Reference> = image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).collect();
-        let digests: Vec<Reference> = image
-            .repo_digests
-            .iter()
-            .filter_map(|d| Reference::parse(d).ok())
-            .filter(|r| r.digest().is_some())
-            .collect();
-        // Every name the image is known by, for exemptions and policy matching.
-        let mut all_names: Vec<String> = tags.iter().chain(digests.iter()).flat_map(match_names).collect();
-        all_names.sort();
-        all_names.dedup();
         let ns = call.namespace.as_deref();
-        match policy.applicable(&all_names, ns) {
-            Applicable::Exempt(name) => {
-                record.policy = format!("exempt:{name}");
-                record.decision = "allow".into();
-                record.reason = format!("exempt by exemption {name}");
-                return (CreateVerdict::Forward, record);
-            }
-            Applicable::Unmatched(Unmatched::Allow) => {
+        let tags: Vec<Reference> = image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
+        let digests: Vec<Reference> = image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
+        let id = match Digest::parse(&image.id) {
+            Ok(d) => d,
+            Err(e) => return refuse(record, format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image)),
+        };
+        let asked = self.asked_name(call, &tags, &digests);
+        let scope: Vec<&Reference> = match &asked {
+            Some(r) => vec![r],
+            None => tags.iter().chain(digests.iter()).collect(),
+        };
+        // Exemptions: by the asked name only; unknown name: every name must be exempt.
+        let exempt: Vec<Option<String>> = scope.iter().map(|r| policy.exemption(&self.names(r))).collect();
+        if !exempt.is_empty() && exempt.iter().all(Option::is_some) {
+            let name = exempt.into_iter().flatten().next().unwrap_or_default();
+            record.policy = format!("exempt:{name}");
+            record.decision = "allow".into();
+            record.reason = match &asked {
+                Some(r) => format!("{r}: exempt by exemption {name}"),
+                None => format!("every name of image {} is exempt (exemption {name})", image.id),
+            };
+            return (CreateVerdict::Forward, record);
+        }
+        // The registry digests to verify: those in the asked repository (unknown: all).
+        let candidates: Vec<&Reference> =
+            digests.iter().filter(|d| asked.as_ref().is_none_or(|a| self.aliases.same_repository(a, d))).collect();
+        let mut names: Vec<String> = scope.iter().flat_map(|r| self.names(r)).chain(candidates.iter().flat_map(|r| self.names(r))).collect();
+        names.sort();
+        names.dedup();
+        let policies = match policy.applicable_policies(&names, ns) {
+            Applicable::Policies(p) => p,
+            Applicable::Exempt(_) | Applicable::Unmatched(Unmatched::Allow) => {
                 record.policy = "unmatched".into();
                 record.decision = "allow".into();
                 record.reason = "no policy matches; policy.unmatched is allow".into();
@@ -386,66 +488,79 @@ impl Enforcer {
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
-                record.mode = "enforce".into();
-                record.decision = "deny".into();
-                record.reason = format!(
-                    "image {} ({}) matches no policy and policy.unmatched is deny",
-                    image.repo_tags.first().or(image.repo_digests.first()).unwrap_or(&image.id),
-                    image.id
-                );
-                return (CreateVerdict::Refuse(record.reason.clone()), record);
+                let shown = asked.as_ref().map(|r| r.to_string()).or(image.repo_tags.first().or(image.repo_digests.first()).cloned()).unwrap_or_else(|| image.id.clone());
+                return refuse(record, format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id));
             }
-            Applicable::Policies(_) => {}
+        };
+        record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
+        if candidates.is_empty() {
+            let reason = match &asked {
+                Some(a) if !digests.is_empty() => format!("image {} has no registry digest in repository {}, the name the pod asked for, so its signature cannot be checked", image.id, self.aliases.name(a)),
+                _ => format!("image {} has no registry digest (imported or built on the node, not pulled from a registry), so its signature cannot be checked", image.id),
+            };
+            return refuse(record, reason);
         }
-        if digests.is_empty() {
-            record.mode = "enforce".into();
-            record.decision = "deny".into();
-            record.reason = format!(
-                "image {} has no registry digest (imported or built on the node, not pulled from a registry), so its signature cannot be checked",
-                image.id
-            );
-            return (CreateVerdict::Refuse(record.reason.clone()), record);
-        }
-        // Allowed if one of its registry names passes every policy that applies to it.
         let mut failures = Vec::new();
         let mut audit_only = true;
-        for reference in &digests {
-            let mut names = match_names(reference);
-            names.extend(tags.iter().filter(|t| t.name() == reference.name()).flat_map(match_names));
-            let policies = match policy.applicable(&names, ns) {
-                Applicable::Policies(p) => p,
-                Applicable::Exempt(_) | Applicable::Unmatched(Unmatched::Allow) => {
-                    record.decision = "allow".into();
-                    record.reason = format!("{reference}: no enforcing policy applies to this name");
-                    return (CreateVerdict::Forward, record);
-                }
-                Applicable::Unmatched(Unmatched::Deny) => {
-                    failures.push(format!("{reference}: matches no policy"));
-                    audit_only = false;
+        for reference in candidates {
+            let Some(digest) = reference.digest().cloned() else { continue };
+            // The digest itself; then the signed index it was pinned from, if known; then what
+            // the image's tags in this repository point to on the mirror now.
+            let mut tried: Vec<Digest> = Vec::new();
+            let mut queue: Vec<Digest> = vec![digest.clone()];
+            queue.extend(self.picked_from(reference));
+            let mut tags_resolved = false;
+            while let Some(subject) = queue.first().cloned() {
+                queue.remove(0);
+                if tried.contains(&subject) {
                     continue;
                 }
-            };
-            let digest = reference.digest().cloned().expect("filtered above");
-            let resolved = Resolved { digest: digest.clone(), platform_digest: None, image: None };
-            let results = self.check(reference, &resolved, &policies, policy.generation, None).await;
-            let checked = self.combine(&reference.to_string(), &digest.to_string(), &results);
-            record.digest = checked.digest.clone();
-            record.policy = checked.policy.clone();
-            record.mode = checked.mode.as_str().into();
-            record.identity = checked.identity.clone();
-            record.source = checked.source.clone();
-            record.cached = checked.cached;
-            if checked.would_allow {
-                record.decision = "allow".into();
-                record.reason = checked.reason;
-                return (CreateVerdict::Forward, record);
-            }
-            if checked.allowed {
-                // Only audit-mode policies failed.
+                tried.push(subject.clone());
+                let subject_ref = reference.with_digest(subject.clone());
+                let resolved = Resolved { digest: subject.clone(), platform_digest: None, image: None };
+                let mut results = self.check(&subject_ref, &resolved, &policies, policy.generation, None).await;
+                for (_, outcome, _) in results.iter_mut() {
+                    if !outcome.allowed {
+                        continue;
+                    }
+                    // The verified manifest must be what the image is: the digest itself, or the
+                    // entry pinned from the index, and its config must be this image ID.
+                    let runs = outcome.pin.as_ref().is_some_and(|p| *p == digest || *p == subject);
+                    if !runs || !outcome.configs.contains(&id) {
+                        let mut o = (**outcome).clone();
+                        o.allowed = false;
+                        o.reason = format!(
+                            "{subject_ref} verified, but image {id} is not what it runs (verified manifest {}, config {})",
+                            o.pin.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                            o.configs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                        );
+                        *outcome = Arc::new(o);
+                    }
+                }
+                let checked = self.combine(&subject_ref.to_string(), &subject.to_string(), &results);
+                record.digest = checked.digest.clone();
+                record.policy = checked.policy.clone();
+                record.mode = checked.mode.as_str().into();
+                record.identity = checked.identity.clone();
+                record.source = checked.source.clone();
+                record.cached = checked.cached;
+                if checked.would_allow {
+                    record.decision = "allow".into();
+                    record.reason = checked.reason;
+                    return (CreateVerdict::Forward, record);
+                }
+                if !checked.allowed {
+                    audit_only = false;
+                }
                 failures.push(checked.reason);
-            } else {
-                audit_only = false;
-                failures.push(checked.reason);
+                if queue.is_empty() && !tags_resolved {
+                    tags_resolved = true;
+                    for tag in tags.iter().filter(|t| self.aliases.same_repository(t, reference)) {
+                        if let Ok(r) = self.checker.resolve(tag, None).await {
+                            queue.push(r.digest);
+                        }
+                    }
+                }
             }
         }
         record.decision = "deny".into();
@@ -453,6 +568,7 @@ impl Enforcer {
         if audit_only {
             (CreateVerdict::Forward, record)
         } else {
+            record.mode = Mode::Enforce.as_str().into();
             (CreateVerdict::Refuse(record.reason.clone()), record)
         }
     }
@@ -491,5 +607,190 @@ impl Gate for Enforcer {
             self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
             verdict
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The enforcer's rules with a fake [`Checker`] (no registry, no signatures: each digest's
+    //! verification outcome is given).
+    use super::*;
+    use crate::cri::api;
+    use crate::enforce::audit::AuditConfig;
+    use crate::enforce::policy::PolicyConfig;
+    use std::collections::BTreeMap;
+
+    const KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd\nG3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==\n-----END PUBLIC KEY-----\n";
+    const REG: &str = "127.0.0.1:5000";
+
+    fn d(n: u8) -> Digest {
+        Digest::sha256(&[n])
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        /// digest -> outcome of verifying it.
+        outcomes: HashMap<String, Outcome>,
+        /// tag reference -> digest on the mirror.
+        tags: HashMap<String, Digest>,
+    }
+
+    impl Checker for Fake {
+        fn resolve<'a>(&'a self, reference: &'a Reference, _: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+            Box::pin(async move {
+                let digest = match reference.digest() {
+                    Some(d) => d.clone(),
+                    None => self.tags.get(&reference.to_string()).cloned().ok_or_else(|| format!("{reference}: not found"))?,
+                };
+                Ok(Resolved { digest, platform_digest: None, image: None })
+            })
+        }
+        fn verify<'a>(&'a self, _: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
+            Box::pin(async move {
+                self.outcomes
+                    .get(&resolved.digest.to_string())
+                    .cloned()
+                    .unwrap_or(Outcome { allowed: false, reason: "no signatures found".into(), ..Default::default() })
+            })
+        }
+        fn trust(&self) -> TrustStatus {
+            TrustStatus { generation: 1, unusable: None }
+        }
+    }
+
+    fn signed(pin: Digest, config: Digest) -> Outcome {
+        Outcome { allowed: true, reason: "verified".into(), pin: Some(pin), configs: vec![config], ..Default::default() }
+    }
+
+    fn enforcer(fake: Fake, unmatched: &str, multi_arch: &str) -> Enforcer {
+        let yaml = format!(
+            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"{REG}/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"{REG}/demo/**\"]\n    multi_arch: {multi_arch}\n    authorities:\n      - name: k\n        key:\n          data: \"{}\"\n",
+            KEY.replace('\n', "\\n")
+        );
+        let cfg: PolicyConfig = serde_saphyr::from_str(&yaml).unwrap();
+        let aliases = Aliases::new(&BTreeMap::from([(REG.to_string(), vec!["localhost:5000".to_string()])])).unwrap();
+        Enforcer::new(cfg.compile(1).unwrap(), &CacheConfig::default(), Arc::new(fake), AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
+            .with_aliases(aliases)
+    }
+
+    fn pull(image: &str) -> PullCall {
+        PullCall { image: image.into(), ..Default::default() }
+    }
+
+    fn create(image: &str, user_specified: Option<&str>, id: &Digest, tags: &[&str], digests: &[String]) -> CreateCall {
+        CreateCall {
+            image: image.into(),
+            user_specified: user_specified.map(str::to_string),
+            status: Some(api::Image {
+                id: id.to_string(),
+                repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+                repo_digests: digests.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn refused(v: &CreateVerdict) -> bool {
+        matches!(v, CreateVerdict::Refuse(_))
+    }
+
+    #[tokio::test]
+    async fn pulls_are_pinned_to_the_verified_platform_manifest() {
+        // Index I, signed; pullgate's pick for this node is P (config C).
+        let (i, p, c) = (d(1), d(2), d(3));
+        let mut fake = Fake::default();
+        fake.tags.insert(format!("{REG}/demo/app:1"), i.clone());
+        fake.outcomes.insert(i.to_string(), signed(p.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "either");
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app:1"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: Some(format!("{REG}/demo/app:1")) });
+        // CreateContainer of what containerd then holds: P's record, picked from the signed index.
+        let call = create(&c.to_string(), Some(&format!("{REG}/demo/app:1")), &c, &[&format!("{REG}/demo/app:1")], &[format!("{REG}/demo/app@{p}")]);
+        let (v, r) = e.decide_create(&call).await;
+        assert_eq!(v, CreateVerdict::Forward, "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn multi_arch_index_pins_the_index() {
+        let (i, c) = (d(1), d(3));
+        let mut fake = Fake::default();
+        fake.tags.insert(format!("{REG}/demo/app:1"), i.clone());
+        fake.outcomes.insert(i.to_string(), signed(i.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "index");
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app:1"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{i}"), tag_as: Some(format!("{REG}/demo/app:1")) });
+    }
+
+    #[tokio::test]
+    async fn a_passing_digest_does_not_admit_another_image_id() {
+        // The signed index I admits config C only; containerd holds unsigned config U under it.
+        let (i, c, u) = (d(1), d(3), d(4));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(i.to_string(), signed(i.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "index");
+        let names = [format!("{REG}/demo/app@{i}"), format!("{REG}/demo/unsigned@{}", d(9))];
+        for asked in [None, Some(format!("{REG}/demo/app@{i}")), Some(format!("{REG}/demo/unsigned@{}", d(9)))] {
+            let (v, r) = e.decide_create(&create(&u.to_string(), asked.as_deref(), &u, &[], &names)).await;
+            assert!(refused(&v), "asked {asked:?}: {}", r.reason);
+            assert_eq!(r.decision, "deny");
+        }
+        let (v, r) = e.decide_create(&create(&c.to_string(), None, &c, &[], &names[..1])).await;
+        assert_eq!(v, CreateVerdict::Forward, "{}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_the_tag_finds_the_signed_index() {
+        let (i, p, c) = (d(1), d(2), d(3));
+        let mut fake = Fake::default();
+        fake.tags.insert(format!("{REG}/demo/app:1"), i.clone());
+        fake.outcomes.insert(i.to_string(), signed(p.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "either");
+        let call = create(&c.to_string(), None, &c, &[&format!("{REG}/demo/app:1")], &[format!("{REG}/demo/app@{p}")]);
+        let (v, r) = e.decide_create(&call).await;
+        assert_eq!(v, CreateVerdict::Forward, "{}", r.reason);
+        // A platform manifest the index does not pin is not admitted by the index's signature.
+        let other = d(5);
+        let call = create(&c.to_string(), None, &c, &[&format!("{REG}/demo/app:1")], &[format!("{REG}/demo/app@{other}")]);
+        assert!(refused(&e.decide_create(&call).await.0));
+    }
+
+    #[tokio::test]
+    async fn exemptions_apply_to_the_name_the_pod_used() {
+        let u = d(4);
+        let e = enforcer(Fake::default(), "deny", "either");
+        let tags = [format!("{REG}/pause:forged"), format!("{REG}/demo/unsigned:1")];
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let digests = [format!("{REG}/demo/unsigned@{}", d(9))];
+        let by = |asked: Option<String>| create(&u.to_string(), asked.as_deref().map(|s| s), &u, &tags, &digests);
+        let (v, r) = e.decide_create(&by(Some(format!("{REG}/demo/unsigned:1")))).await;
+        assert!(refused(&v), "{}", r.reason);
+        let (v, r) = e.decide_create(&by(None)).await;
+        assert!(refused(&v), "by image ID, not every name exempt: {}", r.reason);
+        let (v, r) = e.decide_create(&by(Some(format!("{REG}/pause:forged")))).await;
+        assert_eq!(v, CreateVerdict::Forward, "{}", r.reason);
+        // A name the image does not have counts as unknown.
+        let (v, _) = e.decide_create(&by(Some(format!("{REG}/pause:other")))).await;
+        assert!(refused(&v));
+        // Only exempt names: exempt by image ID too.
+        let call = create(&u.to_string(), None, &u, &[&format!("{REG}/pause:3.9")], &[]);
+        assert_eq!(e.decide_create(&call).await.0, CreateVerdict::Forward);
+    }
+
+    #[tokio::test]
+    async fn names_are_canonical() {
+        let e = enforcer(Fake::default(), "allow", "either");
+        // Another spelling of the registry is the same image to policy (unmatched: allow).
+        for image in ["localhost:5000/demo/unsigned:1", "LOCALHOST:5000/demo/unsigned:1", "127.0.0.1:5000/demo/unsigned:1"] {
+            let (v, r) = e.decide_pull(&pull(image)).await;
+            assert!(matches!(v, PullVerdict::Refuse(_)), "{image}: {}", r.reason);
+            assert_eq!(r.policy, "demo");
+        }
+        assert!(matches!(e.decide_pull(&pull("other.example/x:1")).await.0, PullVerdict::Forward));
+        // A tag exemption does not admit a digest; `pause:*` admits a tag.
+        let e = enforcer(Fake::default(), "deny", "either");
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/pause:1@{}", d(7)))).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)), "{}", r.reason);
+        assert!(matches!(e.decide_pull(&pull("localhost:5000/pause:3.9")).await.0, PullVerdict::Forward));
     }
 }

@@ -351,11 +351,29 @@ impl PolicySet {
     /// What applies to an image, given the forms of its normalised reference (`repo`,
     /// `repo:tag`, `repo@digest`) and the pod's namespace (unknown: only policies without a
     /// namespace selector apply).
+    ///
+    /// A reference with a digest is exempt only by an exemption glob that matches its
+    /// `name@digest` form: containerd pulls the digest and ignores any tag, so `pause:*` or a
+    /// bare `pause` admits tag references only, never `pause:1@sha256:<anything>`.
     pub fn applicable(&self, names: &[String], namespace: Option<&str>) -> Applicable {
-        let hit = |set: &GlobSet| names.iter().any(|n| set.is_match(n));
-        if let Some(e) = self.exemptions.iter().find(|e| hit(&e.images)) {
-            return Applicable::Exempt(e.name.clone());
+        match self.exemption(names) {
+            Some(name) => Applicable::Exempt(name),
+            None => self.applicable_policies(names, namespace),
         }
+    }
+
+    /// The exemption that admits a reference with these name forms, if any (see
+    /// [`PolicySet::applicable`] for the digest rule).
+    pub fn exemption(&self, names: &[String]) -> Option<String> {
+        let by_digest = names.iter().any(|n| n.contains('@'));
+        let hit = |set: &GlobSet| names.iter().filter(|n| !by_digest || n.contains('@')).any(|n| set.is_match(n));
+        self.exemptions.iter().find(|e| hit(&e.images)).map(|e| e.name.clone())
+    }
+
+    /// What applies to these name forms leaving exemptions aside: the matching policies, or
+    /// `Unmatched`.
+    pub fn applicable_policies(&self, names: &[String], namespace: Option<&str>) -> Applicable {
+        let hit = |set: &GlobSet| names.iter().any(|n| set.is_match(n));
         let matching: Vec<Arc<ImagePolicy>> = self
             .policies
             .iter()
@@ -376,6 +394,25 @@ impl PolicySet {
 
     pub fn policies(&self) -> &[Arc<ImagePolicy>] {
         &self.policies
+    }
+}
+
+impl PolicyConfig {
+    /// Warnings for `pullgate config check`: exemption globs that name a tag (or any tag)
+    /// instead of a digest. Whoever can push that tag decides what the exemption admits.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, e) in self.exemptions.iter().enumerate() {
+            for (j, image) in e.images.iter().enumerate() {
+                if !image.contains('@') {
+                    out.push(format!(
+                        "policy.exemptions[{i}].images[{j}] {image:?} (exemption {}) names a tag, not a digest: anything pushed under that tag is admitted unsigned; pin it as name@sha256:<digest>",
+                        e.name
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -441,6 +478,21 @@ policies:
         let set2 = parse("policies:\n  - name: p\n    images: [\"reg/*\"]\n    authorities:\n      - name: k\n        key:\n          data: |\n            -----BEGIN PUBLIC KEY-----\n            MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd\n            G3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==\n            -----END PUBLIC KEY-----\n").unwrap();
         assert!(matches!(set2.applicable(&names(&["reg/a/b"]), None), Applicable::Unmatched(_)));
         assert!(matches!(set2.applicable(&names(&["reg/a"]), None), Applicable::Policies(_)));
+    }
+
+    #[test]
+    fn tag_exemptions_do_not_admit_digests() {
+        let set = parse(BASE).unwrap();
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert!(matches!(set.applicable(&names(&["registry.internal/pause", "registry.internal/pause:3.9"]), None), Applicable::Exempt(_)));
+        // `pause:1@sha256:...` is matched as `pause@sha256:...`: not exempt by `pause:*`.
+        assert!(matches!(set.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None), Applicable::Policies(_)));
+        let by_digest = parse(&BASE.replace("registry.internal/pause:*", &format!("registry.internal/pause@{d}"))).unwrap();
+        assert!(matches!(by_digest.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None), Applicable::Exempt(_)));
+        let cfg: PolicyConfig = serde_saphyr::from_str(BASE).unwrap();
+        let w = cfg.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("names a tag, not a digest") && w[0].contains("exemptions[0].images[0]"), "{w:?}");
     }
 
     #[test]

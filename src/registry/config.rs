@@ -57,6 +57,10 @@ pub struct RegistryConfig {
     /// Static credentials per endpoint host (`host[:port]` as in the URL), used when kubelet
     /// sends none for that host.
     pub credentials: BTreeMap<String, Credentials>,
+    /// Other spellings of a registry, by its canonical `host[:port]`: images named with an
+    /// alias are the same images to policies and exemptions (`localhost:5000` and
+    /// `127.0.0.1:5000`, a mirror's DNS aliases).
+    pub aliases: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for RegistryConfig {
@@ -73,6 +77,7 @@ impl Default for RegistryConfig {
             max_concurrent_requests: 8,
             token_realm_hosts: Vec::new(),
             credentials: BTreeMap::new(),
+            aliases: BTreeMap::new(),
         }
     }
 }
@@ -100,6 +105,9 @@ impl RegistryConfig {
         }
         if self.bundle_dir.as_ref().is_some_and(|p| !p.is_absolute()) {
             return Err(("bundle_dir", "expected an absolute directory".into()));
+        }
+        if let Err(e) = crate::registry::reference::Aliases::new(&self.aliases) {
+            return Err(("aliases", e));
         }
         for (host, creds) in &self.credentials {
             if let Err(e) = creds.material() {
@@ -134,24 +142,6 @@ impl Platform {
         };
         Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
     }
-
-    /// Whether an index entry's platform is this one (containerd's default matcher, simplified:
-    /// os and architecture equal; variant equal when both name one, `arm64` `v8` = none).
-    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
-        let norm = |arch: &str, v: Option<&str>| -> Option<String> {
-            match (arch, v.filter(|v| !v.is_empty())) {
-                ("arm64", Some("v8")) => None,
-                (_, v) => v.map(str::to_string),
-            }
-        };
-        self.os == os
-            && self.architecture == architecture
-            && match (norm(&self.architecture, self.variant.as_deref()), norm(architecture, variant)) {
-                (Some(a), Some(b)) => a == b,
-                (Some(_), None) => false,
-                (None, _) => true,
-            }
-    }
 }
 
 impl fmt::Display for Platform {
@@ -168,7 +158,7 @@ impl FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None }),
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
@@ -367,17 +357,13 @@ credentials:
 
     #[test]
     fn platforms() {
-        let p: Platform = "linux/amd64".parse().unwrap();
-        assert!(p.matches("linux", "amd64", None));
-        assert!(p.matches("linux", "amd64", Some("v2")), "no variant wanted: any");
-        assert!(!p.matches("linux", "arm64", None));
-        assert!(!p.matches("windows", "amd64", None));
+        // Matching is containerd's (`registry::platform`); here only the syntax.
         let p: Platform = "linux/arm64/v8".parse().unwrap();
-        assert!(p.matches("linux", "arm64", None), "arm64 v8 is arm64");
-        let p: Platform = "linux/arm/v7".parse().unwrap();
-        assert!(p.matches("linux", "arm", Some("v7")));
-        assert!(!p.matches("linux", "arm", Some("v6")));
-        assert!(!p.matches("linux", "arm", None));
+        assert_eq!(p.variant.as_deref(), Some("v8"));
+        let c = parse("aliases:\n  127.0.0.1:5000: [localhost:5000]\n").unwrap();
+        assert!(c.validate().is_ok());
+        let c = parse("aliases:\n  a.io: [x.io]\n  b.io: [x.io]\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "aliases");
         assert!("linux/".parse::<Platform>().is_err());
         assert!("a/b/c/d".parse::<Platform>().is_err());
     }

@@ -10,6 +10,7 @@
 //! - [`auth`]: credentials (kubelet's `AuthConfig`, static config) and auth challenges.
 //! - [`tls`]: per-endpoint TLS settings on rustls.
 //! - [`client`]: the bounded HTTP client (timeouts, size limits, per-host concurrency, auth).
+//! - [`platform`]: containerd's platform normalisation and choice from a multi-arch index.
 //! - [`resolve`]: tag → digest, manifests and blobs fetched by digest and verified.
 //! - [`discover`]: referrers API, referrers tag schema, cosign `.sig` tags, local bundles.
 //! - [`config`]: the `registry:` configuration section and the registry command-line flags.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod discover;
 pub mod hosts;
+pub mod platform;
 pub mod reference;
 pub mod resolve;
 pub mod tls;

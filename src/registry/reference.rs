@@ -305,6 +305,73 @@ impl Serialize for Reference {
     }
 }
 
+/// A registry name as policies and exemptions see it: lower-cased (host names are
+/// case-insensitive; containerd reaches `Registry.Example` and `registry.example` alike) and
+/// without `:443`, the port every HTTPS endpoint uses when none is written.
+pub fn canonical_registry(registry: &str) -> String {
+    let lower = registry.to_ascii_lowercase();
+    match lower.strip_suffix(":443") {
+        Some(host) if !host.is_empty() => host.to_string(),
+        _ => lower,
+    }
+}
+
+/// Other spellings of a registry (`registry.aliases`), mapped to one canonical name, so that
+/// `localhost:5000/demo/app` and `127.0.0.1:5000/demo/app` are one image to policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Aliases {
+    /// Canonical spelling of each alias, both canonicalised by [`canonical_registry`].
+    to_canonical: std::collections::BTreeMap<String, String>,
+}
+
+impl Aliases {
+    /// From the configuration's `canonical -> [alias, ...]` map; every name must be a valid
+    /// registry `host[:port]`, and an alias may stand for one registry only.
+    pub fn new(config: &std::collections::BTreeMap<String, Vec<String>>) -> Result<Aliases, String> {
+        let mut to_canonical = std::collections::BTreeMap::new();
+        for (canonical, aliases) in config {
+            validate_registry(canonical).map_err(|e| format!("{canonical:?}: {e}"))?;
+            let c = canonical_registry(canonical);
+            if config.keys().any(|k| k != canonical && canonical_registry(k) == c) {
+                return Err(format!("{canonical:?} is listed twice (names are compared lower-cased, without :443)"));
+            }
+            for alias in aliases {
+                validate_registry(alias).map_err(|e| format!("{canonical}: alias {alias:?}: {e}"))?;
+                let a = canonical_registry(alias);
+                if a == c {
+                    continue;
+                }
+                if config.keys().any(|k| canonical_registry(k) == a) {
+                    return Err(format!("{canonical}: alias {alias:?} is itself a canonical name; list all spellings under one"));
+                }
+                if let Some(other) = to_canonical.insert(a, c.clone()) {
+                    if other != c {
+                        return Err(format!("alias {alias:?} is listed for both {other} and {c}"));
+                    }
+                }
+            }
+        }
+        Ok(Aliases { to_canonical })
+    }
+
+    /// The canonical name of `registry`.
+    pub fn registry(&self, registry: &str) -> String {
+        let c = canonical_registry(registry);
+        self.to_canonical.get(&c).cloned().unwrap_or(c)
+    }
+
+    /// `registry/repository` of `reference` with its canonical registry: the name policies,
+    /// exemptions, audit records and the decision cache know an image by.
+    pub fn name(&self, reference: &Reference) -> String {
+        format!("{}/{}", self.registry(reference.registry()), reference.repository())
+    }
+
+    /// Whether `a` and `b` name the same repository.
+    pub fn same_repository(&self, a: &Reference, b: &Reference) -> bool {
+        self.name(a) == self.name(b)
+    }
+}
+
 /// `host[:port]` where host is a DNS name, an IPv4 address or a bracketed IPv6 address.
 fn validate_registry(registry: &str) -> Result<(), &'static str> {
     let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
@@ -485,6 +552,32 @@ mod tests {
         assert!(Reference::parse("a b").is_err());
         assert!(Reference::parse("busybox:1@").is_err());
         assert!(Reference::parse(" busybox").is_err());
+    }
+
+    #[test]
+    fn canonical_names_and_aliases() {
+        assert_eq!(canonical_registry("Registry.Example:443"), "registry.example");
+        assert_eq!(canonical_registry("registry.example:5000"), "registry.example:5000");
+        assert_eq!(canonical_registry("[::1]:443"), "[::1]");
+        assert_eq!(canonical_registry("LOCALHOST:5000"), "localhost:5000");
+        let map = |pairs: &[(&str, &[&str])]| pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect();
+        let a = Aliases::new(&map(&[("127.0.0.1:5000", &["localhost:5000", "[::1]:5000"]), ("mirror.internal", &["Mirror-Alias.internal:443"])])).unwrap();
+        for (spelling, want) in [
+            ("localhost:5000/demo/app:1", "127.0.0.1:5000/demo/app"),
+            ("LocalHost:5000/demo/app:1", "127.0.0.1:5000/demo/app"),
+            ("[::1]:5000/demo/app:1", "127.0.0.1:5000/demo/app"),
+            ("127.0.0.1:5000/demo/app", "127.0.0.1:5000/demo/app"),
+            ("localhost:5001/demo/app", "localhost:5001/demo/app"),
+            ("mirror-alias.internal/x/y", "mirror.internal/x/y"),
+            ("Mirror.Internal:443/x/y", "mirror.internal/x/y"),
+            ("index.docker.io/busybox", "docker.io/library/busybox"),
+        ] {
+            assert_eq!(a.name(&Reference::parse(spelling).unwrap()), want, "{spelling}");
+        }
+        assert!(Aliases::new(&map(&[("a.io", &["b.io"]), ("c.io", &["B.io"])])).unwrap_err().contains("both"));
+        assert!(Aliases::new(&map(&[("a.io", &["b.io"]), ("b.io", &[])])).unwrap_err().contains("canonical"));
+        assert!(Aliases::new(&map(&[("a.io", &["bad host"])])).is_err());
+        assert!(Aliases::new(&map(&[("A.io", &[]), ("a.io:443", &[])])).unwrap_err().contains("twice"));
     }
 
     #[test]

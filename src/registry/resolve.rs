@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::client::{Call, ErrorKind, Op, RequestError, Transport};
 use super::config::Platform;
 use super::hosts::Endpoint;
+use super::platform::{select, EntryPlatform, Matcher};
 use super::reference::{Digest, Reference};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -53,6 +54,9 @@ pub struct ResolvedImage {
     /// For an index: the manifest for the configured platform.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<PlatformImage>,
+    /// The config digest (containerd's image ID) of the manifest, for a single-platform image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Digest>,
     /// Things worth telling (e.g. an index without the wanted platform).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
@@ -64,10 +68,13 @@ pub struct ResolvedImage {
 /// The platform manifest picked from an index.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlatformImage {
+    /// The entry's platform as the index writes it.
     pub platform: String,
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+    /// The config digest (containerd's image ID) of that manifest, fetched and verified.
+    pub config: Digest,
 }
 
 /// Which digest of an image signatures are looked up for.
@@ -324,31 +331,50 @@ pub(crate) async fn resolve(
         size: body.len() as u64,
         resolved_by: resolved_by.unwrap_or_else(|| served_by.clone()),
         platform: None,
+        config: None,
         notes: Vec::new(),
         manifest: body.clone(),
     };
     if is_index(&media_type) {
         let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid index: {e}")))?;
-        let pick = index.manifests().iter().find(|d| {
-            d.platform().as_ref().is_some_and(|p| {
-                platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
+        // containerd's own choice for this node (see `platform`), not merely a match.
+        let entries: Vec<Option<EntryPlatform>> = index
+            .manifests()
+            .iter()
+            .map(|d| {
+                d.platform().as_ref().map(|p| EntryPlatform {
+                    os: p.os().to_string(),
+                    architecture: p.architecture().to_string(),
+                    variant: p.variant().clone().unwrap_or_default(),
+                })
             })
-        });
-        match pick {
-            Some(d) => {
-                let pd = Digest::parse(d.digest().as_ref())
-                    .map_err(|e| bad(&served_by, format!("index entry for {platform}: {e}")))?;
-                image.platform = Some(PlatformImage {
-                    platform: platform.to_string(),
-                    digest: pd,
-                    media_type: d.media_type().to_string(),
-                    size: d.size(),
-                });
+            .collect();
+        let matcher = Matcher::only(platform);
+        match select(&matcher, &entries).and_then(|i| index.manifests().get(i).map(|d| (d, entries.get(i).cloned().flatten()))) {
+            Some((_, None)) => {
+                return Err(bad(&served_by, format!("the index entry containerd would pick for {platform} has no platform (not supported: its config would decide)")))
+            }
+            Some((d, Some(entry))) => {
+                let what = format!("index entry {}/{}{}", entry.os, entry.architecture, if entry.variant.is_empty() { String::new() } else { format!("/{}", entry.variant) });
+                let pd = Digest::parse(d.digest().as_ref()).map_err(|e| bad(&served_by, format!("{what}: {e}")))?;
+                let mt = d.media_type().to_string();
+                if is_index(&mt) {
+                    return Err(bad(&served_by, format!("{what} is itself an index (nested indexes are not supported)")));
+                }
+                let fetched = fetch_verified(transport, op, &pullers, repo, Store::Manifests, &pd, max_manifest, manifest_limit_setting(), MANIFEST_ACCEPT)
+                    .await
+                    .map_err(|e| bad(&served_by, format!("{what} ({pd}): {e}")))?;
+                let manifest: ImageManifest =
+                    serde_json::from_slice(&fetched.body).map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): invalid manifest: {e}")))?;
+                let config = Digest::parse(manifest.config().digest().as_ref()).map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): config: {e}")))?;
+                image.platform = Some(PlatformImage { platform: what.trim_start_matches("index entry ").to_string(), digest: pd, media_type: mt, size: d.size(), config });
             }
             None => image.notes.push(format!("index has no manifest for platform {platform}")),
         }
     } else if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
-        let _: ImageManifest = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid manifest: {e}")))?;
+        let manifest: ImageManifest = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid manifest: {e}")))?;
+        image.config =
+            Some(Digest::parse(manifest.config().digest().as_ref()).map_err(|e| bad(&served_by, format!("config digest: {e}")))?);
     } else {
         return Err(bad(&served_by, format!("unsupported media type {media_type:?} (expected an OCI or Docker v2 manifest or index)")));
     }
