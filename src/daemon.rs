@@ -84,6 +84,10 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
     let node = config.node_name.clone().unwrap_or_else(hostname);
     // Validated with the configuration; an invalid map cannot reach here.
     let aliases = crate::registry::reference::Aliases::new(&config.registry.aliases).unwrap_or_default();
+    let (aliases, derived) = aliases.with_hosts_dir(&crate::registry::HostsDir::new(config.registry.hosts_dir.clone()));
+    for line in derived {
+        tracing::info!("registry alias: {line}");
+    }
     let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node).with_aliases(aliases);
     if let Some(m) = &metrics {
         enforcer = enforcer.with_metrics(m.clone());

@@ -330,6 +330,8 @@ impl Aliases {
     pub fn new(config: &std::collections::BTreeMap<String, Vec<String>>) -> Result<Aliases, String> {
         let mut to_canonical = std::collections::BTreeMap::new();
         for (canonical, aliases) in config {
+            // Every configured registry maps to itself, so it is known to `with_hosts_dir`.
+            to_canonical.insert(canonical_registry(canonical), canonical_registry(canonical));
             validate_registry(canonical).map_err(|e| format!("{canonical:?}: {e}"))?;
             let c = canonical_registry(canonical);
             if config.keys().any(|k| k != canonical && canonical_registry(k) == c) {
@@ -352,6 +354,49 @@ impl Aliases {
             }
         }
         Ok(Aliases { to_canonical })
+    }
+
+    /// Adds the registries of containerd's hosts directory that are only another spelling of
+    /// a registry named in the configuration: a host directory (`localhost:5000/hosts.toml`)
+    /// whose every endpoint (`server`, `[host]`, none the registry itself) is that registry or
+    /// one of its aliases. Read once (at start); returns what was added, for the log.
+    pub fn with_hosts_dir(mut self, hosts: &super::hosts::HostsDir) -> (Aliases, Vec<String>) {
+        let mut added = Vec::new();
+        let known: std::collections::BTreeSet<String> = self.to_canonical.values().cloned().collect();
+        for root in hosts.roots() {
+            let Ok(entries) = std::fs::read_dir(root) else { continue };
+            for entry in entries.flatten() {
+                let Some(dir) = entry.file_name().to_str().map(str::to_string) else { continue };
+                // containerd's `host_port_` spelling of `host:port`.
+                let registry = match dir.strip_suffix('_').and_then(|d| d.rsplit_once('_')) {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !port.is_empty() => format!("{host}:{port}"),
+                    _ => dir.clone(),
+                };
+                if registry == "_default" || validate_registry(&registry).is_err() {
+                    continue;
+                }
+                let own = canonical_registry(&registry);
+                if self.to_canonical.contains_key(&own) || known.contains(&own) {
+                    continue;
+                }
+                let Ok(resolution) = hosts.resolve(&registry) else { continue };
+                let targets: std::collections::BTreeSet<String> = resolution
+                    .endpoints
+                    .iter()
+                    .map(|e| match e.origin {
+                        super::hosts::Origin::Default => String::new(),
+                        _ => self.registry(&e.host),
+                    })
+                    .collect();
+                if let (1, Some(target)) = (targets.len(), targets.iter().next()) {
+                    if known.contains(target) && *target != own {
+                        added.push(format!("{registry} is an alias of {target} (its hosts.toml sends every request there)"));
+                        self.to_canonical.insert(own, target.clone());
+                    }
+                }
+            }
+        }
+        (self, added)
     }
 
     /// The canonical name of `registry`.
@@ -578,6 +623,29 @@ mod tests {
         assert!(Aliases::new(&map(&[("a.io", &["b.io"]), ("b.io", &[])])).unwrap_err().contains("canonical"));
         assert!(Aliases::new(&map(&[("a.io", &["bad host"])])).is_err());
         assert!(Aliases::new(&map(&[("A.io", &[]), ("a.io:443", &[])])).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn aliases_from_the_hosts_directory() {
+        let root = std::env::temp_dir().join(format!("pg-alias-{}", std::process::id()));
+        let write = |dir: &str, toml: &str| {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("hosts.toml"), toml).unwrap();
+        };
+        write("localhost:5000", "server = \"http://127.0.0.1:5000\"\n[host.\"http://127.0.0.1:5000\"]\n");
+        write("mirror-b.internal", "server = \"https://mirror.internal\"\n[host.\"https://Mirror.internal:443\"]\n");
+        // A registry that falls back to itself is not an alias; nor one sent to an unknown host.
+        write("docker.io", "[host.\"https://mirror.internal\"]\n");
+        write("other.io", "server = \"https://elsewhere.io\"\n[host.\"https://elsewhere.io\"]\n");
+        let config = std::collections::BTreeMap::from([("127.0.0.1:5000".to_string(), vec![]), ("mirror.internal".to_string(), vec![])]);
+        let hosts = crate::registry::hosts::HostsDir::new(vec![root.clone()]);
+        let (a, added) = Aliases::new(&config).unwrap().with_hosts_dir(&hosts);
+        std::fs::remove_dir_all(&root).ok();
+        assert_eq!(added.len(), 2, "{added:?}");
+        assert_eq!(a.name(&Reference::parse("localhost:5000/demo/app").unwrap()), "127.0.0.1:5000/demo/app");
+        assert_eq!(a.name(&Reference::parse("mirror-b.internal/x").unwrap()), "mirror.internal/x");
+        assert_eq!(a.name(&Reference::parse("docker.io/x/y").unwrap()), "docker.io/x/y");
+        assert_eq!(a.name(&Reference::parse("other.io/x").unwrap()), "other.io/x");
     }
 
     #[test]
