@@ -387,6 +387,8 @@ fn doctor_good(c: &Ctx) -> TestResult {
         kubelet.to_str().unwrap(),
         "--kubelet-config-dir",
         empty.to_str().unwrap(),
+        "--containerd-config",
+        c.tb.get("CONTAINERD_CONFIG"),
         "--output",
         "json",
     ])?;
@@ -397,8 +399,25 @@ fn doctor_good(c: &Ctx) -> TestResult {
         ensure!(f.iter().any(|x| x.0 == check && x.1 == "ok"), "no ok {check}: {f:?}");
     }
     ensure!(f.iter().any(|x| x.0 == "images" && x.2.contains("1 allowed")), "{f:?}");
+    // The testbed's containerd config: the format of its generation, the same hosts.toml dir.
+    let version = match c.tb.generation() {
+        testbed::Generation::Containerd16 => "version 2 config",
+        testbed::Generation::Containerd2 => "version 3 config",
+    };
+    ensure!(f.iter().any(|x| x.0 == "containerd" && x.1 == "ok" && x.2.contains(version)), "{f:?}");
+    ensure!(f.iter().any(|x| x.0 == "containerd" && x.1 == "ok" && x.2.contains("as pullgate does")), "{f:?}");
     // The human form says the same in one line per check.
-    let (code, human, _) = pullgate(&["doctor", "--config", c.config.to_str().unwrap(), "--kubelet-config", kubelet.to_str().unwrap(), "--kubelet-config-dir", empty.to_str().unwrap()])?;
+    let (code, human, _) = pullgate(&[
+        "doctor",
+        "--config",
+        c.config.to_str().unwrap(),
+        "--kubelet-config",
+        kubelet.to_str().unwrap(),
+        "--kubelet-config-dir",
+        empty.to_str().unwrap(),
+        "--containerd-config",
+        c.tb.get("CONTAINERD_CONFIG"),
+    ])?;
     ensure!(code == 0 && (human.contains("all checks passed") || human.contains("no problems")), "{human}");
     eprintln!("{human}");
     Ok(())
@@ -436,6 +455,20 @@ fn doctor_broken(c: &Ctx) -> TestResult {
     let kubelet = kubelet_config(&c.tb.dir, "kubelet-bad.yaml", &c.tb.containerd_sock())?;
     let empty = c.tb.dir.join("kubelet.conf.d");
     std::fs::create_dir_all(&empty)?;
+    // containerd's config in the other generation's format: 1.6 given a version 3 file; 2.x a
+    // version 3 file with config_path where only version 2 files keep it.
+    let ctd_config = c.tb.dir.join("containerd-mismatch.toml");
+    let (ctd_text, ctd_needle) = match c.tb.generation() {
+        testbed::Generation::Containerd16 => (
+            format!("version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{}\"\n", dead.display()),
+            "reads versions 1 and 2 only",
+        ),
+        testbed::Generation::Containerd2 => (
+            format!("version = 3\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{}\"\n", dead.display()),
+            "containerd ignores it",
+        ),
+    };
+    std::fs::write(&ctd_config, ctd_text)?;
     let (code, out, err) = pullgate(&[
         "doctor",
         "--config",
@@ -444,6 +477,8 @@ fn doctor_broken(c: &Ctx) -> TestResult {
         kubelet.to_str().unwrap(),
         "--kubelet-config-dir",
         empty.to_str().unwrap(),
+        "--containerd-config",
+        ctd_config.to_str().unwrap(),
         "--images-timeout",
         "60s",
         "--output",
@@ -456,9 +491,20 @@ fn doctor_broken(c: &Ctx) -> TestResult {
     ensure!(fail("pullgate", "does not answer"), "{f:?}");
     ensure!(fail("trust-root", "no trust root installed"), "{f:?}");
     ensure!(fail("mirror", &dead_port.to_string()), "{f:?}");
+    ensure!(fail("containerd", ctd_needle), "the containerd config mismatch is not explained: {f:?}");
     ensure!(fail("images", &unsigned), "the unsigned image on the node is not reported: {f:?}");
     ensure!(f.iter().all(|x| !x.2.contains('\n')), "a finding spans lines: {f:?}");
-    let (_, human, _) = pullgate(&["doctor", "--config", cfg.to_str().unwrap(), "--kubelet-config", kubelet.to_str().unwrap(), "--kubelet-config-dir", empty.to_str().unwrap()])?;
+    let (_, human, _) = pullgate(&[
+        "doctor",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--kubelet-config",
+        kubelet.to_str().unwrap(),
+        "--kubelet-config-dir",
+        empty.to_str().unwrap(),
+        "--containerd-config",
+        ctd_config.to_str().unwrap(),
+    ])?;
     ensure!(human.lines().any(|l| l.starts_with("FAIL kubelet")) && human.contains("problem(s)"), "{human}");
     eprintln!("{human}");
     // An invalid configuration is a problem too, explained.

@@ -173,6 +173,21 @@ pub fn trials<C: Send + Sync + 'static>(
     out
 }
 
+/// Marks the trials of `tests` on `generation` ignored, for a surface that generation does not
+/// have (e.g. image volumes on containerd 1.6), saying why.
+pub fn ignore_on(trials: Vec<libtest_mimic::Trial>, generation: Generation, tests: &[&str], reason: &str) -> Vec<libtest_mimic::Trial> {
+    trials
+        .into_iter()
+        .map(|t| {
+            let hit = t.name().split_once('/').is_some_and(|(g, name)| g == generation.label() && tests.contains(&name));
+            if hit {
+                eprintln!("skipping {}: {reason}", t.name());
+            }
+            if hit { t.with_ignored_flag(true) } else { t }
+        })
+        .collect()
+}
+
 pub struct Testbed {
     pub dir: PathBuf,
     env: HashMap<String, String>,
