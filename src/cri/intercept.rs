@@ -276,6 +276,10 @@ async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody
             (Response::from_parts(parts, Either::Right(body)), code.unwrap_or(Code::Unknown as i32), message)
         }
         Err(e) => {
+            // containerd reset the stream after its headers: reset the caller's too.
+            if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(grpc::upstream_reset) {
+                return (grpc::reset_response(reason), Code::Unavailable as i32, format!("containerd reset the call: {e}"));
+            }
             let msg = format!("containerd's response could not be read: {e}");
             (grpc::status_response(Code::Unavailable, &msg), Code::Unavailable as i32, msg)
         }

@@ -10,7 +10,6 @@
 //! decoded (`intercept.rs`); even then the original request bytes are forwarded unless a
 //! decision changes them.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -78,8 +77,9 @@ impl Proxy {
         self.access.allows(peer.uid, peer.gid)
     }
 
-    /// Serves one call of a connection.
-    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    /// Serves one call of a connection. An error resets the caller's stream with its reason,
+    /// sending no response headers (containerd reset the call: see [`grpc::StreamReset`]).
+    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResponseBody>, h2::Error> {
         if !self.admits(&peer) {
             let msg = format!(
                 "pullgate: uid {} (gid {}) may not use this socket; allow it with access.allowed_uids or access.allowed_gids",
@@ -97,7 +97,10 @@ impl Proxy {
                 self.forward(req.map(Either::Left)).await
             }
         };
-        Ok(resp)
+        match resp.extensions().get::<grpc::StreamReset>() {
+            Some(grpc::StreamReset(reason)) => Err(h2::Error::from(*reason)),
+            None => Ok(resp),
+        }
     }
 
     /// Sends a request to containerd and returns its response as a stream.
@@ -111,6 +114,7 @@ impl Proxy {
         prepare_headers(&mut parts, &body);
         match sender.clone().call(Request::from_parts(parts, ()), body).await {
             Ok(resp) => resp.map(Either::Left),
+            Err(e) if grpc::upstream_reset(&e).is_some() => grpc::reset_response(grpc::upstream_reset(&e).unwrap_or(h2::Reason::CANCEL)),
             Err(e) => {
                 self.upstream.reset(&sender);
                 let msg = format!("containerd at {} failed the call: {e}", self.upstream.path().display());
@@ -130,12 +134,12 @@ fn upstream_uri(uri: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }
 
-/// What hyper's client did to a request before sending it, and h2 requires: no
-/// connection-specific headers (RFC 9113 8.2.2; `te` only as `trailers`), and a
-/// `content-length` when the body's length is known (pullgate's own buffered bodies).
+/// What h2 requires of a request: no connection-specific headers (RFC 9113 8.2.2; `te` only as
+/// `trailers`), and a `content-length`, if the caller sent one, that matches the body pullgate
+/// sends (a pinned pull changes it). None is added: gRPC clients send none, and containerd
+/// must receive what the caller sent.
 fn prepare_headers(parts: &mut http::request::Parts, body: &RequestBody) {
     use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
-    use http::Method;
     let h = &mut parts.headers;
     for name in [TRANSFER_ENCODING, UPGRADE] {
         h.remove(name);
@@ -154,10 +158,8 @@ fn prepare_headers(parts: &mut http::request::Parts, body: &RequestBody) {
             }
         }
     }
-    if let Some(len) = http_body::Body::size_hint(body).exact() {
-        if len != 0 || !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) {
-            h.entry(CONTENT_LENGTH).or_insert_with(|| http::HeaderValue::from(len));
-        }
+    if let (Some(len), Some(sent)) = (http_body::Body::size_hint(body).exact(), h.get_mut(CONTENT_LENGTH)) {
+        *sent = http::HeaderValue::from(len);
     }
 }
 
