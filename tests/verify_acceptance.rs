@@ -269,8 +269,15 @@ fn carried_chain_certificates_must_parse_and_not_be_roots() {
     let intermediate = stack.fulcio_intermediate.der.clone();
     let root = stack.fulcio_root.der.clone();
 
+    // The trust root's own root, repeated (as npm provenance bundles do): fine.
     let mut bundle = signed.bundle.clone();
     as_chain_bundle(&stack, &mut bundle, "0.1", &[&intermediate, &root]);
+    verify(&trust, &bundle, &image).expect("the trusted root repeated");
+
+    // Any other self-signed certificate: refused.
+    let rogue = stack.rogue_intermediate.der.clone();
+    let mut bundle = signed.bundle.clone();
+    as_chain_bundle(&stack, &mut bundle, "0.1", &[&intermediate, &rogue]);
     let err = verify(&trust, &bundle, &image).unwrap_err();
     assert_eq!(
         err,

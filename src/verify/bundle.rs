@@ -160,7 +160,7 @@ impl TrustMaterial {
         mode: Mode,
     ) -> Result<VerifiedSignature, VerifyError> {
         // (1) Bounded, duplicate-free timestamps; a parseable carried chain.
-        check_material(bundle)?;
+        self.check_material(bundle)?;
         // (3a) Tokens from a TSA the trust root does not list are set aside
         //      (both modes, so the library never sees them either).
         let (filtered, skipped) = self.without_unlisted_timestamps(bundle);
@@ -171,6 +171,11 @@ impl TrustMaterial {
         }?;
         verified.skipped_timestamps = skipped;
         Ok(verified)
+    }
+
+    /// (1) See [`check_material_with`].
+    fn check_material(&self, bundle: &Bundle) -> Result<(), VerifyError> {
+        check_material_with(self, bundle)
     }
 
     /// (3a) The bundle without the RFC 3161 tokens whose signer no TSA of the
@@ -423,12 +428,15 @@ impl TrustMaterial {
 ///   token would be verified (and counted) twice, and an attacker could make
 ///   every pull pay for thousands of CMS checks.
 /// * (4a) Every certificate a v0.1/v0.2 chain carries after the leaf parses
-///   as X.509, and none of them is self-signed: a root comes from the trust
-///   root, never from the bundle (sigstore-conformance rule). Parsed
-///   intermediates are otherwise unused: the leaf is chained to the trust
-///   root's own CA certificates, so what else the bundle carries cannot make
-///   a chain valid.
-fn check_material(bundle: &Bundle) -> Result<(), VerifyError> {
+///   as X.509, and a self-signed (root) certificate is refused unless it is
+///   byte for byte one of the trust root's CA certificates: roots come from
+///   the trust root, never from the bundle (sigstore-conformance rule), yet
+///   real v0.1 bundles (npm provenance, sigstore-go test data) repeat the
+///   production Fulcio root and must keep verifying. Parsed intermediates
+///   are otherwise unused: the leaf is chained to the trust root's own CA
+///   certificates, so what else the bundle carries cannot make a chain
+///   valid.
+fn check_material_with(trust: &TrustMaterial, bundle: &Bundle) -> Result<(), VerifyError> {
     use super::error::TimestampError;
     let tokens = &bundle
         .verification_material
@@ -457,7 +465,9 @@ fn check_material(bundle: &Bundle) -> Result<(), VerifyError> {
                     reason: one_line(&e.to_string()),
                 }
             })?;
-            if parsed.tbs_certificate.subject == parsed.tbs_certificate.issuer {
+            if parsed.tbs_certificate.subject == parsed.tbs_certificate.issuer
+                && !trust.fulcio_certs.iter().any(|known| known[..] == der[..])
+            {
                 return Err(CertificateError::RootInChain(index).into());
             }
         }

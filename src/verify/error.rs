@@ -149,8 +149,8 @@ pub enum CertificateError {
         /// Why it does not parse.
         reason: String,
     },
-    /// Step 4a: the bundle carries a self-signed (root) certificate; roots
-    /// come from the trusted root only.
+    /// Step 4a: the bundle carries a self-signed (root) certificate that is
+    /// not one of the trust root's CA certificates.
     #[error("bundle carries a root certificate at chain position {0}; roots must come from the trusted root")]
     RootInChain(usize),
     /// The embedded SCT is missing or does not verify against a trusted CT log.

@@ -35,14 +35,15 @@
 //!    counted; the remaining sources must give at least one verified time.
 //! 4. Chain the certificate to a trusted Fulcio CA valid at every signing
 //!    time (or use a configured key). (4a) Every certificate a bundle
-//!    carries after the leaf parses as X.509 and none is self-signed
+//!    carries after the leaf parses as X.509 and none is a self-signed
+//!    certificate other than one of the trust root's own CA certificates
 //!    ([`error::CertificateError::ChainCertificate`],
 //!    [`error::CertificateError::RootInChain`]); parsed intermediates are
 //!    otherwise unused, since the leaf is chained to the trust root's CAs.
 //! 5. Verify the certificate's SCT.
 //! 6. Verify the inclusion proof, signed checkpoint and SET. (6a) The
-//!    proof's `logIndex`, `treeSize` and `rootHash` equal the entry's index
-//!    and the signed checkpoint's size and root, for Rekor v1 and v2
+//!    proof's `treeSize` and `rootHash` equal the signed checkpoint's, for
+//!    Rekor v1 and v2, and for Rekor v2 its `logIndex` equals the entry's
 //!    ([`error::TlogError::ProofFieldMismatch`]). (6b) The checkpoint is
 //!    signed by the entry's own log, on a signature line carrying the log's
 //!    name ([`error::TlogError::CheckpointSigner`]).
@@ -65,7 +66,7 @@
 //! | `dsseEnvelope.signatures[].keyid` | any | Unsigned DSSE key hint, not part of the PAE; ignored like the public-key hint. |
 //! | `messageSignature.messageDigest` | deletion | Optional in the bundle spec (identification only). The signature over the artifact and the hashedrekord entry's digest (step 8) bind the artifact; when present it must match (2a). |
 //! | `tlogEntries[].inclusionProof` (v0.1) | deletion | Bundle v0.1 predates the inclusion-proof requirement: a SET alone is log evidence there (sigstore-go accepts, sigstore-python refuses; the Sigstore suites expect acceptance). From v0.2 on it is required. |
-//! | `x509CertificateChain.certificates[1..]` | edits that still parse as X.509 | Carried intermediates are never used: the leaf is chained to the trust root's own CA certificates (4a). Edits that break the DER, or a carried root, are refused. |
+//! | `x509CertificateChain.certificates[1..]` | edits that still parse as X.509 | Carried intermediates are never used: the leaf is chained to the trust root's own CA certificates (4a). Edits that break the DER, or a carried root the trust root does not hold, are refused. |
 //! | checkpoint witness cosignature | any edit in a signature line that does not name the log | No policy here requires witnesses; only the log's own signature line is verified (6b). Edits to the signed note body or to the log's line are refused. |
 //! | checkpoint log signature line, second copy | edits in one of two lines naming the log | A checkpoint may carry the log's signature twice; one valid line by the entry's log key is the proof, the other is not read. |
 //! | `rfc3161Timestamps[]` naming an unlisted TSA | edits to a token's signer identifier | The token then names a TSA the trust root does not list: skipped and reported (3a), never counted, as sigstore-go and sigstore-python do. Accepted only when the remaining time sources still verify. |

@@ -45,7 +45,9 @@ pub(crate) fn verify_inclusion(
 /// or the entry's log ID, and (for Rekor v2) ignores the proof's duplicated
 /// index, size and root. Here:
 ///
-/// * (6a) `inclusionProof.logIndex` equals the entry's `logIndex`;
+/// * (6a) Rekor v2: `inclusionProof.logIndex` equals the entry's `logIndex`
+///   (Rekor v1 numbers entries across shards and proves them in the current
+///   shard's tree, so its two indices differ legitimately);
 ///   `inclusionProof.treeSize` and `rootHash` equal the checkpoint's
 ///   ([`TlogError::ProofFieldMismatch`]). Rekor v1 proves with the proof's
 ///   fields and v2 with the checkpoint's: either way a bundle whose copies
@@ -81,7 +83,10 @@ pub(crate) fn verify_log_identity(
             signed,
         })
     };
-    if proof.log_index.get() != entry.log_index.get() {
+    // Rekor v1 numbers entries globally but proves them in the current
+    // shard's tree, so there the two indices differ legitimately and the
+    // proof's is authenticated by the Merkle path alone.
+    if is_rekor_v2(entry) && proof.log_index.get() != entry.log_index.get() {
         return mismatch(
             "logIndex",
             proof.log_index.get().to_string(),
