@@ -108,6 +108,19 @@ pub fn parse_bundle(json: &[u8]) -> Result<Bundle, MaterialError> {
     }
     let text = std::str::from_utf8(json)
         .map_err(|_| MaterialError::MalformedBundle("not UTF-8".into()))?;
+    // The library reads a bundle without `mediaType` as v0.1 (the laxest
+    // version, which needs no inclusion proof). The bundle spec requires the
+    // field, so a bundle without it is refused rather than downgraded.
+    #[derive(serde::Deserialize)]
+    struct MediaTypeProbe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<serde::de::IgnoredAny>,
+    }
+    let probe: MediaTypeProbe = serde_json::from_str(text)
+        .map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))?;
+    if probe.media_type.is_none() {
+        return Err(MaterialError::MalformedBundle("no mediaType".into()));
+    }
     Bundle::from_json(text).map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))
 }
 

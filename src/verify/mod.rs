@@ -62,15 +62,16 @@
 //!
 //! | field | edit | why it is accepted |
 //! |---|---|---|
+//! | `mediaType` | a version step to one whose requirements the bundle also meets (v0.1 to v0.2) | Unsigned format marker. Later versions only add requirements (v0.2 requires an inclusion proof), so a bundle meeting them is verified by the stricter rules. A missing `mediaType` is refused (the library would read it as v0.1). |
 //! | `verificationMaterial.publicKey.hint` | any | Unsigned by design: only a lookup hint. The key that verifies is the one the policy configures, never one the hint names. |
 //! | `dsseEnvelope.signatures[].keyid` | any | Unsigned DSSE key hint, not part of the PAE; ignored like the public-key hint. |
 //! | `messageSignature.messageDigest` | deletion | Optional in the bundle spec (identification only). The signature over the artifact and the hashedrekord entry's digest (step 8) bind the artifact; when present it must match (2a). |
 //! | `tlogEntries[].inclusionProof` (v0.1) | deletion | Bundle v0.1 predates the inclusion-proof requirement: a SET alone is log evidence there (sigstore-go accepts, sigstore-python refuses; the Sigstore suites expect acceptance). From v0.2 on it is required. |
 //! | `x509CertificateChain.certificates[1..]` | edits that still parse as X.509 | Carried intermediates are never used: the leaf is chained to the trust root's own CA certificates (4a). Edits that break the DER, or a carried root the trust root does not hold, are refused. |
-//! | checkpoint witness cosignature | any edit in a signature line that does not name the log | No policy here requires witnesses; only the log's own signature line is verified (6b). Edits to the signed note body or to the log's line are refused. |
+//! | checkpoint witness cosignature | any edit in a signature line that does not name the log | No policy here requires witnesses; only the log's own signature line is verified (6b). Edits to the signed note body or to the log's line are refused, and so is a note without its final newline. Unused base64 padding bits cannot be set: the signature lines are decoded strictly (canonical padding). |
 //! | checkpoint log signature line, second copy | edits in one of two lines naming the log | A checkpoint may carry the log's signature twice; one valid line by the entry's log key is the proof, the other is not read. |
 //! | `rfc3161Timestamps[]` naming an unlisted TSA | edits to a token's signer identifier | The token then names a TSA the trust root does not list: skipped and reported (3a), never counted, as sigstore-go and sigstore-python do. Accepted only when the remaining time sources still verify. |
-//! | `rfc3161Timestamps[]` unsigned parts | bit flips in a token's embedded certificates or unsigned attributes | Embedded certificates are never used (the signer is found in the trust root) and unsigned attributes are not covered by the TSA's signature. |
+//! | `rfc3161Timestamps[]` embedded certificates | bit flips inside a certificate a token embeds | Embedded certificates are never used: the signer is found among the trust root's TSAs (3a), with or without one. |
 //! | redundant time source | deletion of `inclusionPromise`, `timestampVerificationData` or a token | When another verified time source remains (a SET or a listed token) the threshold of one is still met; the deleted one added nothing. |
 
 pub mod bundle;
@@ -112,6 +113,11 @@ pub struct AllowedEdit {
 /// test refuses to pass if an accepted edit is not explained by one of them.
 pub const ALLOWED_EDITS: &[AllowedEdit] = &[
     AllowedEdit {
+        field: "mediaType",
+        edit: "a version step to one whose requirements the bundle also meets",
+        reason: "unsigned format marker; later versions only add requirements",
+    },
+    AllowedEdit {
         field: "verificationMaterial.publicKey.hint",
         edit: "any",
         reason: "unsigned lookup hint; the configured key verifies",
@@ -152,9 +158,9 @@ pub const ALLOWED_EDITS: &[AllowedEdit] = &[
         reason: "skipped and reported, never counted; other time sources still verify",
     },
     AllowedEdit {
-        field: "rfc3161Timestamps[] unsigned parts",
-        edit: "bit flips in embedded certificates or unsigned attributes",
-        reason: "embedded certificates are unused; unsigned attributes are not signed",
+        field: "rfc3161Timestamps[] embedded certificates",
+        edit: "bit flips inside a certificate the token embeds",
+        reason: "embedded certificates are unused; the trust root's TSAs are",
     },
     AllowedEdit {
         field: "redundant time source",

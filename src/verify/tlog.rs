@@ -107,7 +107,14 @@ pub(crate) fn verify_log_identity(
             format!("checkpoint root {}", checkpoint.root_hash().to_hex()),
         );
     }
-    // (6b) Signed by the entry's own log, under the log's own name.
+    // (6b) Signed by the entry's own log, under the log's own name, in a
+    //      well-formed signed note: every line, the last signature line
+    //      included, ends with a newline (as the Go note parser requires).
+    if !proof.checkpoint.envelope().ends_with('\n') {
+        return Err(TlogError::Checkpoint(
+            "signed note does not end with a newline".into(),
+        ));
+    }
     verify_checkpoint_signer(checkpoint, &key_id, rekor_keys)
 }
 
