@@ -131,7 +131,8 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
-in_ns() { ip netns exec "$NS" "$@"; }
+# nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts runc needs
+in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
 
 # reset_node SOCK: no pods, no images (the sandbox image comes back on the next RunPodSandbox)
 reset_node() {

@@ -87,7 +87,8 @@ esac
 if [ -n "${TESTBED_NETNS:-}" ] && [ "${_TESTBED_IN_NETNS:-}" != "$TESTBED_NETNS" ]; then
   [[ $TESTBED_NETNS =~ ^[A-Za-z0-9._-]+$ ]] || die "TESTBED_NETNS must match [A-Za-z0-9._-]+"
   [ -e "/run/netns/$TESTBED_NETNS" ] || die "no network namespace $TESTBED_NETNS (ip netns add it first)"
-  _TESTBED_IN_NETNS=$TESTBED_NETNS exec ip netns exec "$TESTBED_NETNS" "$0" "$@"
+  # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts runc needs
+  _TESTBED_IN_NETNS=$TESTBED_NETNS exec nsenter --net="/run/netns/$TESTBED_NETNS" "$0" "$@"
 fi
 TESTBED_CNI=${TESTBED_CNI:-loopback}
 case $TESTBED_CNI in
