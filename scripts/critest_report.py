@@ -85,6 +85,13 @@ def main():
             print(f"\n## containerd {g}, {p}: {len(failed)} failed")
             for n in failed:
                 print(f"- {n}\n    {specs[n][1][:300]}")
+            # specs that skipped themselves (critest's Skip(), with its reason); the ones the
+            # script filters out by name or focus carry no message
+            self_skipped = sorted(n for n, (s, m) in specs.items() if s == "skipped" and m)
+            if self_skipped:
+                print(f"\n## containerd {g}, {p}: {len(self_skipped)} skipped by critest itself")
+                for n in self_skipped:
+                    print(f"- {n}\n    {specs[n][1][:300]}")
         direct = runs.get((g, "direct"))
         for p in PATHS[1:]:
             through = runs.get((g, p))
