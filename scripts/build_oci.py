@@ -4,7 +4,8 @@
 usage:
   build_oci.py image LAYOUT TAG [--file SRC:DEST[:MODE]]... [--entrypoint JSON]
                                 [--cmd JSON] [--env K=V]... [--label K=V]...
-                                [--symlink TARGET:DEST]... [--dir DEST[:MODE]]...
+                                [--symlink TARGET:DEST]... [--hardlink TARGET:DEST]...
+                                [--dir DEST[:MODE]]...
                                 [--user USER] [--workdir DIR] [--arch ARCH] [--os OS]
   build_oci.py index LAYOUT TAG --from TAG [--from TAG]...
 
@@ -17,7 +18,9 @@ tagged TAG (a multi-arch image). Both print the digest of what they wrote
 --file SRC:DEST[:MODE]  SRC is a host file, or '=text' for literal content;
                         DEST is the absolute path in the image; MODE is octal
                         (default 755 for host files that are executable, else 644).
---symlink TARGET:DEST   a symbolic link DEST -> TARGET (e.g. busybox applets).
+--symlink TARGET:DEST   a symbolic link DEST -> TARGET.
+--hardlink TARGET:DEST  a hard link DEST to the --file TARGET (busybox applets, as the
+                        busybox image has them: masking one path does not mask the others).
 --dir DEST[:MODE]       an (empty) directory, default mode 755 (1777 for /tmp-like dirs
                         must be given explicitly).
 --user USER             the image config's User ("1002", "www-data", "1003:1003").
@@ -150,6 +153,13 @@ def parse_symlink_spec(spec):
     return dest, ("symlink", target), 0o777
 
 
+def parse_hardlink_spec(spec):
+    target, sep, dest = spec.rpartition(":")
+    if not sep or not target.startswith("/") or not dest.startswith("/"):
+        die(f"bad --hardlink {spec!r}: want TARGET:DEST, both absolute")
+    return dest, ("hardlink", target.strip("/")), 0o755
+
+
 def parse_dir_spec(spec):
     dest, sep, mode = spec.partition(":")
     if not dest.startswith("/"):
@@ -176,7 +186,11 @@ def make_layer(files):
             ti.uname = ti.gname = ""
             tar.addfile(ti)
 
-        for dest, data, mode in sorted(files, key=lambda f: f[0]):
+        # hard links after every regular file: a link must follow its target in the archive
+        def order(f):
+            return (isinstance(f[1], tuple) and f[1][0] == "hardlink", f[0])
+
+        for dest, data, mode in sorted(files, key=order):
             parts = dest.strip("/").split("/")
             for i in range(1, len(parts)):
                 d = "/".join(parts[:i])
@@ -189,7 +203,8 @@ def make_layer(files):
                         add_dir(name, mode)
                     continue
                 ti = tarfile.TarInfo(name)
-                ti.type, ti.linkname, ti.mode, ti.mtime = tarfile.SYMTYPE, data[1], mode, 0
+                kind = tarfile.LNKTYPE if data[0] == "hardlink" else tarfile.SYMTYPE
+                ti.type, ti.linkname, ti.mode, ti.mtime = kind, data[1], mode, 0
                 ti.uid = ti.gid = 0
                 ti.uname = ti.gname = ""
                 tar.addfile(ti)
@@ -220,6 +235,7 @@ def cmd_image(a):
     layout = Layout(a.layout)
     files = [parse_file_spec(s) for s in a.file]
     files += [parse_symlink_spec(s) for s in a.symlink]
+    files += [parse_hardlink_spec(s) for s in a.hardlink]
     files += [parse_dir_spec(s) for s in a.dir]
     if not files:
         die("image: at least one --file is needed")
@@ -303,6 +319,7 @@ def main(argv=None):
                     help="extra environment (a default PATH is added unless given)")
     im.add_argument("--label", action="append", default=[], metavar="K=V")
     im.add_argument("--symlink", action="append", default=[], metavar="TARGET:DEST")
+    im.add_argument("--hardlink", action="append", default=[], metavar="TARGET:DEST")
     im.add_argument("--dir", action="append", default=[], metavar="DEST[:MODE]")
     im.add_argument("--user", metavar="USER")
     im.add_argument("--workdir", metavar="DIR")

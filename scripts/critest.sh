@@ -20,7 +20,7 @@
 #      bridge + host-local + portmap);
 #   2. stand-ins for critest's images (scripts/critest_images.sh) pushed to the testbed
 #      registry, and hosts.toml entries for registry.k8s.io, gcr.io and docker.io whose
-#      server is that registry: critest asks for its usual names, containerd and pullgate both
+#      server is that registry (and k8s.gcr.io, which one spec pulls): critest asks for its usual names, containerd and pullgate both
 #      resolve them to the local registry, and nothing can fall back to the internet;
 #   3. every stand-in signed by the test Sigstore stack (examples/demo_sign.rs), its trust root
 #      imported with `pullgate trust-root import`, a policy that enforces signatures on
@@ -162,7 +162,7 @@ run_critest() {
 
 write_mirrors() {
   local host
-  for host in registry.k8s.io gcr.io docker.io; do
+  for host in registry.k8s.io gcr.io k8s.gcr.io docker.io; do
     mkdir -p "$HOSTS_DIR/$host"
     # server = the local registry: exactly one endpoint, no fallback to the real host
     cat >"$HOSTS_DIR/$host/hosts.toml" <<EOF
@@ -196,7 +196,7 @@ policy:
       images: ["$REGISTRY/pause:*"]
   policies:
     - name: critest
-      images: ["registry.k8s.io/**", "gcr.io/**"]
+      images: ["registry.k8s.io/**", "gcr.io/**", "k8s.gcr.io/**"]
       mode: enforce
       authorities:
         - name: test-sigstore

@@ -54,14 +54,62 @@ cat >"$B/pause.c" <<'EOF'
 static void done(int sig) { (void)sig; _exit(0); }
 int main(void) { signal(SIGTERM, done); signal(SIGINT, done); for (;;) pause(); }
 EOF
-for p in nnp pause; do
+cat >"$B/pgrep.c" <<'EOF'
+/* pgrep NAME: the pids of processes whose comm is NAME (Debian's busybox-static has no pgrep;
+ * critest's execSync-with-timeout spec runs `pgrep sleep`). Exit 1 when there is none. */
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+  if (argc != 2) { fprintf(stderr, "usage: pgrep NAME\n"); return 2; }
+  DIR *d = opendir("/proc");
+  if (!d) return 3;
+  struct dirent *e;
+  int found = 0;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    char path[300], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/%s/comm", e->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    if (fgets(comm, sizeof comm, f)) comm[strcspn(comm, "\n")] = 0;
+    fclose(f);
+    if (strcmp(comm, argv[1]) == 0) { printf("%s\n", e->d_name); found = 1; }
+  }
+  closedir(d);
+  return found ? 0 : 1;
+}
+EOF
+cat >"$B/ipcs.c" <<'EOF'
+/* ipcs [-m]: the System V shared memory segments of this IPC namespace, from
+ * /proc/sysvipc/shm (Debian's busybox-static has no ipcs; critest's HostIpc specs look for
+ * a segment id in its output). */
+#include <stdio.h>
+int main(void) {
+  FILE *f = fopen("/proc/sysvipc/shm", "r");
+  char line[512];
+  printf("------ Shared Memory Segments --------\nkey        shmid      owner      perms      bytes      nattch\n");
+  if (!f) return 0;
+  if (!fgets(line, sizeof line, f)) { fclose(f); return 0; }
+  while (fgets(line, sizeof line, f)) {
+    long key, id, perms, size, cpid, lpid, nattch, uid;
+    if (sscanf(line, "%ld %ld %lo %ld %ld %ld %ld %ld", &key, &id, &perms, &size, &cpid, &lpid, &nattch, &uid) == 8)
+      printf("0x%08lx %-10ld %-10ld %-10lo %-10ld %ld\n", (unsigned long)key & 0xffffffffUL, id, uid, perms, size, nattch);
+  }
+  fclose(f);
+  return 0;
+}
+EOF
+for p in nnp pause pgrep ipcs; do
   if [ ! -x "$B/$p" ] || [ "$B/$p.c" -nt "$B/$p" ]; then
     gcc -static -Os -s -Wall -o "$B/$p" "$B/$p.c" || die "gcc -static $p.c failed"
   fi
 done
 
-# the common root filesystem: busybox and a link per applet, users and groups critest names
-common=(--file "$BUSYBOX:/bin/busybox:755" --dir /tmp:1777 --dir /root:700 --dir /var/www
+# the common root filesystem: busybox and a hard link per applet (as in the busybox image:
+# masking one path must not mask sh), pgrep and ipcs, users and groups critest names
+common=(--file "$BUSYBOX:/bin/busybox:755" --file "$B/pgrep:/usr/bin/pgrep:755"
+  --file "$B/ipcs:/usr/bin/ipcs:755" --dir /tmp:1777 --dir /root:700 --dir /var/www
   --dir /home/user-defined-in-image
   --file "=root:x:0:0:root:/root:/bin/sh
 www-data:x:33:33:www-data:/var/www:/bin/sh
@@ -78,7 +126,8 @@ nogroup:x:65534:
 :/www/index.html:644")
 while read -r applet; do
   [ "$applet" = bin/busybox ] && continue
-  common+=(--symlink "/bin/busybox:/$applet")
+  case /$applet in /usr/bin/pgrep | /usr/bin/ipcs) continue ;; esac
+  common+=(--hardlink "/bin/busybox:/$applet")
 done < <("$BUSYBOX" --list-full)
 
 py=python3
@@ -121,6 +170,7 @@ PUSHES=(
   "hostnet gcr.io/$K/hostnet-nginx-amd64:latest"
   "pause registry.k8s.io/pause:3.9"
   "pause gcr.io/pause:3.9"
+  "pause k8s.gcr.io/pause:3.9"
   "t1 gcr.io/$K/test-image-1:latest"
   "t2 gcr.io/$K/test-image-2:latest"
   "t3 gcr.io/$K/test-image-3:latest"
