@@ -19,12 +19,12 @@
 #   1. scripts/testbed.sh start with TESTBED_NETNS and TESTBED_CNI=bridge (real pod networking:
 #      bridge + host-local + portmap);
 #   2. stand-ins for critest's images (scripts/critest_images.sh) pushed to the testbed
-#      registry, and hosts.toml entries for registry.k8s.io, gcr.io and docker.io whose
-#      server is that registry (and k8s.gcr.io, which one spec pulls): critest asks for its usual names, containerd and pullgate both
+#      registry, and hosts.toml entries for registry.k8s.io, gcr.io, k8s.gcr.io and docker.io
+#      whose server is that registry: critest asks for its usual names, containerd and pullgate both
 #      resolve them to the local registry, and nothing can fall back to the internet;
 #   3. every stand-in signed by the test Sigstore stack (examples/demo_sign.rs), its trust root
 #      imported with `pullgate trust-root import`, a policy that enforces signatures on
-#      registry.k8s.io/** and gcr.io/** (the sandbox image exempt, everything else denied);
+#      registry.k8s.io/**, gcr.io/** and k8s.gcr.io/** (the sandbox image exempt, everything else denied);
 #   4. critest directly against containerd, then through pullgate (pass-through: no config;
 #      enforce: that policy), with a fixed seed, each run starting from no pods and no images;
 #   5. scripts/critest_report.py: counts, failed specs, and direct vs through-pullgate sets.
