@@ -27,6 +27,20 @@
 #                                   REGISTRY_HTPASSWD, since containerd pulls it
 #                                   without credentials on RunPodSandbox; else 0).
 #   TESTBED_SKIP_INSTALL=1          never run scripts/setup.sh for missing tools.
+#   TESTBED_NETNS=NAME              run this script, and so the registry, containerd, its
+#                                   shims and pods, inside the existing network namespace
+#                                   NAME (`ip netns add NAME`, created and removed by the
+#                                   caller, e.g. scripts/critest.sh). Loopback addresses are
+#                                   then NAME's own: callers reach the registry and the
+#                                   streaming server with `nsenter --net=/run/netns/NAME`.
+#                                   Give it to every command for that DIR (start/stop/clean).
+#   TESTBED_CNI=loopback|bridge     pod networking (default loopback: host-network pods
+#                                   only). bridge: Debian's containernetworking-plugins
+#                                   bridge + host-local + portmap; pods get an address in
+#                                   TESTBED_CNI_SUBNET on bridge pgcni0, with no masquerade
+#                                   and no route out. Only with TESTBED_NETNS (the bridge and
+#                                   the pod addresses must stay inside that namespace).
+#   TESTBED_CNI_SUBNET=CIDR         pod subnet for TESTBED_CNI=bridge (default 10.88.0.0/16).
 #   TESTBED_CONTAINERD=1.6|2        containerd generation (default 1.6): 1.6 is Debian's
 #                                   containerd (config version 2, CRI v1 and v1alpha2);
 #                                   2 is containerd 2.x from $PULLGATE_SHARED/bin (default
@@ -54,7 +68,7 @@
 #
 # Digests are reproducible for a given gcc/glibc: read them from DIR/env, never
 # hard-code them. Pods must use host networking (NamespaceMode NODE): the CNI
-# config is loopback only. containerd state survives stop/start of the same DIR
+# config is loopback only (unless TESTBED_CNI=bridge). containerd state survives stop/start of the same DIR
 # (like a node reboot); use clean, or a new DIR, for a fresh one.
 # containerd sees /run as DIR/run, so `ctr run` needs
 # `--fifo-dir DIR/run/containerd/fifo` (CRI calls need nothing special).
@@ -75,6 +89,23 @@ case $CMD in
   start | stop | status | clean | restart-containerd | kill-containerd) ;;
   *) usage ;;
 esac
+
+# --- network namespace ----------------------------------------------------------------
+# Re-run the whole script inside TESTBED_NETNS: every process it starts inherits it.
+if [ -n "${TESTBED_NETNS:-}" ] && [ "${_TESTBED_IN_NETNS:-}" != "$TESTBED_NETNS" ]; then
+  [[ $TESTBED_NETNS =~ ^[A-Za-z0-9._-]+$ ]] || die "TESTBED_NETNS must match [A-Za-z0-9._-]+"
+  [ -e "/run/netns/$TESTBED_NETNS" ] || die "no network namespace $TESTBED_NETNS (ip netns add it first)"
+  # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts runc needs
+  _TESTBED_IN_NETNS=$TESTBED_NETNS exec nsenter --net="/run/netns/$TESTBED_NETNS" "$0" "$@"
+fi
+TESTBED_CNI=${TESTBED_CNI:-loopback}
+case $TESTBED_CNI in
+  loopback) ;;
+  bridge) [ -n "${TESTBED_NETNS:-}" ] || die "TESTBED_CNI=bridge needs TESTBED_NETNS (pod addresses must stay inside it)" ;;
+  *) die "TESTBED_CNI must be loopback or bridge, got '$TESTBED_CNI'" ;;
+esac
+CNI_SUBNET=${TESTBED_CNI_SUBNET:-10.88.0.0/16}
+[[ $CNI_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "TESTBED_CNI_SUBNET must be an IPv4 CIDR, got '$CNI_SUBNET'"
 
 # --- DIR checks -------------------------------------------------------------------
 DIR=$(realpath -m -- "$2")
@@ -403,6 +434,12 @@ ensure_tools() {
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
   [ -x /usr/lib/cni/loopback ] || missing+=(/usr/lib/cni/loopback)
+  if [ "$TESTBED_CNI" = bridge ]; then
+    for t in bridge host-local portmap; do
+      [ -x "/usr/lib/cni/$t" ] || missing+=("/usr/lib/cni/$t")
+    done
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  fi
   libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
   [ -f "$libc_a" ] || missing+=(libc.a)
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -583,10 +620,25 @@ server = "http://$addr"
 [host]
 EOF
 
-  # loopback only: CRI reports NetworkReady; pods must use host networking
-  cat >"$DIR/cni/net.d/10-loopback.conflist" <<'EOF'
+  rm -f "$DIR"/cni/net.d/*.conflist
+  if [ "$TESTBED_CNI" = bridge ]; then
+    # a bridge inside TESTBED_NETNS: no ipMasq, no route out of the namespace (it has only
+    # lo and this bridge). portmap's own SNAT only rewrites 127.0.0.1 -> pod hairpin traffic
+    # of host ports, inside the namespace too.
+    cat >"$DIR/cni/net.d/10-bridge.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "pullgate-testbed-bridge", "plugins": [
+  {"type": "bridge", "bridge": "pgcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$CNI_SUBNET"}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$DIR/cni/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}
+]}
+EOF
+  else
+    # loopback only: CRI reports NetworkReady; pods must use host networking
+    cat >"$DIR/cni/net.d/10-loopback.conflist" <<'EOF'
 {"cniVersion": "0.4.0", "name": "pullgate-testbed-lo", "plugins": [{"type": "loopback"}]}
 EOF
+  fi
 
   cat >"$REG_DIR/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}

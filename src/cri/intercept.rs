@@ -183,6 +183,8 @@ impl Proxy {
                         if let Err(e) = self.images().tag(&reference, &tag).await {
                             tracing::warn!(image = %tag, pinned = %reference, error = %e,
                                 "pulled the verified digest but could not tag it; kubelet will not find the image by tag and will pull again");
+                        } else {
+                            self.await_cri_sees(&tag).await;
                         }
                     }
                 }
@@ -221,6 +223,24 @@ impl Proxy {
     }
 
     /// containerd's CRI `ImageStatus` for `image`, asked by pullgate itself.
+    /// containerd's CRI plugin learns of a name added through its images API from the image
+    /// event, asynchronously: answering PullImage before then lets the caller's next ImageStatus
+    /// or ListImages miss the tag it pulled (critest's image specs did, now and then), which
+    /// containerd's own PullImage never does. Wait until CRI resolves the tag, bounded.
+    async fn await_cri_sees(&self, tag: &str) {
+        let deadline = Instant::now() + TAG_VISIBLE_WITHIN;
+        loop {
+            if let Ok(Some(_)) = self.image_status(tag).await {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(image = %tag, "tagged the verified digest, but containerd's CRI plugin does not list the tag yet; answering anyway");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn image_status(&self, image: &str) -> Result<Option<api::Image>, String> {
         let req = api::ImageStatusRequest { image: Some(api::ImageSpec { image: image.into(), ..Default::default() }), verbose: false };
         let http_req = Request::builder()
@@ -246,6 +266,9 @@ impl Proxy {
         Ok(status.image.filter(|i| !i.id.is_empty()))
     }
 }
+
+/// How long a pinned pull waits for containerd's CRI plugin to resolve the tag it added.
+const TAG_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the log line of an intercepted call says.
 #[derive(Debug, Default)]
