@@ -6,9 +6,14 @@
 //! it has never heard of, and fields it does not know intact. A client that goes away cancels its
 //! upstream call, because dropping the response body resets the upstream stream.
 //!
-//! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer) are buffered and
-//! decoded (`intercept.rs`); even then the original request bytes are forwarded unless a
-//! decision changes them.
+//! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer, and with a gate
+//! RunPodSandbox) are buffered and decoded (`intercept.rs`); even then the original request
+//! bytes are forwarded unless a decision changes them.
+//!
+//! With a gate, only the CRI API passes (`methods.rs`): v1 and v1alpha2 are gated alike, and a
+//! path outside CRI (containerd's native API on the same socket) or an `ImageService` method
+//! pullgate does not know goes to the gate, which refuses it in enforce mode. Without a gate every
+//! path is forwarded, as it always was.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,7 +25,8 @@ use hyper::body::Incoming;
 
 use super::grpc::{self, Buffered, Code};
 use super::images::ContainerdImages;
-use super::intercept::Gate;
+use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
+use super::methods::{self, Route, Surface};
 use super::relay::UpstreamBody;
 use super::upstream::Upstream;
 use crate::config::Access;
@@ -35,6 +41,14 @@ pub mod method {
     pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
     pub const IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
     pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
+}
+
+/// How the proxy serves one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    Forward,
+    Decode(Surface),
+    Unchecked(Unchecked),
 }
 
 /// Who is calling, from `SO_PEERCRED` of their connection.
@@ -53,12 +67,24 @@ pub struct Proxy {
     gate: Option<Arc<dyn Gate>>,
     /// containerd's image records (to tag digest-pinned pulls).
     images: ContainerdImages,
+    /// containerd's sandbox image, for containerd versions that do not report it (2.x).
+    sandbox_image: Option<String>,
 }
 
 impl Proxy {
     pub fn new(upstream: Upstream, access: Access, gate: Option<Arc<dyn Gate>>) -> Self {
         let images = ContainerdImages::new(upstream.path());
-        Proxy { upstream, access, gate, images }
+        Proxy { upstream, access, gate, images, sandbox_image: None }
+    }
+
+    /// Names containerd's sandbox image, used when containerd does not report it itself.
+    pub fn with_sandbox_image(mut self, image: Option<String>) -> Self {
+        self.sandbox_image = image;
+        self
+    }
+
+    pub fn configured_sandbox_image(&self) -> Option<&str> {
+        self.sandbox_image.as_deref()
     }
 
     pub fn gate(&self) -> Option<&Arc<dyn Gate>> {
@@ -87,17 +113,56 @@ impl Proxy {
             );
             return Ok(grpc::status_response(Code::PermissionDenied, &msg));
         }
-        let resp = match req.uri().path() {
-            // Boxed: the intercepted path's state is large, and the future of every call (which
-            // tokio copies when it spawns it) would otherwise be that large too.
-            method::PULL_IMAGE | method::IMAGE_STATUS | method::CREATE_CONTAINER => Box::pin(self.intercepted(req)).await,
-            path => {
+        // Boxed below: the intercepted path's state is large, and the future of every call (which
+        // tokio copies when it spawns it) would otherwise be that large too.
+        let resp = match self.route(req.uri().path()) {
+            Dispatch::Decode(surface) => Box::pin(self.intercepted(req, surface)).await,
+            Dispatch::Unchecked(kind) => Box::pin(self.unchecked(peer, req, kind)).await,
+            Dispatch::Forward => {
                 // Per-call detail at debug level; a disabled callsite costs one atomic load.
-                tracing::debug!(method = path, uid = peer.uid, pid = peer.pid, "forwarding call");
+                tracing::debug!(method = req.uri().path(), uid = peer.uid, pid = peer.pid, "forwarding call");
                 self.forward(req.map(Either::Left)).await
             }
         };
         Ok(resp)
+    }
+
+    /// What to do with a path. Without a gate, exactly what pullgate always did: decode the
+    /// three v1 calls it logs, forward everything else.
+    fn route(&self, path: &str) -> Dispatch {
+        if self.gate.is_none() {
+            return match path {
+                method::PULL_IMAGE => Dispatch::Decode(Surface::Pull),
+                method::IMAGE_STATUS => Dispatch::Decode(Surface::Inspect),
+                method::CREATE_CONTAINER => Dispatch::Decode(Surface::Create),
+                _ => Dispatch::Forward,
+            };
+        }
+        match methods::route(path) {
+            Route::Known { method, .. } if method.surface != Surface::Inert => Dispatch::Decode(method.surface),
+            Route::Known { .. } | Route::UnknownRuntimeMethod { .. } => Dispatch::Forward,
+            Route::UnknownImageMethod { .. } => Dispatch::Unchecked(Unchecked::UnknownImageMethod),
+            Route::NotCri => Dispatch::Unchecked(Unchecked::NotCri),
+        }
+    }
+
+    /// A call the gate judges without an image: forwarded as a stream when it allows it,
+    /// `PermissionDenied` with its reason otherwise.
+    async fn unchecked(&self, peer: Peer, req: Request<Incoming>, kind: Unchecked) -> Response<ResponseBody> {
+        let Some(gate) = self.gate() else {
+            return self.forward(req.map(Either::Left)).await;
+        };
+        let call = UncheckedCall { path: req.uri().path().to_string(), kind, uid: peer.uid, pid: peer.pid };
+        match gate.unchecked(&call).await {
+            CreateVerdict::Forward => {
+                tracing::info!(method = %call.path, uid = peer.uid, pid = peer.pid, "forwarding a call pullgate does not check");
+                self.forward(req.map(Either::Left)).await
+            }
+            CreateVerdict::Refuse(reason) => {
+                tracing::warn!(method = %call.path, uid = peer.uid, pid = peer.pid, reason = %reason, "refused a call outside the CRI methods pullgate checks");
+                grpc::status_response(Code::PermissionDenied, &format!("pullgate: {reason}"))
+            }
+        }
     }
 
     /// Sends a request to containerd and returns its response as a stream.
