@@ -348,6 +348,19 @@ mod tests {
     }
 
     #[test]
+    fn cri_surfaces_are_validated() {
+        let c = parse("cri:\n  allow_image_methods: [runtime.v1.ImageService/FetchImage, /runtime.v1alpha2.ImageService/X]\n  sandbox_image: reg/pause:3@sha256:0000000000000000000000000000000000000000000000000000000000000000\n").unwrap();
+        assert_eq!(c.cri.allowed_paths(), ["/runtime.v1.ImageService/FetchImage", "/runtime.v1alpha2.ImageService/X"]);
+        let e = parse("cri:\n  allow_image_methods: [runtime.v1.ImageService/PullImage]\n").unwrap_err();
+        assert!(e.contains("cri.allow_image_methods[0]") && e.contains("knows"), "{e}");
+        let e = parse("cri:\n  allow_image_methods: [containerd.services.images.v1.Images/Create]\n").unwrap_err();
+        assert!(e.contains("not an ImageService method"), "{e}");
+        let e = parse("cri:\n  sandbox_image: \"Not A Reference!\"\n").unwrap_err();
+        assert!(e.contains("cri.sandbox_image"), "{e}");
+        assert!(parse("cri:\n  nope: 1\n").is_err());
+    }
+
+    #[test]
     fn empty_file_is_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());

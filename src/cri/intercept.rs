@@ -370,6 +370,47 @@ pub(super) async fn buffer_response(resp: Response<ResponseBody>) -> (Response<R
 mod tests {
     use super::*;
 
+    /// A CreateContainerRequest as kubelet 1.35 sends it for a pod with an image volume: mounts
+    /// carry fields pullgate does not decode (host_path, readonly, propagation, image_sub_path),
+    /// and the request carries fields it does not know at all.
+    #[test]
+    fn image_volumes_are_decoded_from_the_wire() {
+        use prost::Message;
+        let spec = |image: &str| api::ImageSpec { image: image.into(), ..Default::default() };
+        let config = api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata { name: "app".into(), attempt: 0 }),
+            image: Some(spec("sha256:aaaa")),
+            mounts: vec![
+                api::Mount { container_path: "/etc/config".into(), image: None },
+                api::Mount { container_path: "/data".into(), image: Some(spec("sha256:bbbb")) },
+                api::Mount { container_path: "/empty".into(), image: Some(spec("")) },
+                api::Mount { container_path: "/models".into(), image: Some(spec("reg/models@sha256:cccc")) },
+            ],
+        };
+        let mut config_bytes = config.encode_to_vec();
+        // Unknown to pullgate inside ContainerConfig: log_path (11) and tty (14).
+        config_bytes.extend_from_slice(b"\x5a\x05a.log\x70\x01");
+        let mut mount_with_extras = Vec::new();
+        // Mount{container_path: "/x", host_path: "", readonly: true, image: {image: "i"}, image_sub_path: "sub"}
+        mount_with_extras.extend_from_slice(b"\x0a\x02/x\x18\x01\x4a\x03\x0a\x01i\x52\x03sub");
+        config_bytes.push(0x3a); // field 7, length-delimited
+        prost::encoding::encode_varint(mount_with_extras.len() as u64, &mut config_bytes);
+        config_bytes.extend_from_slice(&mount_with_extras);
+        let mut req = Vec::new();
+        req.extend_from_slice(b"\x0a\x03pod"); // pod_sandbox_id
+        req.push(0x12);
+        prost::encoding::encode_varint(config_bytes.len() as u64, &mut req);
+        req.extend_from_slice(&config_bytes);
+        req.extend_from_slice(b"\xa0\x06\x07"); // unknown top-level field 100
+        let decoded = api::CreateContainerRequest::decode(&req[..]).unwrap();
+        let mounts = decoded.config.unwrap().mounts;
+        assert_eq!(
+            image_volumes(&mounts),
+            [("/data".to_string(), "sha256:bbbb".to_string()), ("/models".into(), "reg/models@sha256:cccc".into()), ("/x".into(), "i".into())]
+        );
+        assert!(image_volumes(&[]).is_empty());
+    }
+
     #[test]
     fn refusals_are_one_line_with_the_kubelet_prefix() {
         let r = refusal("image x denied:\n  no signatures found");

@@ -236,6 +236,69 @@ impl From<Buffered> for ResponseBody {
 mod tests {
     use super::*;
 
+    /// A gate that never gets asked anything here: routing is decided before any gate call.
+    struct NoGate;
+    impl Gate for NoGate {
+        fn pull<'a>(&'a self, _: &'a super::super::intercept::PullCall) -> super::super::intercept::BoxFuture<'a, super::super::intercept::PullVerdict> {
+            unreachable!()
+        }
+        fn create<'a>(&'a self, _: &'a super::super::intercept::CreateCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn mounts<'a>(&'a self, _: &'a super::super::intercept::CreateCall, _: &'a [super::super::intercept::MountImage]) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn sandbox<'a>(&'a self, _: &'a super::super::intercept::SandboxCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn unchecked<'a>(&'a self, _: &'a UncheckedCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+    }
+
+    fn proxy(gate: Option<Arc<dyn Gate>>) -> Proxy {
+        Proxy::new(Upstream::new(std::path::Path::new("/nonexistent"), Default::default()), Default::default(), gate)
+    }
+
+    #[test]
+    fn without_a_gate_routing_is_what_it_always_was() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _rt = rt.enter();
+        let p = proxy(None);
+        assert_eq!(p.route("/runtime.v1.ImageService/PullImage"), Dispatch::Decode(Surface::Pull));
+        assert_eq!(p.route("/runtime.v1.ImageService/ImageStatus"), Dispatch::Decode(Surface::Inspect));
+        assert_eq!(p.route("/runtime.v1.RuntimeService/CreateContainer"), Dispatch::Decode(Surface::Create));
+        for path in [
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            "/runtime.v1alpha2.ImageService/PullImage",
+            "/containerd.services.images.v1.Images/Create",
+            "/runtime.v1.ImageService/FetchImage",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(p.route(path), Dispatch::Forward, "{path}");
+        }
+    }
+
+    #[test]
+    fn with_a_gate_only_cri_passes() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _rt = rt.enter();
+        let p = proxy(Some(Arc::new(NoGate)));
+        for v in ["v1", "v1alpha2"] {
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/PullImage")), Dispatch::Decode(Surface::Pull));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/CreateContainer")), Dispatch::Decode(Surface::Create));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/RunPodSandbox")), Dispatch::Decode(Surface::Sandbox));
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/ImageStatus")), Dispatch::Decode(Surface::Inspect));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/Version")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/StreamImages")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/SomethingNew")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/FetchImage")), Dispatch::Unchecked(Unchecked::UnknownImageMethod));
+        }
+        for path in ["/containerd.services.images.v1.Images/Create", "/containerd.services.transfer.v1.Transfer/Transfer", "/grpc.health.v1.Health/Check", "/"] {
+            assert_eq!(p.route(path), Dispatch::Unchecked(Unchecked::NotCri), "{path}");
+        }
+    }
+
     #[test]
     fn upstream_uri_keeps_path_and_authority() {
         assert_eq!(upstream_uri(&Uri::from_static("/runtime.v1.RuntimeService/Version")), "http://localhost/runtime.v1.RuntimeService/Version");
