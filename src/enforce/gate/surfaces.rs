@@ -190,3 +190,123 @@ fn named(verdict: CreateVerdict, what: &str) -> CreateVerdict {
         v => v,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cri::api;
+    use crate::cri::intercept::BoxFuture;
+    use crate::enforce::audit::{AuditConfig, AuditLog};
+    use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
+    use crate::enforce::policy::{ImagePolicy, PolicyConfig};
+
+    const SIGNED: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const UNSIGNED: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    /// Stands in for the mirror: images with digest `SIGNED` verify, everything else does not.
+    struct FakeChecker;
+    impl Checker for FakeChecker {
+        fn resolve<'a>(&'a self, _: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+            Box::pin(async { Err("no mirror in unit tests".to_string()) })
+        }
+        fn verify<'a>(&'a self, _: &'a Reference, r: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Outcome> {
+            let allowed = r.digest.to_string() == SIGNED;
+            let reason = if allowed { "verified".to_string() } else { "no signatures found".to_string() };
+            Box::pin(async move { Outcome { allowed, reason, identity: String::new(), source: String::new() } })
+        }
+        fn trust(&self) -> TrustStatus {
+            TrustStatus { generation: 1, unusable: None }
+        }
+    }
+
+    fn enforcer(mode: &str, unmatched: &str) -> Enforcer {
+        let yaml = format!(
+            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"reg/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"reg/demo/**\"]\n    mode: {mode}\n    authorities:\n      - name: ci\n        keyless:\n          identities:\n            - issuer: https://issuer\n              subject: https://subject\n"
+        );
+        let config: PolicyConfig = crate::config::parse_yaml(&yaml, std::path::Path::new("test.yaml")).unwrap();
+        let audit = AuditLog::new(&AuditConfig::Off).unwrap();
+        Enforcer::new(config.compile(1).unwrap(), &CacheConfig::default(), Arc::new(FakeChecker), audit, "node".into())
+            .with_allowed_methods(vec!["/runtime.v1.ImageService/FetchImage".into()])
+    }
+
+    fn present(name: &str, digest: &str) -> Option<api::Image> {
+        Some(api::Image { id: format!("sha256:{}", "c".repeat(64)), repo_digests: vec![format!("{name}@{digest}")], repo_tags: vec![format!("{name}:1")], ..Default::default() })
+    }
+
+    fn call(image: &str, status: Option<api::Image>) -> CreateCall {
+        CreateCall { image: image.into(), namespace: Some("team".into()), pod: "team/web".into(), container: "app".into(), status }
+    }
+
+    fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn absent_images_are_refused_when_enforced() {
+        let e = enforcer("enforce", "deny");
+        let (v, r) = block(e.decide_image(&call("/var/lib/kubelet/checkpoints/c.tar", None)));
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("not present in containerd") && m.contains("checkpoint")), "{v:?}");
+        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "enforce"));
+        let (v, _) = block(e.decide_image(&call("reg/demo/app:1", None)));
+        assert!(matches!(v, CreateVerdict::Refuse(_)));
+        // Exempt names need no content to check.
+        let (v, r) = block(e.decide_image(&call("reg/pause:1", None)));
+        assert_eq!(v, CreateVerdict::Forward);
+        assert_eq!(r.decision, "allow");
+        // Audit mode, unmatched allowed: let through, recorded as what enforce would refuse.
+        let a = enforcer("audit", "allow");
+        let (v, r) = block(a.decide_image(&call("reg/demo/app:1", None)));
+        assert_eq!(v, CreateVerdict::Forward);
+        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "audit"));
+    }
+
+    #[test]
+    fn image_volumes_are_named_in_the_refusal_and_recorded_apart() {
+        let e = enforcer("enforce", "deny");
+        let container = call("reg/demo/app:1", present("reg/demo/app", SIGNED));
+        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/data".into(), image: "reg/demo/unsigned:1".into(), status: present("reg/demo/unsigned", UNSIGNED) }));
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("image volume /data: ") && m.contains("no signatures found")), "{v:?}");
+        assert_eq!((r.surface.as_str(), r.call.as_str(), r.image.as_str()), ("image volume /data", "CreateContainer", "reg/demo/unsigned:1"));
+        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/models".into(), image: "reg/demo/app:1".into(), status: present("reg/demo/app", SIGNED) }));
+        assert_eq!(v, CreateVerdict::Forward);
+        assert_eq!((r.decision.as_str(), r.surface.as_str()), ("allow", "image volume /models"));
+        // One bad volume among good ones refuses the call.
+        let mounts = [
+            MountImage { container_path: "/a".into(), image: "reg/demo/app:1".into(), status: present("reg/demo/app", SIGNED) },
+            MountImage { container_path: "/b".into(), image: "reg/demo/unsigned:1".into(), status: present("reg/demo/unsigned", UNSIGNED) },
+        ];
+        assert!(matches!(block(e.gate_mounts(&container, &mounts)), CreateVerdict::Refuse(m) if m.starts_with("image volume /b: ")));
+    }
+
+    #[test]
+    fn sandbox_image_is_decided_like_a_container_image() {
+        let e = enforcer("enforce", "deny");
+        let sandbox = |image: Option<&str>, status| SandboxCall { image: image.map(String::from), namespace: Some("team".into()), pod: "team/web".into(), status };
+        let (v, r) = block(e.decide_sandbox(&sandbox(Some("reg/demo/unsigned:1"), present("reg/demo/unsigned", UNSIGNED))));
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("sandbox image reg/demo/unsigned:1: ")), "{v:?}");
+        assert_eq!((r.call.as_str(), r.surface.as_str()), ("RunPodSandbox", "sandbox image"));
+        let (v, _) = block(e.decide_sandbox(&sandbox(Some("reg/pause:1"), present("reg/pause", UNSIGNED))));
+        assert_eq!(v, CreateVerdict::Forward);
+        let (v, _) = block(e.decide_sandbox(&sandbox(None, None)));
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("cri.sandbox_image")), "{v:?}");
+        let (v, r) = block(enforcer("audit", "allow").decide_sandbox(&sandbox(None, None)));
+        assert_eq!((v, r.mode.as_str()), (CreateVerdict::Forward, "audit"));
+    }
+
+    #[test]
+    fn calls_without_an_image_are_refused_when_enforced() {
+        let e = enforcer("enforce", "deny");
+        let unchecked = |path: &str, kind| UncheckedCall { path: path.into(), kind, uid: 0, pid: Some(7) };
+        let (v, r) = e.decide_unchecked(&unchecked("/containerd.services.images.v1.Images/Create", Unchecked::NotCri)).unwrap();
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("only the CRI API")), "{v:?}");
+        assert_eq!((r.surface.as_str(), r.decision.as_str()), ("not CRI", "deny"));
+        assert!(r.reason.contains("uid 0, pid 7"));
+        let (v, _) = e.decide_unchecked(&unchecked("/runtime.v1.ImageService/Other", Unchecked::UnknownImageMethod)).unwrap();
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("cri.allow_image_methods")));
+        assert!(e.decide_unchecked(&unchecked("/runtime.v1.ImageService/FetchImage", Unchecked::UnknownImageMethod)).is_none());
+        let (v, r) = enforcer("audit", "allow").decide_unchecked(&unchecked("/grpc.health.v1.Health/Check", Unchecked::NotCri)).unwrap();
+        assert_eq!((v, r.mode.as_str()), (CreateVerdict::Forward, "audit"));
+    }
+}
