@@ -19,7 +19,7 @@ mod testbed;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use daemon::Daemon;
@@ -31,7 +31,7 @@ use serde_json::json;
 use support::registry::push::Pusher;
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -65,10 +65,14 @@ impl Ctx {
     }
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 /// The pullgate configuration used by the trials: enforce mode for the demo repositories.
@@ -122,8 +126,8 @@ struct SetupPaths {
     containerd: PathBuf,
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("enf", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "enf", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -193,14 +197,9 @@ fn main() {
         ("policy_reload_keeps_last_good_on_error", policy_reload),
         ("network_access_is_only_containerd_and_the_mirror", offline),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 

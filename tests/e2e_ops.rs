@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use daemon::Daemon;
@@ -43,7 +43,7 @@ use serde_json::Value;
 use support::registry::push::Pusher;
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -69,10 +69,14 @@ struct Ctx {
     state_dir: PathBuf,
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -140,8 +144,8 @@ policy:
     )
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("ops", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "ops", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -186,14 +190,9 @@ fn main() {
         ("sync_script_installs_config_and_trust_root_and_reloads", sync_script),
         ("not_ready_while_containerd_is_down", containerd_down),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 

@@ -17,14 +17,14 @@ mod testbed;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
 use libtest_mimic::{Arguments, Failed};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 struct Ctx {
     rt: tokio::runtime::Runtime,
@@ -54,22 +54,26 @@ macro_rules! ensure {
     };
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| {
-        let tb = Testbed::start("e2e", &[])?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
-        let pg_sock = tb.dir.join("pullgate.sock");
-        let direct = tb.containerd_sock();
-        let pg = Daemon::start(
-            &pg_sock,
-            &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"],
-        )?;
-        Ok(Arc::new(Ctx { rt, tb, pg: Mutex::new(pg), pg_sock }))
-    })
-    .clone()
-    .map_err(Failed::from)
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "e2e", &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let pg_sock = tb.dir.join("pullgate.sock");
+    let direct = tb.containerd_sock();
+    let pg = Daemon::start(
+        &pg_sock,
+        &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"],
+    )?;
+    Ok(Ctx { rt, tb, pg: Mutex::new(pg), pg_sock })
+}
+
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 fn main() {
@@ -91,16 +95,9 @@ fn main() {
         ("systemd_socket_activation_keeps_socket", systemd_activation),
         ("invalid_config_exits_64_before_binding", invalid_config),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    // Statics are never dropped: stop pullgate and the testbed (containerd, shims, registry)
-    // explicitly before exiting.
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -287,34 +284,53 @@ fn pod_lifecycle_matches_direct(c: &Ctx) -> TestResult {
 /// they are sent, never buffered; cancellation) is tested in `transparency.rs` against a
 /// recording upstream, because no real server here streams.
 fn container_events_stream_through(c: &Ctx) -> TestResult {
+    type Opened = Result<tonic::Response<tonic::Streaming<k8s::ContainerEventResponse>>, tonic::Status>;
     c.rt.block_on(async {
-        let via = cri::runtime(&c.pg_sock).get_container_events(k8s::GetEventsRequest {}).await;
-        let direct = cri::runtime(&c.direct()).get_container_events(k8s::GetEventsRequest {}).await;
-        match (via, direct) {
-            (Err(a), Err(b)) => {
-                assert_eq!((a.code(), a.message()), (b.code(), b.message()));
-                Ok(())
-            }
-            (Ok(mut via), Ok(_)) => {
-                // A containerd that streams events: one must arrive while a container starts.
-                let (sandbox, container) = start_pod(c, &c.pg_sock, "events", &["/hello"]).await?;
-                let want = k8s::ContainerEventType::ContainerStartedEvent as i32;
-                let got = tokio::time::timeout(Duration::from_secs(20), async {
-                    while let Some(ev) = via.get_mut().message().await? {
+        // Both streams are opened before the container starts. containerd is the reference:
+        // 1.6 refuses at once (Unimplemented), 2.x answers with headers and then streams. A
+        // stream's headers may come through pullgate only with its first event, so the pod is
+        // started before the answer through pullgate is awaited.
+        let open = |sock: PathBuf| tokio::spawn(async move { cri::runtime(&sock).get_container_events(k8s::GetEventsRequest {}).await });
+        let via = open(c.pg_sock.clone());
+        let mut direct = open(c.direct());
+        let direct_opened = tokio::time::timeout(Duration::from_secs(5), &mut direct).await;
+        if let Ok(Ok(Err(b))) = direct_opened {
+            let a = match tokio::time::timeout(Duration::from_secs(5), via).await {
+                Ok(Ok(Err(a))) => a,
+                other => return Err(format!("directly {b:?}, through pullgate {other:?}").into()),
+            };
+            assert_eq!((a.code(), a.message()), (b.code(), b.message()));
+            return Ok(());
+        }
+        let direct = match direct_opened {
+            Ok(Ok(Ok(stream))) => tokio::spawn(async move { Ok(stream) }),
+            Ok(other) => return Err(format!("directly: {other:?}").into()),
+            // headers only with the first event here too: keep waiting below
+            Err(_) => direct,
+        };
+        // A containerd that streams events: CONTAINER_STARTED must arrive on both streams.
+        let (sandbox, container) = start_pod(c, &c.pg_sock, "events", &["/hello"]).await?;
+        let want = k8s::ContainerEventType::ContainerStartedEvent as i32;
+        let wait_started = |opened: tokio::task::JoinHandle<Opened>| {
+            let container = container.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    let mut stream = opened.await.map_err(|e| e.to_string())?.map_err(|s| format!("{s:?}"))?.into_inner();
+                    while let Some(ev) = stream.message().await.map_err(|s| format!("{s:?}"))? {
                         if ev.container_id == container && ev.container_event_type == want {
-                            return Ok::<_, tonic::Status>(true);
+                            return Ok::<_, String>(true);
                         }
                     }
                     Ok(false)
                 })
-                .await;
-                drop(via);
-                remove_pod(&c.pg_sock, &sandbox, &container).await?;
-                ensure!(matches!(got, Ok(Ok(true))), "no CONTAINER_STARTED event through the stream: {got:?}");
-                Ok(())
+                .await
             }
-            (a, b) => Err(format!("through pullgate {:?}, directly {:?}", a.err(), b.err()).into()),
-        }
+        };
+        let (got_via, got_direct) = tokio::join!(wait_started(via), wait_started(direct));
+        remove_pod(&c.pg_sock, &sandbox, &container).await?;
+        ensure!(matches!(got_direct, Ok(Ok(true))), "no CONTAINER_STARTED event directly from containerd: {got_direct:?}");
+        ensure!(matches!(got_via, Ok(Ok(true))), "no CONTAINER_STARTED event through pullgate: {got_via:?}");
+        Ok(())
     })
 }
 
