@@ -1,6 +1,6 @@
 //! The attacks of issue 10 on pullgate's surfaces, end to end with real parts: a real containerd
-//! and registry (`scripts/testbed.sh`; the containerd generation the testbed runs, 1.6 unless
-//! `TESTBED_CONTAINERD=2`), the real `pullgate` binary with the demo policy (`demo/**` enforce,
+//! and registry (`scripts/testbed.sh`), on both containerd generations (Debian's 1.6 and 2.x from
+//! the shared folder; each trial runs once per generation), the real `pullgate` binary with the demo policy (`demo/**` enforce,
 //! identity pinned, `pause:*` exempt), the `k8s-cri` crate's v1 and v1alpha2 clients, and the
 //! real `ctr` (../shared/bin, else Debian's). Signatures come from the test Sigstore stack
 //! (`tests/support/sigstore`, its own code: the real services cannot run here).
@@ -22,7 +22,7 @@ mod testbed;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use daemon::Daemon;
@@ -34,7 +34,7 @@ use pullgate::registry::Digest;
 use support::registry::push::Pusher;
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -83,10 +83,16 @@ impl Ctx {
     }
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops the pullgate instances and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    for pg in [&c.enforce, &c.audit, &c.strict, &c.strict_audit] {
+        if let Ok(mut d) = pg.daemon.lock() {
+            d.terminate(Duration::from_secs(10));
+        }
+    }
+    c.tb.clean();
 }
 
 /// The policy variants of the suite.
@@ -159,8 +165,8 @@ fn start_pg(tb: &Testbed, name: &str, v: &Variant) -> Result<Pg, String> {
     Ok(Pg { daemon: Mutex::new(daemon), sock, audit })
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("atk", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "atk", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -211,16 +217,9 @@ fn main() {
         ("unsigned_image_volume_is_refused_signed_is_mounted", image_volumes),
         ("audit_mode_lets_each_attack_through_with_a_record", audit_mode),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        for pg in [&ctx.enforce, &ctx.audit, &ctx.strict, &ctx.strict_audit] {
-            if let Ok(mut d) = pg.daemon.lock() {
-                d.terminate(Duration::from_secs(10));
-            }
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -312,8 +311,7 @@ async fn assert_no_unsigned(c: &Ctx) -> TestResult {
 
 /// The `ctr` binary: the shared upstream one, else the distribution's.
 fn ctr_binary() -> Option<PathBuf> {
-    let shared = testbed::repo_root().join("../shared/bin/ctr");
-    if shared.exists() {
+    if let Some(shared) = testbed::shared_bin("ctr") {
         return Some(shared);
     }
     let debian = PathBuf::from("/usr/bin/ctr");
