@@ -92,6 +92,8 @@ trust_root:
 audit:
   sink: file
   path: {audit}
+cri:
+  sandbox_image: {sandbox}
 policy:
   unmatched: deny
   exemptions:
@@ -115,6 +117,7 @@ policy:
         bundles = c.dir.join("bundles").display(),
         state = c.dir.join("state").display(),
         audit = audit.display(),
+        sandbox = format!("{reg}/pause:1"),
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
     )

@@ -114,6 +114,8 @@ trust_root:
 audit:
   sink: file
   path: {audit}
+cri:
+  sandbox_image: {sandbox}
 policy:
   unmatched: deny
   exemptions:
@@ -138,6 +140,7 @@ policy:
         state = s.state_dir.display(),
         watch = s.watch_interval,
         audit = s.audit.display(),
+        sandbox = format!("{reg}/pause:1"),
         mode = s.mode,
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,

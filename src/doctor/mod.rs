@@ -186,6 +186,9 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
         }
     };
     check_containerd_config(&mut f, args, running, &config.registry.hosts_dir);
+    if containerd_ok {
+        check_sandbox_image(&mut f, &config, &containerd).await;
+    }
     let Some(policy) = &config.policy else {
         return finish(&args.config, f);
     };
@@ -330,6 +333,37 @@ fn check_trust_root(f: &mut Findings, config: &Config) -> Option<Arc<TrustHandle
     let handle = Arc::new(TrustHandle::new(state, config.trust_root.policy(), Arc::new(SystemClock)));
     let _ = handle.reload();
     Some(handle)
+}
+
+/// containerd's sandbox image should be pinned by digest: RunPodSandbox makes containerd pull it
+/// by its name, so a tag lets the registry decide what every pod's sandbox runs.
+async fn check_sandbox_image(f: &mut Findings, config: &Config, containerd: &CriClient) {
+    let reported = match containerd.status_info().await {
+        Ok(info) => crate::cri::sandbox::reported_sandbox_image(&info),
+        Err(e) => return f.add("sandbox-image", Status::Warn, format!("cannot ask containerd for its sandbox image: {e}")),
+    };
+    let (image, source) = match (reported, &config.cri.sandbox_image) {
+        (Some(i), _) => (i, "containerd's sandbox_image"),
+        (None, Some(i)) => (i.clone(), "cri.sandbox_image (containerd does not report its own)"),
+        (None, None) => {
+            let what = if config.policy.is_some() { "enforce mode refuses every RunPodSandbox" } else { "it cannot be checked" };
+            return f.add(
+                "sandbox-image",
+                Status::Warn,
+                format!("containerd does not report its sandbox image (containerd 2.x): set cri.sandbox_image to its pinned_images.sandbox, by digest; until then {what}"),
+            );
+        }
+    };
+    let pinned = crate::registry::reference::Reference::parse(&image).ok().is_some_and(|r| r.digest().is_some());
+    if pinned {
+        f.add("sandbox-image", Status::Ok, format!("sandbox image {image} ({source}) is pinned by digest"));
+    } else {
+        f.add(
+            "sandbox-image",
+            Status::Warn,
+            format!("sandbox image {image} ({source}) is not pinned by digest: containerd pulls it by tag when absent; pin it (name:tag@sha256:...) in containerd's configuration and in cri.sandbox_image"),
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -23,7 +23,7 @@ use super::audit::{AuditLog, AuditRecord};
 use super::cache::{DecisionCache, Lookup};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
-use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, PullCall, PullVerdict};
+use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
 use crate::registry::reference::{Digest, Reference};
 
 /// The digests an image reference resolved to on the mirror.
@@ -117,7 +117,14 @@ pub struct Enforcer {
     node: String,
     /// Decision and cache counters, when metrics are on.
     metrics: Option<Arc<crate::admin::metrics::EnforceMetrics>>,
+    /// `ImageService` paths pullgate does not know that configuration lets through
+    /// (`cri.allow_image_methods`).
+    allowed_methods: Vec<String>,
 }
+
+/// The surfaces beyond a pull and a container's own image: image volumes, the sandbox image,
+/// images containerd does not have, calls that name no image.
+mod surfaces;
 
 /// The forms of a reference policies are matched against.
 pub fn match_names(reference: &Reference) -> Vec<String> {
@@ -160,6 +167,7 @@ impl Enforcer {
             audit,
             node,
             metrics: None,
+            allowed_methods: Vec::new(),
         }
     }
 
@@ -487,9 +495,35 @@ impl Gate for Enforcer {
     fn create<'a>(&'a self, call: &'a CreateCall) -> BoxFuture<'a, CreateVerdict> {
         Box::pin(async move {
             let started = Instant::now();
-            let (verdict, record) = self.decide_create(call).await;
+            let (verdict, record) = self.decide_image(call).await;
             self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
             verdict
+        })
+    }
+
+    fn mounts<'a>(&'a self, call: &'a CreateCall, mounts: &'a [MountImage]) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(self.gate_mounts(call, mounts))
+    }
+
+    fn sandbox<'a>(&'a self, call: &'a SandboxCall) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let (verdict, record) = self.decide_sandbox(call).await;
+            self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
+            verdict
+        })
+    }
+
+    fn unchecked<'a>(&'a self, call: &'a UncheckedCall) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(async move {
+            let started = Instant::now();
+            match self.decide_unchecked(call) {
+                Some((verdict, record)) => {
+                    self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
+                    verdict
+                }
+                None => CreateVerdict::Forward,
+            }
         })
     }
 }

@@ -351,6 +351,13 @@ impl PolicySet {
     /// What applies to an image, given the forms of its normalised reference (`repo`,
     /// `repo:tag`, `repo@digest`) and the pod's namespace (unknown: only policies without a
     /// namespace selector apply).
+    /// Whether anything is enforced: an enforce-mode policy, or unmatched images denied. Calls
+    /// that name no image pullgate can check are refused exactly then (else let through and
+    /// recorded, as audit mode does).
+    pub fn enforces(&self) -> bool {
+        self.unmatched == Unmatched::Deny || self.policies.iter().any(|p| p.mode == Mode::Enforce)
+    }
+
     pub fn applicable(&self, names: &[String], namespace: Option<&str>) -> Applicable {
         let hit = |set: &GlobSet| names.iter().any(|n| set.is_match(n));
         if let Some(e) = self.exemptions.iter().find(|e| hit(&e.images)) {
