@@ -4,7 +4,9 @@
 usage:
   build_oci.py image LAYOUT TAG [--file SRC:DEST[:MODE]]... [--entrypoint JSON]
                                 [--cmd JSON] [--env K=V]... [--label K=V]...
-                                [--arch ARCH] [--os OS]
+                                [--symlink TARGET:DEST]... [--hardlink TARGET:DEST]...
+                                [--dir DEST[:MODE]]...
+                                [--user USER] [--workdir DIR] [--arch ARCH] [--os OS]
   build_oci.py index LAYOUT TAG --from TAG [--from TAG]...
 
 `image` writes one single-layer image and tags it TAG in LAYOUT/index.json
@@ -16,6 +18,12 @@ tagged TAG (a multi-arch image). Both print the digest of what they wrote
 --file SRC:DEST[:MODE]  SRC is a host file, or '=text' for literal content;
                         DEST is the absolute path in the image; MODE is octal
                         (default 755 for host files that are executable, else 644).
+--symlink TARGET:DEST   a symbolic link DEST -> TARGET.
+--hardlink TARGET:DEST  a hard link DEST to the --file TARGET (busybox applets, as the
+                        busybox image has them: masking one path does not mask the others).
+--dir DEST[:MODE]       an (empty) directory, default mode 755 (1777 for /tmp-like dirs
+                        must be given explicitly).
+--user USER             the image config's User ("1002", "www-data", "1003:1003").
 
 Reproducible: tar entries have mtime 0, uid/gid 0, no user/group names, and
 parent directories are added explicitly; gzip has mtime 0 and no file name;
@@ -138,24 +146,70 @@ def parse_file_spec(spec):
     return dest, data, mode
 
 
+def parse_symlink_spec(spec):
+    target, sep, dest = spec.rpartition(":")
+    if not sep or not target or not dest.startswith("/"):
+        die(f"bad --symlink {spec!r}: want TARGET:DEST with an absolute DEST")
+    return dest, ("symlink", target), 0o777
+
+
+def parse_hardlink_spec(spec):
+    target, sep, dest = spec.rpartition(":")
+    if not sep or not target.startswith("/") or not dest.startswith("/"):
+        die(f"bad --hardlink {spec!r}: want TARGET:DEST, both absolute")
+    return dest, ("hardlink", target.strip("/")), 0o755
+
+
+def parse_dir_spec(spec):
+    dest, sep, mode = spec.partition(":")
+    if not dest.startswith("/"):
+        die(f"bad --dir {spec!r}: DEST must be absolute")
+    if sep and not (mode and all(c in "01234567" for c in mode)):
+        die(f"bad --dir {spec!r}: MODE must be octal")
+    return dest.rstrip("/") or "/", ("dir", None), int(mode, 8) if sep else 0o755
+
+
 def make_layer(files):
-    """files: list of (dest, data, mode) -> (uncompressed tar bytes, gzip bytes)."""
+    """files: list of (dest, data, mode), where data is bytes (a regular file), ("symlink",
+    TARGET) or ("dir", None) -> (uncompressed tar bytes, gzip bytes)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        explicit_dirs = {dest.strip("/"): mode for dest, data, mode in files
+                         if isinstance(data, tuple) and data[0] == "dir"}
         dirs_done = set()
-        for dest, data, mode in sorted(files):
+
+        def add_dir(d, mode):
+            dirs_done.add(d)
+            ti = tarfile.TarInfo(d + "/")
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, mode, 0
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            tar.addfile(ti)
+
+        # hard links after every regular file: a link must follow its target in the archive
+        def order(f):
+            return (isinstance(f[1], tuple) and f[1][0] == "hardlink", f[0])
+
+        for dest, data, mode in sorted(files, key=order):
             parts = dest.strip("/").split("/")
             for i in range(1, len(parts)):
                 d = "/".join(parts[:i])
-                if d in dirs_done:
+                if d not in dirs_done:
+                    add_dir(d, explicit_dirs.get(d, 0o755))
+            name = "/".join(parts)
+            if isinstance(data, tuple):
+                if data[0] == "dir":
+                    if name not in dirs_done:
+                        add_dir(name, mode)
                     continue
-                dirs_done.add(d)
-                ti = tarfile.TarInfo(d + "/")
-                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 0
+                ti = tarfile.TarInfo(name)
+                kind = tarfile.LNKTYPE if data[0] == "hardlink" else tarfile.SYMTYPE
+                ti.type, ti.linkname, ti.mode, ti.mtime = kind, data[1], mode, 0
                 ti.uid = ti.gid = 0
                 ti.uname = ti.gname = ""
                 tar.addfile(ti)
-            ti = tarfile.TarInfo("/".join(parts))
+                continue
+            ti = tarfile.TarInfo(name)
             ti.size, ti.mode, ti.mtime = len(data), mode, 0
             ti.uid = ti.gid = 0
             ti.uname = ti.gname = ""
@@ -180,6 +234,9 @@ def kv_list(items, what):
 def cmd_image(a):
     layout = Layout(a.layout)
     files = [parse_file_spec(s) for s in a.file]
+    files += [parse_symlink_spec(s) for s in a.symlink]
+    files += [parse_hardlink_spec(s) for s in a.hardlink]
+    files += [parse_dir_spec(s) for s in a.dir]
     if not files:
         die("image: at least one --file is needed")
     tar_bytes, gz_bytes = make_layer(files)
@@ -195,6 +252,10 @@ def cmd_image(a):
         cfg_inner["Cmd"] = json.loads(a.cmd)
     if a.label:
         cfg_inner["Labels"] = kv_list(a.label, "--label")
+    if a.user:
+        cfg_inner["User"] = a.user
+    if a.workdir:
+        cfg_inner["WorkingDir"] = a.workdir
     config = {
         "created": EPOCH,
         "architecture": a.arch,
@@ -257,6 +318,11 @@ def main(argv=None):
     im.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment (a default PATH is added unless given)")
     im.add_argument("--label", action="append", default=[], metavar="K=V")
+    im.add_argument("--symlink", action="append", default=[], metavar="TARGET:DEST")
+    im.add_argument("--hardlink", action="append", default=[], metavar="TARGET:DEST")
+    im.add_argument("--dir", action="append", default=[], metavar="DEST[:MODE]")
+    im.add_argument("--user", metavar="USER")
+    im.add_argument("--workdir", metavar="DIR")
     im.add_argument("--arch", default=GOARCH.get(platform.machine(), platform.machine()))
     im.add_argument("--os", default="linux")
     im.set_defaults(func=cmd_image)

@@ -8,6 +8,9 @@
 #      refused the unsigned one with the error kubelet would show in the pod's events.
 #
 # usage: scripts/demo.sh [--keep]     (--keep leaves everything running)
+#
+# containerd: 2.x from ${PULLGATE_SHARED:-../shared}/bin when it is there, else Debian's 1.6;
+# TESTBED_CONTAINERD=1.6|2 chooses. The demo says which one it used.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
@@ -24,11 +27,26 @@ cargo build --release --locked --bin pullgate --example crictl --example demo_si
 PULLGATE=$REPO/target/release/pullgate
 CRICTL=$REPO/target/release/examples/crictl
 
-say "starting containerd + registry under $DIR"
+SHARED_BIN=$(realpath -m -- "${PULLGATE_SHARED:-$REPO/../shared}/bin")
+if [ -z "${TESTBED_CONTAINERD:-}" ]; then
+  if [ -x "$SHARED_BIN/containerd" ] && [ -x "$SHARED_BIN/containerd-shim-runc-v2" ] && [ -x "$SHARED_BIN/ctr" ]; then
+    TESTBED_CONTAINERD=2
+  else
+    TESTBED_CONTAINERD=1.6
+  fi
+fi
+export TESTBED_CONTAINERD
+
+say "starting containerd ($TESTBED_CONTAINERD) + registry under $DIR"
 scripts/testbed.sh clean "$DIR" >/dev/null 2>&1 || true
 REGISTRY_ADDR=${REGISTRY_ADDR:-127.0.0.1:5000} scripts/testbed.sh start "$DIR" >/dev/null
 # shellcheck disable=SC1091
 . "$DIR/env"
+if [ "$CONTAINERD_GENERATION" = 2 ]; then
+  echo "containerd $CONTAINERD_VERSION from $SHARED_BIN (config version 3: $CONTAINERD_CONFIG)"
+else
+  echo "containerd $CONTAINERD_VERSION from Debian (config version 2: $CONTAINERD_CONFIG)"
+fi
 PG_PID=
 cleanup() {
   if [ -n "$PG_PID" ]; then kill -TERM "$PG_PID" 2>/dev/null && wait "$PG_PID" 2>/dev/null || true; fi
@@ -104,4 +122,4 @@ if [ $KEEP = 1 ]; then
   trap - EXIT
 fi
 echo
-echo "demo OK: signed image pulled and run, unsigned image refused"
+echo "demo OK on containerd $CONTAINERD_VERSION: signed image pulled and run, unsigned image refused"

@@ -11,7 +11,8 @@
 # What it does (as root; only the apt step really needs root):
 #   1. Debian packages: containerd runc docker-registry skopeo
 #      containernetworking-plugins protobuf-compiler gcc libc6-dev curl python3
-#      python3-venv apache2-utils openssl iproute2 util-linux strace (the offline test).
+#      python3-venv apache2-utils openssl iproute2 util-linux strace (the offline test)
+#      busybox-static iptables (scripts/critest.sh: stand-in images, CNI portmap).
 #      'apt-get update' runs only when a package is missing. A temporary
 #      /usr/sbin/policy-rc.d (exit 101) keeps postinst scripts from starting
 #      system daemons (docker-registry would otherwise listen on *:5000); it
@@ -71,7 +72,7 @@ flock -w 900 9 || fail "could not take $LOCK within 15 minutes"
 # --- 1. Debian packages --------------------------------------------------------
 PACKAGES=(containerd runc docker-registry skopeo containernetworking-plugins
   protobuf-compiler gcc libc6-dev curl python3 python3-venv apache2-utils
-  openssl iproute2 util-linux strace)
+  openssl iproute2 util-linux strace busybox-static iptables)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -9,6 +9,8 @@
 # tests, and the end-to-end suites against a real containerd + registry (root needed; without
 # root they are reported as ignored). Tests that use ../shared (real Sigstore vectors and TUF
 # metadata) skip with a message when it is absent; set PULLGATE_SHARED to point elsewhere.
+# As root and with no extra arguments, it then runs the focused part of critest directly and
+# through pullgate (scripts/critest.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,4 +23,13 @@ fi
 echo "[test] building (release profile, once)" >&2
 cargo build --release --locked --all-targets
 echo "[test] running tests" >&2
-cargo test --release --locked --no-fail-fast "$@"
+rc=0
+cargo test --release --locked --no-fail-fast "$@" || rc=$?
+if [ "$(id -u)" = 0 ] && [ $# -eq 0 ]; then
+  # SIG Node's critest directly and through pullgate (enforce mode), the focused part (about a
+  # minute per containerd generation); `scripts/critest.sh --full` is the whole suite, by hand.
+  # Skips itself with a message when ../shared/bin/critest is absent.
+  echo "[test] critest through pullgate (scripts/critest.sh)" >&2
+  scripts/critest.sh || rc=$?
+fi
+exit $rc

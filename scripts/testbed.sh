@@ -27,9 +27,31 @@
 #                                   REGISTRY_HTPASSWD, since containerd pulls it
 #                                   without credentials on RunPodSandbox; else 0).
 #   TESTBED_SKIP_INSTALL=1          never run scripts/setup.sh for missing tools.
+#   TESTBED_NETNS=NAME              run this script, and so the registry, containerd, its
+#                                   shims and pods, inside the existing network namespace
+#                                   NAME (`ip netns add NAME`, created and removed by the
+#                                   caller, e.g. scripts/critest.sh). Loopback addresses are
+#                                   then NAME's own: callers reach the registry and the
+#                                   streaming server with `nsenter --net=/run/netns/NAME`.
+#                                   Give it to every command for that DIR (start/stop/clean).
+#   TESTBED_CNI=loopback|bridge     pod networking (default loopback: host-network pods
+#                                   only). bridge: Debian's containernetworking-plugins
+#                                   bridge + host-local + portmap; pods get an address in
+#                                   TESTBED_CNI_SUBNET on bridge pgcni0, with no masquerade
+#                                   and no route out. Only with TESTBED_NETNS (the bridge and
+#                                   the pod addresses must stay inside that namespace).
+#   TESTBED_CNI_SUBNET=CIDR         pod subnet for TESTBED_CNI=bridge (default 10.88.0.0/16).
+#   TESTBED_CONTAINERD=1.6|2        containerd generation (default 1.6): 1.6 is Debian's
+#                                   containerd (config version 2, CRI v1 and v1alpha2);
+#                                   2 is containerd 2.x from $PULLGATE_SHARED/bin (default
+#                                   ../shared/bin next to the repo), first on PATH for
+#                                   containerd, containerd-shim-runc-v2 and ctr, with a
+#                                   config version 3 file (CRI v1 only). start records the
+#                                   generation in DIR; the other commands read it from there.
+#   PULLGATE_SHARED=DIR             the shared folder (default: the repo's ../shared).
 #
-# DIR/env (KEY=VALUE lines, sourceable) has: TESTBED_DIR CONTAINERD_SOCK
-# CRI_ENDPOINT CONTAINERD_PID CONTAINERD_NAMESPACE CONTAINERD_LOG HOSTS_DIR
+# DIR/env (KEY=VALUE lines, sourceable) has: TESTBED_DIR CONTAINERD_GENERATION
+# CONTAINERD_VERSION CONTAINERD_CONFIG CONTAINERD_SOCK CRI_ENDPOINT CONTAINERD_PID CONTAINERD_NAMESPACE CONTAINERD_LOG HOSTS_DIR
 # POD_LOG_DIR REGISTRY REGISTRY_URL REGISTRY_PID REGISTRY_LOG REGISTRY_AUTH
 # [REGISTRY_USER REGISTRY_PASSWORD] SANDBOX_IMAGE SANDBOX_DIGEST DEMO_IMAGE
 # DEMO_DIGEST DEMO2_IMAGE DEMO2_DIGEST UNSIGNED_IMAGE UNSIGNED_DIGEST
@@ -46,7 +68,7 @@
 #
 # Digests are reproducible for a given gcc/glibc: read them from DIR/env, never
 # hard-code them. Pods must use host networking (NamespaceMode NODE): the CNI
-# config is loopback only. containerd state survives stop/start of the same DIR
+# config is loopback only (unless TESTBED_CNI=bridge). containerd state survives stop/start of the same DIR
 # (like a node reboot); use clean, or a new DIR, for a fresh one.
 # containerd sees /run as DIR/run, so `ctr run` needs
 # `--fifo-dir DIR/run/containerd/fifo` (CRI calls need nothing special).
@@ -67,6 +89,23 @@ case $CMD in
   start | stop | status | clean | restart-containerd | kill-containerd) ;;
   *) usage ;;
 esac
+
+# --- network namespace ----------------------------------------------------------------
+# Re-run the whole script inside TESTBED_NETNS: every process it starts inherits it.
+if [ -n "${TESTBED_NETNS:-}" ] && [ "${_TESTBED_IN_NETNS:-}" != "$TESTBED_NETNS" ]; then
+  [[ $TESTBED_NETNS =~ ^[A-Za-z0-9._-]+$ ]] || die "TESTBED_NETNS must match [A-Za-z0-9._-]+"
+  [ -e "/run/netns/$TESTBED_NETNS" ] || die "no network namespace $TESTBED_NETNS (ip netns add it first)"
+  # nsenter, not `ip netns exec`: that one also remounts /sys, hiding the cgroup mounts runc needs
+  _TESTBED_IN_NETNS=$TESTBED_NETNS exec nsenter --net="/run/netns/$TESTBED_NETNS" "$0" "$@"
+fi
+TESTBED_CNI=${TESTBED_CNI:-loopback}
+case $TESTBED_CNI in
+  loopback) ;;
+  bridge) [ -n "${TESTBED_NETNS:-}" ] || die "TESTBED_CNI=bridge needs TESTBED_NETNS (pod addresses must stay inside it)" ;;
+  *) die "TESTBED_CNI must be loopback or bridge, got '$TESTBED_CNI'" ;;
+esac
+CNI_SUBNET=${TESTBED_CNI_SUBNET:-10.88.0.0/16}
+[[ $CNI_SUBNET =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] || die "TESTBED_CNI_SUBNET must be an IPv4 CIDR, got '$CNI_SUBNET'"
 
 # --- DIR checks -------------------------------------------------------------------
 DIR=$(realpath -m -- "$2")
@@ -93,6 +132,57 @@ HOSTS_DIR=$CTD_DIR/certs.d
 ENV_FILE=$DIR/env
 MARKER=$DIR/.pullgate-testbed
 K8S_NS=k8s.io
+GEN_FILE=$CTD_DIR/generation
+
+# --- containerd generation ----------------------------------------------------------------
+# start takes it from TESTBED_CONTAINERD; every later command from what start recorded in DIR,
+# so stop and restart-containerd use the same binaries as start did.
+if [ "$CMD" = start ]; then
+  GEN=${TESTBED_CONTAINERD:-1.6}
+elif [ -s "$GEN_FILE" ]; then
+  GEN=$(<"$GEN_FILE")
+else
+  GEN=${TESTBED_CONTAINERD:-1.6}
+fi
+case $GEN in
+  1.6 | 2) ;;
+  *) die "TESTBED_CONTAINERD must be 1.6 or 2, got '$GEN'" ;;
+esac
+SHARED=${PULLGATE_SHARED:-$SCRIPT_DIR/../../shared}
+SHARED_BIN=$(realpath -m -- "$SHARED/bin")
+if [ "$GEN" = 2 ]; then
+  missing_bin=()
+  for t in containerd containerd-shim-runc-v2 ctr; do
+    [ -x "$SHARED_BIN/$t" ] || missing_bin+=("$t")
+  done
+  if [ ${#missing_bin[@]} -ne 0 ]; then
+    msg="TESTBED_CONTAINERD=2 needs containerd 2.x in $SHARED_BIN (missing: ${missing_bin[*]}); set PULLGATE_SHARED to the shared folder"
+    [ "$CMD" = start ] && die "$msg"
+    log "warning: $msg"
+  fi
+  # containerd finds its shim on PATH, so this folder goes first for containerd and ctr alike
+  export PATH=$SHARED_BIN:$PATH
+fi
+
+# containerd_version: the upstream version of the containerd on PATH ("1.6.20", "2.3.4")
+containerd_version() {
+  local v
+  v=$(containerd --version 2>/dev/null | awk '{ print $3 }')
+  v=${v#v}
+  echo "${v%%~*}"
+}
+
+# check_generation: the containerd on PATH is of generation GEN (a 2.x binary first on PATH
+# must not silently stand in for Debian's 1.6, nor the other way round)
+check_generation() {
+  local v
+  v=$(containerd_version)
+  [ -n "$v" ] || die "cannot tell the version of $(command -v containerd || echo containerd)"
+  case $GEN:$v in
+    1.6:1.6.* | 2:2.*) CTD_VERSION=$v ;;
+    *) die "TESTBED_CONTAINERD=$GEN but $(command -v containerd) is containerd $v" ;;
+  esac
+}
 
 # --- process helpers -----------------------------------------------------------------
 cmdline_of() { tr '\0' '\n' 2>/dev/null <"/proc/$1/cmdline"; }
@@ -344,6 +434,12 @@ ensure_tools() {
     command -v "$t" >/dev/null 2>&1 || missing+=("$t")
   done
   [ -x /usr/lib/cni/loopback ] || missing+=(/usr/lib/cni/loopback)
+  if [ "$TESTBED_CNI" = bridge ]; then
+    for t in bridge host-local portmap; do
+      [ -x "/usr/lib/cni/$t" ] || missing+=("/usr/lib/cni/$t")
+    done
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  fi
   libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
   [ -f "$libc_a" ] || missing+=(libc.a)
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -357,39 +453,9 @@ ensure_tools() {
   [ ${#missing[@]} -eq 0 ] || die "still missing after setup.sh: ${missing[*]}"
 }
 
-write_configs() {
-  local addr=$1 auth_yaml=""
-  mkdir -p "$REG_DIR/data" "$CTD_DIR"/{root,state,opt} "$HOSTS_DIR/$addr" \
-    "$DIR"/{cni/net.d,run,varlib,build,podlogs}
-  if [ -s "$REG_DIR/htpasswd" ]; then
-    auth_yaml="auth:
-  htpasswd:
-    realm: pullgate-testbed
-    path: $REG_DIR/htpasswd"
-  fi
-  cat >"$REG_CONF" <<EOF
-# written by scripts/testbed.sh
-version: 0.1
-log:
-  level: info
-storage:
-  filesystem:
-    rootdirectory: $REG_DIR/data
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: $addr
-  secret: pullgate-testbed-not-secret
-  headers:
-    X-Content-Type-Options: [nosniff]
-$auth_yaml
-EOF
-
+# containerd 1.6: config version 2, everything CRI under the one "io.containerd.grpc.v1.cri" plugin.
+write_containerd_config_v2() {
+  local addr=$1
   cat >"$CTD_CONF" <<EOF
 # written by scripts/testbed.sh; containerd runs with /run -> $DIR/run and
 # /var/lib -> $DIR/varlib (private mount namespace)
@@ -438,6 +504,109 @@ disabled_plugins = [
     [plugins."io.containerd.grpc.v1.cri".registry]
       config_path = "$HOSTS_DIR"
 EOF
+}
+
+# containerd 2.x: config version 3 (what `containerd config migrate` makes of the version 2
+# file above; 2.3 migrates it to its version 4 in memory, as it would the version 2 one). The
+# CRI plugin is split: images (snapshotter, sandbox image, registry), runtime (runtimes, CNI),
+# and the gRPC service (streaming). Image volumes (CRI Mount.image) need no switch: containerd
+# 2.1+ mounts them in CreateContainer whatever ignore_image_defined_volumes says (that one is
+# about VOLUME entries of an image config); it is spelled out anyway.
+write_containerd_config_v3() {
+  local addr=$1
+  cat >"$CTD_CONF" <<EOF
+# written by scripts/testbed.sh; containerd runs with /run -> $DIR/run and
+# /var/lib -> $DIR/varlib (private mount namespace)
+version = 3
+root = "$CTD_DIR/root"
+state = "$CTD_DIR/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = "$SOCK"
+
+[ttrpc]
+  address = "$SOCK.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "$CTD_DIR/opt"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "$addr/pause:1"
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "$HOSTS_DIR"
+  [plugins."io.containerd.cri.v1.runtime"]
+    # no CAP_SYS_RESOURCE here: runc cannot lower oom_score_adj below ours
+    restrict_oom_score_adj = true
+    ignore_image_defined_volumes = false
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          # cgroup v1 on these machines (containerd 2.x warns that it is deprecated)
+          SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$DIR/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+EOF
+}
+
+write_configs() {
+  local addr=$1 auth_yaml=""
+  mkdir -p "$REG_DIR/data" "$CTD_DIR"/{root,state,opt} "$HOSTS_DIR/$addr" \
+    "$DIR"/{cni/net.d,run,varlib,build,podlogs}
+  if [ -s "$REG_DIR/htpasswd" ]; then
+    auth_yaml="auth:
+  htpasswd:
+    realm: pullgate-testbed
+    path: $REG_DIR/htpasswd"
+  fi
+  cat >"$REG_CONF" <<EOF
+# written by scripts/testbed.sh
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $REG_DIR/data
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: $addr
+  secret: pullgate-testbed-not-secret
+  headers:
+    X-Content-Type-Options: [nosniff]
+$auth_yaml
+EOF
+
+  if [ "$GEN" = 2 ]; then
+    write_containerd_config_v3 "$addr"
+  else
+    write_containerd_config_v2 "$addr"
+  fi
+  printf '%s\n' "$GEN" >"$GEN_FILE"
 
   # plain HTTP for the registry. containerd 1.6.20 rejects a hosts.toml that has no
   # [host] table ("failed to decode hosts.toml: invalid `host` tree") and silently
@@ -451,10 +620,25 @@ server = "http://$addr"
 [host]
 EOF
 
-  # loopback only: CRI reports NetworkReady; pods must use host networking
-  cat >"$DIR/cni/net.d/10-loopback.conflist" <<'EOF'
+  rm -f "$DIR"/cni/net.d/*.conflist
+  if [ "$TESTBED_CNI" = bridge ]; then
+    # a bridge inside TESTBED_NETNS: no ipMasq, no route out of the namespace (it has only
+    # lo and this bridge). portmap's own SNAT only rewrites 127.0.0.1 -> pod hairpin traffic
+    # of host ports, inside the namespace too.
+    cat >"$DIR/cni/net.d/10-bridge.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "pullgate-testbed-bridge", "plugins": [
+  {"type": "bridge", "bridge": "pgcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$CNI_SUBNET"}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$DIR/cni/ipam"}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}
+]}
+EOF
+  else
+    # loopback only: CRI reports NetworkReady; pods must use host networking
+    cat >"$DIR/cni/net.d/10-loopback.conflist" <<'EOF'
 {"cniVersion": "0.4.0", "name": "pullgate-testbed-lo", "plugins": [{"type": "loopback"}]}
 EOF
+  fi
 
   cat >"$REG_DIR/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}
@@ -624,6 +808,9 @@ cmd_start() {
     if [ -n "${REGISTRY_ADDR:-}" ] && [ "$running_addr" != "$ADDR" ]; then
       die "testbed in $DIR already runs with REGISTRY=$running_addr (stop it first)"
     fi
+    if [ -n "${TESTBED_CONTAINERD:-}" ] && [ "$(env_get CONTAINERD_GENERATION)" != "$GEN" ]; then
+      die "testbed in $DIR already runs containerd $(env_get CONTAINERD_GENERATION), not $GEN (stop it first)"
+    fi
     if [ -n "${REGISTRY_HTPASSWD+set}" ] && { [ "$(env_get REGISTRY_USER)" != "$REG_USER" ] || [ "$(env_get REGISTRY_PASSWORD)" != "$REG_PASS" ]; }; then
       die "testbed in $DIR already runs with other REGISTRY_HTPASSWD settings (stop it first)"
     fi
@@ -633,6 +820,7 @@ cmd_start() {
   fi
 
   ensure_tools
+  check_generation
   t0=$(date +%s%N)
   # stale or half-up testbed in DIR: take it down first
   if pid_ours "$CTD_PIDF" "$CTD_CONF" >/dev/null || pid_ours "$REG_PIDF" "$REG_CONF" >/dev/null \
@@ -641,6 +829,10 @@ cmd_start() {
     do_stop
   fi
   rm -f "$ENV_FILE"
+  # state survives stop/start of a DIR, but containerd 2.x rewrites 1.6's metadata for good
+  if [ -s "$GEN_FILE" ] && [ "$(<"$GEN_FILE")" != "$GEN" ] && [ -n "$(ls -A "$CTD_DIR/root" 2>/dev/null)" ]; then
+    die "$DIR holds state of containerd $(<"$GEN_FILE"), not $GEN: clean it or use another DIR"
+  fi
 
   if ss -Hltn "sport = :$port" | grep -q .; then
     ss -ltnp "sport = :$port" >&2 || true
@@ -660,7 +852,7 @@ cmd_start() {
 
   # from here on, a failing start takes down whatever it started
   trap 'rc=$?; if [ $rc -ne 0 ]; then log "start failed: stopping what was started"; do_stop; fi' EXIT
-  log "starting registry on $ADDR${REG_USER:+ (basic auth, user $REG_USER)} and containerd on $SOCK"
+  log "starting registry on $ADDR${REG_USER:+ (basic auth, user $REG_USER)} and containerd $CTD_VERSION on $SOCK"
   start_registry
   start_containerd
   if ! wait_until 30 registry registry_ready; then
@@ -685,6 +877,9 @@ cmd_start() {
   local tmp=$ENV_FILE.tmp
   {
     echo "TESTBED_DIR=$DIR"
+    echo "CONTAINERD_GENERATION=$GEN"
+    echo "CONTAINERD_VERSION=$CTD_VERSION"
+    echo "CONTAINERD_CONFIG=$CTD_CONF"
     echo "CONTAINERD_SOCK=$SOCK"
     echo "CRI_ENDPOINT=unix://$SOCK"
     echo "CONTAINERD_PID=$(pid_ours "$CTD_PIDF" "$CTD_CONF")"

@@ -51,6 +51,38 @@ pub struct Config {
     pub node_name: Option<String>,
     /// Metrics and health endpoints; off unless `admin.listen` is set.
     pub admin: crate::admin::AdminConfig,
+    /// Which CRI calls pass the gate besides those pullgate knows, and containerd's sandbox image.
+    pub cri: CriSurfaces,
+}
+
+/// The CRI surfaces of `src/cri/methods.rs` that configuration adjusts (read at start).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriSurfaces {
+    /// `ImageService` methods pullgate does not know, let through in enforce mode by name
+    /// (`runtime.v1.ImageService/Method`): only for methods known not to bring an image in.
+    pub allow_image_methods: Vec<String>,
+    /// containerd's sandbox image, for containerd 2.x, which does not report it: set it to
+    /// containerd's `pinned_images.sandbox`. containerd 1.6/1.7 report theirs (this is ignored).
+    pub sandbox_image: Option<String>,
+}
+
+impl CriSurfaces {
+    /// The allowed methods as gRPC paths (`/runtime.v1.ImageService/Method`).
+    pub fn allowed_paths(&self) -> Vec<String> {
+        self.allow_image_methods.iter().filter_map(|m| crate::cri::methods::allowable_image_method(m).ok()).collect()
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (i, m) in self.allow_image_methods.iter().enumerate() {
+            crate::cri::methods::allowable_image_method(m).map_err(|e| (format!("cri.allow_image_methods[{i}]"), e))?;
+        }
+        if let Some(image) = &self.sandbox_image {
+            crate::registry::reference::Reference::parse(image)
+                .map_err(|e| ("cri.sandbox_image".to_string(), format!("{image:?} is not an image reference: {e}")))?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -71,6 +103,7 @@ impl Default for Config {
             audit: Default::default(),
             node_name: None,
             admin: Default::default(),
+            cri: Default::default(),
         }
     }
 }
@@ -230,6 +263,7 @@ impl Config {
         self.registry.validate().map_err(|(k, m)| (format!("registry.{k}"), m))?;
         self.trust_root.validate().map_err(|(k, m)| (k.to_string(), m))?;
         self.admin.validate().map_err(|(k, m)| (k.to_string(), m))?;
+        self.cri.validate()?;
         if let Some(policy) = &self.policy {
             policy.compile(0).map_err(|e| (e.key, e.message))?;
         }
@@ -311,6 +345,19 @@ mod tests {
     #[test]
     fn packaged_example_is_valid_and_shows_the_defaults() {
         assert_eq!(parse(include_str!("../packaging/config.yaml")).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn cri_surfaces_are_validated() {
+        let c = parse("cri:\n  allow_image_methods: [runtime.v1.ImageService/FetchImage, /runtime.v1alpha2.ImageService/X]\n  sandbox_image: reg/pause:3@sha256:0000000000000000000000000000000000000000000000000000000000000000\n").unwrap();
+        assert_eq!(c.cri.allowed_paths(), ["/runtime.v1.ImageService/FetchImage", "/runtime.v1alpha2.ImageService/X"]);
+        let e = parse("cri:\n  allow_image_methods: [runtime.v1.ImageService/PullImage]\n").unwrap_err();
+        assert!(e.contains("cri.allow_image_methods[0]") && e.contains("knows"), "{e}");
+        let e = parse("cri:\n  allow_image_methods: [containerd.services.images.v1.Images/Create]\n").unwrap_err();
+        assert!(e.contains("not an ImageService method"), "{e}");
+        let e = parse("cri:\n  sandbox_image: \"Not A Reference!\"\n").unwrap_err();
+        assert!(e.contains("cri.sandbox_image"), "{e}");
+        assert!(parse("cri:\n  nope: 1\n").is_err());
     }
 
     #[test]

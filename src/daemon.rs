@@ -88,7 +88,7 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
     for line in derived {
         tracing::info!("registry alias: {line}");
     }
-    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node).with_aliases(aliases);
+    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node).with_aliases(aliases).with_allowed_methods(config.cri.allowed_paths());
     if let Some(m) = &metrics {
         enforcer = enforcer.with_metrics(m.clone());
     }
@@ -181,7 +181,7 @@ pub async fn run(
     };
     let upstream = Upstream::new(&config.upstream, config.upstream_connection.clone());
     let gate = enforcement.as_ref().map(|e| e.enforcer.clone() as Arc<dyn Gate>);
-    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), gate));
+    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), gate).with_sandbox_image(config.cri.sandbox_image.clone()));
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream.display(),

@@ -23,7 +23,7 @@ mod testbed;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,7 +37,7 @@ use support::registry::http::request;
 use support::registry::push::{Pusher, OCI_INDEX};
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -95,10 +95,16 @@ impl Ctx {
     }
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops the pullgate instances and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    for i in [&c.enforce, &c.rollout, &c.audit, &c.passthrough] {
+        if let Ok(mut d) = i.daemon.lock() {
+            d.terminate(Duration::from_secs(10));
+        }
+    }
+    c.tb.clean();
 }
 
 fn config(tb: &Testbed, registry: &str, alias: &str, listen: &Path, audit: &Path, mode: &str, unmatched: &str) -> String {
@@ -163,8 +169,8 @@ fn start(tb: &Testbed, name: &str, cfg: Option<String>) -> Result<Instance, Stri
     Ok(Instance { daemon: Mutex::new(daemon), sock, audit })
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("atk", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "atk", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -232,16 +238,9 @@ fn main() {
         ("zz_audit_mode_lets_attacks_through_with_a_record", audit_mode),
         ("zz_pass_through_is_unchanged", pass_through),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        for i in [&ctx.enforce, &ctx.rollout, &ctx.audit, &ctx.passthrough] {
-            if let Ok(mut d) = i.daemon.lock() {
-                d.terminate(Duration::from_secs(10));
-            }
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -499,11 +498,10 @@ fn exemption_by_name_used(c: &Ctx) -> TestResult {
         let real = format!("{}/demo/unsigned:1", c.registry);
         let forged = format!("{}/pause:forged", c.registry);
         // containerd's own client, from ../shared (2.x `ctr`, which can tag on 1.6 with --local).
-        let ctr = testbed::repo_root().join("../shared/bin/ctr");
-        if !ctr.exists() {
-            eprintln!("skipping: {} is absent (needed to give the image a second name)", ctr.display());
+        let Some(ctr) = testbed::shared_bin("ctr") else {
+            eprintln!("skipping: no ctr in {} (needed to give the image a second name)", testbed::shared_dir().display());
             return Ok(());
-        }
+        };
         let id = pull(&c.direct(), &real).await?;
         let out = Command::new(&ctr)
             .args(["--address", c.direct().to_str().unwrap_or_default(), "-n", "k8s.io", "images", "tag", "--local", &real, &forged])

@@ -19,7 +19,7 @@ mod testbed;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use daemon::Daemon;
@@ -31,7 +31,7 @@ use serde_json::json;
 use support::registry::push::Pusher;
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -65,10 +65,14 @@ impl Ctx {
     }
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 /// The pullgate configuration used by the trials: enforce mode for the demo repositories.
@@ -88,6 +92,8 @@ trust_root:
 audit:
   sink: file
   path: {audit}
+cri:
+  sandbox_image: {sandbox}
 policy:
   unmatched: deny
   exemptions:
@@ -111,6 +117,7 @@ policy:
         bundles = c.dir.join("bundles").display(),
         state = c.dir.join("state").display(),
         audit = audit.display(),
+        sandbox = format!("{reg}/pause:1"),
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
     )
@@ -122,8 +129,8 @@ struct SetupPaths {
     containerd: PathBuf,
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("enf", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "enf", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -192,15 +199,17 @@ fn main() {
         ("stale_or_missing_trust_root_fails_closed", missing_trust_root),
         ("policy_reload_keeps_last_good_on_error", policy_reload),
         ("network_access_is_only_containerd_and_the_mirror", offline),
+        ("image_volumes_are_checked_like_images", image_volumes),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
+    let trials = testbed::ignore_on(
+        trials,
+        Generation::Containerd16,
+        &["image_volumes_are_checked_like_images"],
+        "containerd 1.6 has no image volumes (CRI Mount.image, containerd 2.1+): it ignores the field",
+    );
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -652,4 +661,61 @@ fn offline(c: &Ctx) -> TestResult {
     ensure!(reached_mirror, "the mirror was never contacted: {connects:?}");
     ensure!(!text.contains("htons(53)"), "DNS traffic: {text}");
     Ok(())
+}
+
+/// Image volumes (CRI `Mount.image`, KEP-4639; containerd 2.1+): a pod whose image volume is
+/// signed is created with the volume mounted; one whose image volume is unsigned (pre-loaded
+/// behind pullgate's back, as PullImage through pullgate refuses it) is refused, naming it.
+fn image_volumes(c: &Ctx) -> TestResult {
+    let image = c.tb.get("DEMO_IMAGE").to_string();
+    let signed_volume = c.tb.get("DEMO2_IMAGE").to_string();
+    let unsigned_volume = c.tb.get("UNSIGNED_IMAGE").to_string();
+    c.rt.block_on(async {
+        let image_ref = pull(&c.pg_sock, &image).await?;
+        let signed_ref = pull(&c.pg_sock, &signed_volume).await?;
+        let unsigned_ref = pull(&c.direct(), &unsigned_volume).await?;
+        let mut rt = cri::runtime(&c.pg_sock);
+        let cfg = pod("team", "volumes");
+        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let create = |name: &'static str, volume: String| {
+            let mut rt = rt.clone();
+            let (sandbox, cfg, image_ref) = (sandbox.clone(), cfg.clone(), image_ref.clone());
+            async move {
+                rt.create_container(k8s::CreateContainerRequest {
+                    pod_sandbox_id: sandbox,
+                    config: Some(k8s::ContainerConfig {
+                        metadata: Some(k8s::ContainerMetadata { name: name.into(), attempt: 0 }),
+                        image: spec(&image_ref),
+                        command: vec!["/hello".into()],
+                        mounts: vec![k8s::Mount { container_path: "/vol".into(), readonly: true, image: spec(&volume), ..Default::default() }],
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(cfg),
+                })
+                .await
+                .map(|r| r.into_inner().container_id)
+            }
+        };
+        let refused = create("unsigned-volume", unsigned_ref.clone()).await;
+        let allowed = create("signed-volume", signed_ref.clone()).await;
+        let mounted = match &allowed {
+            Ok(id) => {
+                rt.start_container(k8s::StartContainerRequest { container_id: id.clone() }).await?;
+                let out = rt
+                    .exec_sync(k8s::ExecSyncRequest { container_id: id.clone(), cmd: vec!["/hello".into(), "cat".into(), "/vol/etc/pullgate-variant".into()], timeout: 10 })
+                    .await?
+                    .into_inner();
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            }
+            Err(_) => String::new(),
+        };
+        rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
+        rt.remove_pod_sandbox(k8s::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await?;
+        cri::images(&c.direct()).remove_image(k8s::RemoveImageRequest { image: spec(&unsigned_ref) }).await.ok();
+        allowed.map_err(|s| format!("a container with a signed image volume was refused: {}", s.message()))?;
+        ensure!(mounted == "demo/app:2", "the signed image volume is not mounted at /vol: {mounted:?}");
+        let status = refused.err().ok_or("a container with an unsigned image volume was created")?;
+        ensure!(status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"), "{}", status.message());
+        Ok(())
+    })
 }

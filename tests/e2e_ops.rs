@@ -32,7 +32,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use daemon::Daemon;
@@ -43,7 +43,7 @@ use serde_json::Value;
 use support::registry::push::Pusher;
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -69,10 +69,14 @@ struct Ctx {
     state_dir: PathBuf,
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -110,6 +114,8 @@ trust_root:
 audit:
   sink: file
   path: {audit}
+cri:
+  sandbox_image: {sandbox}
 policy:
   unmatched: deny
   exemptions:
@@ -134,14 +140,15 @@ policy:
         state = s.state_dir.display(),
         watch = s.watch_interval,
         audit = s.audit.display(),
+        sandbox = format!("{reg}/pause:1"),
         mode = s.mode,
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
     )
 }
 
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("ops", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "ops", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -186,14 +193,9 @@ fn main() {
         ("sync_script_installs_config_and_trust_root_and_reloads", sync_script),
         ("not_ready_while_containerd_is_down", containerd_down),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -388,6 +390,8 @@ fn doctor_good(c: &Ctx) -> TestResult {
         kubelet.to_str().unwrap(),
         "--kubelet-config-dir",
         empty.to_str().unwrap(),
+        "--containerd-config",
+        c.tb.get("CONTAINERD_CONFIG"),
         "--output",
         "json",
     ])?;
@@ -398,8 +402,25 @@ fn doctor_good(c: &Ctx) -> TestResult {
         ensure!(f.iter().any(|x| x.0 == check && x.1 == "ok"), "no ok {check}: {f:?}");
     }
     ensure!(f.iter().any(|x| x.0 == "images" && x.2.contains("1 allowed")), "{f:?}");
+    // The testbed's containerd config: the format of its generation, the same hosts.toml dir.
+    let version = match c.tb.generation() {
+        testbed::Generation::Containerd16 => "version 2 config",
+        testbed::Generation::Containerd2 => "version 3 config",
+    };
+    ensure!(f.iter().any(|x| x.0 == "containerd" && x.1 == "ok" && x.2.contains(version)), "{f:?}");
+    ensure!(f.iter().any(|x| x.0 == "containerd" && x.1 == "ok" && x.2.contains("as pullgate does")), "{f:?}");
     // The human form says the same in one line per check.
-    let (code, human, _) = pullgate(&["doctor", "--config", c.config.to_str().unwrap(), "--kubelet-config", kubelet.to_str().unwrap(), "--kubelet-config-dir", empty.to_str().unwrap()])?;
+    let (code, human, _) = pullgate(&[
+        "doctor",
+        "--config",
+        c.config.to_str().unwrap(),
+        "--kubelet-config",
+        kubelet.to_str().unwrap(),
+        "--kubelet-config-dir",
+        empty.to_str().unwrap(),
+        "--containerd-config",
+        c.tb.get("CONTAINERD_CONFIG"),
+    ])?;
     ensure!(code == 0 && (human.contains("all checks passed") || human.contains("no problems")), "{human}");
     eprintln!("{human}");
     Ok(())
@@ -437,6 +458,20 @@ fn doctor_broken(c: &Ctx) -> TestResult {
     let kubelet = kubelet_config(&c.tb.dir, "kubelet-bad.yaml", &c.tb.containerd_sock())?;
     let empty = c.tb.dir.join("kubelet.conf.d");
     std::fs::create_dir_all(&empty)?;
+    // containerd's config in the other generation's format: 1.6 given a version 3 file; 2.x a
+    // version 3 file with config_path where only version 2 files keep it.
+    let ctd_config = c.tb.dir.join("containerd-mismatch.toml");
+    let (ctd_text, ctd_needle) = match c.tb.generation() {
+        testbed::Generation::Containerd16 => (
+            format!("version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\n  config_path = \"{}\"\n", dead.display()),
+            "reads versions 1 and 2 only",
+        ),
+        testbed::Generation::Containerd2 => (
+            format!("version = 3\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{}\"\n", dead.display()),
+            "containerd ignores it",
+        ),
+    };
+    std::fs::write(&ctd_config, ctd_text)?;
     let (code, out, err) = pullgate(&[
         "doctor",
         "--config",
@@ -445,6 +480,8 @@ fn doctor_broken(c: &Ctx) -> TestResult {
         kubelet.to_str().unwrap(),
         "--kubelet-config-dir",
         empty.to_str().unwrap(),
+        "--containerd-config",
+        ctd_config.to_str().unwrap(),
         "--images-timeout",
         "60s",
         "--output",
@@ -457,9 +494,20 @@ fn doctor_broken(c: &Ctx) -> TestResult {
     ensure!(fail("pullgate", "does not answer"), "{f:?}");
     ensure!(fail("trust-root", "no trust root installed"), "{f:?}");
     ensure!(fail("mirror", &dead_port.to_string()), "{f:?}");
+    ensure!(fail("containerd", ctd_needle), "the containerd config mismatch is not explained: {f:?}");
     ensure!(fail("images", &unsigned), "the unsigned image on the node is not reported: {f:?}");
     ensure!(f.iter().all(|x| !x.2.contains('\n')), "a finding spans lines: {f:?}");
-    let (_, human, _) = pullgate(&["doctor", "--config", cfg.to_str().unwrap(), "--kubelet-config", kubelet.to_str().unwrap(), "--kubelet-config-dir", empty.to_str().unwrap()])?;
+    let (_, human, _) = pullgate(&[
+        "doctor",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--kubelet-config",
+        kubelet.to_str().unwrap(),
+        "--kubelet-config-dir",
+        empty.to_str().unwrap(),
+        "--containerd-config",
+        ctd_config.to_str().unwrap(),
+    ])?;
     ensure!(human.lines().any(|l| l.starts_with("FAIL kubelet")) && human.contains("problem(s)"), "{human}");
     eprintln!("{human}");
     // An invalid configuration is a problem too, explained.

@@ -17,14 +17,14 @@ mod testbed;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
 use libtest_mimic::{Arguments, Failed};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 struct Ctx {
     rt: tokio::runtime::Runtime,
@@ -54,22 +54,26 @@ macro_rules! ensure {
     };
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| {
-        let tb = Testbed::start("e2e", &[])?;
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
-        let pg_sock = tb.dir.join("pullgate.sock");
-        let direct = tb.containerd_sock();
-        let pg = Daemon::start(
-            &pg_sock,
-            &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"],
-        )?;
-        Ok(Arc::new(Ctx { rt, tb, pg: Mutex::new(pg), pg_sock }))
-    })
-    .clone()
-    .map_err(Failed::from)
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "e2e", &[])?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    let pg_sock = tb.dir.join("pullgate.sock");
+    let direct = tb.containerd_sock();
+    let pg = Daemon::start(
+        &pg_sock,
+        &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"],
+    )?;
+    Ok(Ctx { rt, tb, pg: Mutex::new(pg), pg_sock })
+}
+
+/// Stops pullgate and the testbed (containerd, shims, registry).
+fn teardown(c: &Ctx) {
+    if let Ok(mut pg) = c.pg.lock() {
+        pg.terminate(Duration::from_secs(10));
+    }
+    c.tb.clean();
 }
 
 fn main() {
@@ -81,6 +85,9 @@ fn main() {
         ("image_calls_match_direct", image_calls_match_direct),
         ("pod_lifecycle_matches_direct", pod_lifecycle_matches_direct),
         ("container_events_stream_through", container_events_stream_through),
+        ("container_events_counted_to_the_end", container_events_counted_to_the_end),
+        ("intercepted_calls_answer_exactly_as_direct", intercepted_calls_answer_exactly_as_direct),
+        ("expired_deadline_answers_as_direct", expired_deadline_answers_as_direct),
         ("unknown_methods_reach_containerd", unknown_methods_reach_containerd),
         ("python_grpcio_client_with_socket_path_authority", python_grpcio_client),
         ("peer_credentials_are_checked", peer_credentials_are_checked),
@@ -91,16 +98,9 @@ fn main() {
         ("systemd_socket_activation_keeps_socket", systemd_activation),
         ("invalid_config_exits_64_before_binding", invalid_config),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    // Statics are never dropped: stop pullgate and the testbed (containerd, shims, registry)
-    // explicitly before exiting.
-    if let Some(Ok(ctx)) = CTX.get() {
-        if let Ok(mut pg) = ctx.pg.lock() {
-            pg.terminate(Duration::from_secs(10));
-        }
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
 }
 
@@ -287,34 +287,53 @@ fn pod_lifecycle_matches_direct(c: &Ctx) -> TestResult {
 /// they are sent, never buffered; cancellation) is tested in `transparency.rs` against a
 /// recording upstream, because no real server here streams.
 fn container_events_stream_through(c: &Ctx) -> TestResult {
+    type Opened = Result<tonic::Response<tonic::Streaming<k8s::ContainerEventResponse>>, tonic::Status>;
     c.rt.block_on(async {
-        let via = cri::runtime(&c.pg_sock).get_container_events(k8s::GetEventsRequest {}).await;
-        let direct = cri::runtime(&c.direct()).get_container_events(k8s::GetEventsRequest {}).await;
-        match (via, direct) {
-            (Err(a), Err(b)) => {
-                assert_eq!((a.code(), a.message()), (b.code(), b.message()));
-                Ok(())
-            }
-            (Ok(mut via), Ok(_)) => {
-                // A containerd that streams events: one must arrive while a container starts.
-                let (sandbox, container) = start_pod(c, &c.pg_sock, "events", &["/hello"]).await?;
-                let want = k8s::ContainerEventType::ContainerStartedEvent as i32;
-                let got = tokio::time::timeout(Duration::from_secs(20), async {
-                    while let Some(ev) = via.get_mut().message().await? {
+        // Both streams are opened before the container starts. containerd is the reference:
+        // 1.6 refuses at once (Unimplemented), 2.x answers with headers and then streams. A
+        // stream's headers may come through pullgate only with its first event, so the pod is
+        // started before the answer through pullgate is awaited.
+        let open = |sock: PathBuf| tokio::spawn(async move { cri::runtime(&sock).get_container_events(k8s::GetEventsRequest {}).await });
+        let via = open(c.pg_sock.clone());
+        let mut direct = open(c.direct());
+        let direct_opened = tokio::time::timeout(Duration::from_secs(5), &mut direct).await;
+        if let Ok(Ok(Err(b))) = direct_opened {
+            let a = match tokio::time::timeout(Duration::from_secs(5), via).await {
+                Ok(Ok(Err(a))) => a,
+                other => return Err(format!("directly {b:?}, through pullgate {other:?}").into()),
+            };
+            assert_eq!((a.code(), a.message()), (b.code(), b.message()));
+            return Ok(());
+        }
+        let direct = match direct_opened {
+            Ok(Ok(Ok(stream))) => tokio::spawn(async move { Ok(stream) }),
+            Ok(other) => return Err(format!("directly: {other:?}").into()),
+            // headers only with the first event here too: keep waiting below
+            Err(_) => direct,
+        };
+        // A containerd that streams events: CONTAINER_STARTED must arrive on both streams.
+        let (sandbox, container) = start_pod(c, &c.pg_sock, "events", &["/hello"]).await?;
+        let want = k8s::ContainerEventType::ContainerStartedEvent as i32;
+        let wait_started = |opened: tokio::task::JoinHandle<Opened>| {
+            let container = container.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    let mut stream = opened.await.map_err(|e| e.to_string())?.map_err(|s| format!("{s:?}"))?.into_inner();
+                    while let Some(ev) = stream.message().await.map_err(|s| format!("{s:?}"))? {
                         if ev.container_id == container && ev.container_event_type == want {
-                            return Ok::<_, tonic::Status>(true);
+                            return Ok::<_, String>(true);
                         }
                     }
                     Ok(false)
                 })
-                .await;
-                drop(via);
-                remove_pod(&c.pg_sock, &sandbox, &container).await?;
-                ensure!(matches!(got, Ok(Ok(true))), "no CONTAINER_STARTED event through the stream: {got:?}");
-                Ok(())
+                .await
             }
-            (a, b) => Err(format!("through pullgate {:?}, directly {:?}", a.err(), b.err()).into()),
-        }
+        };
+        let (got_via, got_direct) = tokio::join!(wait_started(via), wait_started(direct));
+        remove_pod(&c.pg_sock, &sandbox, &container).await?;
+        ensure!(matches!(got_direct, Ok(Ok(true))), "no CONTAINER_STARTED event directly from containerd: {got_direct:?}");
+        ensure!(matches!(got_via, Ok(Ok(true))), "no CONTAINER_STARTED event through pullgate: {got_via:?}");
+        Ok(())
     })
 }
 
@@ -569,4 +588,248 @@ fn invalid_config(c: &Ctx) -> TestResult {
     let out = Command::new(daemon::binary()).args(["config", "check", cfg.to_str().unwrap()]).output()?;
     assert_eq!(out.status.code(), Some(64));
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17's pass-through differences, compared on the wire with containerd's own answers.
+
+/// What one raw HTTP/2 call got back: the answer (response headers, body, trailers), or the
+/// reason the server reset the stream. Raw `h2`, so that nothing a client library adds, drops
+/// or maps (grpc-go turns a `CANCEL` after its deadline into `DEADLINE_EXCEEDED`) hides a
+/// difference.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Answer { headers: Vec<(String, String)>, body: Vec<u8>, trailers: Vec<(String, String)> },
+    Reset(h2::Reason),
+}
+
+impl Outcome {
+    /// The gRPC status code of an answer (headers of a trailers-only answer, else trailers).
+    fn code(&self) -> Option<String> {
+        match self {
+            Outcome::Answer { headers, trailers, .. } => {
+                headers.iter().chain(trailers).find(|(k, _)| k == "grpc-status").map(|(_, v)| v.clone())
+            }
+            Outcome::Reset(_) => None,
+        }
+    }
+}
+
+fn header_list(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<_> = h.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    v.sort();
+    v
+}
+
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    v.into()
+}
+
+/// One gRPC call as raw HTTP/2 frames on a fresh connection to `socket`.
+async fn raw_h2(socket: &Path, path: &str, extra: &[(&str, &str)], message: &[u8]) -> Result<Outcome, Failed> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (client, conn) = h2::client::handshake(stream).await?;
+    tokio::spawn(conn);
+    let mut client = client.ready().await?;
+    let mut req = http::Request::post(format!("http://localhost{path}")).header("content-type", "application/grpc").header("te", "trailers");
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let (response, mut send) = client.send_request(req.body(())?, false)?;
+    send.send_data(grpc_frame(message), true)?;
+    let reset = |e: h2::Error| -> Result<Outcome, Failed> {
+        match e.reason() {
+            Some(r) if e.is_reset() => Ok(Outcome::Reset(r)),
+            _ => Err(format!("HTTP/2 error that is not a stream reset: {e}").into()),
+        }
+    };
+    let resp = match response.await {
+        Ok(r) => r,
+        Err(e) => return reset(e),
+    };
+    let headers = header_list(resp.headers());
+    let mut recv = resp.into_body();
+    let mut body = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        match chunk {
+            Ok(c) => {
+                let _ = recv.flow_control().release_capacity(c.len());
+                body.extend_from_slice(&c);
+            }
+            Err(e) => return reset(e),
+        }
+    }
+    let trailers = match recv.trailers().await {
+        Ok(t) => t.as_ref().map(header_list).unwrap_or_default(),
+        Err(e) => return reset(e),
+    };
+    Ok(Outcome::Answer { headers, body, trailers })
+}
+
+fn image_status_message(image: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&k8s::ImageStatusRequest { image: image_spec(image), verbose: false })
+}
+
+/// Issue 17, first bug: PullImage, ImageStatus and CreateContainer (the calls pullgate buffers
+/// to decode) answered with a `content-length` header containerd never sends. Each answer,
+/// headers included, must equal containerd's.
+fn intercepted_calls_answer_exactly_as_direct(c: &Ctx) -> TestResult {
+    let demo = c.tb.get("DEMO_IMAGE").to_string();
+    c.rt.block_on(async {
+        let pull = prost::Message::encode_to_vec(&k8s::PullImageRequest { image: image_spec(&demo), ..Default::default() });
+        let create = prost::Message::encode_to_vec(&k8s::CreateContainerRequest {
+            pod_sandbox_id: "no-such-sandbox".into(),
+            config: Some(container_config(&demo, "app", &["/hello"])),
+            sandbox_config: Some(pod_config(c, "no-such")),
+        });
+        let calls: [(&str, Vec<u8>); 5] = [
+            (proxy_method::PULL_IMAGE, pull),
+            (proxy_method::IMAGE_STATUS, image_status_message(&demo)),
+            (proxy_method::IMAGE_STATUS, image_status_message("127.0.0.1:1/not/there:1")),
+            (proxy_method::CREATE_CONTAINER, create),
+            // Not a CRI message: containerd's own decoding error.
+            (proxy_method::IMAGE_STATUS, b"\xff\xff\xff".to_vec()),
+        ];
+        for (path, msg) in &calls {
+            let direct = raw_h2(&c.direct(), path, &[], msg).await?;
+            let via = raw_h2(&c.pg_sock, path, &[], msg).await?;
+            if let Outcome::Answer { headers, .. } = &via {
+                ensure!(!headers.iter().any(|(k, _)| k == "content-length"), "{path}: content-length through pullgate: {headers:?}");
+            }
+            ensure!(via == direct, "{path}: through pullgate {via:?}\ndirectly {direct:?}");
+        }
+        Ok(())
+    })
+}
+
+/// Issue 17, third bug: a PullImage whose deadline (5 ms) runs out in containerd. containerd
+/// 2.x (grpc-go's server deadline) resets the stream with `CANCEL` and sends no status, which
+/// grpc-go clients report as `DEADLINE_EXCEEDED`; pullgate answered `UNAVAILABLE: ... stream no
+/// longer needed` instead. Whatever containerd does (1.6 answers a status), the caller must get
+/// the same: the same reset, or the same status.
+fn expired_deadline_answers_as_direct(c: &Ctx) -> TestResult {
+    let demo = c.tb.get("DEMO2_IMAGE").to_string();
+    c.rt.block_on(async {
+        let pull = prost::Message::encode_to_vec(&k8s::PullImageRequest { image: image_spec(&demo), ..Default::default() });
+        let mut outcomes = Vec::new();
+        for socket in [c.direct(), c.pg_sock.clone()] {
+            // Not present, so the pull takes longer than the deadline.
+            let _ = cri::images(&c.direct()).remove_image(k8s::RemoveImageRequest { image: image_spec(&demo) }).await;
+            let out = raw_h2(&socket, proxy_method::PULL_IMAGE, &[("grpc-timeout", "5m")], &pull).await?;
+            outcomes.push(match &out {
+                Outcome::Reset(r) => format!("reset {r:?}"),
+                Outcome::Answer { .. } => format!("status {:?}", out.code()),
+            });
+        }
+        eprintln!("PullImage with a 5 ms deadline: directly {}, through pullgate {}", outcomes[0], outcomes[1]);
+        ensure!(outcomes[0] == outcomes[1], "directly {}, through pullgate {}", outcomes[0], outcomes[1]);
+        ensure!(outcomes[0] != "status Some(\"0\")", "the pull finished within 5 ms; the test proves nothing");
+        Ok(())
+    })
+}
+
+/// Issue 17, second bug: on containerd 2.x a GetContainerEvents stream through pullgate was
+/// seen to deliver fewer events than one opened directly. Both streams are opened side by side,
+/// a warm-up pod proves both are subscribed (containerd acknowledges nothing until the first
+/// event: a client that starts working right after opening the stream races its subscription,
+/// and one more hop makes that window longer), then a pod with two containers runs its whole
+/// life and both streams are read to its last event (the sandbox's removal). They must carry
+/// the same events in the same order. On containerd 1.6 both answer `Unimplemented`.
+fn container_events_counted_to_the_end(c: &Ctx) -> TestResult {
+    use k8s::ContainerEventType as Ev;
+    c.rt.block_on(async {
+        let open = |socket: PathBuf| async move { cri::runtime(&socket).get_container_events(k8s::GetEventsRequest {}).await };
+        // The call resolves with containerd's first event (its response headers come with it).
+        let via = tokio::spawn(open(c.pg_sock.clone()));
+        let direct = tokio::spawn(open(c.direct()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if direct.is_finished() {
+            // containerd 1.6: no events API.
+            let (via, direct) = (via.await?, direct.await?);
+            let (a, b) = (via.err().ok_or("stream through pullgate opened")?, direct.err().ok_or("direct stream opened")?);
+            ensure!((a.code(), a.message()) == (b.code(), b.message()), "through pullgate {a:?}, directly {b:?}");
+            return Ok(());
+        }
+        let mut rt = cri::runtime(&c.direct());
+        let demo = c.tb.get("DEMO_IMAGE").to_string();
+        cri::images(&c.direct()).pull_image(k8s::PullImageRequest { image: image_spec(&demo), ..Default::default() }).await?;
+        let cfg = pod_config(c, "counted");
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let (mut via, mut direct) = (via.await??.into_inner(), direct.await??.into_inner());
+        // Warm-up: the sandbox's own start reached both streams, so both are subscribed.
+        let started = Ev::ContainerStartedEvent as i32;
+        for (name, s) in [("through pullgate", &mut via), ("directly", &mut direct)] {
+            let seen = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Some(ev) = s.message().await? {
+                    if ev.container_id == sandbox && ev.container_event_type == started {
+                        return Ok::<_, tonic::Status>(true);
+                    }
+                }
+                Ok(false)
+            })
+            .await;
+            ensure!(matches!(seen, Ok(Ok(true))), "{name}: the sandbox's start event never came: {seen:?}");
+        }
+        let mut ids = vec![sandbox.clone()];
+        for name in ["one", "two"] {
+            let id = rt
+                .create_container(k8s::CreateContainerRequest {
+                    pod_sandbox_id: sandbox.clone(),
+                    config: Some(container_config(&demo, name, &["/hello"])),
+                    sandbox_config: Some(cfg.clone()),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rt.start_container(k8s::StartContainerRequest { container_id: id.clone() }).await?;
+            ids.push(id);
+        }
+        for id in &ids[1..] {
+            rt.stop_container(k8s::StopContainerRequest { container_id: id.clone(), timeout: 5 }).await?;
+            rt.remove_container(k8s::RemoveContainerRequest { container_id: id.clone() }).await?;
+        }
+        rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
+        rt.remove_pod_sandbox(k8s::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
+        // Read each stream to the end of this pod: the sandbox's removal.
+        let deleted = Ev::ContainerDeletedEvent as i32;
+        let mut counted = Vec::new();
+        for (name, s) in [("through pullgate", &mut via), ("directly", &mut direct)] {
+            let events = tokio::time::timeout(Duration::from_secs(30), async {
+                let mut seen = Vec::new();
+                while let Some(ev) = s.message().await? {
+                    if ids.contains(&ev.container_id) {
+                        seen.push((ev.container_id.clone(), ev.container_event_type));
+                        if ev.container_id == sandbox && ev.container_event_type == deleted {
+                            return Ok::<_, tonic::Status>(seen);
+                        }
+                    }
+                }
+                Err(tonic::Status::unknown("stream ended before the sandbox's removal"))
+            })
+            .await;
+            match events {
+                Ok(Ok(seen)) => counted.push(seen),
+                other => return Err(format!("{name}: {other:?}").into()),
+            }
+        }
+        eprintln!("events after the warm-up, counted to the sandbox's removal: through pullgate {}, directly {}", counted[0].len(), counted[1].len());
+        ensure!(counted[0] == counted[1], "through pullgate {:?}\ndirectly {:?}", counted[0], counted[1]);
+        // Two containers: created, started, stopped, deleted each; the sandbox: stopped, deleted.
+        ensure!(counted[0].len() >= 10, "only {} events: {:?}", counted[0].len(), counted[0]);
+        Ok(())
+    })
+}
+
+/// The gRPC paths pullgate decodes (as in `src/cri/proxy.rs`).
+mod proxy_method {
+    pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
+    pub const IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
+    pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
 }

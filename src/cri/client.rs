@@ -59,6 +59,12 @@ impl CriClient {
         Ok(resp.images)
     }
 
+    /// `RuntimeService/Status` with `verbose`: containerd's `info` map (its CRI configuration).
+    pub async fn status_info(&self) -> Result<std::collections::HashMap<String, String>, CallError> {
+        let resp: api::StatusResponse = self.unary("/runtime.v1.RuntimeService/Status", "Status", &api::StatusRequest { verbose: true }).await?;
+        Ok(resp.info)
+    }
+
     async fn unary<Req: Message, Resp: Message + Default>(&self, path: &'static str, method: &'static str, req: &Req) -> Result<Resp, CallError> {
         match tokio::time::timeout(self.timeout, self.unary_unbounded(path, method, req)).await {
             Ok(r) => r,

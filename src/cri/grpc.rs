@@ -63,8 +63,13 @@ impl Body for Buffered {
         self.data.is_none() && self.trailers.is_none()
     }
 
+    /// Never exact: hyper's server turns an exact hint into a `content-length` response header,
+    /// which containerd (grpc-go) never sends, so a buffered answer would differ from the
+    /// direct one.
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        let mut hint = SizeHint::new();
+        hint.set_lower(self.data.as_ref().map_or(0, |d| d.len() as u64));
+        hint
     }
 }
 
@@ -79,6 +84,25 @@ pub fn status_response<B: From<Buffered>>(code: Code, message: &str) -> Response
         h.insert("grpc-message", v);
     }
     resp
+}
+
+/// Marks a response that stands for containerd resetting the call's stream (RST_STREAM) before
+/// it answered: the caller's stream is to be reset with the same reason, with no response
+/// headers, so the caller sees what it sees directly. grpc-go clients map a `CANCEL` reset that
+/// comes after their deadline to `DEADLINE_EXCEEDED`, which a made-up status would hide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamReset(pub h2::Reason);
+
+/// A placeholder response carrying [`StreamReset`]; the server turns it into an RST_STREAM.
+pub fn reset_response<B: From<Buffered>>(reason: h2::Reason) -> Response<B> {
+    let mut resp = Response::new(B::from(Buffered::default()));
+    resp.extensions_mut().insert(StreamReset(reason));
+    resp
+}
+
+/// The reason of a reset containerd sent for this stream, if that is what `e` is.
+pub fn upstream_reset(e: &h2::Error) -> Option<h2::Reason> {
+    (e.is_reset() && e.is_remote()).then(|| e.reason()).flatten()
 }
 
 /// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec: bytes outside 0x20..0x7E and `%`).

@@ -1,4 +1,5 @@
-//! The calls pullgate decodes: PullImage, ImageStatus and CreateContainer.
+//! The calls pullgate decodes: PullImage, ImageStatus, CreateContainer (with its image volumes)
+//! and RunPodSandbox (`sandbox.rs`), in CRI v1 and v1alpha2 alike (`methods.rs`).
 //!
 //! The proxy does the mechanics here (buffer, decode, ask the [`Gate`], edit, forward, refuse);
 //! what to decide lives behind the [`Gate`] trait (`crate::enforce`). Without a gate (no
@@ -16,6 +17,7 @@ use prost::Message;
 
 use super::api;
 use super::grpc::{self, Buffered, Code};
+use super::methods::Surface;
 use super::proxy::{method, Proxy, ResponseBody};
 use super::wire;
 
@@ -67,25 +69,75 @@ pub struct CreateCall {
     pub status: Option<api::Image>,
 }
 
+/// What to do with a call (or one image of it) that is not a pull: forward it or refuse it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreateVerdict {
     Forward,
     Refuse(String),
 }
 
-/// The decision maker behind PullImage and CreateContainer.
-pub trait Gate: Send + Sync + 'static {
-    fn pull<'a>(&'a self, call: &'a PullCall) -> BoxFuture<'a, PullVerdict>;
-    fn create<'a>(&'a self, call: &'a CreateCall) -> BoxFuture<'a, CreateVerdict>;
+/// An image volume of a CreateContainer (`Mount.image`, KEP-4639).
+#[derive(Debug, Clone, Default)]
+pub struct MountImage {
+    /// Where it is mounted in the container; names the mount in refusals.
+    pub container_path: String,
+    /// The image as given in the mount (kubelet passes PullImage's `image_ref`).
+    pub image: String,
+    /// What containerd knows of that image (`None`: not present).
+    pub status: Option<api::Image>,
 }
 
-fn refusal(reason: &str) -> Response<ResponseBody> {
+/// A RunPodSandbox as the gate sees it: the image is containerd's own sandbox image.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxCall {
+    /// containerd's configured sandbox image; `None` when containerd does not report it and
+    /// pullgate's configuration does not name it.
+    pub image: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: String,
+    /// What containerd knows of that image (`None`: not present).
+    pub status: Option<api::Image>,
+}
+
+/// Why a call is not checked by image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchecked {
+    /// Not the CRI API: containerd's native API, health, anything else on the socket.
+    NotCri,
+    /// An `ImageService` method pullgate does not know.
+    UnknownImageMethod,
+}
+
+/// A call pullgate cannot check because it names no image pullgate understands.
+#[derive(Debug, Clone)]
+pub struct UncheckedCall {
+    /// The gRPC path.
+    pub path: String,
+    pub kind: Unchecked,
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// The decision maker behind every surface of `methods.rs`.
+pub trait Gate: Send + Sync + 'static {
+    fn pull<'a>(&'a self, call: &'a PullCall) -> BoxFuture<'a, PullVerdict>;
+    /// The container's own image.
+    fn create<'a>(&'a self, call: &'a CreateCall) -> BoxFuture<'a, CreateVerdict>;
+    /// The image volumes of the same CreateContainer; one refusal refuses the call.
+    fn mounts<'a>(&'a self, call: &'a CreateCall, mounts: &'a [MountImage]) -> BoxFuture<'a, CreateVerdict>;
+    /// The sandbox image a RunPodSandbox makes containerd run.
+    fn sandbox<'a>(&'a self, call: &'a SandboxCall) -> BoxFuture<'a, CreateVerdict>;
+    /// A call outside the CRI methods pullgate knows.
+    fn unchecked<'a>(&'a self, call: &'a UncheckedCall) -> BoxFuture<'a, CreateVerdict>;
+}
+
+pub(super) fn refusal(reason: &str) -> Response<ResponseBody> {
     // One line, so the kubelet event stays readable.
     let line: String = reason.lines().map(str::trim).collect::<Vec<_>>().join(" ");
     grpc::status_response(Code::Unknown, &format!("{REFUSAL_PREFIX}{line}"))
 }
 
-fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, String) {
+pub(super) fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, String) {
     match cfg.and_then(|c| c.metadata.as_ref()) {
         Some(m) => (Some(m.namespace.clone()), format!("{}/{}", m.namespace, m.name)),
         None => (None, String::new()),
@@ -94,7 +146,7 @@ fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, String) {
 
 impl Proxy {
     /// Serves a call pullgate decodes.
-    pub(super) async fn intercepted(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub(super) async fn intercepted(&self, req: Request<Incoming>, surface: Surface) -> Response<ResponseBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
@@ -105,16 +157,20 @@ impl Proxy {
         let method = path.rsplit('/').next().unwrap_or(&path).to_owned();
         let decoded = grpc::unary_message(&body).map_err(|e| e.to_string());
 
-        let (resp, info) = match (path.as_str(), decoded) {
-            (method::PULL_IMAGE, Ok(msg)) => match api::PullImageRequest::decode(msg.clone()) {
+        let (resp, info) = match (surface, decoded) {
+            (Surface::Pull, Ok(msg)) => match api::PullImageRequest::decode(msg.clone()) {
                 Ok(r) => self.pull_image(parts, body, &msg, r).await,
                 Err(e) => self.undecodable(parts, body, e.to_string()).await,
             },
-            (method::CREATE_CONTAINER, Ok(msg)) => match api::CreateContainerRequest::decode(msg) {
+            (Surface::Create, Ok(msg)) => match api::CreateContainerRequest::decode(msg) {
                 Ok(r) => self.create_container(parts, body, r).await,
                 Err(e) => self.undecodable(parts, body, e.to_string()).await,
             },
-            (method::IMAGE_STATUS, Ok(msg)) => {
+            (Surface::Sandbox, Ok(msg)) => match api::RunPodSandboxRequest::decode(msg) {
+                Ok(r) => self.run_pod_sandbox(parts, body, r).await,
+                Err(e) => self.undecodable(parts, body, e.to_string()).await,
+            },
+            (Surface::Inspect, Ok(msg)) => {
                 let image = api::ImageStatusRequest::decode(msg).ok().and_then(|r| r.image).map(|i| i.image).unwrap_or_default();
                 let resp = self.forward_buffered(parts, body).await;
                 (resp, CallLog { image, ..Default::default() })
@@ -150,7 +206,7 @@ impl Proxy {
         (self.forward_buffered(parts, body).await, log)
     }
 
-    async fn forward_buffered(&self, parts: http::request::Parts, body: Bytes) -> Response<ResponseBody> {
+    pub(super) async fn forward_buffered(&self, parts: http::request::Parts, body: Bytes) -> Response<ResponseBody> {
         self.forward(Request::from_parts(parts, Either::Right(Full::new(body)))).await
     }
 
@@ -186,6 +242,8 @@ impl Proxy {
                         if let Err(e) = self.images().tag(&reference, &tag).await {
                             tracing::warn!(image = %tag, pinned = %reference, error = %e,
                                 "pulled the verified digest but could not tag it; kubelet will not find the image by tag and will pull again");
+                        } else {
+                            self.await_cri_sees(&tag).await;
                         }
                     }
                 }
@@ -197,9 +255,9 @@ impl Proxy {
     async fn create_container(&self, parts: http::request::Parts, body: Bytes, req: api::CreateContainerRequest) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
         let config = req.config.unwrap_or_default();
-        let (image, user_specified) = config.image.map(|i| (i.image, i.user_specified_image)).unwrap_or_default();
-        let user_specified = (!user_specified.is_empty()).then_some(user_specified);
-        let container = config.metadata.map(|m| m.name).unwrap_or_default();
+        let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let user_specified = config.image.as_ref().map(|i| i.user_specified_image.clone()).filter(|s| !s.is_empty());
+        let container = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
         let mut log = CallLog { image: image.clone(), pod: pod.clone(), container: container.clone(), ..Default::default() };
         let Some(gate) = self.gate() else {
             return (self.forward_buffered(parts, body).await, log);
@@ -212,60 +270,109 @@ impl Proxy {
             }
         };
         let call = CreateCall { image, user_specified, namespace, pod, container, status };
-        match gate.create(&call).await {
-            CreateVerdict::Forward => {
-                log.verdict = Some("forward".into());
-                (self.forward_buffered(parts, body).await, log)
-            }
-            CreateVerdict::Refuse(reason) => {
+        if let CreateVerdict::Refuse(reason) = gate.create(&call).await {
+            log.verdict = Some("refused".into());
+            return (refusal(&reason), log);
+        }
+        let mut mounts = Vec::new();
+        for (container_path, image) in image_volumes(&config.mounts) {
+            let status = match self.image_status(&image).await {
+                Ok(s) => s,
+                Err(e) => {
+                    log.verdict = Some("refused".into());
+                    return (refusal(&format!("image volume {container_path}: cannot look up image {image} in containerd to check it: {e}")), log);
+                }
+            };
+            mounts.push(MountImage { container_path, image, status });
+        }
+        if !mounts.is_empty() {
+            if let CreateVerdict::Refuse(reason) = gate.mounts(&call, &mounts).await {
                 log.verdict = Some("refused".into());
-                (refusal(&reason), log)
+                return (refusal(&reason), log);
             }
+        }
+        log.verdict = Some("forward".into());
+        (self.forward_buffered(parts, body).await, log)
+    }
+
+    /// containerd's CRI plugin learns of a name added through its images API from the image
+    /// event, asynchronously: answering PullImage before then lets the caller's next ImageStatus
+    /// or ListImages miss the tag it pulled (critest's image specs did, now and then), which
+    /// containerd's own PullImage never does. Wait until CRI resolves the tag, bounded.
+    async fn await_cri_sees(&self, tag: &str) {
+        let deadline = Instant::now() + TAG_VISIBLE_WITHIN;
+        loop {
+            if let Ok(Some(_)) = self.image_status(tag).await {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(image = %tag, "tagged the verified digest, but containerd's CRI plugin does not list the tag yet; answering anyway");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
     /// containerd's CRI `ImageStatus` for `image`, asked by pullgate itself.
     pub async fn image_status(&self, image: &str) -> Result<Option<api::Image>, String> {
         let req = api::ImageStatusRequest { image: Some(api::ImageSpec { image: image.into(), ..Default::default() }), verbose: false };
+        let status: api::ImageStatusResponse = self.unary_upstream(method::IMAGE_STATUS, &req).await?;
+        Ok(status.image.filter(|i| !i.id.is_empty()))
+    }
+
+    /// One unary CRI call pullgate makes to containerd itself, on the proxy's connection.
+    pub(super) async fn unary_upstream<Req: Message, Resp: Message + Default>(&self, path: &'static str, req: &Req) -> Result<Resp, String> {
         let http_req = Request::builder()
             .method("POST")
-            .uri(method::IMAGE_STATUS)
+            .uri(path)
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .header("grpc-timeout", "10S")
             .body(Either::Right(Full::new(grpc::frame(&req.encode_to_vec()))))
             .map_err(|e| e.to_string())?;
         let (resp, code, message) = buffer_response(self.forward(http_req).await).await;
+        let name = path.rsplit('/').next().unwrap_or(path);
         if code != 0 {
-            return Err(format!("ImageStatus failed with code {code}: {message}"));
+            return Err(format!("{name} failed with code {code}: {message}"));
         }
-        let body = resp.into_body();
-        let bytes = match body {
+        let bytes = match resp.into_body() {
             Either::Right(b) => b.into_data(),
             Either::Left(_) => None,
         }
         .unwrap_or_default();
         let msg = grpc::unary_message(&bytes).map_err(|e| e.to_string())?;
-        let status = api::ImageStatusResponse::decode(msg).map_err(|e| e.to_string())?;
-        Ok(status.image.filter(|i| !i.id.is_empty()))
+        Resp::decode(msg).map_err(|e| e.to_string())
     }
+}
+
+/// How long a pinned pull waits for containerd's CRI plugin to resolve the tag it added.
+const TAG_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The image volumes of a container: `(container_path, image)` of every mount whose image is
+/// set. containerd treats a mount as an image volume exactly when `Mount.image.image` is not
+/// empty; every other mount is a host path.
+pub fn image_volumes(mounts: &[api::Mount]) -> Vec<(String, String)> {
+    mounts
+        .iter()
+        .filter_map(|m| m.image.as_ref().filter(|i| !i.image.is_empty()).map(|i| (m.container_path.clone(), i.image.clone())))
+        .collect()
 }
 
 /// What the log line of an intercepted call says.
 #[derive(Debug, Default)]
-struct CallLog {
-    image: String,
+pub(super) struct CallLog {
+    pub image: String,
     /// `namespace/name` of the pod.
-    pod: String,
-    container: String,
+    pub pod: String,
+    pub container: String,
     /// What the gate decided, when there is one.
-    verdict: Option<String>,
-    undecodable: Option<String>,
+    pub verdict: Option<String>,
+    pub undecodable: Option<String>,
 }
 
 /// Reads a (unary) response completely, to learn its status; returns an equivalent response,
 /// the gRPC code and message.
-async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody>, i32, String) {
+pub(super) async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody>, i32, String) {
     let header_code = Code::from_header(resp.headers().get("grpc-status"));
     let header_msg = resp.headers().get("grpc-message").map(|v| grpc::decode_message(v.as_bytes()));
     let (parts, body) = resp.into_parts();
@@ -280,6 +387,10 @@ async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody
             (Response::from_parts(parts, Either::Right(body)), code.unwrap_or(Code::Unknown as i32), message)
         }
         Err(e) => {
+            // containerd reset the stream after its headers: reset the caller's too.
+            if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(grpc::upstream_reset) {
+                return (grpc::reset_response(reason), Code::Unavailable as i32, format!("containerd reset the call: {e}"));
+            }
             let msg = format!("containerd's response could not be read: {e}");
             (grpc::status_response(Code::Unavailable, &msg), Code::Unavailable as i32, msg)
         }
@@ -289,6 +400,47 @@ async fn buffer_response(resp: Response<ResponseBody>) -> (Response<ResponseBody
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CreateContainerRequest as kubelet 1.35 sends it for a pod with an image volume: mounts
+    /// carry fields pullgate does not decode (host_path, readonly, propagation, image_sub_path),
+    /// and the request carries fields it does not know at all.
+    #[test]
+    fn image_volumes_are_decoded_from_the_wire() {
+        use prost::Message;
+        let spec = |image: &str| api::ImageSpec { image: image.into(), ..Default::default() };
+        let config = api::ContainerConfig {
+            metadata: Some(api::ContainerMetadata { name: "app".into(), attempt: 0 }),
+            image: Some(spec("sha256:aaaa")),
+            mounts: vec![
+                api::Mount { container_path: "/etc/config".into(), image: None },
+                api::Mount { container_path: "/data".into(), image: Some(spec("sha256:bbbb")) },
+                api::Mount { container_path: "/empty".into(), image: Some(spec("")) },
+                api::Mount { container_path: "/models".into(), image: Some(spec("reg/models@sha256:cccc")) },
+            ],
+        };
+        let mut config_bytes = config.encode_to_vec();
+        // Unknown to pullgate inside ContainerConfig: log_path (11) and tty (14).
+        config_bytes.extend_from_slice(b"\x5a\x05a.log\x70\x01");
+        let mut mount_with_extras = Vec::new();
+        // Mount{container_path: "/x", host_path: "", readonly: true, image: {image: "i"}, image_sub_path: "sub"}
+        mount_with_extras.extend_from_slice(b"\x0a\x02/x\x18\x01\x4a\x03\x0a\x01i\x52\x03sub");
+        config_bytes.push(0x3a); // field 7, length-delimited
+        prost::encoding::encode_varint(mount_with_extras.len() as u64, &mut config_bytes);
+        config_bytes.extend_from_slice(&mount_with_extras);
+        let mut req = Vec::new();
+        req.extend_from_slice(b"\x0a\x03pod"); // pod_sandbox_id
+        req.push(0x12);
+        prost::encoding::encode_varint(config_bytes.len() as u64, &mut req);
+        req.extend_from_slice(&config_bytes);
+        req.extend_from_slice(b"\xa0\x06\x07"); // unknown top-level field 100
+        let decoded = api::CreateContainerRequest::decode(&req[..]).unwrap();
+        let mounts = decoded.config.unwrap().mounts;
+        assert_eq!(
+            image_volumes(&mounts),
+            [("/data".to_string(), "sha256:bbbb".to_string()), ("/models".into(), "reg/models@sha256:cccc".into()), ("/x".into(), "i".into())]
+        );
+        assert!(image_volumes(&[]).is_empty());
+    }
 
     #[test]
     fn refusals_are_one_line_with_the_kubelet_prefix() {

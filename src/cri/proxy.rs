@@ -6,11 +6,15 @@
 //! it has never heard of, and fields it does not know intact. A client that goes away cancels its
 //! upstream call, because dropping the response body resets the upstream stream.
 //!
-//! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer) are buffered and
-//! decoded (`intercept.rs`); even then the original request bytes are forwarded unless a
-//! decision changes them.
+//! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer, and with a gate
+//! RunPodSandbox) are buffered and decoded (`intercept.rs`); even then the original request
+//! bytes are forwarded unless a decision changes them.
+//!
+//! With a gate, only the CRI API passes (`methods.rs`): v1 and v1alpha2 are gated alike, and a
+//! path outside CRI (containerd's native API on the same socket) or an `ImageService` method
+//! pullgate does not know goes to the gate, which refuses it in enforce mode. Without a gate every
+//! path is forwarded, as it always was.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +24,8 @@ use hyper::body::Incoming;
 
 use super::grpc::{self, Buffered, Code};
 use super::images::ContainerdImages;
-use super::intercept::Gate;
+use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
+use super::methods::{self, Route, Surface};
 use super::relay::UpstreamBody;
 use super::upstream::Upstream;
 use crate::config::Access;
@@ -35,6 +40,14 @@ pub mod method {
     pub const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
     pub const IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
     pub const CREATE_CONTAINER: &str = "/runtime.v1.RuntimeService/CreateContainer";
+}
+
+/// How the proxy serves one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    Forward,
+    Decode(Surface),
+    Unchecked(Unchecked),
 }
 
 /// Who is calling, from `SO_PEERCRED` of their connection.
@@ -53,12 +66,24 @@ pub struct Proxy {
     gate: Option<Arc<dyn Gate>>,
     /// containerd's image records (to tag digest-pinned pulls).
     images: ContainerdImages,
+    /// containerd's sandbox image, for containerd versions that do not report it (2.x).
+    sandbox_image: Option<String>,
 }
 
 impl Proxy {
     pub fn new(upstream: Upstream, access: Access, gate: Option<Arc<dyn Gate>>) -> Self {
         let images = ContainerdImages::new(upstream.path());
-        Proxy { upstream, access, gate, images }
+        Proxy { upstream, access, gate, images, sandbox_image: None }
+    }
+
+    /// Names containerd's sandbox image, used when containerd does not report it itself.
+    pub fn with_sandbox_image(mut self, image: Option<String>) -> Self {
+        self.sandbox_image = image;
+        self
+    }
+
+    pub fn configured_sandbox_image(&self) -> Option<&str> {
+        self.sandbox_image.as_deref()
     }
 
     pub fn gate(&self) -> Option<&Arc<dyn Gate>> {
@@ -78,8 +103,9 @@ impl Proxy {
         self.access.allows(peer.uid, peer.gid)
     }
 
-    /// Serves one call of a connection.
-    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    /// Serves one call of a connection. An error resets the caller's stream with its reason,
+    /// sending no response headers (containerd reset the call: see [`grpc::StreamReset`]).
+    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResponseBody>, h2::Error> {
         if !self.admits(&peer) {
             let msg = format!(
                 "pullgate: uid {} (gid {}) may not use this socket; allow it with access.allowed_uids or access.allowed_gids",
@@ -87,17 +113,59 @@ impl Proxy {
             );
             return Ok(grpc::status_response(Code::PermissionDenied, &msg));
         }
-        let resp = match req.uri().path() {
-            // Boxed: the intercepted path's state is large, and the future of every call (which
-            // tokio copies when it spawns it) would otherwise be that large too.
-            method::PULL_IMAGE | method::IMAGE_STATUS | method::CREATE_CONTAINER => Box::pin(self.intercepted(req)).await,
-            path => {
+        // Boxed below: the intercepted path's state is large, and the future of every call (which
+        // tokio copies when it spawns it) would otherwise be that large too.
+        let resp = match self.route(req.uri().path()) {
+            Dispatch::Decode(surface) => Box::pin(self.intercepted(req, surface)).await,
+            Dispatch::Unchecked(kind) => Box::pin(self.unchecked(peer, req, kind)).await,
+            Dispatch::Forward => {
                 // Per-call detail at debug level; a disabled callsite costs one atomic load.
-                tracing::debug!(method = path, uid = peer.uid, pid = peer.pid, "forwarding call");
+                tracing::debug!(method = req.uri().path(), uid = peer.uid, pid = peer.pid, "forwarding call");
                 self.forward(req.map(Either::Left)).await
             }
         };
-        Ok(resp)
+        match resp.extensions().get::<grpc::StreamReset>() {
+            Some(grpc::StreamReset(reason)) => Err(h2::Error::from(*reason)),
+            None => Ok(resp),
+        }
+    }
+
+    /// What to do with a path. Without a gate, exactly what pullgate always did: decode the
+    /// three v1 calls it logs, forward everything else.
+    fn route(&self, path: &str) -> Dispatch {
+        if self.gate.is_none() {
+            return match path {
+                method::PULL_IMAGE => Dispatch::Decode(Surface::Pull),
+                method::IMAGE_STATUS => Dispatch::Decode(Surface::Inspect),
+                method::CREATE_CONTAINER => Dispatch::Decode(Surface::Create),
+                _ => Dispatch::Forward,
+            };
+        }
+        match methods::route(path) {
+            Route::Known { method, .. } if method.surface != Surface::Inert => Dispatch::Decode(method.surface),
+            Route::Known { .. } | Route::UnknownRuntimeMethod { .. } => Dispatch::Forward,
+            Route::UnknownImageMethod { .. } => Dispatch::Unchecked(Unchecked::UnknownImageMethod),
+            Route::NotCri => Dispatch::Unchecked(Unchecked::NotCri),
+        }
+    }
+
+    /// A call the gate judges without an image: forwarded as a stream when it allows it,
+    /// `PermissionDenied` with its reason otherwise.
+    async fn unchecked(&self, peer: Peer, req: Request<Incoming>, kind: Unchecked) -> Response<ResponseBody> {
+        let Some(gate) = self.gate() else {
+            return self.forward(req.map(Either::Left)).await;
+        };
+        let call = UncheckedCall { path: req.uri().path().to_string(), kind, uid: peer.uid, pid: peer.pid };
+        match gate.unchecked(&call).await {
+            CreateVerdict::Forward => {
+                tracing::info!(method = %call.path, uid = peer.uid, pid = peer.pid, "forwarding a call pullgate does not check");
+                self.forward(req.map(Either::Left)).await
+            }
+            CreateVerdict::Refuse(reason) => {
+                tracing::warn!(method = %call.path, uid = peer.uid, pid = peer.pid, reason = %reason, "refused a call outside the CRI methods pullgate checks");
+                grpc::status_response(Code::PermissionDenied, &format!("pullgate: {reason}"))
+            }
+        }
     }
 
     /// Sends a request to containerd and returns its response as a stream.
@@ -111,6 +179,7 @@ impl Proxy {
         prepare_headers(&mut parts, &body);
         match sender.clone().call(Request::from_parts(parts, ()), body).await {
             Ok(resp) => resp.map(Either::Left),
+            Err(e) if grpc::upstream_reset(&e).is_some() => grpc::reset_response(grpc::upstream_reset(&e).unwrap_or(h2::Reason::CANCEL)),
             Err(e) => {
                 self.upstream.reset(&sender);
                 let msg = format!("containerd at {} failed the call: {e}", self.upstream.path().display());
@@ -130,12 +199,12 @@ fn upstream_uri(uri: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }
 
-/// What hyper's client did to a request before sending it, and h2 requires: no
-/// connection-specific headers (RFC 9113 8.2.2; `te` only as `trailers`), and a
-/// `content-length` when the body's length is known (pullgate's own buffered bodies).
+/// What h2 requires of a request: no connection-specific headers (RFC 9113 8.2.2; `te` only as
+/// `trailers`), and a `content-length`, if the caller sent one, that matches the body pullgate
+/// sends (a pinned pull changes it). None is added: gRPC clients send none, and containerd
+/// must receive what the caller sent.
 fn prepare_headers(parts: &mut http::request::Parts, body: &RequestBody) {
     use http::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
-    use http::Method;
     let h = &mut parts.headers;
     for name in [TRANSFER_ENCODING, UPGRADE] {
         h.remove(name);
@@ -154,10 +223,8 @@ fn prepare_headers(parts: &mut http::request::Parts, body: &RequestBody) {
             }
         }
     }
-    if let Some(len) = http_body::Body::size_hint(body).exact() {
-        if len != 0 || !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT) {
-            h.entry(CONTENT_LENGTH).or_insert_with(|| http::HeaderValue::from(len));
-        }
+    if let (Some(len), Some(sent)) = (http_body::Body::size_hint(body).exact(), h.get_mut(CONTENT_LENGTH)) {
+        *sent = http::HeaderValue::from(len);
     }
 }
 
@@ -170,6 +237,69 @@ impl From<Buffered> for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gate that never gets asked anything here: routing is decided before any gate call.
+    struct NoGate;
+    impl Gate for NoGate {
+        fn pull<'a>(&'a self, _: &'a super::super::intercept::PullCall) -> super::super::intercept::BoxFuture<'a, super::super::intercept::PullVerdict> {
+            unreachable!()
+        }
+        fn create<'a>(&'a self, _: &'a super::super::intercept::CreateCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn mounts<'a>(&'a self, _: &'a super::super::intercept::CreateCall, _: &'a [super::super::intercept::MountImage]) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn sandbox<'a>(&'a self, _: &'a super::super::intercept::SandboxCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+        fn unchecked<'a>(&'a self, _: &'a UncheckedCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+            unreachable!()
+        }
+    }
+
+    fn proxy(gate: Option<Arc<dyn Gate>>) -> Proxy {
+        Proxy::new(Upstream::new(std::path::Path::new("/nonexistent"), Default::default()), Default::default(), gate)
+    }
+
+    #[test]
+    fn without_a_gate_routing_is_what_it_always_was() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _rt = rt.enter();
+        let p = proxy(None);
+        assert_eq!(p.route("/runtime.v1.ImageService/PullImage"), Dispatch::Decode(Surface::Pull));
+        assert_eq!(p.route("/runtime.v1.ImageService/ImageStatus"), Dispatch::Decode(Surface::Inspect));
+        assert_eq!(p.route("/runtime.v1.RuntimeService/CreateContainer"), Dispatch::Decode(Surface::Create));
+        for path in [
+            "/runtime.v1.RuntimeService/RunPodSandbox",
+            "/runtime.v1alpha2.ImageService/PullImage",
+            "/containerd.services.images.v1.Images/Create",
+            "/runtime.v1.ImageService/FetchImage",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(p.route(path), Dispatch::Forward, "{path}");
+        }
+    }
+
+    #[test]
+    fn with_a_gate_only_cri_passes() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let _rt = rt.enter();
+        let p = proxy(Some(Arc::new(NoGate)));
+        for v in ["v1", "v1alpha2"] {
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/PullImage")), Dispatch::Decode(Surface::Pull));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/CreateContainer")), Dispatch::Decode(Surface::Create));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/RunPodSandbox")), Dispatch::Decode(Surface::Sandbox));
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/ImageStatus")), Dispatch::Decode(Surface::Inspect));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/Version")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/StreamImages")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/SomethingNew")), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/FetchImage")), Dispatch::Unchecked(Unchecked::UnknownImageMethod));
+        }
+        for path in ["/containerd.services.images.v1.Images/Create", "/containerd.services.transfer.v1.Transfer/Transfer", "/grpc.health.v1.Health/Check", "/"] {
+            assert_eq!(p.route(path), Dispatch::Unchecked(Unchecked::NotCri), "{path}");
+        }
+    }
 
     #[test]
     fn upstream_uri_keeps_path_and_authority() {

@@ -70,12 +70,14 @@ pub async fn serve_metered(
             let probe = calls.map(|c| c.start(req.uri().path()));
             let call = proxy.clone().handle(peer, req);
             async move {
-                let Ok(resp) = call.await;
+                // An error is containerd's reset of the call: hyper resets the caller's stream
+                // with its reason (the probe, dropped, counts the call as cancelled).
+                let resp = call.await?;
                 let mut probe = probe;
                 if let Some(p) = probe.as_mut() {
                     p.headers(resp.headers());
                 }
-                Ok::<_, std::convert::Infallible>(resp.map(|body| Metered::new(body, probe)))
+                Ok::<_, h2::Error>(resp.map(|body| Metered::new(body, probe)))
             }
         });
         let conn = graceful.watch(h2.serve_connection(TokioIo::new(stream), svc));

@@ -5,7 +5,9 @@
 //! 2. `kubelet`: kubelet's `containerRuntimeEndpoint` and `imageServiceEndpoint` point at
 //!    pullgate's socket (see [`kubelet`] for where they are read from).
 //! 3. `pullgate`: pullgate's socket answers a CRI `Version` call.
-//! 4. `containerd`: containerd's socket answers, and speaks CRI v1.
+//! 4. `containerd`: containerd's socket answers, and speaks CRI v1; its config file's format
+//!    (version) suits the generation that runs, and it reads mirrors from the same `hosts.toml`
+//!    directory as pullgate (see [`containerd`]).
 //! 5. `hosts`: `hosts.toml` is readable for every registry the policy names.
 //! 6. `mirror`: each of their mirror endpoints answers `GET /v2/`.
 //! 7. `trust-root`: an imported trust root is installed and fresh.
@@ -15,6 +17,7 @@
 //!
 //! Exit 0 when nothing failed (warnings allowed), 1 when something did.
 
+pub mod containerd;
 pub mod kubelet;
 
 use std::collections::BTreeSet;
@@ -55,6 +58,9 @@ pub struct DoctorArgs {
     /// /etc/kubernetes/kubelet.conf.d.
     #[arg(long, value_name = "DIR")]
     pub kubelet_config_dir: Option<PathBuf>,
+    /// containerd's configuration file. Default: /etc/containerd/config.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub containerd_config: Option<PathBuf>,
     /// The socket kubelet should use. Default: `listen` from the configuration.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
@@ -163,7 +169,9 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
         return finish(&args.config, f);
     };
     let containerd = CriClient::new(&config.upstream, settings, timeout);
-    let containerd_ok = match containerd.version().await {
+    let version = containerd.version().await;
+    let running = version.as_ref().ok().and_then(|v| containerd::Running::parse(&v.runtime_version));
+    let containerd_ok = match version {
         Ok(v) if v.runtime_api_version == "v1" => {
             f.add("containerd", Status::Ok, format!("{} {} answers on {} (CRI {})", v.runtime_name, v.runtime_version, config.upstream.display(), v.runtime_api_version));
             true
@@ -177,6 +185,10 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
             false
         }
     };
+    check_containerd_config(&mut f, args, running, &config.registry.hosts_dir);
+    if containerd_ok {
+        check_sandbox_image(&mut f, &config, &containerd).await;
+    }
     let Some(policy) = &config.policy else {
         return finish(&args.config, f);
     };
@@ -195,6 +207,25 @@ fn finish(config: &Path, f: Findings) -> DoctorReport {
     let problems = f.0.iter().filter(|x| x.status == Status::Fail).count();
     let warnings = f.0.iter().filter(|x| x.status == Status::Warn).count();
     DoctorReport { config: config.display().to_string(), ok: problems == 0, problems, warnings, findings: f.0 }
+}
+
+fn check_containerd_config(f: &mut Findings, args: &DoctorArgs, running: Option<containerd::Running>, hosts_dir: &[PathBuf]) {
+    let default = Path::new("/etc/containerd/config.toml");
+    let file = args.containerd_config.as_deref().unwrap_or(default);
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if args.containerd_config.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
+            f.add("containerd", Status::Skip, format!("no {}: containerd's config format and mirrors not checked; pass --containerd-config", file.display()));
+            return;
+        }
+        Err(e) => {
+            f.add("containerd", Status::Fail, format!("cannot read containerd's config {}: {e}", file.display()));
+            return;
+        }
+    };
+    for (status, message) in containerd::check(&text, file, running, hosts_dir) {
+        f.add("containerd", status, message);
+    }
 }
 
 fn check_kubelet(f: &mut Findings, args: &DoctorArgs, listen: &Path) {
@@ -302,6 +333,37 @@ fn check_trust_root(f: &mut Findings, config: &Config) -> Option<Arc<TrustHandle
     let handle = Arc::new(TrustHandle::new(state, config.trust_root.policy(), Arc::new(SystemClock)));
     let _ = handle.reload();
     Some(handle)
+}
+
+/// containerd's sandbox image should be pinned by digest: RunPodSandbox makes containerd pull it
+/// by its name, so a tag lets the registry decide what every pod's sandbox runs.
+async fn check_sandbox_image(f: &mut Findings, config: &Config, containerd: &CriClient) {
+    let reported = match containerd.status_info().await {
+        Ok(info) => crate::cri::sandbox::reported_sandbox_image(&info),
+        Err(e) => return f.add("sandbox-image", Status::Warn, format!("cannot ask containerd for its sandbox image: {e}")),
+    };
+    let (image, source) = match (reported, &config.cri.sandbox_image) {
+        (Some(i), _) => (i, "containerd's sandbox_image"),
+        (None, Some(i)) => (i.clone(), "cri.sandbox_image (containerd does not report its own)"),
+        (None, None) => {
+            let what = if config.policy.is_some() { "enforce mode refuses every RunPodSandbox" } else { "it cannot be checked" };
+            return f.add(
+                "sandbox-image",
+                Status::Warn,
+                format!("containerd does not report its sandbox image (containerd 2.x): set cri.sandbox_image to its pinned_images.sandbox, by digest; until then {what}"),
+            );
+        }
+    };
+    let pinned = crate::registry::reference::Reference::parse(&image).ok().is_some_and(|r| r.digest().is_some());
+    if pinned {
+        f.add("sandbox-image", Status::Ok, format!("sandbox image {image} ({source}) is pinned by digest"));
+    } else {
+        f.add(
+            "sandbox-image",
+            Status::Warn,
+            format!("sandbox image {image} ({source}) is not pinned by digest: containerd pulls it by tag when absent; pin it (name:tag@sha256:...) in containerd's configuration and in cri.sandbox_image"),
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

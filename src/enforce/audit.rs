@@ -18,12 +18,18 @@ pub struct AuditRecord {
     /// RFC 3339 UTC.
     pub time: String,
     pub node: String,
-    /// `PullImage` or `CreateContainer`.
+    /// `PullImage`, `CreateContainer`, `RunPodSandbox`, or the gRPC path of a call outside the
+    /// CRI methods pullgate checks.
     pub call: String,
     pub namespace: String,
     pub pod: String,
     /// The image reference as kubelet asked for it.
     pub image: String,
+    /// Which image of the call this record is about, when it is not the call's own image:
+    /// `image volume <container path>` (CreateContainer), `sandbox image` (RunPodSandbox),
+    /// `not CRI` or `unknown ImageService method` (calls that name no image). Empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub surface: String,
     /// The manifest digest that was (or would have been) verified.
     pub digest: String,
     /// Policies that applied (comma-separated), or `exempt:<name>`, or `unmatched`.

@@ -24,7 +24,7 @@ use super::audit::{AuditLog, AuditRecord};
 use super::cache::{DecisionCache, Lookup};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
-use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, PullCall, PullVerdict};
+use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
 use crate::registry::reference::{Aliases, Digest, Reference};
 
 /// The digests an image reference resolved to on the mirror.
@@ -133,7 +133,14 @@ pub struct Enforcer {
     picked: Mutex<HashMap<String, Digest>>,
     /// Bound of `picked`.
     picked_capacity: usize,
+    /// `ImageService` paths pullgate does not know that configuration lets through
+    /// (`cri.allow_image_methods`).
+    allowed_methods: Vec<String>,
 }
+
+/// The surfaces beyond a pull and a container's own image: image volumes, the sandbox image,
+/// images containerd does not have, calls that name no image.
+mod surfaces;
 
 /// The forms of a reference policies and exemptions are matched against, with its canonical
 /// registry name (lower-cased, no `:443`): `name` and `name:tag` for a tag reference, `name`
@@ -186,6 +193,7 @@ impl Enforcer {
             aliases: Aliases::default(),
             picked: Mutex::new(HashMap::new()),
             picked_capacity: cache.capacity.max(1),
+            allowed_methods: Vec::new(),
         }
     }
 
@@ -603,9 +611,35 @@ impl Gate for Enforcer {
     fn create<'a>(&'a self, call: &'a CreateCall) -> BoxFuture<'a, CreateVerdict> {
         Box::pin(async move {
             let started = Instant::now();
-            let (verdict, record) = self.decide_create(call).await;
+            let (verdict, record) = self.decide_image(call).await;
             self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
             verdict
+        })
+    }
+
+    fn mounts<'a>(&'a self, call: &'a CreateCall, mounts: &'a [MountImage]) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(self.gate_mounts(call, mounts))
+    }
+
+    fn sandbox<'a>(&'a self, call: &'a SandboxCall) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let (verdict, record) = self.decide_sandbox(call).await;
+            self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
+            verdict
+        })
+    }
+
+    fn unchecked<'a>(&'a self, call: &'a UncheckedCall) -> BoxFuture<'a, CreateVerdict> {
+        Box::pin(async move {
+            let started = Instant::now();
+            match self.decide_unchecked(call) {
+                Some((verdict, record)) => {
+                    self.finish(started, record, matches!(verdict, CreateVerdict::Refuse(_)));
+                    verdict
+                }
+                None => CreateVerdict::Forward,
+            }
         })
     }
 }

@@ -348,6 +348,13 @@ fn split_pem(pem: &str) -> Vec<String> {
 }
 
 impl PolicySet {
+    /// Whether anything is enforced: an enforce-mode policy, or unmatched images denied. Calls
+    /// that name no image pullgate can check are refused exactly then (else let through and
+    /// recorded, as audit mode does).
+    pub fn enforces(&self) -> bool {
+        self.unmatched == Unmatched::Deny || self.policies.iter().any(|p| p.mode == Mode::Enforce)
+    }
+
     /// What applies to an image, given the forms of its normalised reference (`repo`,
     /// `repo:tag`, `repo@digest`) and the pod's namespace (unknown: only policies without a
     /// namespace selector apply).

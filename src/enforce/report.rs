@@ -52,6 +52,11 @@ pub struct ReportArgs {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ImageRefusal {
     pub image: String,
+    /// What the image was to the call when it was not the container's own image (`image volume
+    /// /data`, `sandbox image`): such images are listed on their own, apart from the same
+    /// image run as a container.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub surface: String,
     pub digests: BTreeSet<String>,
     pub namespaces: BTreeSet<String>,
     /// `PullImage`, `CreateContainer`.
@@ -145,7 +150,7 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
         policies: Vec::new(),
     };
     let mut policies: BTreeMap<String, PolicyReport> = BTreeMap::new();
-    let mut images: BTreeMap<(String, String), ImageRefusal> = BTreeMap::new();
+    let mut images: BTreeMap<(String, String, String), ImageRefusal> = BTreeMap::new();
     for r in records {
         let Ok(time) = r.time.parse::<Timestamp>() else {
             report.outside_window += 1;
@@ -193,8 +198,9 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
             p.would_refuse += 1;
             *p.namespaces.entry(r.namespace.clone()).or_default() += 1;
             *p.categories.entry(category.clone()).or_default() += 1;
-            let img = images.entry((name.to_string(), r.image.clone())).or_insert_with(|| ImageRefusal {
+            let img = images.entry((name.to_string(), r.image.clone(), r.surface.clone())).or_insert_with(|| ImageRefusal {
                 image: r.image.clone(),
+                surface: r.surface.clone(),
                 digests: BTreeSet::new(),
                 namespaces: BTreeSet::new(),
                 calls: BTreeSet::new(),
@@ -228,7 +234,7 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
             }
         }
     }
-    for ((policy, _), img) in images {
+    for ((policy, _, _), img) in images {
         if let Some(p) = policies.get_mut(&policy) {
             p.images.push(img);
         }
@@ -284,9 +290,10 @@ pub fn render_human(r: &Report) -> String {
         for img in &p.images {
             let _ = writeln!(
                 w,
-                "  {}x {}  {}  namespaces: {}  calls: {}  last {}",
+                "  {}x {}{}  {}  namespaces: {}  calls: {}  last {}",
                 img.count,
                 img.image,
+                if img.surface.is_empty() { String::new() } else { format!(" ({})", img.surface) },
                 if img.digests.is_empty() { "-".into() } else { join(&img.digests) },
                 if img.namespaces.is_empty() { "-".into() } else { join(&img.namespaces) },
                 join(&img.calls),

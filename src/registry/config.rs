@@ -54,6 +54,11 @@ pub struct RegistryConfig {
     /// Token servers (`host[:port]`) that may be contacted besides the endpoints themselves,
     /// when a registry's `WWW-Authenticate` realm is on another host.
     pub token_realm_hosts: Vec<String>,
+    /// Hosts (`host` for any port, or `host:port`) that a mirror's redirects may lead to, for
+    /// operators who pin the node's egress; `null` (the default) follows redirects to any host,
+    /// as containerd does. Redirects to the endpoint's own host are always followed; credentials
+    /// never leave it.
+    pub redirect_hosts: Option<Vec<String>>,
     /// Static credentials per endpoint host (`host[:port]` as in the URL), used when kubelet
     /// sends none for that host.
     pub credentials: BTreeMap<String, Credentials>,
@@ -76,6 +81,7 @@ impl Default for RegistryConfig {
             max_blob_bytes: DEFAULT_MAX_BYTES,
             max_concurrent_requests: 8,
             token_realm_hosts: Vec::new(),
+            redirect_hosts: None,
             credentials: BTreeMap::new(),
             aliases: BTreeMap::new(),
         }
@@ -109,6 +115,9 @@ impl RegistryConfig {
         if let Err(e) = crate::registry::reference::Aliases::new(&self.aliases) {
             return Err(("aliases", e));
         }
+        for host in self.redirect_hosts.iter().flatten() {
+            valid_host_entry(host).map_err(|why| ("redirect_hosts", format!("{host:?}: {why}")))?;
+        }
         for (host, creds) in &self.credentials {
             if let Err(e) = creds.material() {
                 return Err(("credentials", format!("{host}: {e}")));
@@ -116,6 +125,29 @@ impl RegistryConfig {
         }
         Ok(())
     }
+}
+
+/// A `host` or `host:port` entry (a bracketed IPv6 address with a port): no scheme, path,
+/// user or wildcard, so that what is allowed is exactly what is written.
+fn valid_host_entry(entry: &str) -> Result<(), &'static str> {
+    if entry.contains("://") {
+        return Err("expected host or host:port, without a scheme");
+    }
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
+        _ => (entry, None),
+    };
+    let name = host.trim_start_matches('[').trim_end_matches(']');
+    let name_ok = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
+        && (name.contains(':') == host.starts_with('['));
+    if !name_ok {
+        return Err("expected host or host:port, like \"storage.internal\" or \"10.0.0.5:9000\"");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err("the port must be a number from 1 to 65535");
+    }
+    Ok(())
 }
 
 /// An OCI platform, written `os/architecture[/variant]` (`linux/amd64`, `linux/arm64/v8`).
@@ -317,6 +349,7 @@ max_manifest_bytes: 1MiB
 max_blob_bytes: 65536
 max_concurrent_requests: 2
 token_realm_hosts: [auth.internal]
+redirect_hosts: [storage.internal, "10.0.0.5:9000", "[fd00::1]:443"]
 credentials:
   mirror.internal:5000:
     username: puller
@@ -332,6 +365,7 @@ credentials:
         assert_eq!(c.discovery_timeout, Duration::from_secs(60));
         assert_eq!(c.max_manifest_bytes, 1 << 20);
         assert_eq!(c.max_blob_bytes, 65536);
+        assert_eq!(c.redirect_hosts.as_deref().map(<[String]>::len), Some(3));
         assert_eq!(c.credentials["mirror.internal:5000"].username.as_deref(), Some("puller"));
         assert!(!format!("{c:?}").contains("s3cret"), "Debug redacts");
         assert!(c.validate().is_ok());
@@ -351,6 +385,13 @@ credentials:
         assert_eq!(c.validate().unwrap_err().0, "request_timeout");
         let c = parse("hosts_dir: relative/dir").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "hosts_dir");
+        for bad in ["https://s3.internal", "s3.internal/bucket", "user@s3", "*.s3.internal", "s3:0", "s3:http", "", "fd00::1"] {
+            let c = parse(&format!("redirect_hosts: [{bad:?}]")).unwrap();
+            let (key, why) = c.validate().unwrap_err();
+            assert_eq!(key, "redirect_hosts", "{bad}");
+            assert!(why.contains(bad), "{why}");
+        }
+        assert!(parse("redirect_hosts: []").unwrap().validate().is_ok(), "an empty list: only the endpoint's own host");
         let c = parse("credentials:\n  h:\n    auth: \"%%%\"\n").unwrap();
         assert!(c.validate().unwrap_err().1.contains("base64"));
     }

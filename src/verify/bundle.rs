@@ -21,6 +21,11 @@ use super::trust::TrustMaterial;
 /// provenance bundles reach a few hundred KiB.
 pub const MAX_BUNDLE_BYTES: usize = 8 << 20;
 
+/// Most RFC 3161 tokens one bundle may carry. Each costs a CMS signature
+/// check; sigstore-go and sigstore-python refuse more than 32, and no
+/// signer needs more than a handful.
+pub const MAX_TIMESTAMPS: usize = 32;
+
 /// What was signed, as the caller knows it.
 #[derive(Debug, Clone, Copy)]
 pub enum ArtifactRef<'a> {
@@ -85,6 +90,11 @@ pub struct VerifiedSignature {
     pub signing_times: Vec<String>,
     /// The log entries that were verified.
     pub tlog_entries: Vec<LogEntrySummary>,
+    /// RFC 3161 tokens skipped because their signer is no timestamp
+    /// authority of the trust root (one line each). They are not counted as
+    /// signing times: reported so an operator sees them, never trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_timestamps: Vec<String>,
 }
 
 /// Parse bundle JSON, refusing oversized input. Never panics.
@@ -98,6 +108,19 @@ pub fn parse_bundle(json: &[u8]) -> Result<Bundle, MaterialError> {
     }
     let text = std::str::from_utf8(json)
         .map_err(|_| MaterialError::MalformedBundle("not UTF-8".into()))?;
+    // The library reads a bundle without `mediaType` as v0.1 (the laxest
+    // version, which needs no inclusion proof). The bundle spec requires the
+    // field, so a bundle without it is refused rather than downgraded.
+    #[derive(serde::Deserialize)]
+    struct MediaTypeProbe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<serde::de::IgnoredAny>,
+    }
+    let probe: MediaTypeProbe = serde_json::from_str(text)
+        .map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))?;
+    if probe.media_type.is_none() {
+        return Err(MaterialError::MalformedBundle("no mediaType".into()));
+    }
     Bundle::from_json(text).map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))
 }
 
@@ -149,10 +172,72 @@ impl TrustMaterial {
         signer: ExpectedSigner<'_>,
         mode: Mode,
     ) -> Result<VerifiedSignature, VerifyError> {
-        match signer {
+        // (1) Bounded, duplicate-free timestamps; a parseable carried chain.
+        self.check_material(bundle)?;
+        // (3a) Tokens from a TSA the trust root does not list are set aside
+        //      (both modes, so the library never sees them either).
+        let (filtered, skipped) = self.without_unlisted_timestamps(bundle);
+        let bundle = filtered.as_ref().unwrap_or(bundle);
+        let mut verified = match signer {
             ExpectedSigner::Certificate => self.verify_keyless(bundle, artifact, mode),
             ExpectedSigner::Key(key) => self.verify_with_key(bundle, artifact, key),
+        }?;
+        verified.skipped_timestamps = skipped;
+        Ok(verified)
+    }
+
+    /// (1) See [`check_material_with`].
+    fn check_material(&self, bundle: &Bundle) -> Result<(), VerifyError> {
+        check_material_with(self, bundle)
+    }
+
+    /// (3a) The bundle without the RFC 3161 tokens whose signer no TSA of the
+    /// trust root matches (by issuer and serial or by subject key
+    /// identifier), and a one-line note per skipped token. `None` when
+    /// nothing was skipped (no copy is made).
+    ///
+    /// This is what sigstore-go and sigstore-python do: a token they cannot
+    /// attribute to a trusted TSA is ignored, and the remaining verified
+    /// time sources (SETs, listed tokens) must still meet the threshold of
+    /// one, which the library enforces on what is left. A token that names a
+    /// listed TSA but does not verify still refuses the bundle.
+    fn without_unlisted_timestamps(&self, bundle: &Bundle) -> (Option<Bundle>, Vec<String>) {
+        let tokens = &bundle
+            .verification_material
+            .timestamp_verification_data
+            .rfc3161_timestamps;
+        let unlisted: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                super::timestamp::signer_listed(&self.tsa, t.signed_timestamp.as_bytes())
+                    == Some(false)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if unlisted.is_empty() {
+            return (None, Vec::new());
         }
+        let notes: Vec<String> = unlisted
+            .iter()
+            .map(|i| {
+                format!("RFC 3161 timestamp {i} skipped: signed by a TSA the trust root does not list")
+            })
+            .collect();
+        for note in &notes {
+            tracing::debug!(target: "pullgate::verify", "{note}");
+        }
+        let mut copy = bundle.clone();
+        let mut index = 0;
+        copy.verification_material
+            .timestamp_verification_data
+            .rfc3161_timestamps
+            .retain(|_| {
+                let keep = !unlisted.contains(&index);
+                index += 1;
+                keep
+            });
+        (Some(copy), notes)
     }
 
     fn verify_keyless(
@@ -293,6 +378,7 @@ impl TrustMaterial {
             signer: Signer::Certificate(CertificateIdentity::new(info, leaf)),
             signing_times: times(verified_times),
             tlog_entries: summarize(&bundle.verification_material.tlog_entries),
+            skipped_timestamps: Vec::new(),
         })
     }
 
@@ -344,8 +430,62 @@ impl TrustMaterial {
             },
             signing_times: times(result.verified_timestamps()),
             tlog_entries: summarize(&bundle.verification_material.tlog_entries),
+            skipped_timestamps: Vec::new(),
         })
     }
+}
+
+/// (1) Checks on the material alone, before any cryptography, in both modes.
+///
+/// * At most [`MAX_TIMESTAMPS`] RFC 3161 tokens, none repeated: a repeated
+///   token would be verified (and counted) twice, and an attacker could make
+///   every pull pay for thousands of CMS checks.
+/// * (4a) Every certificate a v0.1/v0.2 chain carries after the leaf parses
+///   as X.509, and a self-signed (root) certificate is refused unless it is
+///   byte for byte one of the trust root's CA certificates: roots come from
+///   the trust root, never from the bundle (sigstore-conformance rule), yet
+///   real v0.1 bundles (npm provenance, sigstore-go test data) repeat the
+///   production Fulcio root and must keep verifying. Parsed intermediates
+///   are otherwise unused: the leaf is chained to the trust root's own CA
+///   certificates, so what else the bundle carries cannot make a chain
+///   valid.
+fn check_material_with(trust: &TrustMaterial, bundle: &Bundle) -> Result<(), VerifyError> {
+    use super::error::TimestampError;
+    let tokens = &bundle
+        .verification_material
+        .timestamp_verification_data
+        .rfc3161_timestamps;
+    if tokens.len() > MAX_TIMESTAMPS {
+        return Err(TimestampError::TooMany(tokens.len()).into());
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        if let Some(j) = tokens[..i]
+            .iter()
+            .position(|earlier| earlier.signed_timestamp.as_bytes() == token.signed_timestamp.as_bytes())
+        {
+            return Err(TimestampError::Duplicate(j, i).into());
+        }
+    }
+    if let VerificationMaterialContent::X509CertificateChain { certificates } =
+        &bundle.verification_material.content
+    {
+        use der::Decode as _;
+        for (index, cert) in certificates.iter().enumerate().skip(1) {
+            let der = cert.raw_bytes.as_bytes();
+            let parsed = x509_cert::Certificate::from_der(der).map_err(|e| {
+                CertificateError::ChainCertificate {
+                    index,
+                    reason: one_line(&e.to_string()),
+                }
+            })?;
+            if parsed.tbs_certificate.subject == parsed.tbs_certificate.issuer
+                && !trust.fulcio_certs.iter().any(|known| known[..] == der[..])
+            {
+                return Err(CertificateError::RootInChain(index).into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a Rekor v1 SET authenticates an integrated time for the bundle:

@@ -67,10 +67,16 @@ pub fn claim_name(oid: &str) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// Fulcio's otherName SAN type for usernames (`1.3.6.1.4.1.57264.1.7`),
+/// issued for OIDC providers whose identity is neither an email nor a URI.
+pub const OTHER_NAME_SAN: &str = "1.3.6.1.4.1.57264.1.7";
+
 /// The signer as described by a certificate that verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateIdentity {
-    /// The SAN identity (email or URI) the library matched on, if any.
+    /// The SAN identity, if any: the email or URI SAN the library reads, or
+    /// else the value of a Fulcio username otherName SAN ([`OTHER_NAME_SAN`]),
+    /// matched by policy exactly like the other two (exact or regex).
     pub subject: Option<String>,
     /// The OIDC issuer (`.1.8`, else `.1.1`), if any.
     pub issuer: Option<String>,
@@ -86,7 +92,11 @@ impl CertificateIdentity {
     /// Build from the library's certificate info plus the leaf's raw DER.
     pub(crate) fn new(info: &sigstore_verify::crypto::CertificateInfo, leaf_der: &[u8]) -> Self {
         Self {
-            subject: info.identity.as_ref().map(|san| san.as_str().to_string()),
+            subject: info
+                .identity
+                .as_ref()
+                .map(|san| san.as_str().to_string())
+                .or_else(|| other_name_san(leaf_der)),
             issuer: info.issuer.clone(),
             extensions: fulcio_claims(leaf_der),
             not_before: info.not_before.to_string(),
@@ -125,6 +135,17 @@ pub fn fulcio_claims(leaf_der: &[u8]) -> BTreeMap<String, String> {
         }
     }
     claims
+}
+
+/// The value of the certificate's Fulcio username otherName SAN
+/// ([`OTHER_NAME_SAN`], a UTF8String), if it has one.
+pub fn other_name_san(leaf_der: &[u8]) -> Option<String> {
+    let view = der_walk::tbs(leaf_der)?;
+    let (_, names) = view
+        .extensions
+        .iter()
+        .find(|(oid, _)| *oid == der_walk::SUBJECT_ALT_NAME)?;
+    der_walk::fulcio_other_name(names)
 }
 
 /// The DER issuer `Name` (whole TLV) of a certificate, without a full parse.
@@ -249,6 +270,37 @@ mod der_walk {
             spki,
             extensions,
         })
+    }
+
+    /// DER contents of the subjectAltName OID, 2.5.29.17.
+    pub(super) const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
+    /// DER contents of 1.3.6.1.4.1.57264.1.7 (Fulcio username otherName).
+    const FULCIO_USERNAME: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x83, 0xbf, 0x30, 0x01, 0x07];
+
+    /// The first Fulcio username otherName in a DER GeneralNames:
+    /// `[0] { type-id OID, [0] EXPLICIT UTF8String }`.
+    pub(super) fn fulcio_other_name(general_names: &[u8]) -> Option<String> {
+        let (0x30, _, mut names, _) = tlv(general_names)? else {
+            return None;
+        };
+        while !names.is_empty() {
+            let (tag, _, contents, after) = tlv(names)?;
+            names = after;
+            if tag != 0xa0 {
+                continue;
+            }
+            let (0x06, _, oid, rest) = tlv(contents)? else {
+                return None;
+            };
+            if oid != FULCIO_USERNAME {
+                continue;
+            }
+            let (0xa0, _, value, _) = tlv(rest)? else {
+                return None;
+            };
+            return utf8_string(value);
+        }
+        None
     }
 
     /// `N` if `oid` (DER contents) is `1.3.6.1.4.1.57264.1.N`.

@@ -97,6 +97,14 @@ pub enum BindingError {
         /// The digest of the image being pulled.
         want: String,
     },
+    /// Step 2a: `messageSignature.messageDigest` names another artifact.
+    #[error("message digest mismatch: bundle says {got}, artifact is {want}")]
+    MessageDigest {
+        /// The bundle's `messageDigest` (algorithm:hex).
+        got: String,
+        /// The artifact's digest in that algorithm, when computable.
+        want: String,
+    },
     /// The bundle signs some other artifact (message digest or subject mismatch).
     #[error("artifact mismatch: {0}")]
     Artifact(String),
@@ -133,6 +141,18 @@ pub enum CertificateError {
         /// The certificate's notAfter.
         not_after: String,
     },
+    /// Step 4a: a certificate the bundle carries after the leaf is not X.509.
+    #[error("malformed chain certificate {index}: {reason}")]
+    ChainCertificate {
+        /// Position in the carried chain (the leaf is 0).
+        index: usize,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// Step 4a: the bundle carries a self-signed (root) certificate that is
+    /// not one of the trust root's CA certificates.
+    #[error("bundle carries a root certificate at chain position {0}; roots must come from the trusted root")]
+    RootInChain(usize),
     /// The embedded SCT is missing or does not verify against a trusted CT log.
     #[error("invalid certificate transparency SCT: {0}")]
     Sct(String),
@@ -162,6 +182,20 @@ pub enum TlogError {
     /// The log entry describes another signature, key or artifact.
     #[error("log entry does not match the signature: {0}")]
     EntryMismatch(String),
+    /// Step 6a: an inclusion-proof field disagrees with the signed
+    /// checkpoint or with the entry (index, tree size or root).
+    #[error("inclusion proof {field} {proof} does not match the {signed}")]
+    ProofFieldMismatch {
+        /// `logIndex`, `treeSize` or `rootHash`.
+        field: &'static str,
+        /// The proof's value.
+        proof: String,
+        /// What the signed checkpoint or the entry commits to.
+        signed: String,
+    },
+    /// Step 6b: the checkpoint is not signed by the entry's own log under its name.
+    #[error("checkpoint not signed by the entry's log: {0}")]
+    CheckpointSigner(String),
     /// The integrated time is in the future or outside the certificate's validity.
     #[error("invalid integrated time: {0}")]
     IntegratedTime(String),
@@ -179,6 +213,12 @@ pub enum TimestampError {
     /// An authentic timestamp outside its authority's validity window.
     #[error("RFC 3161 timestamp {0} is outside its authority's validity window")]
     OutsideAuthorityValidity(String),
+    /// Step 1: more RFC 3161 tokens than any honest bundle carries.
+    #[error("{0} RFC 3161 timestamps, over the limit of {limit}", limit = crate::verify::bundle::MAX_TIMESTAMPS)]
+    TooMany(usize),
+    /// Step 1: the same RFC 3161 token twice; it would count twice.
+    #[error("duplicate RFC 3161 timestamp (tokens {0} and {1} are identical)")]
+    Duplicate(usize, usize),
     /// No verified signing time at all (no SET and no timestamp).
     #[error("no verified signing time: {0}")]
     NoVerifiedTime(String),

@@ -509,6 +509,7 @@ impl TrustMaterial {
             signer,
             signing_times,
             tlog_entries: vec![entry],
+            skipped_timestamps: Vec::new(),
         })
     }
 

@@ -244,6 +244,34 @@ fn parse(token: &[u8]) -> Result<Token, String> {
     })
 }
 
+/// Whether a token's signer is one of the trust root's timestamp
+/// authorities: its SignerIdentifier (issuer and serial, or subject key
+/// identifier) names the signing certificate of some TSA in the root.
+/// Certificates embedded in the token are never consulted: only the trust
+/// root says which TSA keys exist.
+///
+/// `Some(false)` means the token parses and names a TSA the trust root does
+/// not list: sigstore-go and sigstore-python skip such tokens (they cannot be
+/// verified, so they never count towards the threshold). `None` (does not
+/// parse) and `Some(true)` keep the token, which must then verify.
+pub(crate) fn signer_listed(authorities: &[CachedAuthority], token: &[u8]) -> Option<bool> {
+    let parsed = parse(token).ok()?;
+    let signer = parsed.signed.signer_infos.0.get(0)?;
+    Some(authorities.iter().any(|a| signer_matches(a, &signer.sid)))
+}
+
+fn signer_matches(authority: &CachedAuthority, sid: &SignerIdentifier) -> bool {
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(id) => {
+            id.issuer == authority.leaf.tbs_certificate.issuer
+                && id.serial_number == authority.leaf.tbs_certificate.serial_number
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => {
+            authority.leaf_ski.as_deref() == Some(ski.0.as_bytes())
+        }
+    }
+}
+
 /// Verify `token` over `signature` against every usable authority; the
 /// first authority that authenticates it decides, as in the library.
 pub(crate) fn verify(
@@ -311,15 +339,7 @@ fn verify_with(
     }
     // Signed by this authority's leaf (embedded certificates are ignored).
     let signer = signed.signer_infos.0.get(0).ok_or("no signer info found")?;
-    let matches = match &signer.sid {
-        SignerIdentifier::IssuerAndSerialNumber(id) => {
-            id.issuer == authority.leaf.tbs_certificate.issuer
-                && id.serial_number == authority.leaf.tbs_certificate.serial_number
-        }
-        SignerIdentifier::SubjectKeyIdentifier(ski) => {
-            authority.leaf_ski.as_deref() == Some(ski.0.as_bytes())
-        }
-    };
+    let matches = signer_matches(authority, &signer.sid);
     if !matches {
         return Err("Failed to verify timestamp signature: CMS signer does not match any trusted TSA certificate".into());
     }

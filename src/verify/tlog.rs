@@ -27,7 +27,7 @@ pub(crate) fn verify_inclusion(
 ) -> Result<(), TlogError> {
     if let Some(proof) = &entry.inclusion_proof {
         verify_merkle_inclusion(entry, proof)?;
-        verify_checkpoint(entry, proof, rekor_keys)?;
+        verify_checkpoint(entry, proof)?;
     }
     if entry.inclusion_promise.is_some() && !set_verified_by_library(entry) {
         verify_entry_set(entry, rekor_keys)?;
@@ -35,13 +35,28 @@ pub(crate) fn verify_inclusion(
     Ok(())
 }
 
-/// Every entry must name a log of the trusted root, and a Rekor v2
-/// checkpoint must carry a valid signature by *that* log's key.
+/// Step 6, run in both modes after the library or [`verify_inclusion`]:
+/// every entry must name a log of the trusted root, its inclusion proof must
+/// agree with what the signed checkpoint and the entry commit to, and the
+/// checkpoint must be signed by *that* log under its own name.
 ///
-/// The library authenticates a v2 checkpoint with any trusted log key whose
-/// hint matches and never looks at the entry's log ID. We also check it in
-/// both modes (as sigstore-go does), so an entry cannot claim one log while
-/// being proven by another one with a different validity window.
+/// The library authenticates a checkpoint with any trusted log key whose
+/// four-byte hint matches any signature line, never looks at the signer name
+/// or the entry's log ID, and (for Rekor v2) ignores the proof's duplicated
+/// index, size and root. Here:
+///
+/// * (6a) Rekor v2: `inclusionProof.logIndex` equals the entry's `logIndex`
+///   (Rekor v1 numbers entries across shards and proves them in the current
+///   shard's tree, so its two indices differ legitimately);
+///   `inclusionProof.treeSize` and `rootHash` equal the checkpoint's
+///   ([`TlogError::ProofFieldMismatch`]). Rekor v1 proves with the proof's
+///   fields and v2 with the checkpoint's: either way a bundle whose copies
+///   disagree is inconsistent and refused, as sigstore-go does.
+/// * (6b) the checkpoint carries a signature line whose name is the log's
+///   name (the origin up to its first space, as Rekor v1 and v2 write it),
+///   whose key hint is the entry's log ID, and which verifies with the
+///   entry's own log key ([`TlogError::CheckpointSigner`]). Other lines
+///   (witness cosignatures, which no policy here requires) are not read.
 pub(crate) fn verify_log_identity(
     entry: &TransparencyLogEntry,
     rekor_keys: &Keyring,
@@ -49,32 +64,108 @@ pub(crate) fn verify_log_identity(
     let log_id = entry.log_id.key_id.as_bytes();
     let key_id = Sha256Hash::try_from(log_id)
         .map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
+    if rekor_keys.key(&key_id).is_none() {
+        return Err(TlogError::UnknownLog(key_id.to_hex()));
+    }
+    let Some(proof) = &entry.inclusion_proof else {
+        return Ok(());
+    };
+    let Some(checkpoint) = proof.checkpoint.checkpoint() else {
+        return Err(TlogError::NoProof(
+            "inclusion proof without a checkpoint".into(),
+        ));
+    };
+    // (6a) One index, one tree size, one root.
+    let mismatch = |field: &'static str, proof: String, signed: String| {
+        Err(TlogError::ProofFieldMismatch {
+            field,
+            proof,
+            signed,
+        })
+    };
+    // Rekor v1 numbers entries globally but proves them in the current
+    // shard's tree, so there the two indices differ legitimately and the
+    // proof's is authenticated by the Merkle path alone.
+    if is_rekor_v2(entry) && proof.log_index.get() != entry.log_index.get() {
+        return mismatch(
+            "logIndex",
+            proof.log_index.get().to_string(),
+            format!("entry logIndex {}", entry.log_index.get()),
+        );
+    }
+    if proof.tree_size != checkpoint.tree_size() {
+        return mismatch(
+            "treeSize",
+            proof.tree_size.to_string(),
+            format!("checkpoint tree size {}", checkpoint.tree_size()),
+        );
+    }
+    if proof.root_hash != *checkpoint.root_hash() {
+        return mismatch(
+            "rootHash",
+            proof.root_hash.to_hex(),
+            format!("checkpoint root {}", checkpoint.root_hash().to_hex()),
+        );
+    }
+    // (6b) Signed by the entry's own log, under the log's own name, in a
+    //      well-formed signed note: every line, the last signature line
+    //      included, ends with a newline (as the Go note parser requires).
+    if !proof.checkpoint.envelope().ends_with('\n') {
+        return Err(TlogError::Checkpoint(
+            "signed note does not end with a newline".into(),
+        ));
+    }
+    verify_checkpoint_signer(checkpoint, &key_id, rekor_keys)
+}
+
+/// (6b) The checkpoint is signed by the log with ID `key_id`, on a signature
+/// line that names the checkpoint's origin log. Key hints are four bytes and
+/// may collide: every line with the right name and hint is tried.
+fn verify_checkpoint_signer(
+    checkpoint: &sigstore_verify::types::Checkpoint,
+    key_id: &Sha256Hash,
+    rekor_keys: &Keyring,
+) -> Result<(), TlogError> {
+    let name = log_name(checkpoint.origin());
+    // Same validity rule as the library's checkpoint check: a key whose
+    // window has not started cannot have signed; an expired log's
+    // checkpoints stay verifiable for historical entries.
     let key = rekor_keys
-        .key(&key_id)
-        .ok_or_else(|| TlogError::UnknownLog(key_id.to_hex()))?;
-    if is_rekor_v2(entry) {
-        let Some(checkpoint) = entry
-            .inclusion_proof
-            .as_ref()
-            .and_then(|p| p.checkpoint.checkpoint())
-        else {
-            return Err(TlogError::NoProof(
-                "Rekor v2 entry without a checkpoint".into(),
-            ));
-        };
-        let signed = checkpoint
-            .signatures()
-            .iter()
-            .filter(|s| s.key_id.as_bytes()[..] == log_id[..4])
-            .any(|s| key.verify(checkpoint.signed_data(), &s.signature).is_ok());
-        if !signed {
-            return Err(TlogError::Checkpoint(format!(
-                "not signed by the entry's log {}",
+        .key_started_by(key_id, jiff::Timestamp::now())
+        .ok_or_else(|| {
+            TlogError::CheckpointSigner(format!(
+                "log {} key is not yet valid",
                 key_id.to_hex()
-            )));
+            ))
+        })?;
+    let hint = &key_id.as_bytes()[..4];
+    let mut named = false;
+    for signature in checkpoint.signatures() {
+        if signature.name != name {
+            continue;
+        }
+        named = true;
+        if signature.key_id.as_bytes()[..] == hint[..]
+            && key.verify(checkpoint.signed_data(), &signature.signature).is_ok()
+        {
+            return Ok(());
         }
     }
-    Ok(())
+    Err(TlogError::CheckpointSigner(if named {
+        format!(
+            "no valid signature by the entry's log {} under its name {name:?}",
+            key_id.to_hex()
+        )
+    } else {
+        format!("no signature line names the log {name:?}")
+    }))
+}
+
+/// The log's name in a checkpoint origin: Rekor v1 writes
+/// `rekor.sigstore.dev - 1193050959916656506` and signs as
+/// `rekor.sigstore.dev`; Rekor v2 uses the bare name for both.
+fn log_name(origin: &str) -> &str {
+    origin.split(' ').next().unwrap_or(origin)
 }
 
 /// The library's step 0 verifies the SET of every Rekor v1 entry that has an
@@ -123,11 +214,7 @@ fn verify_merkle_inclusion(
     .map_err(|e| TlogError::InclusionProof(one_line(&e.to_string())))
 }
 
-fn verify_checkpoint(
-    entry: &TransparencyLogEntry,
-    proof: &InclusionProof,
-    rekor_keys: &Keyring,
-) -> Result<(), TlogError> {
+fn verify_checkpoint(entry: &TransparencyLogEntry, proof: &InclusionProof) -> Result<(), TlogError> {
     let checkpoint = proof
         .checkpoint
         .checkpoint()
@@ -139,25 +226,11 @@ fn verify_checkpoint(
             proof.root_hash.to_hex()
         )));
     }
-    // Checkpoints may carry witness cosignatures and four-byte key hints can
-    // collide: try every trusted key whose hint matches every signature, and
-    // accept the first that verifies (same rule as the library).
-    let message = checkpoint.signed_data();
-    let now = jiff::Timestamp::now();
-    let mut hint_matched = false;
-    for signature in checkpoint.signatures() {
-        for key in rekor_keys.keys_by_hint(&signature.key_id, now) {
-            hint_matched = true;
-            if key.verify(message, &signature.signature).is_ok() {
-                return Ok(());
-            }
-        }
-    }
-    Err(TlogError::Checkpoint(if hint_matched {
-        "no valid signature by a trusted log key".into()
-    } else {
-        "not signed by any trusted log key".into()
-    }))
+    // The library's rule (some trusted key with a matching hint signed it)
+    // is implied by the stricter (6b) in [`verify_log_identity`], which
+    // every caller runs next: checking both would verify the same ECDSA
+    // signature twice on every pull.
+    Ok(())
 }
 
 /// The fields a Rekor v1 SET signs, serialized as RFC 8785 canonical JSON.

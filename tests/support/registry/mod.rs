@@ -1,11 +1,12 @@
 //! Test support for `src/registry`: a FAKE OCI registry with the referrers API and a FAKE token
 //! server (`fake`), push helpers that work against real registries too (`push`), a tiny HTTP
-//! client (`http`), and a recording [`Dialer`](pullgate::registry::Dialer).
+//! client (`http`), a redirecting front for a real registry (`redirect`), and a recording [`Dialer`](pullgate::registry::Dialer).
 #![allow(dead_code)]
 
 pub mod fake;
 pub mod http;
 pub mod push;
+pub mod redirect;
 pub mod tls;
 
 use std::future::Future;

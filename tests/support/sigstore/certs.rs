@@ -34,6 +34,8 @@ pub enum San {
     Uri(String),
     /// An email SAN (people).
     Email(String),
+    /// A Fulcio username otherName SAN (`1.3.6.1.4.1.57264.1.7`, UTF8String).
+    OtherName(String),
 }
 
 /// An extension to add verbatim: (OID, critical, DER value).
@@ -170,6 +172,15 @@ pub fn tbs(
                 GeneralName::UniformResourceIdentifier(Ia5String::new(uri).expect("uri"))
             }
             San::Email(email) => GeneralName::Rfc822Name(Ia5String::new(email).expect("email")),
+            San::OtherName(name) => {
+                GeneralName::OtherName(x509_cert::ext::pkix::name::OtherName {
+                    type_id: oid("1.3.6.1.4.1.57264.1.7"),
+                    value: x509_cert::der::Any::encode_from(
+                        &Utf8StringRef::new(name).expect("utf8"),
+                    )
+                    .expect("other name"),
+                })
+            }
         };
         extensions.push(ext(&SubjectAltName(vec![name]), true));
     }

@@ -58,6 +58,25 @@ fn sha256(data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// How a token names its signer (RFC 5652 SignerIdentifier) and whether it
+/// embeds the signing certificate. Real TSAs use every combination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenForm {
+    /// `subjectKeyIdentifier` instead of `issuerAndSerialNumber`.
+    pub by_key_identifier: bool,
+    /// Put the signing certificate in `certificates`.
+    pub embed_certificate: bool,
+}
+
+impl Default for TokenForm {
+    fn default() -> Self {
+        Self {
+            by_key_identifier: false,
+            embed_certificate: true,
+        }
+    }
+}
+
 /// Timestamp `signature` at `time` (seconds) with the TSA leaf `cert`/`key`.
 pub fn timestamp(
     signature: &[u8],
@@ -65,6 +84,18 @@ pub fn timestamp(
     cert: &IssuedCert,
     key: &TestKey,
     serial: u64,
+) -> Vec<u8> {
+    timestamp_with(signature, time, cert, key, serial, TokenForm::default())
+}
+
+/// [`timestamp`] in a given [`TokenForm`].
+pub fn timestamp_with(
+    signature: &[u8],
+    time: i64,
+    cert: &IssuedCert,
+    key: &TestKey,
+    serial: u64,
+    form: TokenForm,
 ) -> Vec<u8> {
     let tst = TstInfo {
         version: 1,
@@ -93,12 +124,34 @@ pub fn timestamp(
     let signature = key.sign(&signed_attrs.to_der().expect("attrs der"));
 
     let parsed = cert.parsed();
-    let signer = SignerInfo {
-        version: CmsVersion::V1,
-        sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+    let sid = if form.by_key_identifier {
+        let ski = parsed
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == oid("2.5.29.14"))
+            .map(|e| {
+                use x509_cert::der::Decode;
+                x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes())
+                    .expect("ski")
+            })
+            .expect("TSA certificate has a subject key identifier");
+        SignerIdentifier::SubjectKeyIdentifier(ski)
+    } else {
+        SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
             issuer: parsed.tbs_certificate.issuer.clone(),
             serial_number: parsed.tbs_certificate.serial_number.clone(),
-        }),
+        })
+    };
+    let signer = SignerInfo {
+        // RFC 5652 §5.3: version 3 when the signer is named by key identifier.
+        version: if form.by_key_identifier {
+            CmsVersion::V3
+        } else {
+            CmsVersion::V1
+        },
+        sid,
         digest_alg: sha256_alg(),
         signed_attrs: Some(signed_attrs),
         signature_algorithm: AlgorithmIdentifierOwned {
@@ -115,10 +168,12 @@ pub fn timestamp(
             econtent_type: oid(ID_CT_TST_INFO),
             econtent: Some(Any::new(Tag::OctetString, tst_der).expect("econtent")),
         },
-        certificates: Some(CertificateSet(
-            SetOfVec::try_from(vec![cms::cert::CertificateChoices::Certificate(parsed)])
-                .expect("certs"),
-        )),
+        certificates: form.embed_certificate.then(|| {
+            CertificateSet(
+                SetOfVec::try_from(vec![cms::cert::CertificateChoices::Certificate(parsed)])
+                    .expect("certs"),
+            )
+        }),
         crls: None,
         signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).expect("signers")),
     };
