@@ -20,7 +20,7 @@ mod testbed;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use daemon::Daemon;
@@ -31,7 +31,7 @@ use support::registry::push::Pusher;
 use support::registry::redirect::{Front, Storage};
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use testbed::Testbed;
+use testbed::{Generation, Testbed};
 
 type TestResult = Result<(), Failed>;
 
@@ -59,14 +59,10 @@ struct Ctx {
     stack: Mutex<Stack>,
 }
 
-static CTX: OnceLock<Result<Arc<Ctx>, String>> = OnceLock::new();
+static CTX: testbed::Contexts<Ctx> = testbed::Contexts::new();
 
-fn ctx() -> Result<Arc<Ctx>, Failed> {
-    CTX.get_or_init(|| setup().map(Arc::new)).clone().map_err(Failed::from)
-}
-
-fn setup() -> Result<Ctx, String> {
-    let tb = Testbed::start("rdr", &[])?;
+fn setup(generation: Generation) -> Result<Ctx, String> {
+    let tb = Testbed::start_generation(generation, "rdr", &[])?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let registry = tb.get("REGISTRY").to_string();
     let addr: SocketAddr = registry.parse().map_err(|e| format!("{registry}: {e}"))?;
@@ -111,12 +107,15 @@ fn main() {
         ("redirect_to_a_host_not_allowed_is_refused", unlisted_host_is_refused),
         ("redirect_target_serving_other_bytes_is_refused", other_bytes_are_refused),
     ];
-    let trials = testbed::trials(tests, ctx);
+    let trials = testbed::trials(tests, &CTX, setup, teardown);
     let conclusion = libtest_mimic::run(&args, trials);
-    if let Some(Ok(ctx)) = CTX.get() {
-        ctx.tb.clean();
-    }
+    CTX.finish(teardown);
     conclusion.exit();
+}
+
+/// Stops the testbed (containerd, shims, registry); the front ends with the process.
+fn teardown(c: &Ctx) {
+    c.tb.clean();
 }
 
 /// Starts an enforce-mode pullgate for one trial; `extra` goes under `registry:`.

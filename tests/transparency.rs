@@ -62,8 +62,12 @@ fn ok_trailers() -> HeaderMap {
     t
 }
 
-async fn upstream_call(up: Arc<Upstream>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn upstream_call(up: Arc<Upstream>, req: Request<Incoming>) -> Result<Response<BoxBody>, h2::Error> {
     let path = req.uri().path().to_owned();
+    if req.headers().contains_key("x-reset-with-cancel") {
+        // As containerd 2.x does when a call's deadline expires: RST_STREAM(CANCEL), no headers.
+        return Err(h2::Error::from(h2::Reason::CANCEL));
+    }
     let (parts, body) = req.into_parts();
     if path == "/test.Echo/Hang" {
         let _guard = OnDrop(up.clone());
@@ -198,6 +202,48 @@ async fn intercepted_calls_forward_original_bytes() {
         let seen = s.seen.lock().await.recv().await.unwrap();
         assert_eq!((seen.path.as_str(), &seen.body), (path, &body));
         assert_eq!(seen.headers["x-custom"], "value");
+    }
+}
+
+/// Issue 17: the answers of intercepted calls (buffered by pullgate) carry no header the
+/// upstream did not send (pullgate's buffered bodies used to add `content-length`), and the
+/// upstream receives none the caller did not send either.
+#[tokio::test]
+async fn intercepted_calls_add_no_content_length() {
+    let s = setup().await;
+    let mut c = client(&s.socket).await;
+    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus", "/runtime.v1.RuntimeService/CreateContainer"] {
+        // A streamed body, so the client sends no content-length (as gRPC clients do).
+        let mut req = grpc_request(path, Bytes::new());
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(grpc_frame(b"\x0a\x03\x0a\x01x")))];
+        *req.body_mut() = StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let resp = c.send_request(req).await.unwrap();
+        assert!(resp.headers().get("content-length").is_none(), "{path}: {:?}", resp.headers());
+        let seen = s.seen.lock().await.recv().await.unwrap();
+        assert!(seen.headers.get("content-length").is_none(), "{path} upstream: {:?}", seen.headers);
+    }
+}
+
+/// Issue 17: a stream the upstream resets (containerd 2.x on an expired deadline) is reset for
+/// the caller with the same reason, intercepted or not, instead of becoming an UNAVAILABLE
+/// status made up by pullgate.
+#[tokio::test]
+async fn upstream_reset_reaches_the_caller() {
+    let s = setup().await;
+    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.RuntimeService/ListContainers"] {
+        let mut c = client(&s.socket).await;
+        let mut req = grpc_request(path, grpc_frame(b""));
+        req.headers_mut().insert("x-reset-with-cancel", HeaderValue::from_static("1"));
+        let err = c.send_request(req).await.expect_err("the call was answered, not reset");
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        let mut reason = None;
+        while let Some(e) = source {
+            if let Some(h2e) = e.downcast_ref::<h2::Error>() {
+                reason = h2e.reason();
+            }
+            source = e.source();
+        }
+        assert_eq!(reason, Some(h2::Reason::CANCEL), "{path}: {err:?}");
     }
 }
 
