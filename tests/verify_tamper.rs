@@ -275,8 +275,10 @@ fn untrusted_ca_with_forged_chain_annotation() {
     assert!(l.chain.as_deref().unwrap().contains("BEGIN CERTIFICATE"));
     assert_reason(
         verify_legacy(&fx.trust, &l, &fx.image),
-        |e| matches!(e, VerifyError::Certificate(CertificateError::Untrusted(_))),
-        "untrusted certificate",
+        // The forged self-signed "intermediate" is a root the trust root
+        // does not hold: refused before any chain is built (step 4a).
+        |e| matches!(e, VerifyError::Certificate(CertificateError::RootInChain(_))),
+        "roots must come from the trusted root",
     );
 }
 
@@ -543,8 +545,8 @@ fn checkpoint_signature() {
         format!("{body}\n\n{prefix} {}\n", B64.encode(sig)).into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Tlog(TlogError::Checkpoint(_))),
-        "invalid checkpoint",
+        |e| matches!(e, VerifyError::Tlog(TlogError::CheckpointSigner(_))),
+        "checkpoint not signed by the entry's log",
     );
 }
 
@@ -571,8 +573,8 @@ fn checkpoint_by_another_log() {
         rogue.checkpoint(size, &root).into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Tlog(TlogError::Checkpoint(_))),
-        "not signed by any trusted log key",
+        |e| matches!(e, VerifyError::Tlog(TlogError::CheckpointSigner(_))),
+        "checkpoint not signed by the entry's log",
     );
 }
 

@@ -125,6 +125,12 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     let verified = trust
         .verify_bundle(&bundle, artifact, signer)
         .map_err(rejected)?;
+    // Step 3a: tokens from a TSA the trust root does not list were skipped,
+    // not counted; say so next to the verdict.
+    let skipped = match verified.skipped_timestamps.len() {
+        0 => String::new(),
+        n => format!("; {n} RFC 3161 timestamp(s) skipped: signed by a TSA the trust root does not list"),
+    };
     match (
         &verified.signer,
         &args.certificate_identity,
@@ -134,9 +140,11 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
             KeylessIdentity::exact(subject, issuer)
                 .check(identity)
                 .map_err(rejected)?;
-            Ok(format!("signed by {subject} ({issuer})"))
+            Ok(format!("signed by {subject} ({issuer}){skipped}"))
         }
-        (Signer::Key { fingerprint, .. }, None, None) => Ok(format!("signed by key {fingerprint}")),
+        (Signer::Key { fingerprint, .. }, None, None) => {
+            Ok(format!("signed by key {fingerprint}{skipped}"))
+        }
         _ => Err(rejected(
             "signer kind does not match the requested verification",
         )),
