@@ -229,7 +229,7 @@ mod tests {
 
     fn enforcer(mode: &str, unmatched: &str) -> Enforcer {
         let yaml = format!(
-            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"reg/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"reg/demo/**\"]\n    mode: {mode}\n    authorities:\n      - name: ci\n        keyless:\n          identities:\n            - issuer: https://issuer\n              subject: https://subject\n"
+            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"reg.test:5000/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"reg.test:5000/demo/**\"]\n    mode: {mode}\n    authorities:\n      - name: ci\n        keyless:\n          identities:\n            - issuer: https://issuer\n              subject: https://subject\n"
         );
         let config: PolicyConfig = crate::config::parse_yaml(&yaml, std::path::Path::new("test.yaml")).unwrap();
         let audit = AuditLog::new(&AuditConfig::Off).unwrap();
@@ -255,15 +255,15 @@ mod tests {
         let (v, r) = block(e.decide_image(&call("/var/lib/kubelet/checkpoints/c.tar", None)));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("not present in containerd") && m.contains("checkpoint")), "{v:?}");
         assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "enforce"));
-        let (v, _) = block(e.decide_image(&call("reg/demo/app:1", None)));
+        let (v, _) = block(e.decide_image(&call("reg.test:5000/demo/app:1", None)));
         assert!(matches!(v, CreateVerdict::Refuse(_)));
         // Exempt names need no content to check.
-        let (v, r) = block(e.decide_image(&call("reg/pause:1", None)));
+        let (v, r) = block(e.decide_image(&call("reg.test:5000/pause:1", None)));
         assert_eq!(v, CreateVerdict::Forward);
         assert_eq!(r.decision, "allow");
         // Audit mode, unmatched allowed: let through, recorded as what enforce would refuse.
         let a = enforcer("audit", "allow");
-        let (v, r) = block(a.decide_image(&call("reg/demo/app:1", None)));
+        let (v, r) = block(a.decide_image(&call("reg.test:5000/demo/app:1", None)));
         assert_eq!(v, CreateVerdict::Forward);
         assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "audit"));
     }
@@ -271,17 +271,17 @@ mod tests {
     #[test]
     fn image_volumes_are_named_in_the_refusal_and_recorded_apart() {
         let e = enforcer("enforce", "deny");
-        let container = call("reg/demo/app:1", present("reg/demo/app", SIGNED));
-        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/data".into(), image: "reg/demo/unsigned:1".into(), status: present("reg/demo/unsigned", UNSIGNED) }));
+        let container = call("reg.test:5000/demo/app:1", present("reg.test:5000/demo/app", SIGNED));
+        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/data".into(), image: "reg.test:5000/demo/unsigned:1".into(), status: present("reg.test:5000/demo/unsigned", UNSIGNED) }));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("image volume /data: ") && m.contains("no signatures found")), "{v:?}");
-        assert_eq!((r.surface.as_str(), r.call.as_str(), r.image.as_str()), ("image volume /data", "CreateContainer", "reg/demo/unsigned:1"));
-        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/models".into(), image: "reg/demo/app:1".into(), status: present("reg/demo/app", SIGNED) }));
+        assert_eq!((r.surface.as_str(), r.call.as_str(), r.image.as_str()), ("image volume /data", "CreateContainer", "reg.test:5000/demo/unsigned:1"));
+        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/models".into(), image: "reg.test:5000/demo/app:1".into(), status: present("reg.test:5000/demo/app", SIGNED) }));
         assert_eq!(v, CreateVerdict::Forward);
         assert_eq!((r.decision.as_str(), r.surface.as_str()), ("allow", "image volume /models"));
         // One bad volume among good ones refuses the call.
         let mounts = [
-            MountImage { container_path: "/a".into(), image: "reg/demo/app:1".into(), status: present("reg/demo/app", SIGNED) },
-            MountImage { container_path: "/b".into(), image: "reg/demo/unsigned:1".into(), status: present("reg/demo/unsigned", UNSIGNED) },
+            MountImage { container_path: "/a".into(), image: "reg.test:5000/demo/app:1".into(), status: present("reg.test:5000/demo/app", SIGNED) },
+            MountImage { container_path: "/b".into(), image: "reg.test:5000/demo/unsigned:1".into(), status: present("reg.test:5000/demo/unsigned", UNSIGNED) },
         ];
         assert!(matches!(block(e.gate_mounts(&container, &mounts)), CreateVerdict::Refuse(m) if m.starts_with("image volume /b: ")));
     }
@@ -290,10 +290,10 @@ mod tests {
     fn sandbox_image_is_decided_like_a_container_image() {
         let e = enforcer("enforce", "deny");
         let sandbox = |image: Option<&str>, status| SandboxCall { image: image.map(String::from), namespace: Some("team".into()), pod: "team/web".into(), status };
-        let (v, r) = block(e.decide_sandbox(&sandbox(Some("reg/demo/unsigned:1"), present("reg/demo/unsigned", UNSIGNED))));
-        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("sandbox image reg/demo/unsigned:1: ")), "{v:?}");
+        let (v, r) = block(e.decide_sandbox(&sandbox(Some("reg.test:5000/demo/unsigned:1"), present("reg.test:5000/demo/unsigned", UNSIGNED))));
+        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("sandbox image reg.test:5000/demo/unsigned:1: ")), "{v:?}");
         assert_eq!((r.call.as_str(), r.surface.as_str()), ("RunPodSandbox", "sandbox image"));
-        let (v, _) = block(e.decide_sandbox(&sandbox(Some("reg/pause:1"), present("reg/pause", UNSIGNED))));
+        let (v, _) = block(e.decide_sandbox(&sandbox(Some("reg.test:5000/pause:1"), present("reg.test:5000/pause", UNSIGNED))));
         assert_eq!(v, CreateVerdict::Forward);
         let (v, _) = block(e.decide_sandbox(&sandbox(None, None)));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("cri.sandbox_image")), "{v:?}");
