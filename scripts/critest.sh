@@ -189,6 +189,8 @@ trust_root:
 audit:
   sink: file
   path: $DIR/audit.log
+cri:
+  sandbox_image: $SANDBOX_IMAGE   # containerd 2.x does not report it (pinned_images.sandbox)
 policy:
   unmatched: deny
   exemptions:

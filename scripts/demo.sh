@@ -75,6 +75,8 @@ trust_root:
 audit:
   sink: file
   path: $DIR/audit.log
+cri:
+  sandbox_image: $SANDBOX_IMAGE   # what containerd runs for pods (2.x does not report it)
 policy:
   unmatched: deny
   exemptions:

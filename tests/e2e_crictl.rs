@@ -90,6 +90,8 @@ registry:
   hosts_dir: {hosts}
 trust_root:
   state_dir: {state}
+cri:
+  sandbox_image: {sandbox}
 policy:
   unmatched: deny
   exemptions:
@@ -110,6 +112,7 @@ policy:
             upstream = tb.containerd_sock().display(),
             hosts = tb.get("HOSTS_DIR"),
             state = state.display(),
+            sandbox = tb.get("SANDBOX_IMAGE"),
         ),
     )
     .map_err(|e| e.to_string())?;

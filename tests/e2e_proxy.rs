@@ -745,10 +745,11 @@ fn container_events_counted_to_the_end(c: &Ctx) -> TestResult {
         // The call resolves with containerd's first event (its response headers come with it).
         let via = tokio::spawn(open(c.pg_sock.clone()));
         let direct = tokio::spawn(open(c.direct()));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if direct.is_finished() {
-            // containerd 1.6: no events API.
-            let (via, direct) = (via.await?, direct.await?);
+        // Every wait below is bounded: a stream that never opens fails the trial, never hangs it.
+        let bounded = |secs| Duration::from_secs(secs);
+        if c.tb.generation() == Generation::Containerd16 {
+            // containerd 1.6: no events API; both answers must be the same error.
+            let (via, direct) = (tokio::time::timeout(bounded(10), via).await??, tokio::time::timeout(bounded(10), direct).await??);
             let (a, b) = (via.err().ok_or("stream through pullgate opened")?, direct.err().ok_or("direct stream opened")?);
             ensure!((a.code(), a.message()) == (b.code(), b.message()), "through pullgate {a:?}, directly {b:?}");
             return Ok(());
@@ -762,7 +763,10 @@ fn container_events_counted_to_the_end(c: &Ctx) -> TestResult {
             .await?
             .into_inner()
             .pod_sandbox_id;
-        let (mut via, mut direct) = (via.await??.into_inner(), direct.await??.into_inner());
+        let opened = |name: &'static str| move |_| format!("the events stream {name} did not open within 20 s of the sandbox's start");
+        let via = tokio::time::timeout(bounded(20), via).await.map_err(opened("through pullgate"))???.into_inner();
+        let direct = tokio::time::timeout(bounded(20), direct).await.map_err(opened("directly"))???.into_inner();
+        let (mut via, mut direct) = (via, direct);
         // Warm-up: the sandbox's own start reached both streams, so both are subscribed.
         let started = Ev::ContainerStartedEvent as i32;
         for (name, s) in [("through pullgate", &mut via), ("directly", &mut direct)] {
