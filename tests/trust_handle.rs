@@ -8,7 +8,7 @@ mod tuf;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -63,13 +63,23 @@ impl Fixture {
     }
 }
 
-/// Captures what the code logs.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+/// Captures what the code logs on the calling test's thread.
+///
+/// One global subscriber writes into a per-thread buffer. A scoped
+/// subscriber (`tracing::subscriber::with_default`) is not enough: while
+/// other tests run on other threads without one, tracing may cache a
+/// callsite's interest as "never" and the event is lost (a flake seen in CI).
+struct Logs;
 
-impl std::io::Write for Logs {
+thread_local! {
+    static CAPTURED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct ThreadWriter;
+
+impl std::io::Write for ThreadWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURED.with(|c| c.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -77,23 +87,24 @@ impl std::io::Write for Logs {
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
 impl Logs {
     fn take(&self) -> String {
-        String::from_utf8(std::mem::take(&mut *self.0.lock().unwrap())).unwrap()
+        String::from_utf8(CAPTURED.with(|c| std::mem::take(&mut *c.borrow_mut()))).unwrap()
     }
 }
 
 fn with_logs<T>(f: impl FnOnce(&Logs) -> T) -> T {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt().with_writer(logs.clone()).with_ansi(false).finish();
-    tracing::subscriber::with_default(subscriber, || f(&logs))
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| ThreadWriter)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+    });
+    let logs = Logs;
+    logs.take();
+    f(&logs)
 }
 
 #[test]

@@ -204,7 +204,8 @@ fn tsa_signed_parts(token: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     let econtent = signed.encap_content_info.econtent?.value().to_vec();
     // Per signer: id, digest algorithm, signed attributes and signature. The
     // signer's `signatureAlgorithm` is not covered by the signature either;
-    // the verifier derives the scheme from the TSA key and digest algorithm.
+    // the library derives the scheme from the TSA key and digest algorithm
+    // (pullgate's fast path also refuses one that contradicts the digest).
     let mut signers = Vec::new();
     for si in signed.signer_infos.0.iter() {
         signers.extend(si.sid.to_der().ok()?);

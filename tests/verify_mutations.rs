@@ -506,13 +506,20 @@ fn single_field_mutations_are_refused_unless_allow_listed() {
                     }
                     *allowed.entry(entry.field).or_default() += 1
                 }
-                None => unexplained.push(format!(
+                None => {
+                    if std::env::var_os("PULLGATE_MUTATION_DUMP").is_some() {
+                        let mut doc = case.bundle.clone();
+                        if let Some(Value::String(s)) = at(&mut doc, &m.path) {
+                            eprintln!("DUMP {} {}", m.offset.unwrap_or(0), hex::encode(B64.decode(&*s).unwrap_or_default()));
+                        }
+                    }
+                    unexplained.push(format!(
                     "{}: {} at {} (offset {:?})",
                     case.name,
                     m.kind,
                     m.path.join("."),
                     m.offset
-                )),
+                ))},
             }
         }
     }

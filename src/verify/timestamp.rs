@@ -32,6 +32,10 @@ const ID_SUBJECT_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const ECDSA_WITH_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
 /// id-kp-timeStamping, 1.3.6.1.5.5.7.3.8, DER contents.
 const EKU_TIME_STAMPING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08];
 
@@ -343,6 +347,19 @@ fn verify_with(
     if !matches {
         return Err("Failed to verify timestamp signature: CMS signer does not match any trusted TSA certificate".into());
     }
+    // RFC 5652 §5.3: version 1 with issuerAndSerialNumber, 3 with a subject
+    // key identifier. The version is not signed and the library ignores it;
+    // a token that contradicts itself is refused.
+    let version_fits = match signer.sid {
+        SignerIdentifier::IssuerAndSerialNumber(_) => signer.version == cms::content_info::CmsVersion::V1,
+        SignerIdentifier::SubjectKeyIdentifier(_) => signer.version == cms::content_info::CmsVersion::V3,
+    };
+    if !version_fits {
+        return Err(format!(
+            "signer info version {:?} does not fit its signer identifier",
+            signer.version
+        ));
+    }
     let attrs = signer
         .signed_attrs
         .as_ref()
@@ -377,6 +394,23 @@ fn verify_with(
         ID_SHA512 => sigstore_verify::types::HashAlgorithm::Sha2512,
         _ => return Err(format!("unsupported digest algorithm: {digest_oid}")),
     };
+    // The signer's signatureAlgorithm is not covered by the signature; the
+    // library ignores it. A token whose stated algorithm contradicts its
+    // digest algorithm (ecdsa-with-SHA384 over a SHA-256 digest) is
+    // inconsistent and refused: real TSAs name the pair they used.
+    let stated = &signer.signature_algorithm.oid;
+    let consistent = match *stated {
+        ECDSA_WITH_SHA256 => *digest_oid == ID_SHA256,
+        ECDSA_WITH_SHA384 => *digest_oid == ID_SHA384,
+        ECDSA_WITH_SHA512 => *digest_oid == ID_SHA512,
+        ID_EC_PUBLIC_KEY => true,
+        _ => false,
+    };
+    if !consistent {
+        return Err(format!(
+            "signer's signature algorithm {stated} does not fit digest algorithm {digest_oid}"
+        ));
+    }
     let scheme: SigningScheme = algorithm
         .resolve_signing_scheme(hash_algorithm)
         .map_err(|e| e.to_string())?;
