@@ -12,7 +12,8 @@
 //! check, and the differential tests run both on every tamper case.
 
 use cms::content_info::ContentInfo;
-use cms::signed_data::{SignedData, SignerIdentifier};
+use cms::content_info::CmsVersion;
+use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{GeneralizedTime, Int, OctetString};
 use der::oid::ObjectIdentifier;
 use der::{Decode, Encode, Reader};
@@ -200,7 +201,7 @@ fn hash(oid: &ObjectIdentifier, data: &[u8]) -> Option<Vec<u8>> {
 struct Token {
     tst: TstInfo,
     tst_der: Vec<u8>,
-    signed: SignedData,
+    signer: SignerInfo,
 }
 
 fn parse(token: &[u8]) -> Result<Token, String> {
@@ -228,24 +229,31 @@ fn parse(token: &[u8]) -> Result<Token, String> {
     if info.content_type != ID_SIGNED_DATA {
         return Err("ContentInfo content type is not SignedData".into());
     }
-    let signed = SignedData::from_der(&info.content.to_der().map_err(|e| e.to_string())?)
+    let (encap, signer) = signed_data(&info.content)
         .map_err(|e| format!("failed to decode SignedData: {e}"))?;
-    if signed.encap_content_info.econtent_type != ID_CT_TST_INFO {
+    if encap.econtent_type != ID_CT_TST_INFO {
         return Err("encap content type is not TSTInfo".into());
     }
-    let tst_der = signed
-        .encap_content_info
-        .econtent
-        .as_ref()
-        .ok_or("no TSTInfo")?
-        .value()
-        .to_vec();
+    let tst_der = encap.econtent.as_ref().ok_or("no TSTInfo")?.value().to_vec();
     let tst = TstInfo::from_der(&tst_der).map_err(|e| format!("failed to decode TSTInfo: {e}"))?;
     Ok(Token {
         tst,
         tst_der,
-        signed,
+        signer,
     })
+}
+
+/// RFC 5652 §5.1 SignedData: the encapsulated content and its one signer
+/// (RFC 3161 §2.4.2: the token carries the TSA's signature and no other).
+/// Embedded certificates are decoded, so a corrupt one refuses the token as
+/// the reference clients do, but never used.
+fn signed_data(content: &der::Any) -> der::Result<(EncapsulatedContentInfo, SignerInfo)> {
+    let signed = SignedData::from_der(&content.to_der()?)?;
+    let mut signers = signed.signer_infos.0.into_vec().into_iter();
+    match (signers.next(), signers.next()) {
+        (Some(signer), None) => Ok((signed.encap_content_info, signer)),
+        _ => Err(der::Tag::Set.value_error()),
+    }
 }
 
 /// Whether a token's signer is one of the trust root's timestamp
@@ -260,8 +268,7 @@ fn parse(token: &[u8]) -> Result<Token, String> {
 /// parse) and `Some(true)` keep the token, which must then verify.
 pub(crate) fn signer_listed(authorities: &[CachedAuthority], token: &[u8]) -> Option<bool> {
     let parsed = parse(token).ok()?;
-    let signer = parsed.signed.signer_infos.0.get(0)?;
-    Some(authorities.iter().any(|a| signer_matches(a, &signer.sid)))
+    Some(authorities.iter().any(|a| signer_matches(a, &parsed.signer.sid)))
 }
 
 fn signer_matches(authority: &CachedAuthority, sid: &SignerIdentifier) -> bool {
@@ -293,10 +300,13 @@ pub(crate) fn verify(
             "TSA timestamp verification failed: no timestamp authorities configured in trusted root".into(),
         ));
     }
+    let parsed = parse(token).map_err(|e| {
+        TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(&e)))
+    })?;
     let mut rejected_time = None;
     let mut last_error = None;
     for authority in usable {
-        match verify_with(authority, token, signature) {
+        match verify_with(authority, &parsed, signature) {
             Ok(time) => {
                 if authority.window.is_none_or(|w| w.contains(time)) {
                     return Ok(time);
@@ -317,14 +327,14 @@ pub(crate) fn verify(
 
 fn verify_with(
     authority: &CachedAuthority,
-    token: &[u8],
+    token: &Token,
     signature: &[u8],
 ) -> Result<Timestamp, String> {
     let Token {
         tst,
         tst_der,
-        signed,
-    } = parse(token)?;
+        signer,
+    } = token;
     // The token is about this signature.
     let imprint = &tst.message_imprint;
     let computed = hash(&imprint.hash_algorithm.oid, signature)
@@ -342,7 +352,6 @@ fn verify_with(
         return Err("timestamp before epoch".into());
     }
     // Signed by this authority's leaf (embedded certificates are ignored).
-    let signer = signed.signer_infos.0.get(0).ok_or("no signer info found")?;
     let matches = signer_matches(authority, &signer.sid);
     if !matches {
         return Err("Failed to verify timestamp signature: CMS signer does not match any trusted TSA certificate".into());
@@ -351,8 +360,8 @@ fn verify_with(
     // key identifier. The version is not signed and the library ignores it;
     // a token that contradicts itself is refused.
     let version_fits = match signer.sid {
-        SignerIdentifier::IssuerAndSerialNumber(_) => signer.version == cms::content_info::CmsVersion::V1,
-        SignerIdentifier::SubjectKeyIdentifier(_) => signer.version == cms::content_info::CmsVersion::V3,
+        SignerIdentifier::IssuerAndSerialNumber(_) => signer.version == CmsVersion::V1,
+        SignerIdentifier::SubjectKeyIdentifier(_) => signer.version == CmsVersion::V3,
     };
     if !version_fits {
         return Err(format!(
