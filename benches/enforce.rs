@@ -63,8 +63,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use pullgate::enforce::audit::{read_records, AuditRecord};
 use pullgate::registry::Digest;
-use serde_json::json;
-use support::registry::push::Pusher;
+use support::registry::push::{push_tiny_image, Pusher};
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 use testbed::Testbed;
@@ -203,24 +202,6 @@ policy:
     )
 }
 
-/// Pushes a tiny image with no layers (a distinct config, so a distinct digest) to `repo:tag`.
-async fn push_image(pusher: &Pusher, repo: &str, tag: &str, salt: &str) -> Result<Digest, String> {
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Labels": {"pullgate.bench": format!("{repo}:{tag} {salt}")}},
-        "rootfs": {"type": "layers", "diff_ids": []}
-    }))
-    .map_err(|e| e.to_string())?;
-    let cd = pusher.blob(repo, &config).await?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
-        "layers": []
-    });
-    Ok(pusher.json_manifest(repo, tag, "application/vnd.oci.image.manifest.v1+json", &manifest).await?.0)
-}
-
 // --- CRI calls ---------------------------------------------------------------------------------
 
 fn spec(image: &str) -> Option<k8s::ImageSpec> {
@@ -343,7 +324,7 @@ fn run() -> Result<String, String> {
         let mut images = Vec::new();
         for i in 0..n_images {
             let tag = format!("c{i}");
-            let d = push_image(&pusher, repo, &tag, &salt).await?;
+            let d = push_tiny_image(&pusher, repo, &tag, &salt).await?;
             sign_and_push(&mut stack, &pusher, repo, &d, &opts, Format::Bundle).await?;
             images.push(format!("{registry}/{repo}:{tag}"));
         }

@@ -83,6 +83,26 @@ pub fn descriptor(media_type: &str, digest: &Digest, size: usize) -> Value {
     json!({"mediaType": media_type, "digest": digest.to_string(), "size": size})
 }
 
+/// Pushes a tiny image with no layers to `repo:tag`: a config blob whose label holds `repo:tag`
+/// and `salt` (so a distinct digest per salt) and a manifest, which containerd pulls and records
+/// like any image. Returns the manifest digest.
+pub async fn push_tiny_image(p: &Pusher, repo: &str, tag: &str, salt: &str) -> Result<Digest, String> {
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Labels": {"pullgate.test": format!("{repo}:{tag} {salt}")}},
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .map_err(|e| e.to_string())?;
+    let cd = p.blob(repo, &config).await?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &cd, config.len()),
+        "layers": []
+    });
+    Ok(p.json_manifest(repo, tag, OCI_MANIFEST, &manifest).await?.0)
+}
+
 /// A cosign simple-signing payload for `digest` (what the legacy signature signs).
 pub fn simple_signing_payload(image: &str, digest: &Digest) -> Vec<u8> {
     serde_json::to_vec(&json!({
