@@ -168,6 +168,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let started = Instant::now();
+    // SIGHUP's handler first, then let the signal through (see [`hold_reload_signal`]): one that
+    // arrives from here on is a reload once the daemon is up.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    if hup.is_ok() {
+        reload_signal_mask().thread_unblock().ok();
+    }
     let metrics = config.admin.listen.map(|_| Metrics::new());
     let enforcement = build_enforcement(&config, config_path, metrics.as_ref().map(|m| m.enforce.clone()))?;
     // Before the CRI socket: a port in use must not leave a bound socket behind.
@@ -218,10 +224,9 @@ pub async fn run(
         let interval = config.trust_root.watch_interval;
         tokio::spawn(async move { watcher.watch(interval, std::future::pending()).await });
     }
-    // Always handle SIGHUP: its default action would terminate the process.
+    // Always handle SIGHUP (installed at the top): its default action would terminate the process.
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = hup else { return };
         while hup.recv().await.is_some() {
             match &enforcement {
                 Some(e) => {
@@ -236,6 +241,22 @@ pub async fn run(
     });
     server::serve_metered(listener, proxy, calls, shutdown, config.drain_timeout).await;
     Ok(())
+}
+
+fn reload_signal_mask() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    set
+}
+
+/// Holds SIGHUP pending on this thread (and the threads it starts) until [`run`] has installed
+/// its handler. Call it first thing in `main`: SIGHUP's default action terminates the process,
+/// and `systemctl reload` (the sync DaemonSet sends one every round) can arrive while pullgate
+/// is still starting. A held signal is delivered, as a reload, once the handler is in place.
+pub fn hold_reload_signal() {
+    if let Err(e) = reload_signal_mask().thread_block() {
+        eprintln!("pullgate: cannot block SIGHUP during startup: {e}");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

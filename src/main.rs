@@ -122,6 +122,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    // Before anything else: a SIGHUP during startup must neither kill pullgate nor be lost.
+    pullgate::daemon::hold_reload_signal();
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(c) => c,

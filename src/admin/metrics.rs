@@ -55,6 +55,8 @@ pub struct EnforceMetrics {
     verification_duration: Histogram,
     /// result: `ok`, `error`.
     policy_reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Audit records that could not be written (disk full, file removed): the decision stood.
+    audit_write_errors: Counter,
 }
 
 impl Default for EnforceMetrics {
@@ -67,6 +69,7 @@ impl Default for EnforceMetrics {
             verifications: Family::default(),
             verification_duration: slow_histogram(),
             policy_reloads: Family::default(),
+            audit_write_errors: Counter::default(),
         }
     }
 }
@@ -149,6 +152,11 @@ impl EnforceMetrics {
         self.policy_reloads.get_or_create(&[("result", if ok { "ok" } else { "error" })]).inc();
     }
 
+    /// Notes one audit record lost to a write error.
+    pub fn audit_write_error(&self) {
+        self.audit_write_errors.inc();
+    }
+
     fn register(self: &Arc<Self>, registry: &mut Registry) {
         registry.register("decisions", "PullImage and CreateContainer decisions, by policy, mode, result and reason category", self.decisions.clone());
         registry.register("decision_cache_lookups", "Decision cache lookups (joined: waited for a concurrent identical check)", self.cache_lookups.clone());
@@ -157,6 +165,7 @@ impl EnforceMetrics {
         registry.register("verifications", "Signature verifications of one image against one policy", self.verifications.clone());
         registry.register_with_unit("verification_duration", "Time to verify the discovered signatures of one image against one policy", Unit::Seconds, self.verification_duration.clone());
         registry.register("policy_reloads", "Policy reloads (SIGHUP), by result", self.policy_reloads.clone());
+        registry.register("audit_write_errors", "Audit records that could not be written (the decision was made and logged anyway)", self.audit_write_errors.clone());
     }
 }
 

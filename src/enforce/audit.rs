@@ -79,7 +79,16 @@ fn default_keep() -> u32 {
 
 enum Sink {
     Stdout,
-    File { path: PathBuf, file: Option<File>, size: u64, max: u64, keep: u32 },
+    File {
+        path: PathBuf,
+        file: Option<File>,
+        size: u64,
+        max: u64,
+        keep: u32,
+        /// A write failed (disk full): part of a line may be in the file, so the next record
+        /// starts on a new line instead of completing the torn one.
+        torn: bool,
+    },
     Off,
 }
 
@@ -100,7 +109,7 @@ impl AuditLog {
                 }
                 let file = open_append(path)?;
                 let size = file.metadata()?.len();
-                Sink::File { path: path.clone(), file: Some(file), size, max: max_size_mb.saturating_mul(1 << 20), keep: *keep }
+                Sink::File { path: path.clone(), file: Some(file), size, max: max_size_mb.saturating_mul(1 << 20), keep: *keep, torn: false }
             }
         };
         Ok(AuditLog { sink: Mutex::new(sink) })
@@ -115,7 +124,7 @@ impl AuditLog {
         match &mut *sink {
             Sink::Off => Ok(()),
             Sink::Stdout => std::io::stdout().lock().write_all(&line).map_err(|e| format!("audit log (stdout): {e}")),
-            Sink::File { path, file, size, max, keep } => {
+            Sink::File { path, file, size, max, keep, torn } => {
                 if *size > 0 && *size + line.len() as u64 > *max {
                     rotate(path, *keep).map_err(|e| format!("audit log rotation of {}: {e}", path.display()))?;
                     *file = None;
@@ -124,8 +133,15 @@ impl AuditLog {
                 if file.is_none() {
                     *file = Some(open_append(path).map_err(|e| format!("audit log {}: {e}", path.display()))?);
                 }
+                if *torn {
+                    line.insert(0, b'\n');
+                }
                 let f = file.as_mut().expect("opened above");
-                f.write_all(&line).map_err(|e| format!("audit log {}: {e}", path.display()))?;
+                if let Err(e) = f.write_all(&line) {
+                    *torn = true;
+                    return Err(format!("audit log {}: {e}", path.display()));
+                }
+                *torn = false;
                 *size += line.len() as u64;
                 Ok(())
             }

@@ -249,7 +249,10 @@ impl Enforcer {
 
     fn audit(&self, record: AuditRecord) {
         if let Err(e) = self.audit.write(&record) {
-            tracing::error!(error = %e, "cannot write the audit log");
+            if let Some(m) = &self.metrics {
+                m.audit_write_error();
+            }
+            tracing::error!(error = %e, decision = %record.decision, "cannot write the audit log; the decision stands");
         }
     }
 

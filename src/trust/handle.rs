@@ -390,3 +390,62 @@ fn check_not_older(loaded: &Manifest, candidate: &Manifest) -> Result<(), Reload
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::import::{import_unverified, ImportOptions};
+    use crate::trust::ManualClock;
+
+    fn installed(now: Timestamp) -> (tempfile::TempDir, TrustHandle) {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("trusted_root.json");
+        std::fs::write(&file, sigstore_verify::trust_root::SIGSTORE_PRODUCTION_TRUSTED_ROOT).unwrap();
+        import_unverified(&file, &ImportOptions::new(tmp.path().join("state"), now)).unwrap();
+        let policy = FreshnessPolicy { max_age: Duration::from_secs(30 * 86400), warn_before: Duration::from_secs(86400) };
+        let handle = TrustHandle::new(StateDir::new(tmp.path().join("state")), policy, Arc::new(ManualClock::new(now)));
+        assert_eq!(handle.reload().unwrap(), ReloadOutcome::Swapped { generation: 1 });
+        (tmp, handle)
+    }
+
+    /// Generations are never modified, so the manifest's digest alone did not change when the
+    /// installed trusted_root.json was truncated: the watcher saw nothing, and metrics kept
+    /// reporting a healthy reload while the next restart would have had no root.
+    #[test]
+    fn poll_notices_a_truncated_trusted_root_and_keeps_the_loaded_one() {
+        let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let (_tmp, handle) = installed(now);
+        let dir = handle.state.current_dir().unwrap().unwrap();
+        std::fs::File::create(dir.join("trusted_root.json")).unwrap();
+
+        let e = handle.poll().unwrap_err();
+        assert!(matches!(e, ReloadError::State(StateError::Corrupt { .. })), "{e}");
+        let facts = handle.facts();
+        let last = facts.last_reload.unwrap();
+        assert!(!last.ok && last.generation == 1, "{last:?}");
+        assert!(last.error.unwrap().contains("damaged"));
+        // Decisions go on with the last good root.
+        assert_eq!(handle.material().unwrap().1, 1);
+        assert_eq!(facts.verdict, "fresh");
+    }
+
+    /// `current` overwritten by garbage: refused, the loaded root stays; a re-import (which must
+    /// replace the garbage) is picked up by the next poll.
+    #[test]
+    fn a_reimport_repairs_a_garbage_current_and_is_picked_up() {
+        let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let (tmp, handle) = installed(now);
+        let current = handle.state.path().join("current");
+        std::fs::remove_file(&current).unwrap();
+        std::fs::write(&current, b"\0garbage\xff").unwrap();
+        assert!(handle.poll().is_err());
+        assert_eq!(handle.material().unwrap().1, 1);
+
+        let file = tmp.path().join("trusted_root.json");
+        let mut options = ImportOptions::new(tmp.path().join("state"), now);
+        options.reset_rollback_protection = true;
+        import_unverified(&file, &options).expect("a re-import replaces a damaged `current`");
+        assert_eq!(handle.poll().unwrap(), ReloadOutcome::Swapped { generation: 2 });
+        assert!(handle.facts().last_reload.unwrap().ok);
+    }
+}

@@ -67,12 +67,33 @@ pub struct InstallOptions {
     pub interrupt_after: Option<InstallStep>,
 }
 
-/// Identifies one installation cheaply: which generation `current` points at and the digest of
-/// its manifest. The daemon polls this to notice a new import.
+/// Identifies one installation cheaply: which generation `current` points at, the digest of
+/// its manifest, and the size and modification time of the files the daemon loads from it. The
+/// daemon polls this to notice a new import, and damage to the installed files: generations
+/// are never modified, so a changed stamp means someone truncated or overwrote a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     pub generation_dir: PathBuf,
     pub manifest_sha256: String,
+    pub stamps: Vec<FileStamp>,
+}
+
+/// Size and modification time of one state file; `None` when it is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    pub name: &'static str,
+    pub stat: Option<(u64, std::time::SystemTime)>,
+}
+
+/// Stamps of the files of a generation the daemon reads.
+fn stamps(dir: &Path) -> Vec<FileStamp> {
+    [MANIFEST, TRUSTED_ROOT_FILE, SIGNING_CONFIG_FILE]
+        .into_iter()
+        .map(|name| FileStamp {
+            name,
+            stat: fs::metadata(dir.join(name)).ok().and_then(|m| Some((m.len(), m.modified().ok()?))),
+        })
+        .collect()
 }
 
 /// The installed root as read from disk, every file checked against the manifest.
@@ -164,7 +185,8 @@ impl StateDir {
         let Some(dir) = self.current_dir()? else { return Ok(None) };
         let path = dir.join(MANIFEST);
         let bytes = read_bounded(&path)?;
-        Ok(Some(Fingerprint { generation_dir: dir, manifest_sha256: super::manifest::sha256_hex(&bytes) }))
+        let stamps = stamps(&dir);
+        Ok(Some(Fingerprint { generation_dir: dir, manifest_sha256: super::manifest::sha256_hex(&bytes), stamps }))
     }
 
     /// Reads and checks the installed root. `None` when nothing is installed.
@@ -186,6 +208,8 @@ impl StateDir {
     }
 
     fn load_generation(&self, dir: &Path) -> Result<InstalledFiles, StateError> {
+        // Before reading: a change while reading shows as a different stamp at the next poll.
+        let stamps = stamps(dir);
         let manifest_path = dir.join(MANIFEST);
         let manifest_bytes = read_bounded(&manifest_path)?;
         let manifest = Manifest::from_json(&manifest_bytes)
@@ -211,6 +235,7 @@ impl StateDir {
             fingerprint: Fingerprint {
                 generation_dir: dir.to_owned(),
                 manifest_sha256: super::manifest::sha256_hex(&manifest_bytes),
+                stamps,
             },
             manifest,
             trusted_root,
@@ -305,7 +330,9 @@ impl StateDir {
         sync_dir(&generations)?;
         interrupt(InstallStep::GenerationNamed)?;
 
-        let previous = self.current_dir()?;
+        // A `current` that is not a symlink (overwritten by garbage) is replaced like any other:
+        // failing here would make the damaged state dir impossible to repair by importing.
+        let previous = self.current_dir().ok().flatten();
         let tmp_link = self.root.join(format!(".{CURRENT}.tmp"));
         let _ = fs::remove_file(&tmp_link);
         std::os::unix::fs::symlink(Path::new(GENERATIONS).join(&name), &tmp_link).map_err(io_err(&tmp_link))?;
