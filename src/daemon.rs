@@ -3,6 +3,7 @@
 //! SIGHUP reloads the policy from the configuration file and the installed trust root: a valid
 //! new policy or root is swapped in atomically (in-flight decisions finish on the old one); an
 //! invalid one is refused, logged, and the last good one stays in force.
+//! SIGHUP and the trust-root tick also re-read the break-glass windows (`pullgate break-glass`).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -88,7 +89,12 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
     for line in derived {
         tracing::info!("registry alias: {line}");
     }
-    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node).with_aliases(aliases).with_allowed_methods(config.cri.allowed_paths());
+    let break_glass = crate::enforce::break_glass::BreakGlass::in_state_dir(&config.trust_root.state_dir);
+    break_glass.reload();
+    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node)
+        .with_aliases(aliases)
+        .with_allowed_methods(config.cri.allowed_paths())
+        .with_break_glass(break_glass);
     if let Some(m) = &metrics {
         enforcer = enforcer.with_metrics(m.clone());
     }
@@ -121,6 +127,8 @@ impl Enforcement {
             Ok(outcome) => tracing::info!(?outcome, "trust root reloaded"),
             Err(e) => tracing::error!(error = %e, "trust root reload refused; the previous root stays in force"),
         }
+        let open = self.enforcer.break_glass().reload();
+        tracing::info!(open, "break-glass windows re-read");
     }
 
     /// Re-reads the policy; whether a new valid one is in force.
@@ -223,6 +231,18 @@ pub async fn run(
         let watcher = e.trust.clone();
         let interval = config.trust_root.watch_interval;
         tokio::spawn(async move { watcher.watch(interval, std::future::pending()).await });
+        // Break-glass windows: picked up on the same tick (and on SIGHUP); each decision checks
+        // a window's expiry itself, the tick only notices new, revoked and ended windows.
+        let enforcer = e.enforcer.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let enforcer = enforcer.clone();
+                let _ = tokio::task::spawn_blocking(move || enforcer.break_glass().reload()).await;
+            }
+        });
     }
     // Always handle SIGHUP (installed at the top): its default action would terminate the process.
     tokio::spawn(async move {

@@ -52,6 +52,10 @@ enum Command {
     /// trust root, policy, images on the node) and explain each problem in one line.
     /// Exit 0 when nothing failed, 1 otherwise.
     Doctor(pullgate::doctor::DoctorArgs),
+    /// Let named image digests start for a while (at most 24h) although pullgate refuses them:
+    /// for a node whose mirror or trust root is unusable. Recorded and alerted on.
+    #[command(long_about = pullgate::enforce::break_glass::cli::LONG_ABOUT)]
+    BreakGlass(pullgate::enforce::break_glass::cli::BreakGlassArgs),
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::TrustRoot(cmd) => exit(pullgate::trust::cli::run(&cmd)),
         Command::Report(args) => exit(pullgate::enforce::report::run(&args)),
         Command::Doctor(args) => exit(pullgate::doctor::run(&args)),
+        Command::BreakGlass(args) => exit(pullgate::enforce::break_glass::cli::run(&args)),
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(config) => {
                 for w in config.policy.as_ref().map(|p| p.warnings()).unwrap_or_default() {

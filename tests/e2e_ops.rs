@@ -19,6 +19,8 @@
 // `ensure!(sample(...) >= Some(1.0), ...)` reads better than its partial_cmp form.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+#[path = "support/admin.rs"]
+mod admin;
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -28,13 +30,13 @@ mod support;
 #[path = "support/testbed.rs"]
 mod testbed;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use admin::{free_port, http_get, http_get_accept, sample};
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
 use libtest_mimic::{Arguments, Failed};
@@ -77,11 +79,6 @@ fn teardown(c: &Ctx) {
         pg.terminate(Duration::from_secs(10));
     }
     c.tb.clean();
-}
-
-fn free_port() -> Result<SocketAddr, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    l.local_addr().map_err(|e| e.to_string())
 }
 
 struct Settings<'a> {
@@ -200,34 +197,6 @@ fn main() {
 }
 
 // --- helpers -----------------------------------------------------------------------------------
-
-/// `GET path` over HTTP/1.0, asking for OpenMetrics as Prometheus does: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    http_get_accept(addr, path, "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5")
-}
-
-fn http_get_accept(addr: SocketAddr, path: &str, accept: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {raw:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status line: {head}"))?;
-    Ok((status, body.to_string()))
-}
-
-/// The value of the first sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (key, value) = l.rsplit_once(' ')?;
-        let (n, rest) = match key.split_once('{') {
-            Some((n, rest)) => (n, rest),
-            None => (key, ""),
-        };
-        (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse().ok()).flatten()
-    })
-}
 
 fn scrape(c: &Ctx) -> Result<String, Failed> {
     let (status, body) = http_get(c.admin, "/metrics")?;

@@ -355,6 +355,7 @@ fn alert_rules_cover_the_operational_cases() {
     assert!(expr("PullgatePolicyReloadFailed").contains("pullgate_policy_last_reload_success == 0"));
     assert!(expr("PullgateEnforceRefusalsSpike").contains("pullgate_decisions_total{result=\"deny\"}"));
     assert!(expr("PullgateContainerdUnreachable").contains("pullgate_upstream_up == 0"));
+    assert!(expr("PullgateBreakGlassActive").contains("pullgate_break_glass_active == 1"));
     for r in &rules {
         assert!(r["labels"]["severity"].is_string() && r["annotations"]["summary"].is_string(), "{r}");
     }

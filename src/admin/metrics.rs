@@ -79,7 +79,9 @@ pub fn reason_category(decision: &str, reason: &str) -> &'static str {
     let r = reason.to_ascii_lowercase();
     let has = |s: &str| r.contains(s);
     if decision == "allow" {
-        return if has("exempt by") {
+        return if r.starts_with("break-glass:") {
+            "break_glass"
+        } else if has("exempt by") {
             "exempt"
         } else if has("no policy matches") || has("no enforcing policy applies") {
             "unmatched_allowed"
@@ -268,6 +270,11 @@ impl Collector for StateCollector {
                 Some(Unit::Seconds),
                 self.policy_reload.last_at.load(Ordering::Relaxed) as f64,
             )?;
+            let bg = enforcer.break_glass().facts(jiff::Timestamp::now());
+            bool_gauge(&mut e, "break_glass_active", "1 while a break-glass window (`pullgate break-glass`) lets named digests through refusals", bg.active)?;
+            gauge(&mut e, "break_glass_images", "Image digests in open break-glass windows", None, bg.images as f64)?;
+            let expiry = bg.expires_at.map_or(0.0, |t| t.as_second() as f64);
+            gauge(&mut e, "break_glass_expiry_timestamp", "When the last open break-glass window ends (0: none open)", Some(Unit::Seconds), expiry)?;
         }
         if let Some(trust) = &self.trust {
             let facts = trust.facts();
@@ -364,6 +371,7 @@ mod tests {
             ("allow", "exempt by exemption sandbox", "exempt"),
             ("allow", "no policy matches; policy.unmatched is allow", "unmatched_allowed"),
             ("allow", "policy demo: verified: 1 of 1 required authorities", "verified"),
+            ("allow", "break-glass: r/etcd@sha256:1 is in a window opened by root (uid 0) on n until 2026-01-01T00:00:00Z (INC-1); refused otherwise: image r/etcd (sha256:1) denied by policy cp: trust root is stale", "break_glass"),
             ("deny", "image r/x:1 matches no policy and policy.unmatched is deny: add a policy", "unmatched"),
             ("deny", "image r/x (sha256:1) denied by policy demo: no trust root installed: run `pullgate trust-root import`", "trust_root"),
             ("deny", "cannot resolve r/x:1 on the registry mirror: connection refused", "mirror"),

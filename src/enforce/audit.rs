@@ -47,6 +47,10 @@ pub struct AuditRecord {
     pub latency_ms: f64,
     /// Whether the answer came from the decision cache.
     pub cached: bool,
+    /// Set when a break-glass window let an image through that pullgate refused otherwise
+    /// (`pullgate break-glass`): which window, and the refusal it overrode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<super::break_glass::Record>,
 }
 
 /// Where audit lines go.

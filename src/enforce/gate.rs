@@ -136,11 +136,16 @@ pub struct Enforcer {
     /// `ImageService` paths pullgate does not know that configuration lets through
     /// (`cri.allow_image_methods`).
     allowed_methods: Vec<String>,
+    /// Break-glass windows: digests let through although refused (`pullgate break-glass`).
+    break_glass: super::break_glass::BreakGlass,
 }
 
 /// The surfaces beyond a pull and a container's own image: image volumes, the sandbox image,
 /// images containerd does not have, calls that name no image.
 mod surfaces;
+
+/// The break-glass hook: a refusal of a digest in an open window becomes an allowance.
+mod break_glass;
 
 /// The forms of a reference policies and exemptions are matched against, with its canonical
 /// registry name (lower-cased, no `:443`): `name` and `name:tag` for a tag reference, `name`
@@ -194,6 +199,7 @@ impl Enforcer {
             picked: Mutex::new(HashMap::new()),
             picked_capacity: cache.capacity.max(1),
             allowed_methods: Vec::new(),
+            break_glass: Default::default(),
         }
     }
 
@@ -605,7 +611,7 @@ impl Gate for Enforcer {
     fn pull<'a>(&'a self, call: &'a PullCall) -> BoxFuture<'a, PullVerdict> {
         Box::pin(async move {
             let started = Instant::now();
-            let (verdict, record) = self.decide_pull(call).await;
+            let (verdict, record) = self.break_glass_pull(call, self.decide_pull(call).await);
             self.finish(started, record, matches!(verdict, PullVerdict::Refuse(_)));
             verdict
         })

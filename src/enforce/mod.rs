@@ -2,6 +2,7 @@
 //! audit log and the report over it.
 
 pub mod audit;
+pub mod break_glass;
 pub mod cache;
 pub mod checker;
 pub mod gate;

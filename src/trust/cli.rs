@@ -106,7 +106,7 @@ fn usage(message: impl std::fmt::Display) -> i32 {
     EX_USAGE
 }
 
-fn settings(args: &StateArgs) -> Result<TrustRootConfig, String> {
+pub(crate) fn settings(args: &StateArgs) -> Result<TrustRootConfig, String> {
     let mut config = match &args.config {
         Some(path) => TrustRootConfig::load_section(path).map_err(|e| format!("invalid configuration: {e}"))?,
         None => TrustRootConfig::default(),

@@ -28,7 +28,8 @@ impl Enforcer {
     /// takes the per-image decision, an absent one [`Self::decide_absent`].
     pub(super) async fn decide_image(&self, call: &CreateCall) -> (CreateVerdict, AuditRecord) {
         if call.status.is_some() {
-            self.decide_create(call).await
+            let decided = self.decide_create(call).await;
+            self.break_glass_image(call, decided)
         } else {
             self.decide_absent(call)
         }
