@@ -212,7 +212,10 @@ fn main() {
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
-            let t = Trial::test(name, move || f(&ctx()?));
+            let t = Trial::test(name, move || {
+                let c = ctx()?;
+                f(&c)
+            });
             t.with_ignored_flag(skip.is_some())
         })
         .collect();
@@ -287,7 +290,7 @@ fn scrape(addr: SocketAddr) -> Result<String, Failed> {
 fn proc_status_kb(pid: u32, key: &str) -> Result<u64, Failed> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with(key)).ok_or_else(|| format!("no {key} in /proc/{pid}/status"))?;
-    Ok(line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("bad line {line}"))?)
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("bad line {line}").into())
 }
 
 // --- trials ------------------------------------------------------------------------------------
