@@ -55,8 +55,9 @@ pub struct Config {
     pub cri: CriSurfaces,
 }
 
-/// The CRI surfaces of `src/cri/methods.rs` that configuration adjusts (read at start).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// The CRI surfaces of `src/cri/methods.rs` that configuration adjusts, and the buffer budget
+/// of the calls pullgate decodes (read at start).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CriSurfaces {
     /// `ImageService` methods pullgate does not know, let through in enforce mode by name
@@ -65,6 +66,17 @@ pub struct CriSurfaces {
     /// containerd's sandbox image, for containerd 2.x, which does not report it: set it to
     /// containerd's `pinned_images.sandbox`. containerd 1.6/1.7 report theirs (this is ignored).
     pub sandbox_image: Option<String>,
+    /// Most request bytes the intercepted calls (PullImage, CreateContainer, RunPodSandbox,
+    /// ImageStatus) buffer at once, over all connections; a call past it waits, then is refused
+    /// with `RESOURCE_EXHAUSTED`. At least 16 MiB (one call of the largest size buffered).
+    #[serde(deserialize_with = "crate::registry::config::size")]
+    pub max_buffered_bytes: u64,
+}
+
+impl Default for CriSurfaces {
+    fn default() -> Self {
+        CriSurfaces { allow_image_methods: Vec::new(), sandbox_image: None, max_buffered_bytes: crate::cri::budget::DEFAULT_MAX_BUFFERED }
+    }
 }
 
 impl CriSurfaces {
@@ -80,6 +92,10 @@ impl CriSurfaces {
         if let Some(image) = &self.sandbox_image {
             crate::registry::reference::Reference::parse(image)
                 .map_err(|e| ("cri.sandbox_image".to_string(), format!("{image:?} is not an image reference: {e}")))?;
+        }
+        let min = crate::cri::budget::MIN_MAX_BUFFERED;
+        if self.max_buffered_bytes < min {
+            return Err(("cri.max_buffered_bytes".into(), format!("must be at least {min} bytes (16MiB, one call of the largest size pullgate buffers), got {}", self.max_buffered_bytes)));
         }
         Ok(())
     }
@@ -358,6 +374,11 @@ mod tests {
         let e = parse("cri:\n  sandbox_image: \"Not A Reference!\"\n").unwrap_err();
         assert!(e.contains("cri.sandbox_image"), "{e}");
         assert!(parse("cri:\n  nope: 1\n").is_err());
+        assert_eq!(parse("listen: /run/x.sock\n").unwrap().cri.max_buffered_bytes, 64 << 20);
+        assert_eq!(parse("cri:\n  max_buffered_bytes: 32MiB\n").unwrap().cri.max_buffered_bytes, 32 << 20);
+        let e = parse("cri:\n  max_buffered_bytes: 1MiB\n").unwrap_err();
+        assert!(e.contains("cri.max_buffered_bytes") && e.contains("at least"), "{e}");
+        assert!(parse("cri:\n  max_buffered_bytes: lots\n").unwrap_err().contains("max_buffered_bytes"));
     }
 
     #[test]

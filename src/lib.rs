@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`admin`]: metrics, `/live` and `/ready` on a loopback HTTP port.
+//! - [`bounded`]: request text shortened and escaped for refusals, log lines and audit records.
 //! - [`config`]: the YAML configuration, validated before anything is bound.
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod bounded;
 pub mod config;
 pub mod cri;
 pub mod daemon;

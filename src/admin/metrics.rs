@@ -46,7 +46,8 @@ pub struct EnforceMetrics {
     decisions: Family<Labels5, Counter>,
     /// result: `hit`, `miss`, `joined`.
     cache_lookups: Family<[(&'static str, &'static str); 1], Counter>,
-    /// registry, operation (`resolve`, `discover`), outcome (`ok`, `error`).
+    /// registry (bounded: `Registry::mirror_label`), operation (`resolve`, `discover`),
+    /// outcome (`ok`, `error`).
     mirror_requests: Family<Labels3, Counter>,
     /// operation.
     mirror_duration: HistogramFamily,
@@ -110,6 +111,17 @@ pub fn reason_category(decision: &str, reason: &str) -> &'static str {
     }
 }
 
+/// The `call` label of a decision, from a bounded set: the calls the gate decides, else
+/// `other` (an unchecked call's record names its gRPC path, which the caller chose).
+fn call_label(call: &str) -> &'static str {
+    match call {
+        "PullImage" => "PullImage",
+        "CreateContainer" => "CreateContainer",
+        "RunPodSandbox" => "RunPodSandbox",
+        _ => "other",
+    }
+}
+
 impl EnforceMetrics {
     /// Notes one decision as it is written to the audit log.
     pub fn decision(&self, record: &AuditRecord, refused: bool) {
@@ -119,7 +131,7 @@ impl EnforceMetrics {
             (_, false) => "audit_deny",
         };
         let labels = [
-            ("call", record.call.clone()),
+            ("call", call_label(&record.call).to_string()),
             ("policy", record.policy.clone()),
             ("mode", if record.mode.is_empty() { "none".to_string() } else { record.mode.clone() }),
             ("result", result.to_string()),

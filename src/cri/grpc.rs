@@ -80,10 +80,26 @@ pub fn status_response<B: From<Buffered>>(code: Code, message: &str) -> Response
     let h = resp.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from((code as i32) as u16));
-    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
+    if let Ok(v) = HeaderValue::from_str(&bounded_message(message)) {
         h.insert("grpc-message", v);
     }
     resp
+}
+
+/// `message` percent-encoded in at most [`crate::bounded::REFUSAL_MAX`] bytes: shortened as
+/// needed (head, `…`, tail, length and sha256), so that a caller's transport never fails on an
+/// oversized header and the caller sees the status pullgate meant (kubelet:
+/// `SignatureValidationFailed`).
+fn bounded_message(message: &str) -> String {
+    let limit = crate::bounded::REFUSAL_MAX;
+    let mut max = limit;
+    loop {
+        let encoded = encode_message(&crate::bounded::shorten(message, max));
+        if encoded.len() <= limit || max <= limit / 8 {
+            return encoded;
+        }
+        max = max * 2 / 3;
+    }
 }
 
 /// Marks a response that stands for containerd resetting the call's stream (RST_STREAM) before

@@ -9,13 +9,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use prost::Message;
 
 use super::api;
+use super::budget::{self, Reservation};
 use super::grpc::{self, Buffered, Code};
 use super::methods::Surface;
 use super::proxy::{method, Proxy, ResponseBody};
@@ -24,6 +25,10 @@ use super::wire;
 /// Bound on a buffered (intercepted) request or response body. CRI requests are small; a
 /// larger one is refused rather than buffered without limit.
 const MAX_BUFFERED_BODY: usize = 16 << 20;
+
+/// Bytes past a request's declared message that are read (not reserved) before it is refused
+/// as too large.
+const NOT_UNARY_SLACK: usize = 64 << 10;
 
 /// Prefix kubelet recognises: it reports the pod's image error as `SignatureValidationFailed`.
 pub const REFUSAL_PREFIX: &str = "SignatureValidationFailed: ";
@@ -132,8 +137,10 @@ pub trait Gate: Send + Sync + 'static {
 }
 
 pub(super) fn refusal(reason: &str) -> Response<ResponseBody> {
-    // One line, so the kubelet event stays readable.
+    // One line, so the kubelet event stays readable, of at most `bounded::REFUSAL_MAX` bytes
+    // however long the image string the caller sent.
     let line: String = reason.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    let line = crate::bounded::line(&line, crate::bounded::REFUSAL_MAX - REFUSAL_PREFIX.len());
     grpc::status_response(Code::Unknown, &format!("{REFUSAL_PREFIX}{line}"))
 }
 
@@ -149,9 +156,10 @@ impl Proxy {
     pub(super) async fn intercepted(&self, req: Request<Incoming>, surface: Surface) -> Response<ResponseBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: {e}")),
+        // Held until the call is answered: the request bytes live that long.
+        let (body, _reservation) = match self.read_request(body).await {
+            Ok(read) => read,
+            Err(resp) => return resp,
         };
         let path = parts.uri.path().to_owned();
         let method = path.rsplit('/').next().unwrap_or(&path).to_owned();
@@ -181,19 +189,55 @@ impl Proxy {
         let (resp, code, message) = buffer_response(resp).await;
         let ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
         let CallLog { image, pod, container, verdict, undecodable } = info;
+        // String values: the human format quotes and escapes them (`image="…"`), so a newline
+        // in a caller's string cannot start a forged line; bounded, so it cannot flood the log.
+        use crate::bounded::field;
         tracing::info!(
-            method,
-            image,
-            pod,
-            container,
-            verdict,
-            undecodable,
+            method = field(&method).as_ref(),
+            image = field(&image).as_ref(),
+            pod = field(&pod).as_ref(),
+            container = field(&container).as_ref(),
+            verdict = verdict.as_deref().map(field).as_deref(),
+            undecodable = undecodable.as_deref().map(field).as_deref(),
             code,
-            error = (code != 0).then_some(message),
+            error = (code != 0).then(|| field(&message).into_owned()),
             ms,
             "call"
         );
         resp
+    }
+
+    /// Reads an intercepted request whole, within the global budget (`budget.rs`): the bytes
+    /// its gRPC message header declares are reserved before the message is read. Error: the
+    /// response to send instead (`RESOURCE_EXHAUSTED` when the budget stays short).
+    async fn read_request(&self, mut body: Incoming) -> Result<(Bytes, Reservation), Response<ResponseBody>> {
+        let too_large = || grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: larger than {MAX_BUFFERED_BODY} bytes"));
+        let mut buf = BytesMut::new();
+        let mut reservation = None;
+        let mut limit = MAX_BUFFERED_BODY;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+            if reservation.is_none() && buf.len() >= 5 {
+                let declared = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                let wanted = declared.checked_add(5).filter(|n| *n <= MAX_BUFFERED_BODY).ok_or_else(too_large)?;
+                let budget = self.budget();
+                let held = budget
+                    .reserve((wanted as u64).min(budget.total()), budget::WAIT)
+                    .await
+                    .map_err(|e| grpc::status_response(Code::ResourceExhausted, &e.to_string()))?;
+                reservation = Some(held);
+                // A unary call has one message; a little more is let in (unreserved) so that a
+                // malformed request gets the usual "cannot decode" answer.
+                limit = (wanted + NOT_UNARY_SLACK).min(MAX_BUFFERED_BODY);
+                buf.reserve(wanted.saturating_sub(buf.len()));
+            }
+        }
+        Ok((buf.freeze(), reservation.unwrap_or_default()))
     }
 
     /// A request pullgate cannot decode: with a gate, it cannot be checked, so it is refused;
@@ -213,7 +257,7 @@ impl Proxy {
     async fn pull_image(&self, parts: http::request::Parts, body: Bytes, msg: &Bytes, req: api::PullImageRequest) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
         let image = req.image.map(|i| i.image).unwrap_or_default();
-        let mut log = CallLog { image: image.clone(), pod: pod.clone(), ..Default::default() };
+        let mut log = CallLog { image: crate::bounded::field(&image).into_owned(), pod: pod.clone(), ..Default::default() };
         let Some(gate) = self.gate() else {
             return (self.forward_buffered(parts, body).await, log);
         };
@@ -258,7 +302,7 @@ impl Proxy {
         let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         let user_specified = config.image.as_ref().map(|i| i.user_specified_image.clone()).filter(|s| !s.is_empty());
         let container = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let mut log = CallLog { image: image.clone(), pod: pod.clone(), container: container.clone(), ..Default::default() };
+        let mut log = CallLog { image: crate::bounded::field(&image).into_owned(), pod: pod.clone(), container: container.clone(), ..Default::default() };
         let Some(gate) = self.gate() else {
             return (self.forward_buffered(parts, body).await, log);
         };
@@ -448,5 +492,12 @@ mod tests {
         let msg = grpc::decode_message(r.headers()["grpc-message"].as_bytes());
         assert_eq!(msg, "SignatureValidationFailed: image x denied: no signatures found");
         assert_eq!(r.headers()["grpc-status"], "2");
+        let huge = format!("image reg/{}:1 denied", "a".repeat(10 << 20));
+        let r = refusal(&format!("{huge}\r\u{1b}"));
+        let raw = r.headers()["grpc-message"].as_bytes();
+        assert!(raw.len() <= crate::bounded::REFUSAL_MAX, "{}", raw.len());
+        let msg = grpc::decode_message(raw);
+        assert!(msg.starts_with("SignatureValidationFailed: image reg/aaa") && msg.contains("sha256:"), "{msg}");
+        assert!(!msg.chars().any(char::is_control), "{msg}");
     }
 }

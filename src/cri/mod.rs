@@ -1,5 +1,6 @@
 //! The CRI side of pullgate: the socket kubelet talks to and the connection to containerd.
 
+pub mod budget;
 pub mod client;
 pub mod grpc;
 pub mod images;

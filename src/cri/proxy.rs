@@ -22,6 +22,7 @@ use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use super::budget::Budget;
 use super::grpc::{self, Buffered, Code};
 use super::images::ContainerdImages;
 use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
@@ -68,12 +69,25 @@ pub struct Proxy {
     images: ContainerdImages,
     /// containerd's sandbox image, for containerd versions that do not report it (2.x).
     sandbox_image: Option<String>,
+    /// Bounds the request bytes all intercepted calls buffer at once (`budget.rs`).
+    budget: Budget,
 }
 
 impl Proxy {
     pub fn new(upstream: Upstream, access: Access, gate: Option<Arc<dyn Gate>>) -> Self {
         let images = ContainerdImages::new(upstream.path());
-        Proxy { upstream, access, gate, images, sandbox_image: None }
+        Proxy { upstream, access, gate, images, sandbox_image: None, budget: Budget::default() }
+    }
+
+    /// Bounds the request bytes intercepted calls buffer at once to `bytes`
+    /// (`cri.max_buffered_bytes`).
+    pub fn with_buffer_budget(mut self, bytes: u64) -> Self {
+        self.budget = Budget::new(bytes);
+        self
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Names containerd's sandbox image, used when containerd does not report it itself.
@@ -158,11 +172,12 @@ impl Proxy {
         let call = UncheckedCall { path: req.uri().path().to_string(), kind, uid: peer.uid, pid: peer.pid };
         match gate.unchecked(&call).await {
             CreateVerdict::Forward => {
-                tracing::info!(method = %call.path, uid = peer.uid, pid = peer.pid, "forwarding a call pullgate does not check");
+                tracing::info!(method = crate::bounded::field(&call.path).as_ref(), uid = peer.uid, pid = peer.pid, "forwarding a call pullgate does not check");
                 self.forward(req.map(Either::Left)).await
             }
             CreateVerdict::Refuse(reason) => {
-                tracing::warn!(method = %call.path, uid = peer.uid, pid = peer.pid, reason = %reason, "refused a call outside the CRI methods pullgate checks");
+                let (method, why) = (crate::bounded::field(&call.path), crate::bounded::field(&reason));
+                tracing::warn!(method = method.as_ref(), uid = peer.uid, pid = peer.pid, reason = why.as_ref(), "refused a call outside the CRI methods pullgate checks");
                 grpc::status_response(Code::PermissionDenied, &format!("pullgate: {reason}"))
             }
         }

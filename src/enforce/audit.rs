@@ -53,6 +53,23 @@ pub struct AuditRecord {
     pub break_glass: Option<super::break_glass::Record>,
 }
 
+impl AuditRecord {
+    /// The record with every string field shortened to [`crate::bounded::FIELD_MAX`] bytes
+    /// (head, `…`, tail, length and sha256): fields carry what a CRI caller sent (a 10 MB image
+    /// string), and one call must not write megabytes of audit log. JSON escapes control
+    /// characters, so a line cannot be forged; they are kept as sent.
+    pub fn bound(mut self) -> AuditRecord {
+        let AuditRecord { time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, identity, source, .. } =
+            &mut self;
+        for f in [time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, identity, source] {
+            if let std::borrow::Cow::Owned(short) = crate::bounded::field(f) {
+                *f = short;
+            }
+        }
+        self
+    }
+}
+
 /// Where audit lines go.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, tag = "sink", rename_all = "lowercase")]
@@ -211,6 +228,17 @@ mod tests {
         assert_eq!(read_records(&numbered(&path, 1)).unwrap().0[0].image, "img2");
         assert_eq!(read_records(&numbered(&path, 2)).unwrap().0[0].image, "img1");
         assert!(!numbered(&path, 3).exists());
+    }
+
+    #[test]
+    fn bound_shortens_every_long_field() {
+        let long = format!("reg/{}\n", "a".repeat(1 << 20));
+        let r = AuditRecord { image: long.clone(), reason: long.clone(), pod: long.clone(), node: "n".into(), ..Default::default() }.bound();
+        for f in [&r.image, &r.reason, &r.pod] {
+            assert!(f.len() <= crate::bounded::FIELD_MAX && f.starts_with("reg/aaa") && f.contains("sha256:"), "{f}");
+        }
+        assert_eq!(r.node, "n");
+        assert!(serde_json::to_string(&r).unwrap().len() < 4 * crate::bounded::FIELD_MAX);
     }
 
     #[test]

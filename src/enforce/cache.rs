@@ -1,4 +1,5 @@
-//! The decision cache: one verification per image digest and policy, shared by every caller.
+//! The decision cache: one verification per image digest, repository, policy and credentials,
+//! shared by every caller with the same key (`enforce::gate::CacheKey`).
 //!
 //! Keys carry the policy and trust-root generations, so a policy or trust-root change makes old
 //! decisions unreachable at once (and [`DecisionCache::clear`] frees them). Concurrent requests
@@ -114,6 +115,14 @@ impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
             })
             .await;
         (entry.0.clone(), if computed { Lookup::Miss } else { Lookup::Joined })
+    }
+
+    /// Stores a decision made elsewhere under `key` (replacing what was there), fresh from now.
+    pub fn put(&self, key: K, value: Arc<V>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let cell = self.insert(&mut inner, key, now);
+        let _ = cell.set((value, now));
     }
 
     /// Puts an empty slot for `key`, evicting to stay within capacity.

@@ -39,7 +39,7 @@ impl MirrorChecker {
 
     fn note_mirror(&self, reference: &Reference, operation: &'static str, ok: bool, started: Instant) {
         if let Some(m) = &self.metrics {
-            m.mirror_request(reference.registry(), operation, ok, started.elapsed());
+            m.mirror_request(&self.registry.mirror_label(reference.registry()), operation, ok, started.elapsed());
         }
     }
 }

@@ -4,7 +4,8 @@
 //! 1. Normalise the reference, find the policies that apply (image globs, namespace).
 //! 2. Exempt or unmatched: decided by configuration alone.
 //! 3. Otherwise resolve the digest on the mirror, and for each applicable policy discover and
-//!    verify signatures (cached per digest, policy and generations; single flight).
+//!    verify signatures (cached per registry, repository, digest, policy, generations and
+//!    credentials: [`CacheKey`]; single flight).
 //! 4. All enforce-mode policies must pass; audit-mode failures are logged and let through.
 //! 5. Allowed: containerd pulls exactly the verified digest (no time-of-check to time-of-use
 //!    gap when the tag moves); the tag record is added so kubelet's ImageStatus finds it.
@@ -85,14 +86,39 @@ pub trait Checker: Send + Sync + 'static {
     fn trust(&self) -> TrustStatus;
 }
 
-/// Decision-cache key: never a tag, always the digest, with the generations that make old
-/// decisions unreachable after a policy or trust-root change.
+/// Decision-cache key: everything a decision depends on. Never a tag, always the digest; the
+/// registry and repository, because signatures are discovered in the image's repository (a
+/// refusal of `demo/does-not-exist@D` says nothing of `demo/app@D`); the generations that make
+/// old decisions unreachable after a policy or trust-root change; and the credentials the
+/// mirror was asked with, because a refusal made with a wrong pull secret says nothing of the
+/// pods that have the right one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// Canonical registry name (aliases resolved).
+    registry: String,
+    repository: String,
     digest: String,
     policy: String,
     policy_generation: u64,
     trust_generation: u64,
+    /// sha256 of the credentials kubelet passed; `None`: none (the mirror's own, if any).
+    credentials: Option<String>,
+}
+
+/// A hash naming the credentials kubelet passed (never the credentials themselves); `None`
+/// when it passed none.
+fn credential_scope(auth: Option<&AuthConfig>) -> Option<String> {
+    let a = auth?;
+    let fields = [&a.username, &a.password, &a.auth, &a.server_address, &a.identity_token, &a.registry_token];
+    if fields.iter().all(|f| f.is_empty()) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    for f in fields {
+        bytes.extend_from_slice(&(f.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(f.as_bytes());
+    }
+    Some(Digest::sha256(&bytes).hex().to_string())
 }
 
 /// Tunables of the decision cache.
@@ -273,15 +299,33 @@ impl Enforcer {
                 continue;
             }
             let key = CacheKey {
+                registry: self.aliases.registry(reference.registry()),
+                repository: reference.repository().to_string(),
                 digest: resolved.digest.to_string(),
                 policy: policy.name.clone(),
                 policy_generation: generation,
                 trust_generation: trust.generation,
+                credentials: credential_scope(auth),
             };
-            let (outcome, lookup) = self
-                .cache
-                .get_or_compute(key, || self.checker.verify(reference, resolved, policy, auth))
-                .await;
+            // An approval holds for whoever asks (the signature is on the digest, whatever the
+            // credentials it was fetched with), so it is also kept under the key without
+            // credentials: CreateContainer, which has none, finds the pull's decision.
+            // Refusals stay under the credentials they were made with.
+            let shared = CacheKey { credentials: None, ..key.clone() };
+            let approved = key.credentials.is_some().then(|| self.cache.peek(&shared)).flatten().filter(|o| o.allowed);
+            let (outcome, lookup) = match approved {
+                Some(o) => (o, Lookup::Hit),
+                None => {
+                    let (outcome, lookup) = self
+                        .cache
+                        .get_or_compute(key.clone(), || self.checker.verify(reference, resolved, policy, auth))
+                        .await;
+                    if outcome.allowed && key.credentials.is_some() {
+                        self.cache.put(shared, outcome.clone());
+                    }
+                    (outcome, lookup)
+                }
+            };
             if let Some(m) = &self.metrics {
                 m.cache_lookup(lookup);
             }
@@ -334,14 +378,17 @@ impl Enforcer {
             call: "PullImage".into(),
             namespace: call.namespace.clone().unwrap_or_default(),
             pod: call.pod.clone(),
-            image: call.image.clone(),
+            // Bounded here already: the caller chose it, and it may be megabytes long.
+            image: crate::bounded::field(&call.image).into_owned(),
             ..Default::default()
         };
         let reference = match Reference::parse(&call.image) {
             Ok(r) => r,
             Err(e) => {
                 record.decision = "deny".into();
-                record.reason = format!("invalid image reference {:?}: {e}", call.image);
+                // The error names the reference itself; both shortened.
+                let (image, e) = (crate::bounded::shorten(&call.image, 256), e.to_string());
+                record.reason = format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512));
                 record.mode = Mode::Enforce.as_str().into();
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
@@ -590,15 +637,21 @@ impl Enforcer {
         }
     }
 
-    fn finish(&self, started: Instant, mut record: AuditRecord, refused: bool) {
+    fn finish(&self, started: Instant, record: AuditRecord, refused: bool) {
+        // Bounded before it is logged or written: its fields carry what the caller sent.
+        let mut record = record.bound();
         record.time = now_rfc3339();
         record.latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        // `&str` values, not `%`: the human log format quotes and escapes them (`image="…"`),
+        // so a newline in an image string cannot start a forged line.
+        let r = &record;
+        let (call, image, digest, policy) = (r.call.as_str(), r.image.as_str(), r.digest.as_str(), r.policy.as_str());
         if record.decision == "deny" && !refused {
-            tracing::warn!(call = %record.call, image = %record.image, digest = %record.digest, policy = %record.policy, reason = %record.reason, "audit mode: enforce would refuse this");
+            tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "audit mode: enforce would refuse this");
         } else if refused {
-            tracing::warn!(call = %record.call, image = %record.image, digest = %record.digest, policy = %record.policy, reason = %record.reason, "refused");
+            tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "refused");
         } else {
-            tracing::info!(call = %record.call, image = %record.image, digest = %record.digest, policy = %record.policy, identity = %record.identity, cached = record.cached, "allowed");
+            tracing::info!(call, image, digest, policy, identity = r.identity.as_str(), cached = r.cached, "allowed");
         }
         if let Some(m) = &self.metrics {
             m.decision(&record, refused);
@@ -676,6 +729,10 @@ mod tests {
         outcomes: HashMap<String, Outcome>,
         /// tag reference -> digest on the mirror.
         tags: HashMap<String, Digest>,
+        /// Repositories the mirror does not have: every verification there fails.
+        missing: Vec<String>,
+        /// A password the mirror refuses.
+        wrong_password: Option<String>,
     }
 
     impl Checker for Fake {
@@ -688,8 +745,15 @@ mod tests {
                 Ok(Resolved { digest, platform_digest: None, image: None })
             })
         }
-        fn verify<'a>(&'a self, _: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
+        fn verify<'a>(&'a self, reference: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
             Box::pin(async move {
+                let deny = |reason: &str| Outcome { allowed: false, reason: reason.into(), ..Default::default() };
+                if self.missing.iter().any(|m| m == reference.repository()) {
+                    return deny("cannot fetch: not found");
+                }
+                if auth.is_some_and(|a| Some(&a.password) == self.wrong_password.as_ref()) {
+                    return deny("cannot fetch: unauthorized");
+                }
                 self.outcomes
                     .get(&resolved.digest.to_string())
                     .cloned()
@@ -818,6 +882,41 @@ mod tests {
         // Only exempt names: exempt by image ID too.
         let call = create(&u.to_string(), None, &u, &[&format!("{REG}/pause:3.9")], &[]);
         assert_eq!(e.decide_create(&call).await.0, CreateVerdict::Forward);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_not_shared_across_repositories_or_credentials() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c.clone()));
+        fake.missing.push("demo/does-not-exist".into());
+        fake.wrong_password = Some("wrong".into());
+        let e = enforcer(fake, "deny", "either");
+        let pinned = |v: &PullVerdict| matches!(v, PullVerdict::Pin { .. });
+        // The refusal of a name that does not exist, for the digest of a signed image...
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/demo/does-not-exist@{p}"))).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)), "{}", r.reason);
+        // ...says nothing of the signed image, under its own name.
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/demo/app@{p}"))).await;
+        assert!(pinned(&v) && !r.cached, "{v:?} {}", r.reason);
+        // A refusal made with a wrong pull secret says nothing of other credentials.
+        let with = |password: &str| PullCall {
+            image: format!("{REG}/demo/other@{p}"),
+            auth: Some(AuthConfig { username: "u".into(), password: password.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let (v, r) = e.decide_pull(&with("wrong")).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)), "{}", r.reason);
+        let (v, r) = e.decide_pull(&with("wrong")).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)) && r.cached, "{}", r.reason);
+        let (v, r) = e.decide_pull(&with("right")).await;
+        assert!(pinned(&v) && !r.cached, "{}", r.reason);
+        // An approval holds for any caller: CreateContainer (no credentials) finds it.
+        let call = create(&c.to_string(), Some(&format!("{REG}/demo/other@{p}")), &c, &[], &[format!("{REG}/demo/other@{p}")]);
+        let (v, r) = e.decide_create(&call).await;
+        assert!(v == CreateVerdict::Forward && r.cached, "{}", r.reason);
+        let (v, r) = e.decide_pull(&with("wrong")).await;
+        assert!(pinned(&v) && r.cached, "an approval is not hidden by another caller's refusal: {}", r.reason);
     }
 
     #[tokio::test]

@@ -282,6 +282,11 @@ impl Transport {
 
     fn permits_for(&self, host: &str) -> Arc<Semaphore> {
         let mut permits = self.permits.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded like the clients: hosts come from requests (one per distinct registry named);
+        // a semaphore no request holds is dropped (a fresh one is equivalent).
+        if permits.len() >= MAX_CLIENTS {
+            permits.retain(|_, s| Arc::strong_count(s) > 1);
+        }
         permits.entry(host.to_ascii_lowercase()).or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent))).clone()
     }
 

@@ -114,6 +114,18 @@ impl Registry {
         self.inner.hosts.resolve(registry)
     }
 
+    /// `registry` as a metric label, from a bounded set: the registry's name when the hosts
+    /// directory configures it (`host:port/` or `host_port_/`), `_default` when the default
+    /// directory applies, `other` otherwise. Never free text from a request, so a caller naming
+    /// a new registry on every pull cannot grow the metric series.
+    pub fn mirror_label(&self, registry: &str) -> String {
+        match self.inner.hosts.dir_for(registry) {
+            Ok(Some(dir)) if dir.file_name().is_some_and(|n| n == "_default") => "_default".into(),
+            Ok(Some(_)) => registry.to_string(),
+            _ => "other".into(),
+        }
+    }
+
     fn op(&self, hosts: &HostsResolution, credentials: Option<&Credentials>) -> Op {
         let mut hosts_list: Vec<String> = hosts.endpoints.iter().map(|e| e.host.clone()).collect();
         hosts_list.push(hosts.registry.clone());
