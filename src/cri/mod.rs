@@ -1,6 +1,7 @@
 //! The CRI side of pullgate: the socket kubelet talks to and the connection to containerd.
 
 pub mod client;
+pub mod detached;
 pub mod grpc;
 pub mod images;
 pub mod intercept;
