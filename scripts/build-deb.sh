@@ -4,13 +4,26 @@
 # usage: scripts/build-deb.sh [--binary FILE] [--output DIR]
 #   --binary FILE  the pullgate binary to package (default: target/release/pullgate, built with
 #                  `cargo build --release --locked` when missing)
-#   --output DIR   where the .deb goes (default: target/debian); its path is printed last
+#   --output DIR   where the .deb goes (default: target/debian); its path is printed last,
+#                  after the path of the debug symbols package (pullgate-dbgsym_*.ddeb)
 #
-# Plain dpkg-deb, no debhelper. The package installs:
+# Env: PULLGATE_MAINTAINER  the Maintainer field (default: pullgate maintainers
+#                           <maintainers@pullgate.example.org>); set it to whoever answers for
+#                           the package you ship
+#
+# Plain dpkg-deb, no debhelper, but what debhelper would produce: lintian reports no errors or
+# warnings (tests/packaging.rs checks). The binary is stripped; its debug information goes into
+# pullgate-dbgsym (/usr/lib/debug/.build-id/...), as Debian's -dbgsym packages do. Needs
+# dpkg-deb, binutils (objcopy, strip, readelf) and gzip; the binary must run on the build host
+# (`pullgate manual` writes the man pages and completions). The package installs:
 #   /usr/bin/pullgate
+#   /usr/share/man/man1/pullgate*.1.gz                      a page per command
+#   /usr/share/bash-completion/completions/pullgate, /usr/share/zsh/vendor-completions/_pullgate,
+#   /usr/share/fish/vendor_completions.d/pullgate.fish      shell completions
 #   /lib/systemd/system/pullgate.service, pullgate.socket   (enabled on install, not started)
 #   /etc/pullgate/config.yaml                               (conffile: local edits survive upgrades)
-#   /usr/share/doc/pullgate/                                README, audit-log note, copyright
+#   /usr/share/doc/pullgate/                                README, audit-log format, copyright,
+#                                                           changelog (packaging/debian/changelog)
 #   /usr/share/doc/pullgate/examples/                       policy example, kubelet drop-ins,
 #                                                           Prometheus alerts, DaemonSet manifest
 #   /var/lib/pullgate, /var/log/pullgate                    state (trust root) and audit log
@@ -32,6 +45,10 @@ while [ $# -gt 0 ]; do
 done
 
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (Debian's dpkg package)"
+for tool in objcopy strip readelf; do
+  command -v $tool >/dev/null || die "$tool not found (Debian's binutils package; scripts/setup.sh installs it)"
+done
+MAINTAINER=${PULLGATE_MAINTAINER:-pullgate maintainers <maintainers@pullgate.example.org>}
 if [ ! -x "$BINARY" ]; then
   [ "$BINARY" = target/release/pullgate ] || die "$BINARY is not an executable"
   echo "build-deb: building the release binary" >&2
@@ -40,6 +57,10 @@ fi
 
 VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 [ -n "$VERSION" ] || die "no version in Cargo.toml"
+# A native package: its changelog is packaging/debian/changelog, whose newest entry must be this
+# version.
+LOGGED=$(sed -n '1s/^pullgate (\([^)]*\)).*/\1/p' packaging/debian/changelog)
+[ "$LOGGED" = "$VERSION" ] || die "packaging/debian/changelog's newest entry is ${LOGGED:-missing}, Cargo.toml says $VERSION: add an entry"
 ARCH=$(dpkg --print-architecture)
 # The newest glibc symbol version the binary needs (the Depends: line).
 GLIBC=$( (objdump -T "$BINARY" 2>/dev/null || true) | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
@@ -52,16 +73,37 @@ DOC=$ROOT/usr/share/doc/pullgate
 EX=$DOC/examples
 
 install -D -m 0755 "$BINARY" "$ROOT/usr/bin/pullgate"
-# The release profile keeps line tables for backtraces; a package ships without them (function
-# names stay, for panics).
-if command -v objcopy >/dev/null; then
-  objcopy --strip-debug "$ROOT/usr/bin/pullgate"
+# Strip as dh_strip does: the debug information (the release profile's line tables) and the
+# symbol table go into the -dbgsym package, found by build ID (gdb, debuginfod, addr2line).
+BUILD_ID=$(readelf -n "$BINARY" | sed -n 's/^ *Build ID: *\([0-9a-f]*\)$/\1/p' | head -n 1)
+if [ -n "$BUILD_ID" ]; then
+  DEBUG_FILE=usr/lib/debug/.build-id/${BUILD_ID:0:2}/${BUILD_ID:2}.debug
+else
+  DEBUG_FILE=usr/lib/debug/usr/bin/pullgate.debug
 fi
+DBG=$STAGE/dbgsym
+install -d -m 0755 "$(dirname "$DBG/$DEBUG_FILE")"
+objcopy --only-keep-debug --compress-debug-sections "$BINARY" "$DBG/$DEBUG_FILE"
+chmod 0644 "$DBG/$DEBUG_FILE"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note "$ROOT/usr/bin/pullgate"
+objcopy --add-gnu-debuglink="$DBG/$DEBUG_FILE" "$ROOT/usr/bin/pullgate"
+
+# Man pages and completions, generated from the command-line definitions.
+"$BINARY" manual --out "$STAGE/manual" >/dev/null
+for page in "$STAGE"/manual/man1/*.1; do
+  install -D -m 0644 "$page" "$ROOT/usr/share/man/man1/$(basename "$page")"
+  gzip -9n "$ROOT/usr/share/man/man1/$(basename "$page")"
+done
+install -D -m 0644 "$STAGE/manual/completions/pullgate.bash" "$ROOT/usr/share/bash-completion/completions/pullgate"
+install -D -m 0644 "$STAGE/manual/completions/_pullgate" "$ROOT/usr/share/zsh/vendor-completions/_pullgate"
+install -D -m 0644 "$STAGE/manual/completions/pullgate.fish" "$ROOT/usr/share/fish/vendor_completions.d/pullgate.fish"
 install -D -m 0644 packaging/systemd/pullgate.service "$ROOT/lib/systemd/system/pullgate.service"
 install -D -m 0644 packaging/systemd/pullgate.socket "$ROOT/lib/systemd/system/pullgate.socket"
 install -D -m 0644 packaging/config.yaml "$ROOT/etc/pullgate/config.yaml"
 install -D -m 0644 README.md "$DOC/README.md"
 install -D -m 0644 packaging/AUDIT-LOG.md "$DOC/AUDIT-LOG.md"
+gzip -9n -c packaging/debian/changelog >"$DOC/changelog.gz"
+chmod 0644 "$DOC/changelog.gz"
 install -D -m 0644 packaging/config.yaml "$EX/config.yaml"
 install -D -m 0644 packaging/policy-example.yaml "$EX/policy-example.yaml"
 install -D -m 0644 packaging/kubelet/20-pullgate.conf "$EX/kubelet/20-pullgate.conf"
@@ -76,6 +118,7 @@ Upstream-Name: pullgate
 Source: the pullgate repository
 
 Files: *
+Copyright: 2026 the pullgate authors
 License: Apache-2.0
  On Debian systems the full text of the Apache License 2.0 is in
  /usr/share/common-licenses/Apache-2.0.
@@ -88,35 +131,47 @@ cat >"$ROOT/DEBIAN/control" <<EOF
 Package: pullgate
 Version: $VERSION
 Architecture: $ARCH
-Maintainer: pullgate developers <pullgate@localhost>
+Maintainer: $MAINTAINER
 Installed-Size: $INSTALLED_SIZE
 Depends: libc6 (>= $GLIBC)
 Recommends: containerd
 Section: admin
 Priority: optional
 Description: CRI proxy that admits only images with a valid Sigstore signature
- pullgate sits between kubelet and containerd on every node and forwards every CRI call,
- except the image pulls and container creations it checks: an image is pulled or run only
- when a Sigstore signature by an allowed identity verifies, fully offline, against a mirrored
- trust root. Point kubelet at /run/pullgate/pullgate.sock with the drop-in in
+ pullgate sits between kubelet and containerd on every node and forwards every
+ CRI call, except the image pulls and container creations it checks: an image
+ is pulled or run only when a Sigstore signature by an allowed identity
+ verifies, fully offline, against a mirrored trust root.
+ .
+ Point kubelet at /run/pullgate/pullgate.sock with the drop-in in
  /usr/share/doc/pullgate/examples/kubelet/.
 EOF
 echo /etc/pullgate/config.yaml >"$ROOT/DEBIAN/conffiles"
 
+# Maintainer scripts as dh_installsystemd writes them: deb-systemd-helper for enablement (works
+# in an image build without a running systemd) and deb-systemd-invoke for start/stop (honours
+# policy-rc.d); only daemon-reload calls systemctl.
 cat >"$ROOT/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 # Enables (does not start) the socket and service: kubelet uses pullgate only once its drop-in
 # is installed, and a node image build has no running systemd. An upgrade restarts a running
-# pullgate; pullgate.socket keeps kubelet's socket in place meanwhile.
+# pullgate (try-restart); pullgate.socket keeps kubelet's socket in place meanwhile.
 set -e
 if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ]; then
   if command -v deb-systemd-helper >/dev/null 2>&1; then
-    deb-systemd-helper enable pullgate.socket pullgate.service >/dev/null || true
+    for unit in pullgate.socket pullgate.service; do
+      # was-enabled is true for a new installation, false when the admin disabled the unit.
+      if deb-systemd-helper --quiet was-enabled "$unit"; then
+        deb-systemd-helper enable "$unit" >/dev/null || true
+      else
+        deb-systemd-helper update-state "$unit" >/dev/null || true
+      fi
+    done
   fi
   if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload >/dev/null 2>&1 || true
-    if [ -n "$2" ] && systemctl is-active --quiet pullgate.service; then
-      systemctl restart pullgate.service || true
+    systemctl --system daemon-reload >/dev/null || true
+    if [ -n "$2" ] && command -v deb-systemd-invoke >/dev/null 2>&1; then
+      deb-systemd-invoke try-restart pullgate.service >/dev/null || true
     fi
   fi
 fi
@@ -127,8 +182,9 @@ cat >"$ROOT/DEBIAN/prerm" <<'EOF'
 # Removing pullgate from a node whose kubelet still points at it stops that node's kubelet
 # from reaching containerd: move kubelet back first (remove its drop-in, restart kubelet).
 set -e
-if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-  systemctl stop pullgate.service pullgate.socket >/dev/null 2>&1 || true
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] \
+  && command -v deb-systemd-invoke >/dev/null 2>&1; then
+  deb-systemd-invoke stop pullgate.service pullgate.socket >/dev/null || true
 fi
 exit 0
 EOF
@@ -136,21 +192,44 @@ cat >"$ROOT/DEBIAN/postrm" <<'EOF'
 #!/bin/sh
 # purge: also the trust root, decision state and audit logs.
 set -e
+if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+  systemctl --system daemon-reload >/dev/null || true
+fi
 if [ "$1" = purge ]; then
   if [ -z "${DPKG_ROOT:-}" ] && command -v deb-systemd-helper >/dev/null 2>&1; then
     deb-systemd-helper purge pullgate.socket pullgate.service >/dev/null || true
   fi
   rm -rf "${DPKG_ROOT:-}/var/lib/pullgate" "${DPKG_ROOT:-}/var/log/pullgate"
 fi
-if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-  systemctl daemon-reload >/dev/null 2>&1 || true
-fi
 exit 0
 EOF
 chmod 0755 "$ROOT/DEBIAN/postinst" "$ROOT/DEBIAN/prerm" "$ROOT/DEBIAN/postrm"
 (cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort | xargs md5sum) >"$ROOT/DEBIAN/md5sums"
 
+# The debug symbols package, as dh_strip makes it.
+install -d -m 0755 "$DBG/usr/share/doc"
+ln -s pullgate "$DBG/usr/share/doc/pullgate-dbgsym"
+mkdir -p "$DBG/DEBIAN"
+cat >"$DBG/DEBIAN/control" <<EOF
+Package: pullgate-dbgsym
+Source: pullgate
+Version: $VERSION
+Auto-Built-Package: debug-symbols
+Architecture: $ARCH
+Maintainer: $MAINTAINER
+Installed-Size: $(du -sk --exclude=DEBIAN "$DBG" | cut -f1)
+Depends: pullgate (= $VERSION)
+Section: debug
+Priority: optional
+Description: debug symbols for pullgate
+EOF
+[ -z "$BUILD_ID" ] || echo "Build-Ids: $BUILD_ID" >>"$DBG/DEBIAN/control"
+(cd "$DBG" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort | xargs md5sum) >"$DBG/DEBIAN/md5sums"
+
 mkdir -p "$OUTPUT"
 DEB=$OUTPUT/pullgate_${VERSION}_${ARCH}.deb
+DDEB=$OUTPUT/pullgate-dbgsym_${VERSION}_${ARCH}.ddeb
+dpkg-deb --root-owner-group -Zxz --build "$DBG" "$DDEB" >/dev/null
 dpkg-deb --root-owner-group -Zxz --build "$ROOT" "$DEB" >/dev/null
+echo "$DDEB"
 echo "$DEB"

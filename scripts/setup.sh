@@ -12,7 +12,9 @@
 #   1. Debian packages: containerd runc docker-registry skopeo
 #      containernetworking-plugins protobuf-compiler gcc libc6-dev curl python3
 #      python3-venv apache2-utils openssl iproute2 util-linux strace (the offline test)
-#      busybox-static iptables (scripts/critest.sh: stand-in images, CNI portmap).
+#      busybox-static iptables (scripts/critest.sh: stand-in images, CNI portmap)
+#      binutils lintian man-db (scripts/build-deb.sh strips the binary; tests/packaging.rs
+#      runs lintian on the package and man on its pages).
 #      'apt-get update' runs only when a package is missing. A temporary
 #      /usr/sbin/policy-rc.d (exit 101) keeps postinst scripts from starting
 #      system daemons (docker-registry would otherwise listen on *:5000); it
@@ -72,7 +74,7 @@ flock -w 900 9 || fail "could not take $LOCK within 15 minutes"
 # --- 1. Debian packages --------------------------------------------------------
 PACKAGES=(containerd runc docker-registry skopeo containernetworking-plugins
   protobuf-compiler gcc libc6-dev curl python3 python3-venv apache2-utils
-  openssl iproute2 util-linux strace busybox-static iptables)
+  openssl iproute2 util-linux strace busybox-static iptables binutils lintian man-db)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

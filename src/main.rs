@@ -1,10 +1,10 @@
 //! The `pullgate` command: parse arguments, load configuration, run.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use pullgate::config::{Config, LogFormat};
 
 /// Exit code for a bad command line or configuration (EX_USAGE from sysexits.h).
@@ -56,6 +56,14 @@ enum Command {
     /// for a node whose mirror or trust root is unusable. Recorded and alerted on.
     #[command(long_about = pullgate::enforce::break_glass::cli::LONG_ABOUT)]
     BreakGlass(pullgate::enforce::break_glass::cli::BreakGlassArgs),
+    /// Write the man pages (one per command) and bash, zsh and fish completions, generated
+    /// from these definitions: DIR/man1/*.1 and DIR/completions/. For packaging.
+    #[command(hide = true)]
+    Manual {
+        /// Output directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -110,6 +118,16 @@ fn main() -> ExitCode {
         Command::Report(args) => exit(pullgate::enforce::report::run(&args)),
         Command::Doctor(args) => exit(pullgate::doctor::run(&args)),
         Command::BreakGlass(args) => exit(pullgate::enforce::break_glass::cli::run(&args)),
+        Command::Manual { out } => match manual(&out) {
+            Ok(pages) => {
+                println!("{pages} man pages and 3 completion scripts in {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pullgate: manual: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
             Ok(config) => {
                 for w in config.policy.as_ref().map(|p| p.warnings()).unwrap_or_default() {
@@ -124,6 +142,21 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Man pages for `pullgate` and each (visible) subcommand, named `pullgate-<sub>[-<sub>].1`,
+/// and completion scripts; returns the number of pages.
+fn manual(out: &Path) -> std::io::Result<usize> {
+    use clap_complete::Shell;
+    let man = out.join("man1");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::generate_to(Cli::command(), &man)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut Cli::command(), "pullgate", &completions)?;
+    }
+    Ok(std::fs::read_dir(&man)?.filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "1"))).count())
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -584,12 +584,12 @@ fn audit_mode(c: &Ctx) -> TestResult {
     ensure!(ok, "audit mode refused ctr: {out}");
     let records = c.audit.records();
     let r = last_record(&records, |r| r.call == "PullImage" && r.image == image)?;
-    ensure!(r.decision == "deny" && r.mode == "audit", "{r:?}");
+    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
     let r = last_record(&records, |r| r.surface == "not CRI")?;
-    ensure!(r.decision == "deny" && r.mode == "audit", "{r:?}");
+    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
     let records = c.strict_audit.records();
     let r = last_record(&records, |r| r.call == "RunPodSandbox" && r.pod == "team/audit-sandbox")?;
-    ensure!(r.decision == "deny" && r.mode == "audit" && r.surface == "sandbox image", "{r:?}");
+    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit" && r.surface == "sandbox image", "{r:?}");
     c.rt.block_on(remove_unsigned(c))?;
     Ok(())
 }

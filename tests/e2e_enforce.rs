@@ -467,15 +467,16 @@ fn preloaded_images(c: &Ctx) -> TestResult {
         let mut rt = cri::runtime(&c.pg_sock);
         let cfg = pod("team", "preloaded");
         let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
-        let create = |image: String| {
+        let create = |image: String, asked: Option<&str>| {
             let mut rt = rt.clone();
             let (sandbox, cfg) = (sandbox.clone(), cfg.clone());
+            let user_specified_image = asked.unwrap_or_default().to_string();
             async move {
                 rt.create_container(k8s::CreateContainerRequest {
                     pod_sandbox_id: sandbox,
                     config: Some(k8s::ContainerConfig {
-                        metadata: Some(k8s::ContainerMetadata { name: format!("c{}", image.len()), attempt: 0 }),
-                        image: spec(&image),
+                        metadata: Some(k8s::ContainerMetadata { name: format!("c{}{}", image.len(), user_specified_image.len()), attempt: 0 }),
+                        image: Some(k8s::ImageSpec { image, user_specified_image, ..Default::default() }),
                         command: vec!["/hello".into()],
                         ..Default::default()
                     }),
@@ -485,12 +486,18 @@ fn preloaded_images(c: &Ctx) -> TestResult {
                 .map(|r| r.into_inner().container_id)
             }
         };
-        let refused = create(unsigned_id.clone()).await;
-        let ok = create(signed_id.clone()).await;
+        let refused = create(unsigned_id.clone(), None).await;
+        // As kubelet 1.30+ sends it: the image ID plus the name the pod spec used.
+        let named = create(unsigned_id.clone(), Some(&unsigned)).await;
+        let ok = create(signed_id.clone(), None).await;
         rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
         rt.remove_pod_sandbox(k8s::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await?;
         let status = refused.err().ok_or("CreateContainer of a pre-loaded unsigned image succeeded")?;
         ensure!(status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"), "{}", status.message());
+        // The refusal names what the pod asked for, then the digest, once.
+        let status = named.err().ok_or("CreateContainer of a pre-loaded unsigned image by name succeeded")?;
+        let msg = status.message();
+        ensure!(msg.starts_with(&format!("SignatureValidationFailed: image {unsigned} (sha256:")) && msg.matches("sha256:").count() == 1, "{msg}");
         ok.map_err(|s| format!("pre-loaded signed image refused: {}", s.message()))?;
         Ok(())
     })
@@ -547,7 +554,7 @@ fn audit_mode(c: &Ctx) -> TestResult {
     d.terminate(Duration::from_secs(10));
     let (records, _) = read_records(&audit)?;
     let r = records.iter().find(|r| r.image == image).ok_or("no audit record")?;
-    ensure!(r.mode == "audit" && r.decision == "deny" && r.reason.contains("no signatures found"), "{r:?}");
+    ensure!(r.mode == "audit" && r.decision == "allow" && r.would_deny && r.format == 2 && r.reason.contains("no signatures found"), "{r:?}");
     ensure!(d.logs().contains("audit mode: enforce would refuse this"), "no warning in logs");
     Ok(())
 }

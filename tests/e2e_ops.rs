@@ -536,6 +536,30 @@ fn report_on_audit_log(c: &Ctx) -> TestResult {
     let (code, human, _) = pullgate(&["report", "--audit-log", audit.to_str().unwrap(), "--since", "1h"])?;
     ensure!(code == 1 && human.contains("policy demo (audit): 3 decisions, 2 would be refused") && human.contains(&format!("2x {unsigned}")), "{human}");
     eprintln!("{human}");
+
+    // Format 2 says what happened: the unsigned pulls were let through, enforce would refuse them.
+    let text = std::fs::read_to_string(&audit)?;
+    let lines: Vec<Value> = text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(lines.iter().all(|l| l["format"] == 2), "{text}");
+    let unsigned_lines: Vec<&Value> = lines.iter().filter(|l| l["image"] == unsigned.as_str()).collect();
+    ensure!(unsigned_lines.len() == 2 && unsigned_lines.iter().all(|l| l["decision"] == "allow" && l["would_deny"] == true), "{text}");
+    // The same log in format 1 (no `format` or `would_deny`; audit-mode refusals said `deny`)
+    // reports the same.
+    let v1 = c.tb.dir.join("audit-mode-v1.log");
+    let mut old = String::new();
+    for mut l in lines {
+        let o = l.as_object_mut().ok_or("not an object")?;
+        if o.remove("would_deny") == Some(Value::Bool(true)) {
+            o.insert("decision".into(), "deny".into());
+        }
+        o.remove("format");
+        old.push_str(&format!("{l}\n"));
+    }
+    std::fs::write(&v1, old)?;
+    let (code, human_v1, _) = pullgate(&["report", "--audit-log", v1.to_str().unwrap(), "--since", "1h"])?;
+    // (The first line names the file and the window, `--since 1h` from each run's now.)
+    let body = |h: &str| h.lines().skip(1).collect::<Vec<_>>().join("\n");
+    ensure!(code == 1 && body(&human_v1) == body(&human), "format 1:\n{human_v1}\nformat 2:\n{human}");
     // A window before the pulls: nothing to refuse, exit 0.
     let (code, human, _) = pullgate(&["report", "--audit-log", audit.to_str().unwrap(), "--until", "2000-01-01T00:00:00Z"])?;
     ensure!(code == 0 && human.contains("would refuse nothing"), "{human}");

@@ -1,6 +1,9 @@
 //! What `packaging/` ships, checked as a node-image build and a cluster would consume it:
 //! - the Debian package built by `scripts/build-deb.sh` has exactly the expected files and
 //!   installs, upgrades its conffile correctly and purges, with dpkg, into a temporary root;
+//!   lintian (where installed) reports nothing on it; it ships a man page for every command and
+//!   subcommand (`man` finds them) and shell completions; its binary is stripped and the debug
+//!   information is in the -dbgsym package;
 //! - the systemd units pass `systemd-analyze verify` (where systemd is installed) and reload
 //!   with SIGHUP;
 //! - the example configurations are valid;
@@ -55,6 +58,7 @@ const EXPECTED_FILES: &[&str] = &[
     "./usr/bin/pullgate",
     "./usr/share/doc/pullgate/AUDIT-LOG.md",
     "./usr/share/doc/pullgate/README.md",
+    "./usr/share/doc/pullgate/changelog.gz",
     "./usr/share/doc/pullgate/copyright",
     "./usr/share/doc/pullgate/examples/config.yaml",
     "./usr/share/doc/pullgate/examples/kubelet/20-pullgate.conf",
@@ -63,7 +67,31 @@ const EXPECTED_FILES: &[&str] = &[
     "./usr/share/doc/pullgate/examples/kubernetes/pullgate-sync.sh",
     "./usr/share/doc/pullgate/examples/policy-example.yaml",
     "./usr/share/doc/pullgate/examples/prometheus/pullgate-alerts.yaml",
+    "./usr/share/bash-completion/completions/pullgate",
+    "./usr/share/fish/vendor_completions.d/pullgate.fish",
+    "./usr/share/zsh/vendor-completions/_pullgate",
 ];
+
+/// Every command path of `pullgate` as its `--help` lists them (`[]`, `["config"]`,
+/// `["config", "check"]`, ...), hidden ones and `help` excluded.
+fn commands(path: &[String]) -> Vec<Vec<String>> {
+    let help = run(Command::new(env!("CARGO_BIN_EXE_pullgate")).args(path).arg("--help"));
+    let mut all = vec![path.to_vec()];
+    let Some((_, rest)) = help.split_once("\nCommands:\n") else { return all };
+    for line in rest.lines().take_while(|l| !l.trim().is_empty()) {
+        // Names are indented by two spaces; wrapped descriptions by more.
+        let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.split_whitespace().next()) else { continue };
+        if name != "help" {
+            all.extend(commands(&[path, &[name.to_string()]].concat()));
+        }
+    }
+    all
+}
+
+/// The man page `man` looks up for a command path: `pullgate-trust-root-import.1.gz`.
+fn page_name(path: &[String]) -> String {
+    format!("{}.1.gz", std::iter::once("pullgate").chain(path.iter().map(String::as_str)).collect::<Vec<_>>().join("-"))
+}
 
 #[test]
 fn debian_package_builds_and_installs_into_a_temp_root() {
@@ -77,16 +105,21 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
         .args(["--binary", env!("CARGO_BIN_EXE_pullgate"), "--output"])
         .arg(out.path()));
     let deb = PathBuf::from(printed.trim().lines().last().unwrap());
+    let ddeb = PathBuf::from(printed.trim().lines().rev().nth(1).unwrap());
     assert!(deb.file_name().unwrap().to_string_lossy().starts_with(&format!("pullgate_{}_", env!("CARGO_PKG_VERSION"))), "{deb:?}");
 
     // Exactly the expected regular files, with their modes.
     let listing = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     let mut files = BTreeSet::new();
+    let mut pages = BTreeSet::new();
     for line in listing.lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
         let (mode, path) = (cols[0], *cols.last().unwrap());
         assert!(cols[1] == "root/root", "{line}");
-        if mode.starts_with('-') {
+        if let Some(page) = path.strip_prefix("./usr/share/man/man1/").filter(|p| !p.is_empty()) {
+            assert_eq!(mode, "-rw-r--r--", "{line}");
+            pages.insert(page.to_string());
+        } else if mode.starts_with('-') {
             files.insert(path.to_string());
             let exec = path == "./usr/bin/pullgate" || path.ends_with(".sh");
             assert_eq!(mode, if exec { "-rwxr-xr-x" } else { "-rw-r--r--" }, "{line}");
@@ -94,15 +127,55 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
     }
     let expected: BTreeSet<String> = EXPECTED_FILES.iter().map(|s| s.to_string()).collect();
     assert_eq!(files, expected);
+    // A man page for every command and subcommand, and nothing else.
+    let commands = commands(&[]);
+    let want: BTreeSet<String> = commands.iter().map(|c| page_name(c)).collect();
+    assert!(want.len() >= 12 && want.contains("pullgate-verify.1.gz") && want.contains("pullgate-trust-root-import.1.gz"), "{want:?}");
+    assert_eq!(pages, want);
     assert!(listing.contains("./var/lib/pullgate/") && listing.contains("./var/log/pullgate/"), "{listing}");
 
     let field = |name: &str| run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(name)).trim().to_string();
     assert_eq!(field("Package"), "pullgate");
     assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
     assert!(field("Depends").starts_with("libc6 (>= 2."), "{}", field("Depends"));
+    let maintainer = field("Maintainer");
+    assert!(maintainer.contains('<') && !maintainer.contains("localhost"), "{maintainer}");
     let control = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(control.path()));
     assert_eq!(std::fs::read_to_string(control.path().join("conffiles")).unwrap(), "/etc/pullgate/config.yaml\n");
+    // Services are started and stopped through deb-systemd-invoke (policy-rc.d applies) and
+    // enabled through deb-systemd-helper (no running systemd needed).
+    for script in ["postinst", "prerm", "postrm"] {
+        let text = std::fs::read_to_string(control.path().join(script)).unwrap();
+        for line in text.lines().filter(|l| l.trim_start().starts_with("systemctl")) {
+            assert!(line.contains("daemon-reload"), "{script}: {line}");
+        }
+    }
+    assert!(std::fs::read_to_string(control.path().join("postinst")).unwrap().contains("deb-systemd-helper enable"));
+
+    // Debug information: none in the packaged binary, all of it in the -dbgsym package.
+    let extracted = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(extracted.path()));
+    if have("readelf") {
+        let sections = run(Command::new("readelf").arg("-SW").arg(extracted.path().join("usr/bin/pullgate")));
+        // (.debug_gdb_scripts is loaded data, Rust's pretty-printer hook, not debug information.)
+        assert!(!sections.contains(".symtab") && !sections.contains(".debug_info") && !sections.contains(".debug_line"), "not stripped:\n{sections}");
+        assert!(sections.contains(".gnu_debuglink"), "{sections}");
+    }
+    let dbg = run(Command::new("dpkg-deb").arg("-c").arg(&ddeb));
+    assert!(dbg.lines().any(|l| l.contains("./usr/lib/debug/") && l.ends_with(".debug")), "{dbg}");
+    assert_eq!(run(Command::new("dpkg-deb").arg("-f").arg(&ddeb).arg("Depends")).trim(), format!("pullgate (= {})", env!("CARGO_PKG_VERSION")));
+
+    // lintian, as image pipelines run it: no errors, no warnings.
+    if have("lintian") {
+        for package in [&deb, &ddeb] {
+            let out = Command::new("lintian").args(["--fail-on", "error,warning"]).arg(package).output().unwrap();
+            let tags = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success() && tags.trim().is_empty(), "lintian {}:\n{tags}{}", package.display(), String::from_utf8_lossy(&out.stderr));
+        }
+    } else {
+        eprintln!("lintian not installed (scripts/setup.sh installs it): package not linted");
+    }
 
     // Install into a temporary root as a node-image build would (maintainer scripts run outside
     // it with DPKG_ROOT set; libc6 is not in that root's package database).
@@ -125,6 +198,18 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
     assert!(run(Command::new(&installed).arg("--version")).contains(env!("CARGO_PKG_VERSION")));
     run(Command::new(&installed).args(["config", "check"]).arg(r.join("etc/pullgate/config.yaml")));
     assert_eq!(std::fs::read_to_string(r.join("etc/pullgate/config.yaml")).unwrap(), read("packaging/config.yaml"));
+    // `man pullgate-verify` and friends find the installed pages.
+    if have("man") {
+        let manpath = r.join("usr/share/man");
+        for (command, want) in [("pullgate", "pullgate serve --listen"), ("pullgate-verify", "Check an image on the registry mirror"), ("pullgate-trust-root-import", "Verify a mirrored Sigstore TUF repository")] {
+            let page = run(Command::new("man").arg("-M").arg(&manpath).arg(command).env("MANWIDTH", "200").env("PAGER", "cat"));
+            assert!(page.contains(&format!("{command}(1)")) && page.contains("SYNOPSIS") && page.contains(want), "man {command}:\n{page}");
+        }
+    }
+    // bash completion, loaded the way bash-completion loads it.
+    let completion = r.join("usr/share/bash-completion/completions/pullgate");
+    let registered = run(Command::new("bash").arg("-c").arg(format!("source {} && complete -p pullgate", completion.display())));
+    assert!(registered.contains("pullgate"), "{registered}");
 
     // A local edit survives reinstalling (conffile), removal keeps it, purge removes it all.
     let edited = format!("{}\nnode_name: edited\n", read("packaging/config.yaml"));

@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod client;
+pub mod detached;
 pub mod grpc;
 pub mod images;
 pub mod intercept;

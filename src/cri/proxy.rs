@@ -76,6 +76,8 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(upstream: Upstream, access: Access, gate: Option<Arc<dyn Gate>>) -> Self {
         let images = ContainerdImages::new(upstream.path());
+        // Decisions finish (and are audited) even when the client goes away mid-call.
+        let gate = gate.map(super::detached::Detached::wrap);
         Proxy { upstream, access, gate, images, sandbox_image: None, budget: Budget::default() }
     }
 

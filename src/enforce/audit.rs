@@ -4,6 +4,11 @@
 //! Written to stdout (journald under systemd) or to a file rotated by size (`audit.log`,
 //! `audit.log.1`, ... `audit.log.N`). A failing write never blocks or fails a CRI call: it is
 //! logged and counted instead.
+//!
+//! The record format is versioned (`format`, see packaging/AUDIT-LOG.md): format 1 (no `format`
+//! field) wrote `"decision":"deny"` for audit-mode calls it let through; format 2 writes what
+//! happened (`"decision":"allow"`) and marks what enforce mode would have refused
+//! (`"would_deny":true`). [`read_records`] reads both.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -12,9 +17,15 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+/// The audit record format pullgate writes.
+pub const AUDIT_FORMAT: u32 = 2;
+
 /// One decision, as written to the audit log.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AuditRecord {
+    /// Record format: [`AUDIT_FORMAT`] when written; 1 for records without the field.
+    #[serde(default = "format_1")]
+    pub format: u32,
     /// RFC 3339 UTC.
     pub time: String,
     pub node: String,
@@ -36,8 +47,13 @@ pub struct AuditRecord {
     pub policy: String,
     /// `enforce` or `audit`.
     pub mode: String,
-    /// `allow` or `deny` (in audit mode: what enforce would have done).
+    /// While deciding: `allow` or `deny` as enforce mode would have it. As written (format 2,
+    /// [`AuditRecord::settled`]): what happened to the call, `allow` or `deny`.
     pub decision: String,
+    /// Format 2: the call was let through only because of audit mode; enforce mode would have
+    /// refused it. Never true with `decision` `deny`.
+    #[serde(default)]
+    pub would_deny: bool,
     /// One line.
     pub reason: String,
     /// Signer identity found (SAN or key fingerprint), if any.
@@ -67,6 +83,32 @@ impl AuditRecord {
             }
         }
         self
+    }
+}
+
+fn format_1() -> u32 {
+    1
+}
+
+impl AuditRecord {
+    /// The record as written: format 2, `decision` is what happened to the call (`refused`),
+    /// and an audit-mode call enforce mode would have refused says `would_deny`.
+    pub fn settled(mut self, refused: bool) -> AuditRecord {
+        self.format = AUDIT_FORMAT;
+        if refused {
+            self.decision = "deny".into();
+            self.would_deny = false;
+        } else if self.decision == "deny" {
+            self.decision = "allow".into();
+            self.would_deny = true;
+        }
+        self
+    }
+
+    /// Whether enforce mode refuses (or would refuse) this call, in either format: format 1 said
+    /// `deny` for both, format 2 says `deny` or `would_deny`.
+    pub fn would_refuse(&self) -> bool {
+        self.decision == "deny" || self.would_deny
     }
 }
 
@@ -239,6 +281,24 @@ mod tests {
         }
         assert_eq!(r.node, "n");
         assert!(serde_json::to_string(&r).unwrap().len() < 4 * crate::bounded::FIELD_MAX);
+    }
+
+    #[test]
+    fn format_2_says_what_happened_and_reads_format_1() {
+        let audit = AuditRecord { decision: "deny".into(), mode: "audit".into(), ..Default::default() };
+        let line = serde_json::to_string(&audit.clone().settled(false)).unwrap();
+        assert!(line.starts_with(r#"{"format":2,"#), "{line}");
+        assert!(line.contains(r#""decision":"allow","would_deny":true"#), "{line}");
+        let refused = serde_json::to_string(&audit.clone().settled(true)).unwrap();
+        assert!(refused.contains(r#""decision":"deny","would_deny":false"#), "{refused}");
+        let allowed = AuditRecord { decision: "allow".into(), ..Default::default() }.settled(false);
+        assert!(!allowed.would_deny && !allowed.would_refuse());
+        // Format 1: no `format`, no `would_deny`; an audit-mode `deny` was let through.
+        let v1 = r#"{"time":"2024-05-01T10:00:00Z","node":"n","call":"PullImage","namespace":"","pod":"","image":"i","digest":"","policy":"p","mode":"audit","decision":"deny","reason":"r","identity":"","source":"","latency_ms":1.0,"cached":false}"#;
+        let r: AuditRecord = serde_json::from_str(v1).unwrap();
+        assert_eq!((r.format, r.would_deny, r.would_refuse()), (1, false, true));
+        let r: AuditRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!((r.format, r.decision.as_str(), r.would_refuse()), (2, "allow", true));
     }
 
     #[test]

@@ -86,6 +86,16 @@ pub trait Checker: Send + Sync + 'static {
     fn trust(&self) -> TrustStatus;
 }
 
+/// How a refusal names an image: `image <name> (<digest>)`, the name as the call used it, then
+/// the digest checked, once (`image <name>@<digest>` when the name already carries it).
+fn subject(image: &str, digest: &str) -> String {
+    if image.strip_suffix(digest).is_some_and(|n| n.ends_with('@')) {
+        format!("image {image}")
+    } else {
+        format!("image {image} ({digest})")
+    }
+}
+
 /// Decision-cache key: everything a decision depends on. Never a tag, always the digest; the
 /// registry and repository, because signatures are discovered in the image's repository (a
 /// refusal of `demo/does-not-exist@D` says nothing of `demo/app@D`); the generations that make
@@ -335,6 +345,7 @@ impl Enforcer {
     }
 
     /// Combines per-policy results: enforce-mode failures refuse, audit-mode ones are noted.
+    /// `image` is the name a refusal shows (what the call asked for), `digest` what was checked.
     fn combine(&self, image: &str, digest: &str, results: &[(Arc<ImagePolicy>, Arc<Outcome>, bool)]) -> Checked {
         let enforce_failures: Vec<String> = results
             .iter()
@@ -352,7 +363,7 @@ impl Enforcer {
         let reason = if would_allow {
             results.iter().map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason)).collect::<Vec<_>>().join("; ")
         } else {
-            format!("image {image} ({digest}) denied by {}", all_failures.join("; "))
+            format!("{} denied by {}", subject(image, digest), all_failures.join("; "))
         };
         let pick = |f: fn(&Outcome) -> &String| {
             let mut v: Vec<&str> = results.iter().map(|(_, o, _)| f(o).as_str()).filter(|s| !s.is_empty()).collect();
@@ -432,7 +443,7 @@ impl Enforcer {
             }
         };
         let results = self.check(&reference, &resolved, &policies, policy.generation, auth).await;
-        let checked = self.combine(&reference.to_string(), &resolved.digest.to_string(), &results);
+        let checked = self.combine(&call.image, &resolved.digest.to_string(), &results);
         record.digest = checked.digest.clone();
         record.decision = if checked.would_allow { "allow" } else { "deny" }.into();
         record.reason = checked.reason.clone();
@@ -568,6 +579,12 @@ impl Enforcer {
         let mut audit_only = true;
         for reference in candidates {
             let Some(digest) = reference.digest().cloned() else { continue };
+            // What a refusal names: the reference the pod used; unknown (an image ID), the
+            // image's tag in this repository, else the repository.
+            let shown = match &asked {
+                Some(_) => record.image.clone(),
+                None => tags.iter().find(|t| self.aliases.same_repository(t, reference)).map_or_else(|| reference.name(), |t| t.to_string()),
+            };
             // The digest itself; then the signed index it was pinned from, if known; then what
             // the image's tags in this repository point to on the mirror now.
             let mut tried: Vec<Digest> = Vec::new();
@@ -601,7 +618,7 @@ impl Enforcer {
                         *outcome = Arc::new(o);
                     }
                 }
-                let checked = self.combine(&subject_ref.to_string(), &subject.to_string(), &results);
+                let checked = self.combine(&shown, &subject.to_string(), &results);
                 record.digest = checked.digest.clone();
                 record.policy = checked.policy.clone();
                 record.mode = checked.mode.as_str().into();
@@ -656,7 +673,7 @@ impl Enforcer {
         if let Some(m) = &self.metrics {
             m.decision(&record, refused);
         }
-        self.audit(record);
+        self.audit(record.settled(refused));
     }
 }
 
@@ -934,5 +951,31 @@ mod tests {
         let (v, r) = e.decide_pull(&pull(&format!("{REG}/pause:1@{}", d(7)))).await;
         assert!(matches!(v, PullVerdict::Refuse(_)), "{}", r.reason);
         assert!(matches!(e.decide_pull(&pull("localhost:5000/pause:3.9")).await.0, PullVerdict::Forward));
+    }
+
+    #[tokio::test]
+    async fn refusals_name_what_the_call_asked_for_then_the_digest_once() {
+        let (id, registry_digest) = (d(4), d(9));
+        let e = enforcer(Fake::default(), "deny", "either");
+        let tags = [format!("{REG}/demo/unsigned:1")];
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let digests = [format!("{REG}/demo/unsigned@{registry_digest}")];
+        let no_sigs = format!("({registry_digest}) denied by policy demo: no signatures found");
+        // The pod's own spelling (another spelling of the registry), then the digest, once.
+        let call = create(&id.to_string(), Some("localhost:5000/demo/unsigned:1"), &id, &tags, &digests);
+        let CreateVerdict::Refuse(reason) = e.decide_create(&call).await.0 else { panic!("allowed") };
+        assert_eq!(reason, format!("image localhost:5000/demo/unsigned:1 {no_sigs}"));
+        assert_eq!(reason.matches(&registry_digest.to_string()).count(), 1, "{reason}");
+        // Asked by image ID (an older kubelet): the image's tag in that repository.
+        let call = create(&id.to_string(), None, &id, &tags, &digests);
+        let CreateVerdict::Refuse(reason) = e.decide_create(&call).await.0 else { panic!("allowed") };
+        assert_eq!(reason, format!("image {REG}/demo/unsigned:1 {no_sigs}"));
+        // No tag: the repository.
+        let call = create(&id.to_string(), None, &id, &[], &digests);
+        let CreateVerdict::Refuse(reason) = e.decide_create(&call).await.0 else { panic!("allowed") };
+        assert_eq!(reason, format!("image {REG}/demo/unsigned {no_sigs}"));
+        // A pull names the reference as asked; a digest reference carries its digest already.
+        let (_, r) = e.decide_pull(&pull(&format!("localhost:5000/demo/x@{registry_digest}"))).await;
+        assert_eq!(r.reason, format!("image localhost:5000/demo/x@{registry_digest} denied by policy demo: no signatures found"));
     }
 }

@@ -165,12 +165,13 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
             continue;
         }
         report.decisions += 1;
-        let deny = r.decision == "deny";
+        // Format 1 wrote `deny` for audit-mode calls it let through; format 2 `would_deny`.
+        let deny = r.would_refuse();
         let failing = if deny { failing_policies(r) } else { Vec::new() };
         if deny && failing.iter().any(|p| only.is_none_or(|o| o == p)) {
             report.would_refuse += 1;
         }
-        let category = reason_category(&r.decision, &r.reason).to_string();
+        let category = reason_category(if deny { "deny" } else { &r.decision }, &r.reason).to_string();
         for name in listed {
             if only.is_some_and(|o| o != name) {
                 continue;
@@ -421,6 +422,25 @@ mod tests {
         assert!(human.contains("policy team-a (audit): 4 decisions, 3 would be refused"), "{human}");
         assert!(human.contains("2x reg/unsigned:1"), "{human}");
         assert!(human.contains("nothing to refuse (decisions): exempt:sandbox (1)"), "{human}");
+    }
+
+    #[test]
+    fn format_1_and_format_2_logs_report_the_same() {
+        // The same decisions as format 2 writes them: audit-mode refusals are `allow` +
+        // `would_deny`, read back through JSON as `pullgate report` does.
+        let v2: Vec<AuditRecord> = log()
+            .into_iter()
+            .map(|r| {
+                let refused = r.mode == "enforce" && r.decision == "deny";
+                let line = serde_json::to_string(&r.settled(refused)).unwrap();
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect();
+        assert!(v2.iter().all(|r| r.format == 2 && (r.mode != "audit" || r.decision == "allow")));
+        let one = build(&log(), None, None, None);
+        let two = build(&v2, None, None, None);
+        assert_eq!((two.decisions, two.would_refuse), (one.decisions, one.would_refuse));
+        assert_eq!(render_human(&two), render_human(&one));
     }
 
     #[test]
