@@ -20,6 +20,8 @@
 //! Trials run one at a time, each with its own pullgate instance (fresh decision cache). Without
 //! root they are reported as ignored, with the reason.
 
+#[path = "support/admin.rs"]
+mod admin;
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -31,14 +33,15 @@ mod support;
 #[path = "support/testbed.rs"]
 mod testbed;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use admin::{free_port, sample};
 use daemon::Daemon;
 use fault_relay::{Fault, FaultRelay};
 use k8s_cri::v1 as k8s;
@@ -147,10 +150,6 @@ struct Instance {
     sock: PathBuf,
     admin: SocketAddr,
     state_dir: PathBuf,
-}
-
-fn free_port() -> Result<SocketAddr, Failed> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn import_trust_root(c: &Ctx, state_dir: &Path, extra: &[&str]) -> Result<std::process::Output, Failed> {
@@ -270,24 +269,9 @@ fn alive(d: &mut Daemon) -> TestResult {
     }
 }
 
+/// `GET path` of the admin endpoint, metrics in the Prometheus text format: (status, body).
 fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(15))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {raw:?}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status line: {head}"))?;
-    Ok((status, body.to_string()))
-}
-
-/// The value of the first sample of `name` whose labels include all of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (key, value) = l.rsplit_once(' ')?;
-        let (n, rest) = key.split_once('{').unwrap_or((key, ""));
-        (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))).then(|| value.parse().ok()).flatten()
-    })
+    admin::http_get_accept(addr, path, "text/plain;version=0.0.4")
 }
 
 fn spec(image: &str) -> Option<k8s::ImageSpec> {

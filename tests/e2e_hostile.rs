@@ -13,6 +13,8 @@
 //! The suite runs on one containerd generation: what it tests is pullgate's own handling of
 //! input, which no containerd version changes.
 
+#[path = "support/admin.rs"]
+mod admin;
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -22,13 +24,13 @@ mod support;
 #[path = "support/testbed.rs"]
 mod testbed;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use admin::free_port;
 use daemon::Daemon;
 use k8s_cri::v1 as k8s;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -79,11 +81,6 @@ struct Ctx {
     pg: Pg,
     /// A policy covering `**`, JSON log format.
     wide: Pg,
-}
-
-fn free_port() -> Result<SocketAddr, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    l.local_addr().map_err(|e| e.to_string())
 }
 
 fn config(tb: &Testbed, name: &str, admin: SocketAddr, images: &str, log_format: &str) -> String {
@@ -274,16 +271,11 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// `GET /metrics` over HTTP/1.0: the body.
+/// `GET /metrics` in the Prometheus text format: the body.
 fn scrape(addr: SocketAddr) -> Result<String, Failed> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP answer: {raw:?}"))?;
-    ensure!(head.contains(" 200 "), "{head}");
-    Ok(body.to_string())
+    let (status, body) = admin::http_get_accept(addr, "/metrics", "text/plain;version=0.0.4")?;
+    ensure!(status == 200, "GET /metrics: HTTP {status}");
+    Ok(body)
 }
 
 /// A value from `/proc/PID/status`, in kB.
