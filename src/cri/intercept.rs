@@ -1,5 +1,6 @@
-//! The calls pullgate decodes: PullImage, ImageStatus, CreateContainer (with its image volumes)
-//! and RunPodSandbox (`sandbox.rs`), in CRI v1 and v1alpha2 alike (`methods.rs`).
+//! The calls pullgate decodes: PullImage, CreateContainer (with its image volumes), RunPodSandbox
+//! (`sandbox.rs`) and, for its debug log line only, ImageStatus; in CRI v1 and v1alpha2 alike
+//! (`methods.rs`).
 //!
 //! The proxy does the mechanics here (buffer, decode, ask the [`Gate`], edit, forward, refuse);
 //! what to decide lives behind the [`Gate`] trait (`crate::enforce`). Without a gate (no
@@ -192,18 +193,29 @@ impl Proxy {
         // String values: the human format quotes and escapes them (`image="…"`), so a newline
         // in a caller's string cannot start a forged line; bounded, so it cannot flood the log.
         use crate::bounded::field;
-        tracing::info!(
-            method = field(&method).as_ref(),
-            image = field(&image).as_ref(),
-            pod = field(&pod).as_ref(),
-            container = field(&container).as_ref(),
-            verdict = verdict.as_deref().map(field).as_deref(),
-            undecodable = undecodable.as_deref().map(field).as_deref(),
-            code,
-            error = (code != 0).then(|| field(&message).into_owned()),
-            ms,
-            "call"
-        );
+        // Decisions and state changes at info; routine reads (ImageStatus, decoded only when
+        // debug logging is on) at debug.
+        macro_rules! call_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    method = field(&method).as_ref(),
+                    image = field(&image).as_ref(),
+                    pod = field(&pod).as_ref(),
+                    container = field(&container).as_ref(),
+                    verdict = verdict.as_deref().map(field).as_deref(),
+                    undecodable = undecodable.as_deref().map(field).as_deref(),
+                    code,
+                    error = (code != 0).then(|| field(&message).into_owned()),
+                    ms,
+                    "call"
+                )
+            };
+        }
+        if surface == Surface::Inspect {
+            call_line!(debug);
+        } else {
+            call_line!(info);
+        }
         resp
     }
 

@@ -6,9 +6,10 @@
 //! it has never heard of, and fields it does not know intact. A client that goes away cancels its
 //! upstream call, because dropping the response body resets the upstream stream.
 //!
-//! Only the calls pullgate inspects (PullImage, ImageStatus, CreateContainer, and with a gate
-//! RunPodSandbox) are buffered and decoded (`intercept.rs`); even then the original request
-//! bytes are forwarded unless a decision changes them.
+//! Only the calls pullgate inspects (PullImage, CreateContainer, and with a gate RunPodSandbox;
+//! ImageStatus only while debug logging is on, for its log line) are buffered and decoded
+//! (`intercept.rs`); even then the original request bytes are forwarded unless a decision
+//! changes them.
 //!
 //! With a gate, only the CRI API passes (`methods.rs`): v1 and v1alpha2 are gated alike, and a
 //! path outside CRI (containerd's native API on the same socket) or an `ImageService` method
@@ -131,7 +132,7 @@ impl Proxy {
         }
         // Boxed below: the intercepted path's state is large, and the future of every call (which
         // tokio copies when it spawns it) would otherwise be that large too.
-        let resp = match self.route(req.uri().path()) {
+        let resp = match self.route(req.uri().path(), inspect_reads()) {
             Dispatch::Decode(surface) => Box::pin(self.intercepted(req, surface)).await,
             Dispatch::Unchecked(kind) => Box::pin(self.unchecked(peer, req, kind)).await,
             Dispatch::Forward => {
@@ -146,18 +147,21 @@ impl Proxy {
         }
     }
 
-    /// What to do with a path. Without a gate, exactly what pullgate always did: decode the
-    /// three v1 calls it logs, forward everything else.
-    fn route(&self, path: &str) -> Dispatch {
+    /// What to do with a path. Without a gate: decode the two v1 calls it logs, forward
+    /// everything else. Read-only calls it only logs (ImageStatus, `Surface::Inspect`) are
+    /// decoded only when `inspect` (debug logging) asks for their log line; otherwise they cost a
+    /// pass-through.
+    fn route(&self, path: &str, inspect: bool) -> Dispatch {
         if self.gate.is_none() {
             return match path {
                 method::PULL_IMAGE => Dispatch::Decode(Surface::Pull),
-                method::IMAGE_STATUS => Dispatch::Decode(Surface::Inspect),
+                method::IMAGE_STATUS if inspect => Dispatch::Decode(Surface::Inspect),
                 method::CREATE_CONTAINER => Dispatch::Decode(Surface::Create),
                 _ => Dispatch::Forward,
             };
         }
         match methods::route(path) {
+            Route::Known { method, .. } if method.surface == Surface::Inspect && !inspect => Dispatch::Forward,
             Route::Known { method, .. } if method.surface != Surface::Inert => Dispatch::Decode(method.surface),
             Route::Known { .. } | Route::UnknownRuntimeMethod { .. } => Dispatch::Forward,
             Route::UnknownImageMethod { .. } => Dispatch::Unchecked(Unchecked::UnknownImageMethod),
@@ -204,6 +208,12 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether routine reads (ImageStatus) are decoded for their debug log line. A disabled
+/// callsite costs one atomic load; the answer follows a log level changed at run time.
+fn inspect_reads() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
 }
 
 /// The URI to send upstream: HTTP/2 needs a scheme and authority. The caller's authority is kept
@@ -284,9 +294,10 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let _rt = rt.enter();
         let p = proxy(None);
-        assert_eq!(p.route("/runtime.v1.ImageService/PullImage"), Dispatch::Decode(Surface::Pull));
-        assert_eq!(p.route("/runtime.v1.ImageService/ImageStatus"), Dispatch::Decode(Surface::Inspect));
-        assert_eq!(p.route("/runtime.v1.RuntimeService/CreateContainer"), Dispatch::Decode(Surface::Create));
+        assert_eq!(p.route("/runtime.v1.ImageService/PullImage", false), Dispatch::Decode(Surface::Pull));
+        assert_eq!(p.route("/runtime.v1.ImageService/ImageStatus", true), Dispatch::Decode(Surface::Inspect));
+        assert_eq!(p.route("/runtime.v1.ImageService/ImageStatus", false), Dispatch::Forward);
+        assert_eq!(p.route("/runtime.v1.RuntimeService/CreateContainer", false), Dispatch::Decode(Surface::Create));
         for path in [
             "/runtime.v1.RuntimeService/RunPodSandbox",
             "/runtime.v1alpha2.ImageService/PullImage",
@@ -294,7 +305,7 @@ mod tests {
             "/runtime.v1.ImageService/FetchImage",
             "/grpc.health.v1.Health/Check",
         ] {
-            assert_eq!(p.route(path), Dispatch::Forward, "{path}");
+            assert_eq!(p.route(path, true), Dispatch::Forward, "{path}");
         }
     }
 
@@ -304,17 +315,18 @@ mod tests {
         let _rt = rt.enter();
         let p = proxy(Some(Arc::new(NoGate)));
         for v in ["v1", "v1alpha2"] {
-            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/PullImage")), Dispatch::Decode(Surface::Pull));
-            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/CreateContainer")), Dispatch::Decode(Surface::Create));
-            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/RunPodSandbox")), Dispatch::Decode(Surface::Sandbox));
-            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/ImageStatus")), Dispatch::Decode(Surface::Inspect));
-            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/Version")), Dispatch::Forward);
-            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/StreamImages")), Dispatch::Forward);
-            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/SomethingNew")), Dispatch::Forward);
-            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/FetchImage")), Dispatch::Unchecked(Unchecked::UnknownImageMethod));
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/PullImage"), false), Dispatch::Decode(Surface::Pull));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/CreateContainer"), false), Dispatch::Decode(Surface::Create));
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/RunPodSandbox"), false), Dispatch::Decode(Surface::Sandbox));
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/ImageStatus"), true), Dispatch::Decode(Surface::Inspect));
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/ImageStatus"), false), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/Version"), false), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/StreamImages"), false), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/SomethingNew"), false), Dispatch::Forward);
+            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/FetchImage"), false), Dispatch::Unchecked(Unchecked::UnknownImageMethod));
         }
         for path in ["/containerd.services.images.v1.Images/Create", "/containerd.services.transfer.v1.Transfer/Transfer", "/grpc.health.v1.Health/Check", "/"] {
-            assert_eq!(p.route(path), Dispatch::Unchecked(Unchecked::NotCri), "{path}");
+            assert_eq!(p.route(path, false), Dispatch::Unchecked(Unchecked::NotCri), "{path}");
         }
     }
 
