@@ -9,6 +9,7 @@ pub mod intercept;
 pub mod listener;
 pub mod methods;
 pub mod proxy;
+pub mod quiet;
 pub mod relay;
 pub mod sandbox;
 pub mod server;

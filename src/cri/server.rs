@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 
 use super::listener::Listener;
+use super::quiet::QuietStream;
 use super::proxy::{Peer, Proxy};
 use crate::admin::calls::{CallMetrics, Metered};
 
@@ -80,6 +81,13 @@ pub async fn serve_metered(
                 Ok::<_, h2::Error>(resp.map(|body| Metered::new(body, probe)))
             }
         });
+        let stream = match QuietStream::new(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the connection; closing it");
+                continue;
+            }
+        };
         let conn = graceful.watch(h2.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
