@@ -78,18 +78,21 @@ impl AsyncRead for QuietStream {
         loop {
             let mut guard = ready!(self.read.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|s| loop {
-                match s.get_ref().read(unfilled) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => return other,
-                }
-            }) {
-                Ok(Ok(n)) => {
+            let wanted = unfilled.len();
+            match guard.get_inner().read(unfilled) {
+                Ok(n) => {
+                    // A short read emptied the socket: wait for the next edge instead of
+                    // asking again (what tokio's own streams do; the guard's tick keeps an
+                    // edge that arrived meanwhile).
+                    if n > 0 && n < wanted {
+                        guard.clear_ready();
+                    }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
