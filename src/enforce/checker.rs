@@ -214,24 +214,23 @@ impl Checker for MirrorChecker {
                 Err(e) => return deny(e.to_string()),
             };
             let creds = credentials(auth);
-            let image = match &resolved.image {
-                Some(i) => i.clone(),
+            let started = Instant::now();
+            let found = match &resolved.image {
+                Some(i) => self.registry.discover(i, creds.as_ref()).await.map(|d| (i.clone(), d)),
                 None => {
-                    let started = Instant::now();
-                    let image = self.registry.resolve(&reference.with_digest(resolved.digest.clone()), creds.as_ref()).await;
-                    self.note_mirror(reference, "resolve", image.is_ok(), started);
-                    match image {
-                        Ok(i) => Arc::new(i),
+                    // The manifest by digest (checked against it) and discovery, overlapped.
+                    let by_digest = reference.with_digest(resolved.digest.clone());
+                    let noted = |ok| self.note_mirror(reference, "resolve", ok, started);
+                    match self.registry.resolve_and_discover(&by_digest, creds.as_ref(), noted).await {
+                        Ok((i, d)) => Ok((Arc::new(i), d)),
                         Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
                     }
                 }
             };
-            let started = Instant::now();
-            let discovery = self.registry.discover(&image, creds.as_ref()).await;
-            let failed_steps = discovery.as_ref().map(|d| !d.errors().is_empty()).unwrap_or(true);
+            let failed_steps = found.as_ref().map(|(_, d)| !d.errors().is_empty()).unwrap_or(true);
             self.note_mirror(reference, "discover", !failed_steps, started);
-            let discovery = match discovery {
-                Ok(d) => d,
+            let (image, discovery) = match found {
+                Ok(found) => found,
                 Err(e) => return deny(format!("signature discovery failed: {e}")),
             };
             let started = Instant::now();
