@@ -190,6 +190,13 @@ fn deny(reason: String) -> Outcome {
 impl Checker for MirrorChecker {
     fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
         Box::pin(async move {
+            if let Some(digest) = reference.digest() {
+                // Nothing to ask the mirror (so no mirror request to count): the digest is the
+                // reference's own. The host configuration is still read, so that a broken
+                // `hosts.toml` refuses as it does for a tag, cached decision or not.
+                self.registry.endpoints(reference.registry()).map_err(|e| registry::Error::from(e).to_string())?;
+                return Ok(Resolved { digest: digest.clone(), platform_digest: None, image: None });
+            }
             let creds = credentials(auth);
             let started = Instant::now();
             // The digest only (a `HEAD`): decisions are cached by digest, so on a hit the manifest
