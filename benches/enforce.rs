@@ -154,13 +154,13 @@ fn pullgate_binary() -> Result<PathBuf, String> {
 }
 
 /// pullgate's configuration: the e2e suite's enforce policy, JSON logs (read back for `ms`).
-fn config(dir: &Path, registry: &str, listen: &Path, upstream: &Path, hosts_dir: &str, audit: &Path, admin: SocketAddr) -> String {
+fn config(dir: &Path, registry: &str, listen: &Path, upstream: &Path, hosts_dir: &str, audit: &Path, admin: SocketAddr, level: &str) -> String {
     format!(
         r#"listen: {listen}
 upstream: {upstream}
 log:
   format: json
-  level: info
+  level: "{level}"
 admin:
   listen: {admin}
 registry:
@@ -200,6 +200,13 @@ policy:
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
     )
+}
+
+/// `PULLGATE_BENCH_PROFILE=1`: pullgate logs every registry request with its time (debug
+/// level of the registry client only), and the report splits the cold decision by request.
+/// Costs a log line per request: a run for the breakdown, not for the headline figures.
+fn profiling() -> bool {
+    std::env::var("PULLGATE_BENCH_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 // --- CRI calls ---------------------------------------------------------------------------------
@@ -319,16 +326,21 @@ fn run() -> Result<String, String> {
     let repo = "demo/bench";
     let n_images = plan.warmup + plan.cold;
     let opts = SignOptions::new(stack.now);
-    let cold_images: Vec<String> = rt.block_on(async {
+    let (cold_images, cold_digests, single_flight_image) = rt.block_on(async {
         sign_and_push(&mut stack, &pusher, "demo/app", &demo_digest, &opts, Format::Bundle).await?;
         let mut images = Vec::new();
+        let mut digests = Vec::new();
         for i in 0..n_images {
             let tag = format!("c{i}");
             let d = push_tiny_image(&pusher, repo, &tag, &salt).await?;
             sign_and_push(&mut stack, &pusher, repo, &d, &opts, Format::Bundle).await?;
             images.push(format!("{registry}/{repo}:{tag}"));
+            digests.push(d);
         }
-        Ok::<_, String>(images)
+        // One more, pulled by 100 callers at once (by digest) for the single-flight check.
+        let d = push_tiny_image(&pusher, repo, "sf", &salt).await?;
+        sign_and_push(&mut stack, &pusher, repo, &d, &opts, Format::Bundle).await?;
+        Ok::<_, String>((images, digests, format!("{registry}/{repo}@{d}")))
     })?;
 
     let pg_sock = tb.dir.join("pg.sock");
@@ -337,7 +349,9 @@ fn run() -> Result<String, String> {
     // Metrics on (as in production, where they are scraped): the mirror-request and verification
     // histograms split the cold decision into its parts.
     let admin: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
-    std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin)).map_err(|e| e.to_string())?;
+    let level = if profiling() { "info,pullgate::registry::client=debug" } else { "info" };
+    std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin, level))
+        .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&bin);
     cmd.arg("serve").arg("--config").arg(&cfg_path);
     let mut pg = Daemon::start_with(&pg_sock, &mut cmd)?;
@@ -356,6 +370,9 @@ fn run() -> Result<String, String> {
     let warm = rt.block_on(warm_pulls(&plan, &clients, &demo_image, &demo_digest, &direct_sock, addr))?;
     let m2 = rt.block_on(Metrics::scrape(admin))?;
     let create = rt.block_on(creates(&plan, &clients, &demo_image))?;
+    let m3 = rt.block_on(Metrics::scrape(admin))?;
+    rt.block_on(single_flight(&clients, &single_flight_image))?;
+    let m4 = rt.block_on(Metrics::scrape(admin))?;
 
     progress!("reading pullgate's audit log and call log");
     // Close the client connections first (dropping the runtime drops their tasks), so pullgate's
@@ -364,11 +381,15 @@ fn run() -> Result<String, String> {
     drop(rt);
     let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
     pg.terminate(Duration::from_secs(10));
-    let logs = CallLogs::parse(&pg.logs());
+    let log_text = pg.logs();
+    let logs = CallLogs::parse(&log_text);
     drop(pg);
-    let mut accounts = Accounts::collect(&records, &logs, &cold_images[plan.warmup..], &demo_image);
+    let by_digest = format!("{}@{demo_digest}", demo_image.rsplit_once(':').map(|(n, _)| n).unwrap_or(&demo_image));
+    let mut accounts = Accounts::collect(&records, &logs, &cold_images[plan.warmup..], &demo_image, &by_digest);
     accounts.cold_parts = m1.minus(&m0);
     accounts.warm_parts = m2.minus(&m1);
+    accounts.single_flight = m4.minus(&m3);
+    accounts.requests = RequestTimes::parse(&log_text, repo, &cold_digests);
 
     let mut out = String::new();
     write_report(&mut out, &plan, &cold, &warm, &create, &accounts, &bin);
@@ -449,7 +470,10 @@ const W_TAG: usize = 3;
 /// One `HEAD` of the tag on the mirror from here (a new connection each time): the registry's
 /// own answer time, which pullgate's warm decision waits for.
 const W_HEAD: usize = 4;
-const WARM_KINDS: usize = 5;
+/// The pull by digest through pullgate (decision cached): against `W_BY_DIGEST`, pullgate's
+/// whole cost for a cached digest (no mirror request).
+const W_VIA_DIGEST: usize = 5;
+const WARM_KINDS: usize = 6;
 
 struct Warm {
     samples: [Vec<u64>; WARM_KINDS],
@@ -484,6 +508,7 @@ async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, dire
             pull(&c.images[p], image, &pod_cfg).await?;
         }
         pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?;
+        pull(&c.images[VIA], &by_digest, &pod_cfg).await?;
         images.tag(&by_digest, image).await.map_err(|e| e.to_string())?;
     }
     let mut samples: [Vec<u64>; WARM_KINDS] = Default::default();
@@ -498,6 +523,7 @@ async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, dire
                     W_DIRECT => pull(&c.images[DIRECT], image, &pod_cfg).await?.0,
                     W_VIA => pull(&c.images[VIA], image, &pod_cfg).await?.0,
                     W_BY_DIGEST => pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?.0,
+                    W_VIA_DIGEST => pull(&c.images[VIA], &by_digest, &pod_cfg).await?.0,
                     W_HEAD => {
                         let t = Instant::now();
                         head_tag(registry, image).await?;
@@ -516,6 +542,24 @@ async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, dire
         round += 1;
     }
     Ok(Warm { samples })
+}
+
+// --- single flight -----------------------------------------------------------------------------
+
+/// Callers pulling one digest at once, through pullgate.
+const SINGLE_FLIGHT_CALLERS: usize = 100;
+
+/// `SINGLE_FLIGHT_CALLERS` PullImage calls of `image` (a digest reference pullgate has never
+/// seen) at once through pullgate, on the one connection; all must succeed. The metrics before
+/// and after tell how many verifications they caused.
+async fn single_flight(c: &Clients, image: &str) -> Result<(), String> {
+    let pod_cfg = pod("team", "web");
+    progress!("single flight: {SINGLE_FLIGHT_CALLERS} concurrent pulls of {image} through pullgate");
+    let calls = (0..SINGLE_FLIGHT_CALLERS).map(|_| pull(&c.images[VIA], image, &pod_cfg));
+    for r in futures_util::future::join_all(calls).await {
+        r?;
+    }
+    remove_image(&c.images[DIRECT], image).await
 }
 
 // --- CreateContainer ---------------------------------------------------------------------------
@@ -667,6 +711,10 @@ struct Accounts {
     warm_decision: Vec<f64>,
     warm_uncached: usize,
     warm_call: Vec<f64>,
+    /// The same for the warm pulls by digest.
+    digest_decision: Vec<f64>,
+    digest_uncached: usize,
+    digest_call: Vec<f64>,
     /// Audit `latency_ms` of CreateContainer decisions (cache hit), and how many were not cached.
     create_decision: Vec<f64>,
     create_uncached: usize,
@@ -676,6 +724,10 @@ struct Accounts {
     /// pullgate's metrics over the cold phase (warm-up images included) and the warm phase.
     cold_parts: Metrics,
     warm_parts: Metrics,
+    /// pullgate's metrics over the single-flight phase.
+    single_flight: Metrics,
+    /// Registry requests pullgate logged (`PULLGATE_BENCH_PROFILE`).
+    requests: RequestTimes,
 }
 
 /// Sums and counts of pullgate's duration histograms (seconds): mirror `resolve` and
@@ -685,6 +737,9 @@ struct Metrics {
     resolve: (f64, f64),
     discover: (f64, f64),
     verify: (f64, f64),
+    /// `pullgate_verifications_total` (all results) and decision-cache lookups by result.
+    verifications: f64,
+    lookups: [f64; 3],
 }
 
 impl Metrics {
@@ -706,12 +761,73 @@ impl Metrics {
             resolve: hist("mirror_request_duration_seconds", "operation=\"resolve\""),
             discover: hist("mirror_request_duration_seconds", "operation=\"discover\""),
             verify: hist("verification_duration_seconds", ""),
+            verifications: value("_verifications_total", ""),
+            lookups: ["miss", "joined", "hit"].map(|r| value("decision_cache_lookups_total", &format!("result=\"{r}\""))),
         })
     }
 
     fn minus(&self, o: &Metrics) -> Metrics {
         let d = |a: (f64, f64), b: (f64, f64)| (a.0 - b.0, a.1 - b.1);
-        Metrics { resolve: d(self.resolve, o.resolve), discover: d(self.discover, o.discover), verify: d(self.verify, o.verify) }
+        Metrics {
+            resolve: d(self.resolve, o.resolve),
+            discover: d(self.discover, o.discover),
+            verify: d(self.verify, o.verify),
+            verifications: self.verifications - o.verifications,
+            lookups: [0, 1, 2].map(|i| self.lookups[i] - o.lookups[i]),
+        }
+    }
+}
+
+/// The registry requests of the cold decisions, from pullgate's debug log lines (`ms` each),
+/// by kind: what each request on the path of a cold decision costs.
+#[derive(Default)]
+struct RequestTimes {
+    kinds: Vec<(&'static str, Vec<f64>)>,
+}
+
+impl RequestTimes {
+    /// Requests about `repo` (the cold images' repository); `digests` tell the images' own
+    /// manifests from their referrers' manifests.
+    fn parse(text: &str, repo: &str, digests: &[Digest]) -> RequestTimes {
+        let digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
+        let mut kinds: Vec<(&'static str, Vec<f64>)> = Vec::new();
+        for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+            if v["message"] != "registry request" {
+                continue;
+            }
+            let (Some(path), Some(method)) = (v["path"].as_str(), v["method"].as_str()) else { continue };
+            let ms = match &v["ms"] {
+                serde_json::Value::String(s) => s.parse().ok(),
+                other => other.as_f64(),
+            };
+            let Some(ms) = ms else { continue };
+            if !path.contains(&format!("/{repo}/")) {
+                continue;
+            }
+            let last = path.rsplit('/').next().unwrap_or_default();
+            let kind = if path.contains("/referrers/") {
+                "referrers API listing"
+            } else if path.contains("/blobs/") {
+                "bundle blob"
+            } else if method == "HEAD" {
+                "tag HEAD (resolve)"
+            } else if last.ends_with(".sig") {
+                "cosign .sig tag"
+            } else if last.starts_with("sha256-") {
+                "referrers tag index"
+            } else if digests.iter().any(|d| d == last) {
+                "image manifest by digest"
+            } else if last.starts_with("sha256:") {
+                "referrer manifest"
+            } else {
+                "other"
+            };
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, v)) => v.push(ms),
+                None => kinds.push((kind, vec![ms])),
+            }
+        }
+        RequestTimes { kinds }
     }
 }
 
@@ -725,7 +841,8 @@ fn mean_ms(h: (f64, f64)) -> String {
 }
 
 impl Accounts {
-    fn collect(records: &[AuditRecord], logs: &CallLogs, cold_images: &[String], warm_image: &str) -> Accounts {
+    fn collect(records: &[AuditRecord], logs: &CallLogs, cold_images: &[String], warm_image: &str, by_digest: &str) -> Accounts {
+        let digest: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && r.image == by_digest).collect();
         let cold: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && cold_images.contains(&r.image)).collect();
         // Warm: every PullImage of the warm image but the first (which made the decision).
         let warm: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && r.image == warm_image).skip(1).collect();
@@ -738,12 +855,17 @@ impl Accounts {
             warm_decision: warm.iter().map(|r| r.latency_ms).collect(),
             warm_uncached: warm.iter().filter(|r| !r.cached).count(),
             warm_call: warm_call.into_iter().skip(1).collect(),
+            digest_decision: digest.iter().map(|r| r.latency_ms).collect(),
+            digest_uncached: digest.iter().filter(|r| !r.cached).count(),
+            digest_call: logs.ms("PullImage", |i, _| i == by_digest),
             create_decision: create.iter().map(|r| r.latency_ms).collect(),
             create_uncached: create.iter().filter(|r| !r.cached).count(),
             create_call: logs.ms("CreateContainer", |_, c| c != REJECTED),
             reject_call: logs.ms("CreateContainer", |_, c| c == REJECTED),
             cold_parts: Metrics::default(),
             warm_parts: Metrics::default(),
+            single_flight: Metrics::default(),
+            requests: RequestTimes::default(),
         }
     }
 }
@@ -846,6 +968,7 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     let (wv50, wv90) = p50_p90(&warm.samples[W_VIA]);
     let (wg50, wg90) = p50_p90(&warm.samples[W_BY_DIGEST]);
     let (wt50, _) = p50_p90(&warm.samples[W_TAG]);
+    let (wvd50, wvd90) = p50_p90(&warm.samples[W_VIA_DIGEST]);
     let cr_d: Vec<u64> = create.pairs.iter().map(|p| p[DIRECT]).collect();
     let cr_v: Vec<u64> = create.pairs.iter().map(|p| p[VIA]).collect();
     let (crd50, crd90) = p50_p90(&cr_d);
@@ -872,10 +995,25 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     // and the difference is pullgate's own.
     row(out, "PullImage, warm, against the direct pull **by digest** (same containerd work), p50", wg50, wv50, Some(0.1));
     row(out, "PullImage, warm, against the direct pull by digest, p90", wg90, wv90, None);
+    // The goal of issue 16 for a cached decision: a pull **by digest** (no tag to resolve, so no
+    // mirror request) through pullgate against the same pull sent directly.
+    row(out, "PullImage **by digest**, decision cached, against the direct pull by digest, p50", wg50, wvd50, Some(0.1));
+    row(out, "PullImage by digest, decision cached, p90", wg90, wvd90, None);
     row(out, "CreateContainer, warm decision, p50", crd50, crv50, Some(0.1));
     row(out, "CreateContainer, warm decision, p90", crd90, crv90, None);
     row(out, "CreateContainer refused by containerd (unknown sandbox; pullgate does all its work), p50", rjd50, rjv50, Some(0.1));
     row(out, "CreateContainer refused by containerd, p90", rjd90, rjv90, None);
+
+    let sf = &acc.single_flight;
+    let _ = writeln!(
+        out,
+        "| {SINGLE_FLIGHT_CALLERS} concurrent PullImage of one new digest: verifications (pullgate's metrics; cache lookups miss {}, joined {}, hit {}) | | {} | | exactly 1 | {} |",
+        sf.lookups[0],
+        sf.lookups[1],
+        sf.lookups[2],
+        sf.verifications,
+        met(sf.verifications == 1.0)
+    );
 
     let _ = writeln!(out, "\nPaired differences (via - direct, same image / adjacent calls), median and IQR/sqrt(n):\n");
     let _ = writeln!(out, "- cold PullImage: {} (+/- {}) over {} images", signed_ms(paired_median(&cold.pairs)), fmt_ms(paired_se(&cold.pairs)), cold.pairs.len());
@@ -900,6 +1038,8 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     f(out, "cold: whole call in pullgate (decision + containerd pull by digest + tag record)".into(), &acc.cold_call);
     f(out, format!("warm: decision (tag resolve on the mirror + cache hit; {} of {} not from cache)", acc.warm_uncached, acc.warm_decision.len()), &acc.warm_decision);
     f(out, "warm: whole call in pullgate".into(), &acc.warm_call);
+    f(out, format!("warm by digest: decision (cache hit, no mirror request; {} of {} not from cache)", acc.digest_uncached, acc.digest_decision.len()), &acc.digest_decision);
+    f(out, "warm by digest: whole call in pullgate (decision + containerd's pull)".into(), &acc.digest_call);
     f(out, format!("CreateContainer: decision (cache hit; {} of {} not from cache)", acc.create_uncached, acc.create_decision.len()), &acc.create_decision);
     f(out, "CreateContainer: whole call in pullgate (ImageStatus lookup + decision + containerd's create)".into(), &acc.create_call);
     f(out, "CreateContainer refused by containerd: whole call in pullgate (ImageStatus lookup + decision + containerd's refusal)".into(), &acc.reject_call);
@@ -908,8 +1048,17 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     let _ = writeln!(out, "| part | cold phase | warm phase |");
     let _ = writeln!(out, "|---|---:|---:|");
     let _ = writeln!(out, "| mirror `resolve` operations (tag -> digest, manifest) | {} | {} |", mean_ms(acc.cold_parts.resolve), mean_ms(acc.warm_parts.resolve));
-    let _ = writeln!(out, "| mirror discovery (all steps, concurrent) | {} | {} |", mean_ms(acc.cold_parts.discover), mean_ms(acc.warm_parts.discover));
+    let _ = writeln!(out, "| mirror discovery (all steps, concurrent; on a cold decision it overlaps the manifest fetch, which it includes) | {} | {} |", mean_ms(acc.cold_parts.discover), mean_ms(acc.warm_parts.discover));
     let _ = writeln!(out, "| verification (crypto, on the blocking pool) | {} | {} |", mean_ms(acc.cold_parts.verify), mean_ms(acc.warm_parts.verify));
+
+    if !acc.requests.kinds.is_empty() {
+        let _ = writeln!(out, "\nRegistry requests of the cold phase, as pullgate timed them (`PULLGATE_BENCH_PROFILE=1`: debug log of the registry client; send to full answer, permit wait included):\n");
+        let _ = writeln!(out, "| request | n | p50 | p90 |");
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for (kind, v) in &acc.requests.kinds {
+            let _ = writeln!(out, "| {kind} | {} | {} | {} |", v.len(), fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)));
+        }
+    }
 
     let _ = writeln!(out, "\nWarm PullImage, the parts of pullgate's path measured alone from the client (p50):\n");
     let _ = writeln!(out, "| step | p50 |");

@@ -7,6 +7,8 @@
 //! The trials share one testbed and one pullgate (plus short-lived extra instances) and run one
 //! at a time. Without root they are reported as ignored, with the reason.
 
+#[path = "support/admin.rs"]
+mod admin;
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -194,6 +196,7 @@ fn main() {
         ("moved_tag_never_brings_in_the_unsigned_image", moved_tag),
         ("preloaded_images_are_checked_at_create_container", preloaded_images),
         ("concurrent_pulls_share_one_verification", concurrent_pulls),
+        ("concurrent_pulls_by_digest_make_one_verification_in_the_metrics", concurrent_pulls_by_digest),
         ("audit_mode_lets_unsigned_through_and_logs_it", audit_mode),
         ("mirror_down_refuses_in_enforce_and_logs_in_audit", mirror_down),
         ("stale_or_missing_trust_root_fails_closed", missing_trust_root),
@@ -530,6 +533,70 @@ fn concurrent_pulls(c: &Ctx) -> TestResult {
     ensure!(records.iter().all(|r| r.decision == "allow"), "a pull was refused");
     let verified = records.iter().filter(|r| !r.cached).count();
     ensure!(verified == 1, "{verified} verifications for 100 concurrent pulls of one digest");
+    Ok(())
+}
+
+/// The sum of the samples of counter `name` (all label sets) in a `/metrics` scrape.
+fn counter_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(key, _)| key.split('{').next() == Some(name))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 16: 100 pods pulling one digest at once cause one verification, as pullgate's own
+/// metrics count it (an instance with the admin endpoint on, so the counters start at zero).
+fn concurrent_pulls_by_digest(c: &Ctx) -> TestResult {
+    let repo = "demo/popular-by-digest";
+    let sock = c.tb.dir.join("sf.sock");
+    let audit = c.tb.dir.join("sf-audit.log");
+    let addr = admin::free_port()?;
+    let paths = SetupPaths { dir: c.tb.dir.clone(), registry: c.registry.clone(), containerd: c.direct() };
+    let cfg = c.tb.dir.join("sf.yaml");
+    let text = format!("{}admin:\n  listen: {addr}\n", config(&paths, &sock, "enforce", c.tb.get("HOSTS_DIR"), &audit));
+    std::fs::write(&cfg, text)?;
+    let mut d = Daemon::start(&sock, &["--config", cfg.to_str().unwrap()])?;
+    let scrape = || -> Result<String, Failed> {
+        let (status, body) = admin::http_get(addr, "/metrics")?;
+        ensure!(status == 200, "GET /metrics: HTTP {status}");
+        Ok(body)
+    };
+    let before = scrape()?;
+    let image = c.rt.block_on(async {
+        let digest = push_image(c, repo, "1").await?;
+        {
+            let mut stack = c.stack.lock().unwrap();
+            let opts = SignOptions::new(stack.now);
+            sign_and_push(&mut stack, &c.pusher, repo, &digest, &opts, Format::Bundle).await?;
+        }
+        let image = format!("{}/{repo}@{digest}", c.registry);
+        let calls: Vec<_> = (0..100)
+            .map(|_| {
+                let (sock, image) = (sock.clone(), image.clone());
+                tokio::spawn(async move { pull(&sock, &image).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.map_err(|e| e.to_string())?.map_err(|s| format!("a pull failed: {}", s.message()))?;
+        }
+        Ok::<_, Failed>(image)
+    })?;
+    let after = scrape()?;
+    d.terminate(Duration::from_secs(10));
+    let delta = |name: &str| counter_sum(&after, name) - counter_sum(&before, name);
+    let verifications = delta("pullgate_verifications_total");
+    ensure!(verifications == 1.0, "{verifications} verifications for 100 concurrent pulls of one digest (metrics)");
+    let lookup = |result: &str| {
+        let get = |text: &str| admin::sample(text, "pullgate_decision_cache_lookups_total", &[("result", result)]).unwrap_or(0.0);
+        get(&after) - get(&before)
+    };
+    ensure!(lookup("miss") == 1.0 && lookup("joined") + lookup("hit") == 99.0, "cache lookups: miss {}, joined {}, hit {}", lookup("miss"), lookup("joined"), lookup("hit"));
+    let (records, _) = read_records(&audit)?;
+    let records: Vec<&AuditRecord> = records.iter().filter(|r| r.image == image).collect();
+    ensure!(records.len() == 100 && records.iter().all(|r| r.decision == "allow"), "{} audit records, all allowed expected", records.len());
+    ensure!(records.iter().filter(|r| !r.cached).count() == 1, "more than one uncached decision in the audit log");
     Ok(())
 }
 

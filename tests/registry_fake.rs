@@ -437,3 +437,56 @@ async fn tls_mirror_with_custom_ca_and_client_certificate() {
     hosts(&format!("skip_verify = true\nclient = [[{cert:?}, {key:?}]]"));
     registry.inspect("registry.internal/team/app:1", None).await.unwrap();
 }
+
+/// Issue 16: the cold decision's discovery overlaps the manifest fetch
+/// (`Registry::resolve_and_discover`). It must give exactly what `resolve` then `discover`
+/// give, in the same order, with material in every place (referrers API, referrers tag,
+/// `.sig` tag, on the index and on its platform manifest), however the answers interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
+    let fake = FakeRegistry::start(true).await;
+    let p = Pusher::new(fake.addr);
+    let (single, single_size) = fake.put_image("team/app", "1", "app");
+    let (plat, plat_size) = fake.put_image("team/app", "plat", "plat");
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": push::OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": plat.to_string(), "size": plat_size, "platform": {"os": "linux", "architecture": "amd64"}}]
+    }))
+    .unwrap();
+    let idx = fake.put_manifest("team/app", Some("multi"), push::OCI_INDEX, &index);
+    for (subject, size, mt) in [(&single, single_size, OCI_MANIFEST), (&plat, plat_size, OCI_MANIFEST), (&idx, index.len(), push::OCI_INDEX)] {
+        push::push_bundle_referrer(&p, "team/app", subject, size, mt, COSIGN_SIGN_PREDICATE, "api").await.unwrap();
+        push::push_bundle_referrer(&p, "team/app", subject, size, mt, SLSA, "provenance").await.unwrap();
+        let (tagged, _) = push::push_bundle_referrer(&p, "team/app", subject, size, mt, COSIGN_SIGN_PREDICATE, "tag").await.unwrap();
+        push::push_referrers_tag(&p, "team/app", subject, vec![tagged]).await.unwrap();
+        push::push_legacy_signature(&p, "team/app", "ghcr.io/team/app", subject, &["sig-a", "sig-b"]).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let mut c = config(dir.path());
+    c.platform = pullgate::registry::Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
+    let registry = Registry::new(c);
+    for digest in [&single, &idx] {
+        let reference = pullgate::registry::Reference::parse(&format!("ghcr.io/team/app@{digest}")).unwrap();
+        let image = registry.resolve(&reference, None).await.unwrap();
+        let discovery = registry.discover(&image, None).await.unwrap();
+        let want = (serde_json::to_value(&image).unwrap(), serde_json::to_value(&discovery).unwrap());
+        assert!(discovery.materials.len() >= 4 && discovery.errors().is_empty(), "{discovery:?}");
+        for _ in 0..5 {
+            let told = std::sync::atomic::AtomicBool::new(false);
+            let (i, d) = registry
+                .resolve_and_discover(&reference, None, |ok| told.store(ok, std::sync::atomic::Ordering::SeqCst))
+                .await
+                .unwrap();
+            assert!(told.load(std::sync::atomic::Ordering::SeqCst));
+            assert_eq!((serde_json::to_value(&i).unwrap(), serde_json::to_value(&d).unwrap()), want);
+        }
+    }
+    // The manifest fetch failing fails the whole, with resolve's own error.
+    fake.fault(&format!("/manifests/{single}"), Fault::Body(bytes::Bytes::from_static(b"{\"schemaVersion\":2}")));
+    let reference = pullgate::registry::Reference::parse(&format!("ghcr.io/team/app@{single}")).unwrap();
+    let want = registry.resolve(&reference, None).await.unwrap_err().to_string();
+    let got = registry.resolve_and_discover(&reference, None, |ok| assert!(!ok)).await.unwrap_err().to_string();
+    assert_eq!(got, want);
+}

@@ -190,6 +190,13 @@ fn deny(reason: String) -> Outcome {
 impl Checker for MirrorChecker {
     fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
         Box::pin(async move {
+            if let Some(digest) = reference.digest() {
+                // Nothing to ask the mirror (so no mirror request to count): the digest is the
+                // reference's own. The host configuration is still read, so that a broken
+                // `hosts.toml` refuses as it does for a tag, cached decision or not.
+                self.registry.endpoints(reference.registry()).map_err(|e| registry::Error::from(e).to_string())?;
+                return Ok(Resolved { digest: digest.clone(), platform_digest: None, image: None });
+            }
             let creds = credentials(auth);
             let started = Instant::now();
             // The digest only (a `HEAD`): decisions are cached by digest, so on a hit the manifest
@@ -214,24 +221,23 @@ impl Checker for MirrorChecker {
                 Err(e) => return deny(e.to_string()),
             };
             let creds = credentials(auth);
-            let image = match &resolved.image {
-                Some(i) => i.clone(),
+            let started = Instant::now();
+            let found = match &resolved.image {
+                Some(i) => self.registry.discover(i, creds.as_ref()).await.map(|d| (i.clone(), d)),
                 None => {
-                    let started = Instant::now();
-                    let image = self.registry.resolve(&reference.with_digest(resolved.digest.clone()), creds.as_ref()).await;
-                    self.note_mirror(reference, "resolve", image.is_ok(), started);
-                    match image {
-                        Ok(i) => Arc::new(i),
+                    // The manifest by digest (checked against it) and discovery, overlapped.
+                    let by_digest = reference.with_digest(resolved.digest.clone());
+                    let noted = |ok| self.note_mirror(reference, "resolve", ok, started);
+                    match self.registry.resolve_and_discover(&by_digest, creds.as_ref(), noted).await {
+                        Ok((i, d)) => Ok((Arc::new(i), d)),
                         Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
                     }
                 }
             };
-            let started = Instant::now();
-            let discovery = self.registry.discover(&image, creds.as_ref()).await;
-            let failed_steps = discovery.as_ref().map(|d| !d.errors().is_empty()).unwrap_or(true);
+            let failed_steps = found.as_ref().map(|(_, d)| !d.errors().is_empty()).unwrap_or(true);
             self.note_mirror(reference, "discover", !failed_steps, started);
-            let discovery = match discovery {
-                Ok(d) => d,
+            let (image, discovery) = match found {
+                Ok(found) => found,
                 Err(e) => return deny(format!("signature discovery failed: {e}")),
             };
             let started = Instant::now();

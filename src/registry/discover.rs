@@ -246,6 +246,47 @@ pub(crate) async fn discover(
     let repo = image.reference.repository();
     let runs = subjects.iter().map(|(digest, _)| discover_subject(transport, op, &pullers, repo, digest, settings));
     let results = join_all(runs).await;
+    assemble(subjects, results)
+}
+
+/// Discovery started before the manifest is known: the material of `digest` (the manifest or
+/// index `image` resolves to) is looked for while `image` is being fetched, and once `image`
+/// is known, that of the subjects it adds (an index's platform manifest). The result is what
+/// [`discover`] gives for the resolved image, in the same order: subjects in
+/// [`ResolvedImage::subjects`] order, steps in their fixed order, whichever request finishes
+/// first. `image` failing cancels the discovery in flight.
+pub(crate) async fn discover_while<E>(
+    transport: &Transport,
+    op: &Op,
+    endpoints: &[Endpoint],
+    digest: &Digest,
+    repo: &str,
+    image: impl std::future::Future<Output = Result<ResolvedImage, E>>,
+    settings: &DiscoverSettings<'_>,
+) -> Result<(ResolvedImage, Discovery), E> {
+    let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
+    let early = async { Ok::<_, E>(discover_subject(transport, op, &pullers, repo, digest, settings).await) };
+    // The subjects the manifest adds are looked for as soon as it is known, alongside.
+    let rest = async {
+        let image = image.await?;
+        let added: Vec<Digest> = image.subjects().into_iter().map(|(d, _)| d).filter(|d| d != digest).collect();
+        let runs = added.iter().map(|d| discover_subject(transport, op, &pullers, repo, d, settings));
+        let results = join_all(runs).await;
+        Ok((image, results))
+    };
+    let (early, (image, added)) = tokio::try_join!(early, rest)?;
+    let subjects = image.subjects();
+    let (mut early, mut added) = (Some(early), added.into_iter());
+    let results = subjects
+        .iter()
+        .filter_map(|(d, _)| if d == digest { early.take() } else { added.next() })
+        .collect();
+    let discovery = assemble(subjects, results);
+    Ok((image, discovery))
+}
+
+/// One [`Discovery`] from the per-subject results, in subject order.
+fn assemble(subjects: Vec<(Digest, SubjectRole)>, results: Vec<SubjectResult>) -> Discovery {
     let mut d = Discovery {
         subjects: subjects.into_iter().map(|(digest, role)| Subject { digest, role }).collect(),
         steps: Vec::new(),

@@ -169,6 +169,44 @@ impl Registry {
         Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &self.settings()).await)
     }
 
+    /// [`Registry::resolve`] and [`Registry::discover`] of a digest reference, overlapped:
+    /// discovery for the digest starts with the manifest fetch instead of after it (one round
+    /// trip to the mirror less on the path of a cold decision). Same requests, same results,
+    /// each part with its own `discovery_timeout` budget (both from the start);
+    /// `resolved` is told whether the manifest fetch succeeded, when it ends (for metrics).
+    pub async fn resolve_and_discover(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+        resolved: impl FnOnce(bool),
+    ) -> Result<(ResolvedImage, Discovery), Error> {
+        let hosts = match self.endpoints(reference.registry()) {
+            Ok(h) => h,
+            Err(e) => {
+                resolved(false);
+                return Err(e.into());
+            }
+        };
+        let (resolve_op, discover_op) = (self.op(&hosts, credentials), self.op(&hosts, credentials));
+        let image = async {
+            let image = self.resolve_in(&resolve_op, &hosts, reference).await;
+            resolved(image.is_ok());
+            image.map_err(Error::from)
+        };
+        let settings = self.settings();
+        let t = &self.inner.transport;
+        match reference.digest() {
+            Some(digest) => {
+                discover::discover_while(t, &discover_op, &hosts.endpoints, digest, reference.repository(), image, &settings).await
+            }
+            None => {
+                let image = image.await?;
+                let discovery = discover::discover(t, &discover_op, &hosts.endpoints, &image, &settings).await;
+                Ok((image, discovery))
+            }
+        }
+    }
+
     /// `GET <api path>/` (`/v2/`) on each endpoint containerd would use for `registry`: the HTTP
     /// status, or why the endpoint could not be reached. For `pullgate doctor`.
     pub async fn ping(&self, registry: &str) -> Result<Vec<(String, Result<u16, RequestError>)>, HostsError> {
