@@ -82,6 +82,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod legacy;
+mod sct;
 mod timestamp;
 pub mod tlog;
 pub mod trust;
