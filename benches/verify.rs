@@ -40,6 +40,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One sample of a contender, through a named, never-inlined frame per
+/// contender so that a profiler can attribute the cost of each in one run
+/// (same keys and signatures for all: ECDSA cost varies a little with them).
+/// Load-independent figure: instructions per verification, e.g.
+/// `valgrind --tool=callgrind` and the inclusive cost of `verify::sample_fast`
+/// against `verify::sample_floor`, divided by their call counts.
+fn sample(name: &str, f: &mut dyn FnMut()) {
+    match name {
+        "fast" => sample_fast(f),
+        "floor" => sample_floor(f),
+        _ => f(),
+    }
+}
+
+fn name_of<'a>(name: &&'a str) -> &'a str {
+    name
+}
+
+// Distinct bodies, so the linker cannot fold the two frames into one.
+#[inline(never)]
+fn sample_fast(f: &mut dyn FnMut()) {
+    black_box(1u8);
+    f()
+}
+
+#[inline(never)]
+fn sample_floor(f: &mut dyn FnMut()) {
+    black_box(2u8);
+    f()
+}
+
 /// Run each contender `n` times, interleaved in rounds; median microseconds each.
 fn race(contenders: &mut [(&str, &mut dyn FnMut())], n: usize) -> Vec<f64> {
     // PULLGATE_BENCH_CONTENDER=fast runs only that contender (for profiling).
@@ -53,7 +84,7 @@ fn race(contenders: &mut [(&str, &mut dyn FnMut())], n: usize) -> Vec<f64> {
                 let mut t = Vec::with_capacity(n);
                 for _ in 0..n {
                     let start = Instant::now();
-                    f();
+                    sample(name_of(name), &mut **f);
                     t.push(start.elapsed().as_secs_f64() * 1e6);
                 }
                 median(t)
@@ -62,16 +93,16 @@ fn race(contenders: &mut [(&str, &mut dyn FnMut())], n: usize) -> Vec<f64> {
     }
     let rounds = 20;
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(n); contenders.len()];
-    for (_, f) in contenders.iter_mut() {
+    for (name, f) in contenders.iter_mut() {
         for _ in 0..50 {
-            f(); // warm-up
+            sample(name_of(name), &mut **f); // warm-up
         }
     }
     for _ in 0..rounds {
-        for (i, (_, f)) in contenders.iter_mut().enumerate() {
+        for (i, (name, f)) in contenders.iter_mut().enumerate() {
             for _ in 0..n / rounds {
                 let start = Instant::now();
-                f();
+                sample(name_of(name), &mut **f);
                 times[i].push(start.elapsed().as_secs_f64() * 1e6);
             }
         }

@@ -299,13 +299,46 @@ impl TrustMaterial {
                 } else {
                     bundle
                 };
-                // (3), (4), (5), (7), (8): the library. Its step 0 verifies
-                //     each Rekor v1 SET once to trust the integrated time.
-                let policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
-                let result = self
-                    .verifier
-                    .verify(artifact.to_library(), library_bundle, &policy)
-                    .map_err(VerifyError::from_library)?;
+                // (3), (4), (7), (8): the library. Its step 0 verifies each
+                //     Rekor v1 SET once to trust the integrated time.
+                // (5) The SCT is ours when the leaf's issuer key is known
+                //     without the verified path (`sct.rs`): the same check
+                //     without decoding and re-encoding the certificate.
+                let carried: Vec<&[u8]> = match &bundle.verification_material.content {
+                    VerificationMaterialContent::X509CertificateChain { certificates } => {
+                        certificates.iter().skip(1).map(|c| c.raw_bytes.as_bytes()).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                let sct_issuer = super::sct::issuer_key_hash(
+                    leaf.as_bytes(),
+                    self.fulcio_issuers.as_deref(),
+                    &carried,
+                );
+                let full_policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
+                let policy = if sct_issuer.is_some() {
+                    full_policy.clone().skip_sct()
+                } else {
+                    full_policy.clone()
+                };
+                let result = match self.verifier.verify(artifact.to_library(), library_bundle, &policy) {
+                    Ok(result) => result,
+                    Err(error) => {
+                        // A refusal: report what the library reports with its
+                        // own SCT check (step 5 comes before 7 and 8).
+                        if sct_issuer.is_some() {
+                            if let Err(first) =
+                                self.verifier.verify(artifact.to_library(), library_bundle, &full_policy)
+                            {
+                                return Err(VerifyError::from_library(first));
+                            }
+                        }
+                        return Err(VerifyError::from_library(error));
+                    }
+                };
+                if let Some(issuer_key_hash) = &sct_issuer {
+                    super::sct::verify(leaf.as_bytes(), issuer_key_hash, &self.ct_keys)?;
+                }
                 // (6) Inclusion proofs, checkpoints, and any SET step 0 did not cover.
                 for entry in &bundle.verification_material.tlog_entries {
                     tlog::verify_inclusion(entry, &self.rekor_keys)?;

@@ -166,11 +166,11 @@ pub(crate) fn subject_name(cert_der: &[u8]) -> Option<Vec<u8>> {
 /// A minimal, allocation-free DER reader for the few certificate fields we
 /// need after the library has verified the certificate. Any surprise yields
 /// `None`; callers treat that as "field absent".
-mod der_walk {
+pub(crate) mod der_walk {
     /// One TLV: (tag, whole encoding, contents, rest of input).
-    type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+    pub(crate) type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
 
-    fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
+    pub(crate) fn tlv(input: &[u8]) -> Option<Tlv<'_>> {
         let tag = *input.first()?;
         if tag & 0x1f == 0x1f {
             return None; // high tag numbers never occur in certificates

@@ -231,19 +231,44 @@ impl RekorSetBundle {
     }
 
     fn kind(&self) -> Result<(String, String), MaterialError> {
-        let body: serde_json::Value = serde_json::from_slice(&self.body_bytes()).map_err(|e| {
-            MaterialError::MalformedLegacy(format!(
-                "Rekor entry body: {}",
-                one_line(&e.to_string())
-            ))
-        })?;
-        let field = |name: &str| {
-            body.get(name)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
+        // Only the two top-level fields: no `Value` tree of the whole body.
+        // A field that is absent or not a string reads as "", as before.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Field {
+            Text(String),
+            Other(serde::de::IgnoredAny),
+        }
+        #[derive(Deserialize)]
+        struct Head {
+            kind: Option<Field>,
+            #[serde(rename = "apiVersion")]
+            api_version: Option<Field>,
+        }
+        let text = |field: Option<Field>| match field {
+            Some(Field::Text(text)) => text,
+            _ => String::new(),
         };
-        Ok((field("kind"), field("apiVersion")))
+        let body = self.body_bytes();
+        // `Value` keeps the last of repeated keys; so does this, where a
+        // struct would refuse the duplicate.
+        let head: Head = serde_json::from_slice(&body).or_else(|_| {
+            serde_json::from_slice::<serde_json::Value>(&body)
+                .map(|v| Head {
+                    kind: v.get("kind").and_then(|v| v.as_str()).map(|s| Field::Text(s.into())),
+                    api_version: v
+                        .get("apiVersion")
+                        .and_then(|v| v.as_str())
+                        .map(|s| Field::Text(s.into())),
+                })
+                .map_err(|e| {
+                    MaterialError::MalformedLegacy(format!(
+                        "Rekor entry body: {}",
+                        one_line(&e.to_string())
+                    ))
+                })
+        })?;
+        Ok((text(head.kind), text(head.api_version)))
     }
 }
 
@@ -684,8 +709,9 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
             .strip_prefix(BEGIN)
             .ok_or("expected -----BEGIN CERTIFICATE-----")?;
         let end = body.find(END).ok_or("missing -----END CERTIFICATE-----")?;
-        let b64: String = body[..end]
-            .chars()
+        let b64: Vec<u8> = body.as_bytes()[..end]
+            .iter()
+            .copied()
             .filter(|c| !c.is_ascii_whitespace())
             .collect();
         let der = b64_strict(&b64).ok_or("certificate is not base64")?;
@@ -704,7 +730,7 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-fn b64_strict(s: &str) -> Option<Vec<u8>> {
+fn b64_strict(s: &[u8]) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(s).ok()
 }
 

@@ -7,6 +7,7 @@
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
 //! - [`tlog`]: inclusion proofs, checkpoints and SETs we check ourselves.
 //! - `timestamp`: RFC 3161 tokens against TSA chains validated once per root.
+//! - `sct`: the leaf's embedded SCT (step 5) on the DER, in fast mode.
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
 //! - [`digest`]: `sha256:`/`sha512:` digests.
@@ -82,6 +83,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod legacy;
+mod sct;
 mod timestamp;
 pub mod tlog;
 pub mod trust;

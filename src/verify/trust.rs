@@ -44,6 +44,12 @@ pub struct TrustMaterial {
     /// DER of every Fulcio CA certificate: a legacy `chain` annotation that
     /// repeats them adds nothing (they are anchors already) and is dropped.
     pub(crate) fulcio_certs: Vec<Vec<u8>>,
+    /// (subject DER, SHA-256 of the SPKI) of each Fulcio certificate: the
+    /// issuer key hash of the SCT check (step 5, fast mode). `None` if one
+    /// could not be read: the library then checks every SCT.
+    pub(crate) fulcio_issuers: Option<Vec<(Vec<u8>, [u8; 32])>>,
+    /// CT log keys by SCT signature scheme (step 5, fast mode).
+    pub(crate) ct_keys: super::sct::CtKeys,
     /// Timestamp authorities with their certificate chains checked once.
     pub(crate) tsa: Vec<super::timestamp::CachedAuthority>,
     /// sha256 of the JSON this was built from, to report which root decided.
@@ -123,6 +129,7 @@ impl TrustMaterial {
         let mut fulcio_anchors = Vec::new();
         let mut fulcio_subjects = Vec::new();
         let mut fulcio_certs = Vec::new();
+        let mut fulcio_issuers = Some(Vec::new());
         for ca in &root.certificate_authorities {
             for cert in &ca.cert_chain.certificates {
                 let der = CertificateDer::from(cert.raw_bytes.as_bytes());
@@ -132,12 +139,25 @@ impl TrustMaterial {
                     window: ca.valid_for,
                 });
                 fulcio_certs.push(cert.raw_bytes.as_bytes().to_vec());
-                if let Some(subject) = super::certificate::subject_name(cert.raw_bytes.as_bytes()) {
-                    fulcio_subjects.push((subject, ca.valid_for));
+                let der = cert.raw_bytes.as_bytes();
+                match (super::certificate::subject_name(der), super::certificate::spki(der)) {
+                    (Some(subject), Some(spki)) => {
+                        if let Some(issuers) = fulcio_issuers.as_mut() {
+                            issuers.push((subject.clone(), super::sct::spki_hash(&spki)));
+                        }
+                        fulcio_subjects.push((subject, ca.valid_for));
+                    }
+                    (subject, _) => {
+                        fulcio_issuers = None;
+                        if let Some(subject) = subject {
+                            fulcio_subjects.push((subject, ca.valid_for));
+                        }
+                    }
                 }
             }
         }
         let tsa = super::timestamp::prepare(&root);
+        let ct_keys = super::sct::CtKeys::prepare(&root).map_err(|e| invalid(&e))?;
         Ok(Self {
             root,
             verifier,
@@ -145,6 +165,8 @@ impl TrustMaterial {
             fulcio_anchors,
             fulcio_subjects,
             fulcio_certs,
+            fulcio_issuers,
+            ct_keys,
             tsa,
             source_digest,
         })
