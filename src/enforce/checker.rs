@@ -227,7 +227,8 @@ impl Checker for MirrorChecker {
                 }
             };
             let started = Instant::now();
-            let discovery = self.registry.discover(&image, creds.as_ref()).await;
+            let attestations = policy.identity.has_attestations();
+            let discovery = self.registry.discover_with(&image, creds.as_ref(), attestations).await;
             let failed_steps = discovery.as_ref().map(|d| !d.errors().is_empty()).unwrap_or(true);
             self.note_mirror(reference, "discover", !failed_steps, started);
             let discovery = match discovery {

@@ -137,6 +137,7 @@ impl Registry {
             max_manifest: self.inner.config.max_manifest_bytes,
             max_blob: self.inner.config.max_blob_bytes,
             bundle_dir: self.inner.config.bundle_dir.as_deref(),
+            attestations: false,
         }
     }
 
@@ -164,9 +165,16 @@ impl Registry {
 
     /// Discovers the signature material of a resolved image, within `discovery_timeout`.
     pub async fn discover(&self, image: &ResolvedImage, credentials: Option<&Credentials>) -> Result<Discovery, Error> {
+        self.discover_with(image, credentials, false).await
+    }
+
+    /// [`Registry::discover`], also fetching attestation bundles when `attestations` (a policy
+    /// that applies requires them).
+    pub async fn discover_with(&self, image: &ResolvedImage, credentials: Option<&Credentials>, attestations: bool) -> Result<Discovery, Error> {
         let hosts = self.endpoints(image.reference.registry())?;
         let op = self.op(&hosts, credentials);
-        Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &self.settings()).await)
+        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &settings).await)
     }
 
     /// `GET <api path>/` (`/v2/`) on each endpoint containerd would use for `registry`: the HTTP
@@ -193,6 +201,11 @@ impl Registry {
     /// Resolves and discovers in one budget of `discovery_timeout`: the library side of
     /// `pullgate verify IMAGE_REF` and of the pull-time check.
     pub async fn inspect(&self, reference: &str, credentials: Option<&Credentials>) -> Result<Report, Error> {
+        self.inspect_with(reference, credentials, false).await
+    }
+
+    /// [`Registry::inspect`], also fetching attestation bundles when `attestations`.
+    pub async fn inspect_with(&self, reference: &str, credentials: Option<&Credentials>, attestations: bool) -> Result<Report, Error> {
         let started = Instant::now();
         let parsed = Reference::parse(reference)?;
         let hosts = self.endpoints(parsed.registry())?;
@@ -201,7 +214,8 @@ impl Registry {
         }
         let op = self.op(&hosts, credentials);
         let image = self.resolve_in(&op, &hosts, &parsed).await?;
-        let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &self.settings()).await;
+        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &settings).await;
         Ok(Report {
             reference: reference.to_string(),
             hosts_dir: hosts.dir.clone(),

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`trust`]: the trusted root, parsed once, shared and swapped atomically.
+//! - [`attestation`]: required in-toto attestations (SLSA provenance, scans) and their conditions.
 //! - [`bundle`]: cryptographic verification of one Sigstore bundle.
 //! - [`image`]: cosign v3 image binding and the per-image decision.
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
@@ -74,6 +75,7 @@
 //! | `rfc3161Timestamps[]` embedded certificates | bit flips inside a certificate a token embeds | Embedded certificates are never used: the signer is found among the trust root's TSAs (3a), with or without one. |
 //! | redundant time source | deletion of `inclusionPromise`, `timestampVerificationData` or a token | When another verified time source remains (a SET or a listed token) the threshold of one is still met; the deleted one added nothing. |
 
+pub mod attestation;
 pub mod bundle;
 pub mod certificate;
 pub mod cli;
