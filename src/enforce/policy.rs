@@ -641,6 +641,18 @@ policies:
     }
 
     #[test]
+    fn readme_attestation_example_compiles() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Attestations").expect("README section")..];
+        let start = section.find("```yaml\n").unwrap() + 8;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let body: String = block.lines().map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l))).collect();
+        let yaml = format!("policies:\n  - name: p\n    images: [\"a/**\"]\n{body}");
+        let set = parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(set.policies()[0].identity.authorities()[0].attestations.len(), 2);
+    }
+
+    #[test]
     fn tag_exemptions_do_not_admit_digests() {
         let set = parse(BASE).unwrap();
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
