@@ -113,6 +113,31 @@ policy:
                 subject: {san}
                 extensions:
                   github-workflow-repository: pullgate/demo
+    - name: attested
+      images: ["{reg}/att/**"]
+      mode: {mode}
+      authorities:
+        - name: release-workflow
+          keyless:
+            identities:
+              - issuer: {issuer}
+                subject: {san}
+          attestations:
+            - predicateType: {slsa}
+              conditions:
+                - path: buildDefinition.externalParameters.workflow.ref
+                  equals: refs/heads/main
+                - path: runDetails.builder.id
+                  matches: https://github\.com/actions/runner/.*
+            - predicateType: {vuln}
+              signer:
+                keyless:
+                  identities:
+                    - issuer: {issuer}
+                      subject: {scanner}
+              conditions:
+                - path: metadata.scanFinishedOn
+                  notOlderThan: 7d
 "#,
         listen = listen.display(),
         upstream = c.containerd.display(),
@@ -122,8 +147,15 @@ policy:
         sandbox = format!("{reg}/pause:1"),
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
+        slsa = SLSA,
+        vuln = VULN,
+        scanner = SCANNER,
     )
 }
+
+const SLSA: &str = "https://slsa.dev/provenance/v1";
+const VULN: &str = "https://cosign.sigstore.dev/attestation/vuln/v1";
+const SCANNER: &str = "https://github.com/pullgate/scanner/.github/workflows/scan.yml@refs/heads/main";
 
 struct SetupPaths {
     dir: PathBuf,
@@ -203,6 +235,7 @@ fn main() {
         ("policy_reload_keeps_last_good_on_error", policy_reload),
         ("network_access_is_only_containerd_and_the_mirror", offline),
         ("image_volumes_are_checked_like_images", image_volumes),
+        ("attestations_are_required_and_judged", attestations),
     ];
     let trials = testbed::trials(tests, &CTX, setup, teardown);
     let trials = testbed::ignore_on(
@@ -790,6 +823,144 @@ fn image_volumes(c: &Ctx) -> TestResult {
         ensure!(mounted == "demo/app:2", "the signed image volume is not mounted at /vol: {mounted:?}");
         let status = refused.err().ok_or("a container with an unsigned image volume was created")?;
         ensure!(status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"), "{}", status.message());
+        Ok(())
+    })
+}
+
+// --- attestations (#14) -------------------------------------------------------------------------
+
+fn provenance(workflow_ref: &str) -> serde_json::Value {
+    json!({
+        "buildDefinition": {
+            "buildType": "https://actions.github.io/buildtypes/workflow/v1",
+            "externalParameters": {"workflow": {"ref": workflow_ref, "repository": "https://github.com/pullgate/demo", "path": ".github/workflows/release.yml"}},
+            "resolvedDependencies": [{"uri": format!("git+https://github.com/pullgate/demo@{workflow_ref}"), "digest": {"gitCommit": "0123456789abcdef0123456789abcdef01234567"}}]
+        },
+        "runDetails": {"builder": {"id": "https://github.com/actions/runner/github-hosted"}, "metadata": {"invocationId": "https://github.com/pullgate/demo/actions/runs/1/attempts/1"}}
+    })
+}
+
+fn vuln_scan(finished: i64) -> serde_json::Value {
+    json!({
+        "scanner": {"uri": "pkg:github/aquasecurity/trivy@0.50.0", "version": "0.50.0", "result": {"summary": {"critical": 0}}},
+        "metadata": {"scanStartedOn": support::sigstore::rfc3339(finished - 60), "scanFinishedOn": support::sigstore::rfc3339(finished)}
+    })
+}
+
+/// What one attestation case publishes besides the image signature.
+enum Att {
+    /// A valid attestation bundle: `predicate_type`, `predicate`, signed by `san`.
+    Valid { predicate_type: &'static str, predicate: serde_json::Value, san: &'static str },
+    /// A valid one with its DSSE payload edited after signing.
+    Tampered { predicate_type: &'static str, predicate: serde_json::Value, san: &'static str },
+}
+
+/// Signature plus provenance and scan, attached as referrers (`in_bundle_dir`: as files in the
+/// node's bundle directory instead) to a fresh image at `att/<name>:1`; pulls it through
+/// pullgate.
+async fn attested_pull(c: &Ctx, name: &str, atts: Vec<Att>, in_bundle_dir: bool) -> Result<(String, Result<String, tonic::Status>), Failed> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let repo = format!("att/{name}");
+    let digest = push_image(c, &repo, "1").await?;
+    let subject: pullgate::verify::Digest = digest.to_string().parse()?;
+    let now = c.stack.lock().unwrap().now;
+    sign_and_push(&mut c.stack.lock().unwrap(), &c.pusher, &repo, &digest, &SignOptions::new(now), Format::Bundle).await?;
+    for (i, att) in atts.into_iter().enumerate() {
+        let (predicate_type, predicate, san, tamper) = match att {
+            Att::Valid { predicate_type, predicate, san } => (predicate_type, predicate, san, false),
+            Att::Tampered { predicate_type, predicate, san } => (predicate_type, predicate, san, true),
+        };
+        let mut bundle = {
+            let mut stack = c.stack.lock().unwrap();
+            let mut opts = SignOptions::new(now);
+            opts.identity.san = support::sigstore::certs::San::Uri(san.into());
+            stack.attest_image(&subject, &opts, predicate_type, predicate).bundle
+        };
+        if tamper {
+            let payload = base64_decode(bundle["dsseEnvelope"]["payload"].as_str().ok_or("no payload")?);
+            let edited = String::from_utf8(payload)?.replace("refs/heads/evil", "refs/heads/main");
+            bundle["dsseEnvelope"]["payload"] = json!(b64.encode(edited));
+        }
+        let bytes = bundle.to_string();
+        if in_bundle_dir {
+            let file = c.tb.dir.join("bundles").join(format!("{}.{i}.att.json", digest.file_stem()));
+            std::fs::create_dir_all(file.parent().unwrap())?;
+            std::fs::write(&file, bytes)?;
+        } else {
+            support::signer::push_attestation(&c.pusher, &repo, &digest, predicate_type, bytes.as_bytes()).await?;
+        }
+    }
+    let image = format!("{}/{repo}:1", c.registry);
+    let result = pull(&c.pg_sock, &image).await;
+    Ok((image, result))
+}
+
+fn attestations(c: &Ctx) -> TestResult {
+    let now = c.stack.lock().unwrap().now;
+    let good_provenance = || Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/main"), san: DEFAULT_SAN };
+    let fresh_scan = || Att::Valid { predicate_type: VULN, predicate: vuln_scan(now - 3600), san: SCANNER };
+    c.rt.block_on(async {
+        // Allowed: from referrers (the referrers tag schema here), and from the bundle directory.
+        for (name, dir) in [("allowed", false), ("allowed-files", true)] {
+            let (image, result) = attested_pull(c, name, vec![good_provenance(), fresh_scan()], dir).await?;
+            result.map_err(|s| format!("{name}: attested image refused: {}", s.message()))?;
+            let r = c.audit().into_iter().rev().find(|r| r.image == image).ok_or("no audit record")?;
+            ensure!(r.decision == "allow" && r.policy == "attested" && r.reason.contains(&format!("attested: {SLSA}, {VULN}")), "{name}: {r:?}");
+        }
+        let refusals: Vec<(&str, Vec<Att>, Vec<String>)> = vec![
+            ("missing", vec![fresh_scan()], vec![format!("attestation {SLSA}: not found")]),
+            (
+                "wrong-signer",
+                vec![Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/main"), san: "https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main" }, fresh_scan()],
+                vec![format!("attestation {SLSA}: identity mismatch"), "evil/fork".into()],
+            ),
+            (
+                "condition",
+                vec![Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/evil"), san: DEFAULT_SAN }, fresh_scan()],
+                vec![format!(r#"attestation {SLSA}: buildDefinition.externalParameters.workflow.ref = "refs/heads/evil", want "refs/heads/main""#)],
+            ),
+            (
+                "stale",
+                vec![good_provenance(), Att::Valid { predicate_type: VULN, predicate: vuln_scan(now - 30 * 86400), san: SCANNER }],
+                vec![format!("attestation {VULN}: metadata.scanFinishedOn = "), "want a time no older than 7d".into()],
+            ),
+            (
+                "tampered",
+                vec![Att::Tampered { predicate_type: SLSA, predicate: provenance("refs/heads/evil"), san: DEFAULT_SAN }, fresh_scan()],
+                vec![format!("attestation {SLSA}: ")],
+            ),
+        ];
+        for (name, atts, want) in refusals {
+            let (image, result) = attested_pull(c, name, atts, false).await?;
+            let want: Vec<&str> = want.iter().map(String::as_str).collect();
+            let msg = expect_refusal(result, &want)?;
+            eprintln!("{name}: {msg}");
+            if name == "condition" {
+                // `pullgate verify IMAGE` lists the attestations found and how each was judged.
+                let out = Command::new(daemon::binary()).args(["verify", "--config"]).arg(c.tb.dir.join("enforce.yaml")).arg(&image).output()?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                ensure!(out.status.code() != Some(0), "verify allowed it:\n{stdout}");
+                ensure!(
+                    stdout.lines().any(|l| l.contains(&format!("failed  attestation {SLSA} from referrer")) && l.contains("want \"refs/heads/main\"")),
+                    "verify output lacks the failed provenance:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ensure!(stdout.lines().any(|l| l.contains(&format!("ok      attestation {VULN}")) && l.contains("satisfies authority release-workflow")), "verify output lacks the scan:\n{stdout}");
+            }
+            if name == "tampered" {
+                ensure!(!msg.contains("want \"refs/heads/main\""), "tampered payload judged on its content: {msg}");
+            }
+            ensure!(image_status(&c.direct(), &image).await?.is_none(), "{name}: the image is on the node");
+            let r = c.audit().into_iter().rev().find(|r| r.image == image).ok_or("no audit record")?;
+            ensure!(r.decision == "deny", "{name}: {r:?}");
+            ensure!(
+                pullgate::admin::metrics::reason_category(&r.decision, &r.reason) == "attestation",
+                "{name}: category {} for {}",
+                pullgate::admin::metrics::reason_category(&r.decision, &r.reason),
+                r.reason
+            );
+        }
         Ok(())
     })
 }

@@ -104,6 +104,8 @@ pub fn reason_category(decision: &str, reason: &str) -> &'static str {
         "mirror"
     } else if has("no signatures found") {
         "no_signatures"
+    } else if r.starts_with("attestation ") || has(": attestation ") {
+        "attestation"
     } else if has("identity mismatch") || has("issuer mismatch") || has("matched no authority") || has("extension") {
         "identity"
     } else {
@@ -391,6 +393,8 @@ mod tests {
             ("deny", "image r/x (sha256:1) denied by policy demo: referrer: identity mismatch: got a, want b", "identity"),
             ("deny", "image r/x (sha256:1) denied by policy demo: referrer: signature does not verify", "invalid_signature"),
             ("deny", "image sha256:1 has no registry digest (imported or built on the node)", "no_registry_digest"),
+            ("deny", "image r/x (sha256:1) denied by policy demo: attestation https://slsa.dev/provenance/v1: not found", "attestation"),
+            ("deny", "image r/x (sha256:1) denied by policy demo: attestation https://slsa.dev/provenance/v1: identity mismatch: got a, want b", "attestation"),
         ];
         for (decision, reason, want) in cases {
             assert_eq!(reason_category(decision, reason), want, "{reason}");

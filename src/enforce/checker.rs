@@ -222,13 +222,14 @@ impl Checker for MirrorChecker {
             };
             let creds = credentials(auth);
             let started = Instant::now();
+            let attestations = policy.identity.has_attestations();
             let found = match &resolved.image {
-                Some(i) => self.registry.discover(i, creds.as_ref()).await.map(|d| (i.clone(), d)),
+                Some(i) => self.registry.discover_with(i, creds.as_ref(), attestations).await.map(|d| (i.clone(), d)),
                 None => {
                     // The manifest by digest (checked against it) and discovery, overlapped.
                     let by_digest = reference.with_digest(resolved.digest.clone());
                     let noted = |ok| self.note_mirror(reference, "resolve", ok, started);
-                    match self.registry.resolve_and_discover(&by_digest, creds.as_ref(), noted).await {
+                    match self.registry.resolve_and_discover_with(&by_digest, creds.as_ref(), attestations, noted).await {
                         Ok((i, d)) => Ok((Arc::new(i), d)),
                         Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
                     }

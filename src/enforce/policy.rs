@@ -24,10 +24,20 @@
 //!                 subject_regexp: https://github.com/org/app/\.github/workflows/release\.yml@refs/tags/v.*
 //!                 extensions:
 //!                   github-workflow-repository: org/app
+//!           attestations:                          # also required, signed by the same identities
+//!             - predicateType: https://slsa.dev/provenance/v1
+//!               conditions:                          # on the statement's `predicate`
+//!                 - path: buildDefinition.externalParameters.workflow.ref
+//!                   equals: refs/heads/main
+//!                 - path: runDetails.builder.id
+//!                   matches: https://github\.com/org/builder/.*@refs/tags/v.*
 //!         - name: release-key
 //!           key:
 //!             path: /etc/pullgate/keys/release.pub   # or `data: |` with the PEM
 //! ```
+//!
+//! Attestation conditions (`equals`, `matches`, `oneOf`, `notOlderThan`) are described in
+//! [`crate::policy::attestation`].
 //!
 //! Image globs match the normalised reference (`docker.io/library/nginx`, with `:tag` or
 //! `@digest` forms tried too): `*` stays within one path segment, `**` crosses them.
@@ -39,7 +49,7 @@ use std::sync::Arc;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::policy::{Authority, ExtensionClaim, IdentityPolicy, KeylessIdentity, StringMatcher};
+use crate::policy::{AttestationRequirement, Authority, AuthoritySigners, Condition, ExtensionClaim, IdentityPolicy, JsonPath, KeylessIdentity, StringMatcher, Test};
 use crate::verify::keys::PublicKey;
 
 /// What happens to images that no policy matches.
@@ -126,6 +136,42 @@ pub struct AuthorityConfig {
     pub name: String,
     pub keyless: Option<KeylessConfig>,
     pub key: Option<KeyConfig>,
+    /// Attestations this authority must also have signed (see [`crate::policy::attestation`]).
+    #[serde(default)]
+    pub attestations: Vec<AttestationConfig>,
+}
+
+/// One required attestation: policy-controller's `predicateType`, an optional signer (default:
+/// the authority's own identities or key) and Kyverno-like `conditions` on the predicate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationConfig {
+    #[serde(rename = "predicateType", alias = "predicate_type")]
+    pub predicate_type: String,
+    pub signer: Option<SignerConfig>,
+    #[serde(default)]
+    pub conditions: Vec<ConditionConfig>,
+}
+
+/// Who must have signed an attestation: exactly one of `keyless` or `key`, as on an authority.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    pub keyless: Option<KeylessConfig>,
+    pub key: Option<KeyConfig>,
+}
+
+/// A condition on a predicate field: `path` and exactly one test.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    pub path: String,
+    pub equals: Option<String>,
+    pub matches: Option<String>,
+    #[serde(rename = "oneOf", alias = "one_of")]
+    pub one_of: Option<Vec<String>>,
+    #[serde(rename = "notOlderThan", alias = "not_older_than")]
+    pub not_older_than: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -293,7 +339,27 @@ fn compile_authority(a: &AuthorityConfig, key: &str) -> Result<Authority, Policy
     if a.name.trim().is_empty() {
         return Err(err(format!("{key}.name"), "must not be empty"));
     }
-    match (&a.keyless, &a.key) {
+    let signers = compile_signers(&a.name, &a.keyless, &a.key, key, "an authority has exactly one of `keyless` or `key`")?;
+    let mut attestations = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, at) in a.attestations.iter().enumerate() {
+        let key = format!("{key}.attestations[{i}]");
+        if !seen.insert(at.predicate_type.clone()) {
+            return Err(err(format!("{key}.predicateType"), format!("{:?} is already required by this authority", at.predicate_type)));
+        }
+        attestations.push(compile_attestation(&a.name, at, &key)?);
+    }
+    Ok(Authority { name: a.name.clone(), signers, attestations })
+}
+
+fn compile_signers(
+    name: &str,
+    keyless: &Option<KeylessConfig>,
+    key_config: &Option<KeyConfig>,
+    key: &str,
+    neither: &str,
+) -> Result<AuthoritySigners, PolicyConfigError> {
+    match (keyless, key_config) {
         (Some(k), None) => {
             let mut identities = Vec::new();
             for (i, id) in k.identities.iter().enumerate() {
@@ -308,7 +374,7 @@ fn compile_authority(a: &AuthorityConfig, key: &str) -> Result<Authority, Policy
                 }
                 identities.push(KeylessIdentity { subject, issuer: Some(issuer), claims });
             }
-            Authority::keyless(&a.name, identities).map_err(|e| err(format!("{key}.keyless.identities"), e.to_string()))
+            Authority::keyless(name, identities).map(|a| a.signers).map_err(|e| err(format!("{key}.keyless.identities"), e.to_string()))
         }
         (None, Some(k)) => {
             let pem = match (&k.data, &k.path) {
@@ -321,10 +387,55 @@ fn compile_authority(a: &AuthorityConfig, key: &str) -> Result<Authority, Policy
                 .map(|p| PublicKey::from_pem(&p))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| err(format!("{key}.key"), e.to_string()))?;
-            Authority::keys(&a.name, keys).map_err(|e| err(format!("{key}.key"), e.to_string()))
+            Authority::keys(name, keys).map(|a| a.signers).map_err(|e| err(format!("{key}.key"), e.to_string()))
         }
-        _ => Err(err(key.to_string(), "an authority has exactly one of `keyless` or `key`")),
+        _ => Err(err(key.to_string(), neither)),
     }
+}
+
+fn compile_attestation(authority: &str, a: &AttestationConfig, key: &str) -> Result<AttestationRequirement, PolicyConfigError> {
+    let predicate_type = a.predicate_type.trim();
+    if predicate_type.is_empty() || predicate_type.chars().any(char::is_whitespace) || !predicate_type.contains(':') {
+        return Err(err(format!("{key}.predicateType"), format!("{:?} is not a predicate type URI (e.g. https://slsa.dev/provenance/v1)", a.predicate_type)));
+    }
+    if predicate_type == crate::verify::image::COSIGN_SIGN_PREDICATE {
+        return Err(err(format!("{key}.predicateType"), "that is cosign's signature predicate: the authority's signature is already required"));
+    }
+    let signers = match &a.signer {
+        None => None,
+        Some(s) => Some(compile_signers(authority, &s.keyless, &s.key, &format!("{key}.signer"), "a signer has exactly one of `keyless` or `key`")?),
+    };
+    let mut conditions = Vec::new();
+    for (i, c) in a.conditions.iter().enumerate() {
+        conditions.push(compile_condition(c, &format!("{key}.conditions[{i}]"))?);
+    }
+    Ok(AttestationRequirement { predicate_type: predicate_type.to_string(), signers, conditions })
+}
+
+fn compile_condition(c: &ConditionConfig, key: &str) -> Result<Condition, PolicyConfigError> {
+    let path = JsonPath::parse(&c.path).map_err(|e| err(format!("{key}.path"), e))?;
+    let tests = [c.equals.is_some(), c.matches.is_some(), c.one_of.is_some(), c.not_older_than.is_some()];
+    if tests.iter().filter(|t| **t).count() != 1 {
+        return Err(err(key.to_string(), "set exactly one of `equals`, `matches`, `oneOf` or `notOlderThan`"));
+    }
+    let test = if let Some(v) = &c.equals {
+        Test::Equals(v.clone())
+    } else if let Some(r) = &c.matches {
+        Test::Matches(StringMatcher::regex(r).map_err(|e| err(format!("{key}.matches"), e.to_string()))?)
+    } else if let Some(set) = &c.one_of {
+        if set.is_empty() {
+            return Err(err(format!("{key}.oneOf"), "list at least one value"));
+        }
+        Test::OneOf(set.clone())
+    } else {
+        let text = c.not_older_than.clone().unwrap_or_default();
+        let d = crate::config::parse_duration(&text).map_err(|e| err(format!("{key}.notOlderThan"), e))?;
+        if d.is_zero() {
+            return Err(err(format!("{key}.notOlderThan"), "must be longer than zero"));
+        }
+        Test::NotOlderThan(d, text.trim().to_string())
+    };
+    Ok(Condition { path, test })
 }
 
 /// Splits a PEM bundle into its blocks.
@@ -488,6 +599,60 @@ policies:
     }
 
     #[test]
+    fn attestations_compile() {
+        let yaml = r#"
+policies:
+  - name: p
+    images: ["a/**"]
+    authorities:
+      - name: ci
+        keyless:
+          identities:
+            - issuer: https://token.actions.githubusercontent.com
+              subject_regexp: https://github.com/org/app/.*
+        attestations:
+          - predicateType: https://slsa.dev/provenance/v1
+            conditions:
+              - path: buildDefinition.externalParameters.workflow.ref
+                equals: refs/heads/main
+              - path: runDetails.builder.id
+                matches: https://github\.com/org/builder/.*
+          - predicate_type: https://cosign.sigstore.dev/attestation/vuln/v1
+            signer:
+              keyless:
+                identities:
+                  - issuer: https://token.actions.githubusercontent.com
+                    subject: https://github.com/org/scanner/.github/workflows/scan.yml@refs/heads/main
+            conditions:
+              - path: metadata.scanFinishedOn
+                notOlderThan: 7d
+              - path: scanner.result.summary.critical
+                oneOf: ["0"]
+"#;
+        let set = parse(yaml).unwrap();
+        let p = &set.policies()[0];
+        assert!(p.identity.has_attestations());
+        let a = &p.identity.authorities()[0];
+        assert_eq!(a.attestations.len(), 2);
+        assert_eq!(a.attestations[0].predicate_type, "https://slsa.dev/provenance/v1");
+        assert!(a.attestations[0].signers.is_none() && a.attestations[1].signers.is_some());
+        assert!(matches!(a.attestations[1].conditions[0].test, Test::NotOlderThan(d, _) if d.as_secs() == 7 * 86400));
+        assert!(!parse(BASE).unwrap().policies()[0].identity.has_attestations());
+    }
+
+    #[test]
+    fn readme_attestation_example_compiles() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Attestations").expect("README section")..];
+        let start = section.find("```yaml\n").unwrap() + 8;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let body: String = block.lines().map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l))).collect();
+        let yaml = format!("policies:\n  - name: p\n    images: [\"a/**\"]\n{body}");
+        let set = parse(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(set.policies()[0].identity.authorities()[0].attestations.len(), 2);
+    }
+
+    #[test]
     fn tag_exemptions_do_not_admit_digests() {
         let set = parse(BASE).unwrap();
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -527,6 +692,35 @@ policies:
             let e = parse(yaml).unwrap_err();
             assert!(e.contains(&format!("key `{key}`")), "{yaml}\n=> {e}");
         }
+        let att = |conditions: &str| {
+            format!(
+                "policies:\n  - name: p\n    images: [\"a\"]\n    authorities:\n      - name: x\n        keyless:\n          identities:\n            - subject: s\n              issuer: i\n        attestations:\n          - predicateType: https://slsa.dev/provenance/v1\n{conditions}"
+            )
+        };
+        let a = "policy.policies[0].authorities[0].attestations[0]";
+        let attestation_cases = [
+            ("            conditions:\n              - path: a..b\n                equals: x\n", format!("{a}.conditions[0].path")),
+            ("            conditions:\n              - path: a\n", format!("{a}.conditions[0]")),
+            ("            conditions:\n              - path: a\n                equals: x\n                matches: y\n", format!("{a}.conditions[0]")),
+            ("            conditions:\n              - path: a\n              - path: b\n                matches: \"(\"\n", format!("{a}.conditions[0]")),
+            ("            conditions:\n              - path: b\n                matches: \"(\"\n", format!("{a}.conditions[0].matches")),
+            ("            conditions:\n              - path: b\n                notOlderThan: soon\n", format!("{a}.conditions[0].notOlderThan")),
+            ("            conditions:\n              - path: b\n                notOlderThan: 0s\n", format!("{a}.conditions[0].notOlderThan")),
+            ("            conditions:\n              - path: b\n                oneOf: []\n", format!("{a}.conditions[0].oneOf")),
+            ("            signer:\n              keyless:\n                identities:\n                  - subject: s\n", format!("{a}.signer.keyless.identities[0]")),
+            ("            signer: {}\n", format!("{a}.signer")),
+        ];
+        for (conditions, key) in attestation_cases {
+            let yaml = att(conditions);
+            let e = parse(&yaml).unwrap_err();
+            assert!(e.contains(&format!("key `{key}`")), "{yaml}\n=> {e}");
+        }
+        let bad_type = att("").replace("https://slsa.dev/provenance/v1", "slsa");
+        assert!(parse(&bad_type).unwrap_err().contains(&format!("key `{a}.predicateType`")));
+        let twice = att("          - predicateType: https://slsa.dev/provenance/v1\n");
+        assert!(parse(&twice).unwrap_err().contains("policy.policies[0].authorities[0].attestations[1].predicateType"));
+        // Unknown condition keys are refused by name at parse time.
+        assert!(parse(&att("            conditions:\n              - path: a\n                equal: x\n")).unwrap_err().contains("equal"));
         let two = format!(
             "policies:\n  - name: p\n    images: [\"a\"]\n    threshold: 2\n    authorities:\n      - name: x\n        key:\n          data: \"{}\"\n",
             KEY.replace('\n', "\\n")

@@ -154,7 +154,8 @@ async fn verify(args: VerifyArgs) -> i32 {
 
     let registry = Registry::new(config.registry.clone());
     let credentials = args.registry.credentials();
-    let report = match registry.inspect(&args.image, credentials.as_ref()).await {
+    let attestations = policies.iter().any(|p| p.identity.has_attestations());
+    let report = match registry.inspect_with(&args.image, credentials.as_ref(), attestations).await {
         Ok(r) => r,
         Err(e) => return fail(DENIED, format!("{}: {e}", args.image)),
     };
@@ -202,6 +203,14 @@ fn print_human(out: &VerifyReport) {
                     None => println!("  ok      {} [{}]", c.source, c.format),
                     Some(r) => println!("  failed  {} [{}]: {r}", c.source, c.format),
                 }
+            }
+            for a in &d.attestations {
+                let ok = a.judgments.iter().any(|j| j.satisfied);
+                let signer = a.signer.as_deref().map(|s| format!(" signed by {s}")).unwrap_or_default();
+                println!("  {}  attestation {} from {}{signer}: {}", if ok { "ok    " } else { "failed" }, a.predicate_type, a.source, a.verdict());
+            }
+            for r in d.requirements.iter().filter(|r| !r.satisfied) {
+                println!("  missing attestation for authority {}: {}", r.authority, r.reason.as_deref().unwrap_or("not satisfied"));
             }
         }
     }

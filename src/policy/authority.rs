@@ -7,6 +7,7 @@
 
 use serde::Serialize;
 
+use super::attestation::AttestationRequirement;
 use super::identity::{KeylessIdentity, PolicyError};
 use crate::verify::keys::PublicKey;
 
@@ -26,6 +27,8 @@ pub struct Authority {
     pub name: String,
     /// Identities or keys.
     pub signers: AuthoritySigners,
+    /// Attestations that must also be present and pass (none: the signature suffices).
+    pub attestations: Vec<AttestationRequirement>,
 }
 
 impl Authority {
@@ -41,6 +44,7 @@ impl Authority {
         Ok(Self {
             name,
             signers: AuthoritySigners::Keyless(identities),
+            attestations: Vec::new(),
         })
     }
 
@@ -53,7 +57,14 @@ impl Authority {
         Ok(Self {
             name,
             signers: AuthoritySigners::Keys(keys),
+            attestations: Vec::new(),
         })
+    }
+
+    /// This authority, also requiring `attestations`.
+    pub fn with_attestations(mut self, attestations: Vec<AttestationRequirement>) -> Self {
+        self.attestations = attestations;
+        self
     }
 
     /// Whether this authority accepts Fulcio certificates.
@@ -117,6 +128,11 @@ impl IdentityPolicy {
     /// Whether any authority accepts Fulcio certificates.
     pub fn has_keyless(&self) -> bool {
         self.authorities.iter().any(Authority::is_keyless)
+    }
+
+    /// Whether any authority requires attestations.
+    pub fn has_attestations(&self) -> bool {
+        self.authorities.iter().any(|a| !a.attestations.is_empty())
     }
 
     /// Whether any authority accepts keys.

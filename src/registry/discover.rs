@@ -19,7 +19,10 @@
 //! signature tag or referrer found on a pull-only mirror is used: signatures are verified
 //! cryptographically, so a mirror can hide them but not forge them. A referrer whose predicate type
 //! is not cosign's signature predicate is an attestation: kept aside (not fetched), never used as
-//! a signature. Each step's outcome and every problem met is reported, for the decision report.
+//! a signature, unless a policy requires attestations ([`DiscoverSettings::attestations`]): then
+//! it is fetched like a signature bundle, and so are `<dir>/sha256-<hex>.<name>.att.json` files;
+//! the verification engine tells the two apart by the statement's predicate type. (cosign's
+//! legacy `.att` tag is not read yet.) Each step's outcome and every problem met is reported, for the decision report.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -231,6 +234,9 @@ pub(crate) struct DiscoverSettings<'a> {
     pub max_manifest: u64,
     pub max_blob: u64,
     pub bundle_dir: Option<&'a std::path::Path>,
+    /// Fetch attestation bundles too (a policy requires attestations), instead of keeping them
+    /// aside: referrers whose predicate is not cosign's signature, and `<stem>.*.att.json` files.
+    pub attestations: bool,
 }
 
 /// Discovers all material for the subjects of `image`.
@@ -638,7 +644,7 @@ impl Ctx<'_> {
         let predicate = annotations.get(PREDICATE_TYPE_ANNOTATION).cloned();
         let is_bundle = |t: &str| BUNDLE_MEDIA_TYPES.contains(&t);
         match artifact_type.as_deref() {
-            Some(t) if is_bundle(t) && predicate.as_deref().is_some_and(|p| p != COSIGN_SIGN_PREDICATE) => {
+            Some(t) if is_bundle(t) && !self.settings.attestations && predicate.as_deref().is_some_and(|p| p != COSIGN_SIGN_PREDICATE) => {
                 out.side.push(side(artifact_type.clone(), predicate, annotations));
                 return out;
             }
@@ -721,7 +727,7 @@ impl Ctx<'_> {
             }
             return out;
         }
-        if !is_bundle(at) || predicate.as_deref().is_some_and(|p| p != COSIGN_SIGN_PREDICATE) {
+        if !is_bundle(at) || (!self.settings.attestations && predicate.as_deref().is_some_and(|p| p != COSIGN_SIGN_PREDICATE)) {
             manifest_annotations.extend(annotations);
             out.side.push(side(artifact_type, predicate, manifest_annotations));
             return out;
@@ -768,7 +774,11 @@ impl Ctx<'_> {
         let stem = self.subject.file_stem();
         let mut materials = Vec::new();
         let mut problems = Vec::new();
-        for name in [format!("{stem}.json"), format!("{stem}.sigstore.json")] {
+        let mut names = vec![format!("{stem}.json"), format!("{stem}.sigstore.json")];
+        if self.settings.attestations {
+            names.extend(attestation_files(dir, &stem, &mut problems).await);
+        }
+        for name in names {
             let path = dir.join(&name);
             let meta = match tokio::fs::metadata(&path).await {
                 Ok(m) => m,
@@ -809,6 +819,45 @@ impl Ctx<'_> {
         let outcome = if materials.is_empty() { Outcome::NotFound } else { Outcome::Found { candidates: materials.len() } };
         (outcome, materials, problems)
     }
+}
+
+/// Attestation bundle files read per subject from the bundle directory.
+const MAX_ATTESTATION_FILES: usize = 16;
+
+/// Names of attestation bundle files for `stem` in `dir`: `<stem>.<name>.att.json`, sorted, at
+/// most [`MAX_ATTESTATION_FILES`].
+async fn attestation_files(dir: &std::path::Path, stem: &str, problems: &mut Vec<String>) -> Vec<String> {
+    let prefix = format!("{stem}.");
+    let mut names = Vec::new();
+    let mut entries = match tokio::fs::read_dir(dir).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return names,
+        Err(e) => {
+            problems.push(format!("{}: {e}", dir.display()));
+            return names;
+        }
+    };
+    loop {
+        match entries.next_entry().await {
+            Ok(Some(entry)) => {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && name.ends_with(".att.json") {
+                    names.push(name);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                problems.push(format!("{}: {e}", dir.display()));
+                break;
+            }
+        }
+    }
+    names.sort();
+    if names.len() > MAX_ATTESTATION_FILES {
+        problems.push(format!("{}: {} attestation files for {stem}; only the first {MAX_ATTESTATION_FILES} were read", dir.display(), names.len()));
+        names.truncate(MAX_ATTESTATION_FILES);
+    }
+    names
 }
 
 fn truncate(descriptors: &mut Vec<Descriptor>, problems: &mut Vec<String>, endpoint: &str) {

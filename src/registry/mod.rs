@@ -137,6 +137,7 @@ impl Registry {
             max_manifest: self.inner.config.max_manifest_bytes,
             max_blob: self.inner.config.max_blob_bytes,
             bundle_dir: self.inner.config.bundle_dir.as_deref(),
+            attestations: false,
         }
     }
 
@@ -164,9 +165,16 @@ impl Registry {
 
     /// Discovers the signature material of a resolved image, within `discovery_timeout`.
     pub async fn discover(&self, image: &ResolvedImage, credentials: Option<&Credentials>) -> Result<Discovery, Error> {
+        self.discover_with(image, credentials, false).await
+    }
+
+    /// [`Registry::discover`], also fetching attestation bundles when `attestations` (a policy
+    /// that applies requires them).
+    pub async fn discover_with(&self, image: &ResolvedImage, credentials: Option<&Credentials>, attestations: bool) -> Result<Discovery, Error> {
         let hosts = self.endpoints(image.reference.registry())?;
         let op = self.op(&hosts, credentials);
-        Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &self.settings()).await)
+        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &settings).await)
     }
 
     /// [`Registry::resolve`] and [`Registry::discover`] of a digest reference, overlapped:
@@ -178,6 +186,18 @@ impl Registry {
         &self,
         reference: &Reference,
         credentials: Option<&Credentials>,
+        resolved: impl FnOnce(bool),
+    ) -> Result<(ResolvedImage, Discovery), Error> {
+        self.resolve_and_discover_with(reference, credentials, false, resolved).await
+    }
+
+    /// [`Registry::resolve_and_discover`], fetching attestation bundles too when `attestations`
+    /// (see [`Registry::discover_with`]).
+    pub async fn resolve_and_discover_with(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+        attestations: bool,
         resolved: impl FnOnce(bool),
     ) -> Result<(ResolvedImage, Discovery), Error> {
         let hosts = match self.endpoints(reference.registry()) {
@@ -193,7 +213,7 @@ impl Registry {
             resolved(image.is_ok());
             image.map_err(Error::from)
         };
-        let settings = self.settings();
+        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
         let t = &self.inner.transport;
         match reference.digest() {
             Some(digest) => {
@@ -231,6 +251,11 @@ impl Registry {
     /// Resolves and discovers in one budget of `discovery_timeout`: the library side of
     /// `pullgate verify IMAGE_REF` and of the pull-time check.
     pub async fn inspect(&self, reference: &str, credentials: Option<&Credentials>) -> Result<Report, Error> {
+        self.inspect_with(reference, credentials, false).await
+    }
+
+    /// [`Registry::inspect`], also fetching attestation bundles when `attestations`.
+    pub async fn inspect_with(&self, reference: &str, credentials: Option<&Credentials>, attestations: bool) -> Result<Report, Error> {
         let started = Instant::now();
         let parsed = Reference::parse(reference)?;
         let hosts = self.endpoints(parsed.registry())?;
@@ -239,7 +264,8 @@ impl Registry {
         }
         let op = self.op(&hosts, credentials);
         let image = self.resolve_in(&op, &hosts, &parsed).await?;
-        let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &self.settings()).await;
+        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &settings).await;
         Ok(Report {
             reference: reference.to_string(),
             hosts_dir: hosts.dir.clone(),

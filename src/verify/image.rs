@@ -13,6 +13,7 @@ use sigstore_verify::types::{Bundle, SignatureContent};
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
 use super::digest::Digest;
 use super::error::{one_line, BindingError, VerifyError};
+use super::attestation::{AttestationCandidate, AttestationOutcome, RequirementOutcome};
 use super::legacy::LegacySignature;
 use super::trust::TrustMaterial;
 use crate::policy::authority::{AuthoritySigners, IdentityPolicy, PolicySummary};
@@ -130,6 +131,12 @@ pub struct ImageDecision {
     pub candidates: Vec<CandidateOutcome>,
     /// The trust root that decided (`sha256:` of trusted_root.json).
     pub trust_root: String,
+    /// Attestations found (when the policy requires any), and how each was judged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attestations: Vec<AttestationOutcome>,
+    /// Each required attestation of each authority.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<RequirementOutcome>,
 }
 
 impl ImageDecision {
@@ -141,13 +148,33 @@ impl ImageDecision {
                 .iter()
                 .filter_map(|c| c.verified.as_ref().map(|v| signer_label(&v.signer)))
                 .collect();
-            return format!(
+            let mut line = format!(
                 "verified: {} of {} required authorities ({}) signed by {}",
                 self.satisfied.len(),
                 self.policy.threshold,
                 self.satisfied.join(", "),
                 who.join(", ")
             );
+            let attested: Vec<&str> = self
+                .requirements
+                .iter()
+                .filter(|r| r.satisfied && self.satisfied.contains(&r.authority))
+                .map(|r| r.predicate_type.as_str())
+                .collect();
+            if !attested.is_empty() {
+                line.push_str(&format!("; attested: {}", one_line(&attested.join(", "))));
+            }
+            return line;
+        }
+        // An authority whose signature held but whose attestations did not: that is the reason.
+        let attestation_failures: Vec<&str> = self
+            .requirements
+            .iter()
+            .filter(|r| r.signed && !r.satisfied)
+            .filter_map(|r| r.reason.as_deref())
+            .collect();
+        if !attestation_failures.is_empty() {
+            return one_line(&attestation_failures.join("; "));
         }
         if self.candidates.is_empty() {
             return "no signatures found".to_string();
@@ -171,7 +198,7 @@ impl ImageDecision {
     }
 }
 
-fn signer_label(signer: &Signer) -> String {
+pub(crate) fn signer_label(signer: &Signer) -> String {
     match signer {
         Signer::Certificate(c) => c
             .subject
@@ -184,16 +211,7 @@ fn signer_label(signer: &Signer) -> String {
 /// Step 2 for cosign v3 bundles: the DSSE envelope holds an in-toto Statement
 /// v1 with the cosign signing predicate, one of whose subjects is the image.
 pub fn check_image_statement(bundle: &Bundle, image: &Digest) -> Result<(), BindingError> {
-    let SignatureContent::DsseEnvelope(envelope) = &bundle.content else {
-        return Err(BindingError::NotDsse);
-    };
-    if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
-        return Err(BindingError::PayloadType {
-            got: one_line(&envelope.payload_type),
-        });
-    }
-    let statement: serde_json::Value = serde_json::from_slice(envelope.payload.as_bytes())
-        .map_err(|e| BindingError::MalformedStatement(one_line(&e.to_string())))?;
+    let statement = in_toto_statement(bundle)?;
     let field = |name: &str| {
         statement
             .get(name)
@@ -210,6 +228,28 @@ pub fn check_image_statement(bundle: &Bundle, image: &Digest) -> Result<(), Bind
             got: one_line(field("predicateType")),
         });
     }
+    check_statement_subject(&statement, image)
+}
+
+/// The in-toto statement a bundle's DSSE envelope carries, as JSON.
+pub(crate) fn in_toto_statement(bundle: &Bundle) -> Result<serde_json::Value, BindingError> {
+    let SignatureContent::DsseEnvelope(envelope) = &bundle.content else {
+        return Err(BindingError::NotDsse);
+    };
+    if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
+        return Err(BindingError::PayloadType {
+            got: one_line(&envelope.payload_type),
+        });
+    }
+    serde_json::from_slice(envelope.payload.as_bytes())
+        .map_err(|e| BindingError::MalformedStatement(one_line(&e.to_string())))
+}
+
+/// One of the statement's subjects names `image` (same algorithm, exact hex).
+pub(crate) fn check_statement_subject(
+    statement: &serde_json::Value,
+    image: &Digest,
+) -> Result<(), BindingError> {
     let algorithm = image.algorithm().prefix();
     let want = image.hex();
     let subjects = statement
@@ -266,14 +306,51 @@ pub fn verify_image(
     candidates: &[SignatureMaterial],
     policy: &IdentityPolicy,
 ) -> ImageDecision {
-    let mut outcomes = Vec::with_capacity(candidates.len());
-    let mut satisfied = vec![false; policy.authorities().len()];
+    verify_image_at(trust, image, candidates, policy, jiff::Timestamp::now())
+}
+
+/// [`verify_image`] with the time `notOlderThan` attestation conditions are judged at.
+pub fn verify_image_at(
+    trust: &TrustMaterial,
+    image: &Digest,
+    candidates: &[SignatureMaterial],
+    policy: &IdentityPolicy,
+    now: jiff::Timestamp,
+) -> ImageDecision {
+    // Attestation bundles are told apart only when the policy requires attestations; otherwise
+    // every candidate is judged as a signature, as it always was.
+    let mut attestations = Vec::new();
+    let mut signatures = Vec::with_capacity(candidates.len());
     for candidate in candidates {
+        match policy
+            .has_attestations()
+            .then(|| AttestationCandidate::classify(candidate))
+            .flatten()
+        {
+            Some(a) => attestations.push(a),
+            None => signatures.push(candidate),
+        }
+    }
+    let mut outcomes = Vec::with_capacity(signatures.len());
+    let mut satisfied = vec![false; policy.authorities().len()];
+    for candidate in signatures {
         let outcome = evaluate_candidate(trust, image, candidate, policy);
         for (i, a) in outcome.authorities.iter().enumerate() {
             satisfied[i] |= a.satisfied;
         }
         outcomes.push(outcome);
+    }
+    let (attestations, requirements) = if policy.has_attestations() {
+        super::attestation::judge(trust, image, &attestations, policy, &satisfied, now)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    // An authority counts only when every attestation it requires passed too.
+    let authority_index = |name: &str| policy.authorities().iter().position(|a| a.name == name);
+    for r in requirements.iter().filter(|r| !r.satisfied) {
+        if let Some(i) = authority_index(&r.authority) {
+            satisfied[i] = false;
+        }
     }
     let satisfied_names: Vec<String> = policy
         .authorities()
@@ -289,6 +366,8 @@ pub fn verify_image(
         policy: policy.summary(),
         candidates: outcomes,
         trust_root: trust.source_digest().to_string(),
+        attestations,
+        requirements,
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`trust`]: the trusted root, parsed once, shared and swapped atomically.
+//! - [`attestation`]: required in-toto attestations (SLSA provenance, scans) and their conditions.
 //! - [`bundle`]: cryptographic verification of one Sigstore bundle.
 //! - [`image`]: cosign v3 image binding and the per-image decision.
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
@@ -29,6 +30,10 @@
 //!    subject; or, for legacy `.sig` layers, payload digest, `critical.type`
 //!    and `critical.image.docker-manifest-digest`. (2a) A message
 //!    signature's `messageDigest`, when present, equals the artifact's.
+//!    (2b) A required attestation (an in-toto Statement v1 or v0.1 of another
+//!    predicate type, see [`attestation`]) is bound the same way, by subject,
+//!    and goes through steps 1-9 like a signature; conditions on its predicate
+//!    are checked after step 9.
 //! 3. Establish verified signing times from SETs and RFC 3161 timestamps.
 //!    (3a) A token whose signer (issuer and serial, or subject key
 //!    identifier) is no TSA of the trust root is skipped, reported in
@@ -75,6 +80,7 @@
 //! | `rfc3161Timestamps[]` embedded certificates | bit flips inside a certificate a token embeds | Embedded certificates are never used: the signer is found among the trust root's TSAs (3a), with or without one. |
 //! | redundant time source | deletion of `inclusionPromise`, `timestampVerificationData` or a token | When another verified time source remains (a SET or a listed token) the threshold of one is still met; the deleted one added nothing. |
 
+pub mod attestation;
 pub mod bundle;
 pub mod certificate;
 pub mod cli;

@@ -61,6 +61,16 @@ pub async fn push_bundle(p: &Pusher, repo: &str, digest: &Digest, bundle: &[u8])
     push_referrers_tag(p, repo, digest, listed).await.map(|_| ())
 }
 
+/// Publishes an attestation bundle (`cosign attest` v3) as a referrer of `digest` whose
+/// annotation names `predicate_type`, appending to the referrers tag index.
+pub async fn push_attestation(p: &Pusher, repo: &str, digest: &Digest, predicate_type: &str, bundle: &[u8]) -> Result<(), String> {
+    let (media_type, size) = manifest_info(p, repo, digest).await?;
+    let desc = push_bundle_bytes(p, repo, digest, size, &media_type, predicate_type, bundle).await?;
+    let mut listed = existing_referrers(p, repo, digest).await;
+    listed.push(desc);
+    push_referrers_tag(p, repo, digest, listed).await.map(|_| ())
+}
+
 async fn existing_referrers(p: &Pusher, repo: &str, digest: &Digest) -> Vec<Value> {
     let headers = vec![("accept", "application/vnd.oci.image.index.v1+json".to_string())];
     match request(p.addr, "GET", &format!("/v2/{repo}/manifests/{}", digest.referrers_tag()), &headers, bytes::Bytes::new()).await {

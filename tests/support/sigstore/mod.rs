@@ -123,6 +123,8 @@ pub struct SignOptions {
     pub statement_type: String,
     /// Statement `predicateType`.
     pub predicate_type: String,
+    /// Statement `predicate` (attestations); `None` omits it, as cosign's signature does.
+    pub predicate: Option<Value>,
     /// Override the subject digest (hex) the statement names.
     pub subject_hex: Option<String>,
     /// DSSE payload type.
@@ -149,6 +151,7 @@ impl SignOptions {
             inclusion_proof: true,
             statement_type: STATEMENT_V1.into(),
             predicate_type: COSIGN_PREDICATE.into(),
+            predicate: None,
             subject_hex: None,
             payload_type: "application/vnd.in-toto+json".into(),
             critical_type: "cosign container image signature".into(),
@@ -459,12 +462,30 @@ impl Stack {
     pub fn image_statement(&self, image: &Digest, opts: &SignOptions) -> Vec<u8> {
         let hex = opts.subject_hex.clone().unwrap_or_else(|| image.hex());
         let algorithm = image.algorithm().prefix();
-        serde_json::to_vec(&json!({
+        let mut statement = json!({
             "_type": opts.statement_type,
             "subject": [{"digest": {algorithm: hex}, "annotations": {}}],
             "predicateType": opts.predicate_type,
-        }))
-        .expect("statement")
+        });
+        if let Some(predicate) = &opts.predicate {
+            statement["predicate"] = predicate.clone();
+        }
+        serde_json::to_vec(&statement).expect("statement")
+    }
+
+    /// Keyless attestation (as `cosign attest` v3 writes it): a v0.3 bundle whose DSSE
+    /// statement has `predicate_type` and `predicate`, about `image`.
+    pub fn attest_image(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+    ) -> SignedBundle {
+        let mut opts = opts.clone();
+        opts.predicate_type = predicate_type.into();
+        opts.predicate = Some(predicate);
+        self.sign_image_v3(image, &opts)
     }
 
     /// Keyless cosign v3 bundle for `image`.
