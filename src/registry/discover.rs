@@ -22,7 +22,8 @@
 //! a signature, unless a policy requires attestations ([`DiscoverSettings::attestations`]): then
 //! it is fetched like a signature bundle, and so are `<dir>/sha256-<hex>.<name>.att.json` files;
 //! the verification engine tells the two apart by the statement's predicate type. (cosign's
-//! legacy `.att` tag is not read yet.) Each step's outcome and every problem met is reported, for the decision report.
+//! legacy `.att` tag is not read yet.) Each step's outcome and every problem met is reported,
+//! for the decision report.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -132,12 +132,13 @@ impl Registry {
         Op::new(self.inner.config.discovery_timeout, credentials.cloned(), hosts_list)
     }
 
-    fn settings(&self) -> discover::DiscoverSettings<'_> {
+    /// Discovery settings from the configuration; `attestations`: fetch attestation bundles too.
+    fn settings(&self, attestations: bool) -> discover::DiscoverSettings<'_> {
         discover::DiscoverSettings {
             max_manifest: self.inner.config.max_manifest_bytes,
             max_blob: self.inner.config.max_blob_bytes,
             bundle_dir: self.inner.config.bundle_dir.as_deref(),
-            attestations: false,
+            attestations,
         }
     }
 
@@ -173,7 +174,7 @@ impl Registry {
     pub async fn discover_with(&self, image: &ResolvedImage, credentials: Option<&Credentials>, attestations: bool) -> Result<Discovery, Error> {
         let hosts = self.endpoints(image.reference.registry())?;
         let op = self.op(&hosts, credentials);
-        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        let settings = self.settings(attestations);
         Ok(discover::discover(&self.inner.transport, &op, &hosts.endpoints, image, &settings).await)
     }
 
@@ -213,7 +214,7 @@ impl Registry {
             resolved(image.is_ok());
             image.map_err(Error::from)
         };
-        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        let settings = self.settings(attestations);
         let t = &self.inner.transport;
         match reference.digest() {
             Some(digest) => {
@@ -264,7 +265,7 @@ impl Registry {
         }
         let op = self.op(&hosts, credentials);
         let image = self.resolve_in(&op, &hosts, &parsed).await?;
-        let settings = discover::DiscoverSettings { attestations, ..self.settings() };
+        let settings = self.settings(attestations);
         let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &settings).await;
         Ok(Report {
             reference: reference.to_string(),
