@@ -310,11 +310,14 @@ impl TrustMaterial {
                     }
                     _ => Vec::new(),
                 };
-                let sct_issuer = super::sct::issuer_key_hash(
-                    leaf.as_bytes(),
-                    self.fulcio_issuers.as_deref(),
-                    &carried,
-                );
+                let sct_issuer = self.ct_keys.as_ref().and_then(|ct| {
+                    let hash = super::sct::issuer_key_hash(
+                        leaf.as_bytes(),
+                        self.fulcio_issuers.as_deref(),
+                        &carried,
+                    )?;
+                    Some((hash, ct))
+                });
                 let full_policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
                 let policy = if sct_issuer.is_some() {
                     full_policy.clone().skip_sct()
@@ -336,8 +339,8 @@ impl TrustMaterial {
                         return Err(VerifyError::from_library(error));
                     }
                 };
-                if let Some(issuer_key_hash) = &sct_issuer {
-                    super::sct::verify(leaf.as_bytes(), issuer_key_hash, &self.ct_keys)?;
+                if let Some((issuer_key_hash, ct)) = &sct_issuer {
+                    super::sct::verify(leaf.as_bytes(), issuer_key_hash, ct)?;
                 }
                 // (6) Inclusion proofs, checkpoints, and any SET step 0 did not cover.
                 for entry in &bundle.verification_material.tlog_entries {

@@ -48,8 +48,10 @@ pub struct TrustMaterial {
     /// issuer key hash of the SCT check (step 5, fast mode). `None` if one
     /// could not be read: the library then checks every SCT.
     pub(crate) fulcio_issuers: Option<Vec<(Vec<u8>, [u8; 32])>>,
-    /// CT log keys by SCT signature scheme (step 5, fast mode).
-    pub(crate) ct_keys: super::sct::CtKeys,
+    /// CT log keys by SCT signature scheme (step 5, fast mode). `None` if
+    /// they could not be prepared: the library then checks every SCT (and
+    /// reports that problem itself), as it did before fast mode checked them.
+    pub(crate) ct_keys: Option<super::sct::CtKeys>,
     /// Timestamp authorities with their certificate chains checked once.
     pub(crate) tsa: Vec<super::timestamp::CachedAuthority>,
     /// sha256 of the JSON this was built from, to report which root decided.
@@ -157,7 +159,7 @@ impl TrustMaterial {
             }
         }
         let tsa = super::timestamp::prepare(&root);
-        let ct_keys = super::sct::CtKeys::prepare(&root).map_err(|e| invalid(&e))?;
+        let ct_keys = super::sct::CtKeys::prepare(&root).ok();
         Ok(Self {
             root,
             verifier,
