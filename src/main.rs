@@ -66,6 +66,23 @@ enum Command {
     },
 }
 
+/// `pullgate report ... | head`: the reader goes away before the output ends. Rust ignores
+/// SIGPIPE, so the next write fails with EPIPE and the print macros panic with a backtrace hint.
+/// A command whose output nobody reads any more stops quietly instead, with the status a shell
+/// shows for a process killed by SIGPIPE (128 + 13), as other Unix tools do. Every other panic
+/// keeps the default report. (The daemon's sockets are not stdout: this changes nothing there.)
+fn stop_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(128 + 13);
+        }
+        default(info);
+    }));
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
@@ -108,6 +125,7 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    stop_quietly_when_stdout_closes();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),

@@ -15,7 +15,9 @@
 //!   else, which keeps the chart inside that subset); `helm template` is compared too when a
 //!   `helm` binary is on PATH;
 //! - the Prometheus alert rules parse and cover the operator's cases (`promtool check rules`
-//!   too when installed). tests/e2e_ops.rs checks their metric names against a live scrape.
+//!   too when installed). tests/e2e_ops.rs checks their metric names against a live scrape;
+//! - the shipped binary behaves in a shell pipeline: output to a reader that went away
+//!   (`pullgate report ... | head`) ends it quietly with 141, not with a panic.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -441,6 +443,7 @@ fn alert_rules_cover_the_operational_cases() {
     assert!(expr("PullgateEnforceRefusalsSpike").contains("pullgate_decisions_total{result=\"deny\"}"));
     assert!(expr("PullgateContainerdUnreachable").contains("pullgate_upstream_up == 0"));
     assert!(expr("PullgateBreakGlassActive").contains("pullgate_break_glass_active == 1"));
+    assert!(expr("PullgateAuditRecordsLost").contains("pullgate_audit_write_errors_total"));
     for r in &rules {
         assert!(r["labels"]["severity"].is_string() && r["annotations"]["summary"].is_string(), "{r}");
     }
@@ -449,4 +452,23 @@ fn alert_rules_cover_the_operational_cases() {
     } else {
         eprintln!("promtool not installed: PromQL not parsed");
     }
+}
+
+// --- Command line in a pipeline ----------------------------------------------------------------
+
+#[test]
+fn output_to_a_closed_pipe_ends_the_command_quietly() {
+    // The reader is gone before pullgate writes: its first line fails with EPIPE, as at the end of
+    // `pullgate report ... | head` or `pullgate verify ... | grep -q`.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_pullgate"))
+        .args(["config", "check"])
+        .arg(root().join("packaging/config.yaml"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
