@@ -15,8 +15,9 @@ use crate::registry::{self, Credentials, Discovery, Material, Reference, Registr
 use crate::trust::TrustHandle;
 use crate::verify::image::{verify_image, ImageDecision, SignatureMaterial};
 use crate::verify::legacy::LegacySignature;
+use crate::verify::legacy_attestation::LegacyAttestation;
 use crate::verify::trust::TrustMaterial;
-use crate::verify::Signer;
+use crate::verify::{Signer, VerifyError};
 
 /// Checks images on the mirror against the installed trust root.
 pub struct MirrorChecker {
@@ -82,6 +83,21 @@ fn candidates_for(materials: &[Material], subject: &registry::Digest) -> (Vec<Si
                     payload.to_vec(),
                 ) {
                     Ok(signature) => out.push(SignatureMaterial::Legacy { source: source.to_string(), signature }),
+                    Err(e) => problems.push(format!("{source}: {e}")),
+                }
+            }
+            // Rebuilt into the Sigstore bundle it amounts to and judged as any attestation.
+            Material::LegacyAttestation { digest, envelope, annotations, source, .. } => {
+                match LegacyAttestation::from_layer(
+                    crate::verify::legacy_attestation::DSSE_ENVELOPE_MEDIA_TYPE,
+                    &digest.to_string(),
+                    annotations,
+                    envelope.to_vec(),
+                )
+                .map_err(VerifyError::from)
+                .and_then(|a| a.to_bundle_json())
+                {
+                    Ok(json) => out.push(SignatureMaterial::Bundle { source: source.to_string(), json }),
                     Err(e) => problems.push(format!("{source}: {e}")),
                 }
             }

@@ -6,6 +6,7 @@
 //! - [`bundle`]: cryptographic verification of one Sigstore bundle.
 //! - [`image`]: cosign v3 image binding and the per-image decision.
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
+//! - [`legacy_attestation`]: cosign `.att` DSSE layers, rebuilt into attestation bundles.
 //! - [`tlog`]: inclusion proofs, checkpoints and SETs we check ourselves.
 //! - `timestamp`: RFC 3161 tokens against TSA chains validated once per root.
 //! - `sct`: the leaf's embedded SCT (step 5) on the DER, in fast mode.
@@ -89,6 +90,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod legacy;
+pub mod legacy_attestation;
 mod sct;
 mod timestamp;
 pub mod tlog;
@@ -103,6 +105,7 @@ pub use error::VerifyError;
 pub use image::{verify_image, CandidateOutcome, ImageDecision, SignatureMaterial};
 pub use keys::{KeyKind, PublicKey};
 pub use legacy::{LegacySignature, RekorSetBundle};
+pub use legacy_attestation::LegacyAttestation;
 pub use trust::{TrustMaterial, TrustStore};
 
 /// A single-field edit of a valid bundle that verification accepts on
