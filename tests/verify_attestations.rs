@@ -481,3 +481,16 @@ fn legacy_att_malformed_layers_are_refused_with_a_reason() {
     let err = from_att(".att", &v001).unwrap_err();
     assert!(err.contains("intoto/0.0.1"), "{err}");
 }
+
+#[test]
+fn freshness_deadline_of_an_allowed_decision() {
+    // The scan requirement holds until its scan is 7 days old; with two scans, until the newer
+    // one is; the provenance requirement has no time condition.
+    let mut f = Fixture::new(55);
+    let candidates = [f.signature(), f.provenance("refs/heads/main"), f.scan(3600), f.scan(2 * 86400)];
+    let d = f.decide(&candidates);
+    assert!(d.allowed, "{}", d.reason());
+    let until = |t: &str| d.requirements.iter().find(|r| r.predicate_type == t).unwrap().fresh_until;
+    assert_eq!(until(SLSA), None);
+    assert_eq!(until(VULN), Some(jiff::Timestamp::from_second(f.stack.now - 3600 + 7 * 86400).unwrap()));
+}

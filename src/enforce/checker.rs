@@ -133,6 +133,8 @@ fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
         reason,
         identity: identity.into_iter().collect::<Vec<_>>().join(", "),
         source: source.into_iter().collect::<Vec<_>>().join(", "),
+        // The earliest moment a satisfied `notOlderThan` condition turns false.
+        fresh_until: decision.requirements.iter().filter(|r| r.satisfied).filter_map(|r| r.fresh_until).min(),
         ..Default::default()
     }
 }
