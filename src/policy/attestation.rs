@@ -7,9 +7,9 @@
 //!
 //! | condition | meaning |
 //! |---|---|
-//! | `equals: V` | the field is the string `V` (numbers and booleans compare by their JSON text) |
+//! | `equals: V` | the field is `V`, a string, number or boolean (compared by JSON text) |
 //! | `matches: RE` | the field is a string that the regular expression matches whole (anchored) |
-//! | `oneOf: [A, B]` | the field equals one of the listed strings |
+//! | `oneOf: [A, B]` | the field equals one of the listed values |
 //! | `notOlderThan: 7d` | the field is an RFC 3339 time no older than the duration (`s`, `m`, `h`, `d`) |
 //!
 //! `path` is a dotted path into the statement's `predicate`, with `[N]` for array elements and

@@ -98,7 +98,7 @@ pub enum Source {
     ReferrersApi { endpoint: String, manifest: Digest, blob: Digest },
     /// A referrer listed in the referrers tag schema index at `tag`.
     ReferrersTag { endpoint: String, tag: String, manifest: Digest, blob: Digest },
-    /// A layer of cosign's legacy signature manifest at `tag`.
+    /// A layer of cosign's legacy signature (`.sig`) or attestation (`.att`) manifest at `tag`.
     SignatureTag { endpoint: String, tag: String, manifest: Digest, layer: Digest },
     /// A bundle file on the node.
     BundleFile { path: PathBuf },
