@@ -483,6 +483,30 @@ fn legacy_att_malformed_layers_are_refused_with_a_reason() {
 }
 
 #[test]
+fn legacy_att_signed_with_a_key() {
+    // `cosign attest --key`: no certificate annotations; the configured key verifies, and the
+    // logged entry names that key.
+    let mut f = Fixture::new(56);
+    let key = TestKey::generate(KeyAlg::P256);
+    let public = PublicKey::from_pem(&key.public_pem()).unwrap();
+    let mut opts = f.stack.options();
+    opts.statement_type = STATEMENT_V01.into();
+    let keyed = f.stack.attest_image_legacy_with_key(&f.image, &opts, SLSA, provenance("refs/heads/main"), &key);
+    assert!(keyed.certificate.is_none() && keyed.chain.is_none());
+    let policy = |public: PublicKey| {
+        let requirement = AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
+        let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap().with_attestations(vec![requirement]);
+        IdentityPolicy::any_of(vec![authority]).unwrap()
+    };
+    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(public)) };
+    assert!(d.allowed, "{}", d.reason());
+    // Another key does not verify it.
+    let other = PublicKey::from_pem(&TestKey::generate(KeyAlg::P256).public_pem()).unwrap();
+    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(other)) };
+    assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: ")), "{}", d.reason());
+}
+
+#[test]
 fn freshness_deadline_of_an_allowed_decision() {
     // The scan requirement holds until its scan is 7 days old; with two scans, until the newer
     // one is; the provenance requirement has no time condition.

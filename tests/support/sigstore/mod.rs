@@ -501,10 +501,42 @@ impl Stack {
         predicate: Value,
         entry: (&'static str, &'static str),
     ) -> LegacyAttestation {
+        self.legacy_attestation(image, opts, predicate_type, predicate, entry, None)
+    }
+
+    /// [`Stack::attest_image_legacy`] signed with `key` (`cosign attest --key`): no certificate.
+    pub fn attest_image_legacy_with_key(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+        key: &TestKey,
+    ) -> LegacyAttestation {
+        self.legacy_attestation(image, opts, predicate_type, predicate, ("intoto", "0.0.2"), Some(key))
+    }
+
+    fn legacy_attestation(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+        entry: (&'static str, &'static str),
+        with_key: Option<&TestKey>,
+    ) -> LegacyAttestation {
         let mut opts = opts.clone();
         opts.predicate_type = predicate_type.into();
         opts.predicate = Some(predicate);
-        let (key, leaf) = self.issue_leaf(&opts);
+        let (leaf_key, leaf) = match with_key {
+            Some(_) => (None, None),
+            None => {
+                let (key, leaf) = self.issue_leaf(&opts);
+                (Some(key), Some(leaf))
+            }
+        };
+        let key = with_key.or(leaf_key.as_ref()).expect("a signing key");
+        let verifier_pem = leaf.as_ref().map(IssuedCert::pem).unwrap_or_else(|| key.public_pem());
         let chain = format!("{}{}", self.fulcio_intermediate.pem(), self.fulcio_root.pem());
         let payload = self.image_statement(image, &opts);
         let pae = sigstore_verify::types::pae(&opts.payload_type, &payload);
@@ -516,8 +548,8 @@ impl Stack {
         }))
         .expect("envelope");
         let body = match entry {
-            ("dsse", _) => rekor::dsse_body(&envelope, &payload, &signature, &leaf.pem()),
-            _ => rekor::intoto_body(&envelope, &opts.payload_type, &payload, &signature, &leaf.pem()),
+            ("dsse", _) => rekor::dsse_body(&envelope, &payload, &signature, &verifier_pem),
+            _ => rekor::intoto_body(&envelope, &opts.payload_type, &payload, &signature, &verifier_pem),
         };
         let rekor_bundle = opts
             .tlog
@@ -525,8 +557,8 @@ impl Stack {
         LegacyAttestation {
             layer_digest: Some(Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &envelope)),
             envelope,
-            certificate: Some(leaf.pem()),
-            chain: Some(chain),
+            certificate: leaf.as_ref().map(IssuedCert::pem),
+            chain: leaf.is_some().then_some(chain),
             rekor_bundle,
             rfc3161_timestamp: None,
             predicate_type: Some(predicate_type.into()),
