@@ -34,7 +34,8 @@
 //!    (2b) A required attestation (an in-toto Statement v1 or v0.1 of another
 //!    predicate type, see [`attestation`]) is bound the same way, by subject,
 //!    and goes through steps 1-9 like a signature; conditions on its predicate
-//!    are checked after step 9.
+//!    are checked after step 9. A cosign legacy `.att` layer is first rebuilt
+//!    into the v0.1 bundle it amounts to ([`legacy_attestation`]).
 //! 3. Establish verified signing times from SETs and RFC 3161 timestamps.
 //!    (3a) A token whose signer (issuer and serial, or subject key
 //!    identifier) is no TSA of the trust root is skipped, reported in
