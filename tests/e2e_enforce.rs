@@ -855,10 +855,20 @@ enum Att {
     Tampered { predicate_type: &'static str, predicate: serde_json::Value, san: &'static str },
 }
 
-/// Signature plus provenance and scan, attached as referrers (`in_bundle_dir`: as files in the
-/// node's bundle directory instead) to a fresh image at `att/<name>:1`; pulls it through
-/// pullgate.
-async fn attested_pull(c: &Ctx, name: &str, atts: Vec<Att>, in_bundle_dir: bool) -> Result<(String, Result<String, tonic::Status>), Failed> {
+/// Where the attestations of a case are published.
+#[derive(Clone, Copy, PartialEq)]
+enum Place {
+    /// As cosign v3 bundle referrers (listed in the referrers tag schema).
+    Referrers,
+    /// As files in the node's bundle directory.
+    BundleDir,
+    /// As layers of cosign's legacy `sha256-<hex>.att` tag (`cosign attest` before v3).
+    AttTag,
+}
+
+/// Signature plus provenance and scan, attached at `place` to a fresh image at `att/<name>:1`;
+/// pulls it through pullgate.
+async fn attested_pull(c: &Ctx, name: &str, atts: Vec<Att>, place: Place) -> Result<(String, Result<String, tonic::Status>), Failed> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let repo = format!("att/{name}");
@@ -866,30 +876,39 @@ async fn attested_pull(c: &Ctx, name: &str, atts: Vec<Att>, in_bundle_dir: bool)
     let subject: pullgate::verify::Digest = digest.to_string().parse()?;
     let now = c.stack.lock().unwrap().now;
     sign_and_push(&mut c.stack.lock().unwrap(), &c.pusher, &repo, &digest, &SignOptions::new(now), Format::Bundle).await?;
+    let mut att_layers = Vec::new();
     for (i, att) in atts.into_iter().enumerate() {
         let (predicate_type, predicate, san, tamper) = match att {
             Att::Valid { predicate_type, predicate, san } => (predicate_type, predicate, san, false),
             Att::Tampered { predicate_type, predicate, san } => (predicate_type, predicate, san, true),
         };
-        let mut bundle = {
-            let mut stack = c.stack.lock().unwrap();
-            let mut opts = SignOptions::new(now);
-            opts.identity.san = support::sigstore::certs::San::Uri(san.into());
-            stack.attest_image(&subject, &opts, predicate_type, predicate).bundle
-        };
+        let mut opts = SignOptions::new(now);
+        opts.identity.san = support::sigstore::certs::San::Uri(san.into());
+        if place == Place::AttTag {
+            // What `cosign attest` v2 pushes: Statement v0.1, an intoto/0.0.2 entry and its SET.
+            opts.statement_type = "https://in-toto.io/Statement/v0.1".into();
+            let legacy = c.stack.lock().unwrap().attest_image_legacy(&subject, &opts, predicate_type, predicate, ("intoto", "0.0.2"));
+            ensure!(!tamper, "tampering is not a case for the .att tag here");
+            att_layers.push((legacy.envelope.clone(), json!(legacy.annotations())));
+            continue;
+        }
+        let mut bundle = c.stack.lock().unwrap().attest_image(&subject, &opts, predicate_type, predicate).bundle;
         if tamper {
             let payload = base64_decode(bundle["dsseEnvelope"]["payload"].as_str().ok_or("no payload")?);
             let edited = String::from_utf8(payload)?.replace("refs/heads/evil", "refs/heads/main");
             bundle["dsseEnvelope"]["payload"] = json!(b64.encode(edited));
         }
         let bytes = bundle.to_string();
-        if in_bundle_dir {
+        if place == Place::BundleDir {
             let file = c.tb.dir.join("bundles").join(format!("{}.{i}.att.json", digest.file_stem()));
             std::fs::create_dir_all(file.parent().unwrap())?;
             std::fs::write(&file, bytes)?;
         } else {
             support::signer::push_attestation(&c.pusher, &repo, &digest, predicate_type, bytes.as_bytes()).await?;
         }
+    }
+    if !att_layers.is_empty() {
+        support::registry::push::push_attestation_layers(&c.pusher, &repo, &digest, &att_layers).await?;
     }
     let image = format!("{}/{repo}:1", c.registry);
     let result = pull(&c.pg_sock, &image).await;
@@ -901,15 +920,33 @@ fn attestations(c: &Ctx) -> TestResult {
     let good_provenance = || Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/main"), san: DEFAULT_SAN };
     let fresh_scan = || Att::Valid { predicate_type: VULN, predicate: vuln_scan(now - 3600), san: SCANNER };
     c.rt.block_on(async {
-        // Allowed: from referrers (the referrers tag schema here), and from the bundle directory.
-        for (name, dir) in [("allowed", false), ("allowed-files", true)] {
-            let (image, result) = attested_pull(c, name, vec![good_provenance(), fresh_scan()], dir).await?;
+        // Allowed: from referrers (the referrers tag schema here), from the bundle directory, and
+        // from cosign's legacy `.att` tag alone.
+        for (name, place) in [("allowed", Place::Referrers), ("allowed-files", Place::BundleDir), ("allowed-att", Place::AttTag)] {
+            let (image, result) = attested_pull(c, name, vec![good_provenance(), fresh_scan()], place).await?;
             result.map_err(|s| format!("{name}: attested image refused: {}", s.message()))?;
             let r = c.audit().into_iter().rev().find(|r| r.image == image).ok_or("no audit record")?;
             ensure!(r.decision == "allow" && r.policy == "attested" && r.reason.contains(&format!("attested: {SLSA}, {VULN}")), "{name}: {r:?}");
+            if place == Place::AttTag {
+                // `pullgate verify IMAGE` lists the `.att` layers like the others.
+                let out = Command::new(daemon::binary()).args(["verify", "--config"]).arg(c.tb.dir.join("enforce.yaml")).arg(&image).output()?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                ensure!(out.status.code() == Some(0), "verify refused it:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+                for t in [SLSA, VULN] {
+                    ensure!(
+                        stdout.lines().any(|l| l.contains(&format!("ok      attestation {t} from layer")) && l.contains(".att on ") && l.contains("satisfies authority release-workflow")),
+                        "verify output lacks the .att attestation {t}:\n{stdout}"
+                    );
+                }
+            }
         }
         let refusals: Vec<(&str, Vec<Att>, Vec<String>)> = vec![
             ("missing", vec![fresh_scan()], vec![format!("attestation {SLSA}: not found")]),
+            (
+                "condition-att",
+                vec![Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/evil"), san: DEFAULT_SAN }, fresh_scan()],
+                vec![format!(r#"attestation {SLSA}: buildDefinition.externalParameters.workflow.ref = "refs/heads/evil", want "refs/heads/main""#)],
+            ),
             (
                 "wrong-signer",
                 vec![Att::Valid { predicate_type: SLSA, predicate: provenance("refs/heads/main"), san: "https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main" }, fresh_scan()],
@@ -932,7 +969,8 @@ fn attestations(c: &Ctx) -> TestResult {
             ),
         ];
         for (name, atts, want) in refusals {
-            let (image, result) = attested_pull(c, name, atts, false).await?;
+            let place = if name.ends_with("-att") { Place::AttTag } else { Place::Referrers };
+            let (image, result) = attested_pull(c, name, atts, place).await?;
             let want: Vec<&str> = want.iter().map(String::as_str).collect();
             let msg = expect_refusal(result, &want)?;
             eprintln!("{name}: {msg}");

@@ -490,3 +490,39 @@ async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
     let got = registry.resolve_and_discover(&reference, None, |ok| assert!(!ok)).await.unwrap_err().to_string();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_attestation_tag_is_read_only_when_attestations_are_required() {
+    let fake = FakeRegistry::start(false).await;
+    let (digest, _) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    let envelope = br#"{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[{"keyid":"","sig":"MEUC"}]}"#.to_vec();
+    let annotations = serde_json::json!({"predicateType": SLSA, "dev.sigstore.cosign/bundle": "{}"});
+    // An `.att` manifest with one DSSE layer (discovery does not verify; the engine does).
+    push::push_attestation_layers(&p, "team/app", &digest, &[(envelope.clone(), annotations)]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let registry = Registry::new(config(dir.path()));
+
+    // Without a policy requiring attestations the tag is not even looked up.
+    fake.clear_log();
+    let report = registry.inspect("ghcr.io/team/app:1", None).await.unwrap();
+    assert!(report.discovery.steps.iter().all(|s| s.step != Step::AttestationTag), "{report}");
+    assert!(report.discovery.materials.is_empty(), "{report}");
+    let tag = digest.cosign_attestation_tag();
+    assert!(!fake.log().iter().any(|l| l.contains(&tag)), "{:#?}", fake.log());
+
+    let report = registry.inspect_with("ghcr.io/team/app:1", None, true).await.unwrap();
+    assert_eq!(outcome(&report, &digest, Step::AttestationTag), Outcome::Found { candidates: 1 });
+    match &report.discovery.materials[..] {
+        [Material::LegacyAttestation { envelope: got, annotations, subject, source: Source::SignatureTag { tag: t, .. }, .. }] => {
+            assert_eq!(got.as_ref(), envelope.as_slice());
+            assert_eq!(annotations.get("predicateType").map(String::as_str), Some(SLSA));
+            assert_eq!((subject, t), (&digest, &tag));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(report.to_string().contains("cosign .att tag: 1 candidate(s)"), "{report}");
+
+    assert!(report.discovery.errors().is_empty(), "{:?}", report.discovery.errors());
+}

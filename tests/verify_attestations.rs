@@ -2,6 +2,8 @@
 //! provenance and a cosign vulnerability-scan predicate, and the engine judges them with the
 //! same steps as signatures, plus the policy's conditions. The last test takes cosign's own
 //! on-wire attestation from `../shared/vectors` (`cosign_oci-attestation`) through the same path.
+//! The `legacy_att_*` tests do the same for cosign's legacy `.att` layers (DSSE envelope, Rekor
+//! SET of an `intoto/0.0.2` or `dsse/0.0.1` entry), rebuilt into bundles as enforcement does.
 
 mod support;
 
@@ -13,7 +15,9 @@ use pullgate::policy::{
     KeylessIdentity, StringMatcher, Test,
 };
 use pullgate::verify::image::verify_image_at;
-use pullgate::verify::{verify_image, Digest, ImageDecision, PublicKey, SignatureMaterial};
+use pullgate::verify::attestation::STATEMENT_V01;
+use pullgate::verify::legacy_attestation::DSSE_ENVELOPE_MEDIA_TYPE;
+use pullgate::verify::{verify_image, Digest, ImageDecision, LegacyAttestation, PublicKey, SignatureMaterial};
 use serde_json::{json, Value};
 use support::sigstore::certs::San;
 use support::sigstore::keys::{KeyAlg, TestKey};
@@ -316,4 +320,201 @@ fn cosign_on_wire_attestation_vector() {
     let d = decide("cody@soyland.com", "2025-04-01T00:00:00Z");
     let why = d.requirements[0].reason.clone().unwrap();
     assert_eq!(why, "attestation https://cosign.sigstore.dev/attestation/v1: Timestamp = \"2025-02-28T19:18:11Z\", want a time no older than 1d");
+}
+
+// --- cosign's legacy `.att` tag -----------------------------------------------------------------
+
+/// The bundle a `.att` layer is rebuilt into, through the layer form the registry gives
+/// (media type, digest, annotations, blob), as the enforcement path does.
+fn from_att(name: &str, att: &LegacyAttestation) -> Result<SignatureMaterial, String> {
+    let digest = att.layer_digest.as_ref().map(ToString::to_string).unwrap_or_default();
+    let layer = LegacyAttestation::from_layer(DSSE_ENVELOPE_MEDIA_TYPE, &digest, &att.annotations(), att.envelope.clone())
+        .map_err(|e| e.to_string())?;
+    let json = layer.to_bundle_json().map_err(|e| e.to_string())?;
+    Ok(material(name, String::from_utf8(json).unwrap()))
+}
+
+impl Fixture {
+    /// Provenance as `cosign attest` v2 writes it: Statement v0.1, `intoto/0.0.2` entry.
+    fn legacy_provenance(&mut self, workflow_ref: &str, san: &str) -> LegacyAttestation {
+        let mut opts = signed_by(&self.stack, san);
+        opts.statement_type = STATEMENT_V01.into();
+        self.stack.attest_image_legacy(&self.image, &opts, SLSA, provenance(workflow_ref), INTOTO)
+    }
+    fn legacy_scan(&mut self, age: i64, entry: (&'static str, &'static str)) -> LegacyAttestation {
+        let opts = signed_by(&self.stack, SCANNER);
+        let finished = self.stack.now - age;
+        self.stack.attest_image_legacy(&self.image, &opts, VULN, scan(finished, 0), entry)
+    }
+}
+
+const INTOTO: (&str, &str) = ("intoto", "0.0.2");
+const DSSE: (&str, &str) = ("dsse", "0.0.1");
+
+/// Re-points `att` at an edited envelope (as a registry would serve it: the layer digest is the
+/// new blob's).
+fn with_envelope(att: &LegacyAttestation, envelope: Value) -> LegacyAttestation {
+    let mut att = att.clone();
+    att.envelope = serde_json::to_vec(&envelope).unwrap();
+    att.layer_digest = Some(Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &att.envelope));
+    att
+}
+
+#[test]
+fn legacy_att_layers_are_judged_like_bundles() {
+    let mut f = Fixture::new(50);
+    let provenance = f.legacy_provenance("refs/heads/main", BUILDER);
+    // The Rekor body is an intoto/0.0.2 entry with the envelope's payload type, the signature
+    // base64-encoded twice and the payload hash; its SET is the stack's Rekor key's.
+    let set = pullgate::verify::RekorSetBundle::parse(provenance.rekor_bundle.as_deref().unwrap()).unwrap();
+    let body: Value = serde_json::from_slice(&set.body_bytes()).unwrap();
+    assert_eq!((body["kind"].as_str(), body["apiVersion"].as_str()), (Some("intoto"), Some("0.0.2")));
+    assert!(body["spec"]["content"]["payloadHash"]["value"].is_string());
+    assert!(f.stack.trust().verify_rekor_set_bundle(&set).is_ok());
+
+    for entry in [INTOTO, DSSE] {
+        let candidates = [f.signature(), from_att(".att provenance", &provenance).unwrap(), from_att(".att scan", &f.legacy_scan(3600, entry)).unwrap()];
+        let d = f.decide(&candidates);
+        assert!(d.allowed, "{entry:?}: {}", d.reason());
+        assert!(d.reason().contains(&format!("attested: {SLSA}, {VULN}")), "{}", d.reason());
+        assert_eq!(d.attestations.len(), 2);
+        assert_eq!(d.attestations[0].source, ".att provenance");
+        assert_eq!(d.attestations[0].signer.as_deref(), Some(BUILDER));
+    }
+    // A `.att` layer and a v3 referrer mix: either satisfies its own requirement.
+    let candidates = [f.signature(), from_att(".att", &provenance).unwrap(), f.scan(60)];
+    assert!(f.decide(&candidates).allowed);
+    // A failing condition is reported as for a bundle.
+    let evil = f.legacy_provenance("refs/heads/evil", BUILDER);
+    let d = { let c = [f.signature(), from_att(".att", &evil).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert_eq!(
+        d.reason(),
+        format!(r#"attestation {SLSA}: buildDefinition.externalParameters.workflow.ref = "refs/heads/evil", want "refs/heads/main""#)
+    );
+}
+
+#[test]
+fn legacy_att_tampered_payload_is_refused() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut f = Fixture::new(51);
+    let att = f.legacy_provenance("refs/heads/evil", BUILDER);
+    let mut envelope: Value = serde_json::from_slice(&att.envelope).unwrap();
+    let payload = b64.decode(envelope["payload"].as_str().unwrap()).unwrap();
+    let edited = String::from_utf8(payload).unwrap().replace("refs/heads/evil", "refs/heads/main");
+    envelope["payload"] = json!(b64.encode(edited));
+    let tampered = with_envelope(&att, envelope);
+    let d = { let c = [f.signature(), from_att(".att", &tampered).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert!(!d.allowed);
+    let r = d.reason();
+    assert!(r.starts_with(&format!("attestation {SLSA}: invalid signature")) && !r.contains("want \"refs/heads/main\""), "{r}");
+    assert!(d.attestations[0].signer.is_none(), "{:?}", d.attestations[0]);
+    // The blob no longer hashing to its layer digest is refused before anything else.
+    let mut swapped = tampered.clone();
+    swapped.layer_digest = att.layer_digest.clone();
+    let err = from_att(".att", &swapped).unwrap_err();
+    assert!(err.contains("payload digest mismatch"), "{err}");
+}
+
+#[test]
+fn legacy_att_set_must_be_over_this_envelope() {
+    let mut f = Fixture::new(52);
+    let good = f.legacy_provenance("refs/heads/main", BUILDER);
+    let other = f.legacy_provenance("refs/heads/main", BUILDER);
+    // A valid SET, but over another attestation's entry (another signature and key).
+    let mut borrowed = good.clone();
+    borrowed.rekor_bundle = other.rekor_bundle.clone();
+    let d = { let c = [f.signature(), from_att(".att", &borrowed).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert!(!d.allowed);
+    let r = d.reason();
+    assert!(r.starts_with(&format!("attestation {SLSA}: log entry does not match")) && d.attestations[0].signer.is_none(), "{r}");
+    // This attestation's body under the other entry's SET: the SET does not verify.
+    let mut spliced: Value = serde_json::from_str(other.rekor_bundle.as_deref().unwrap()).unwrap();
+    let own: Value = serde_json::from_str(good.rekor_bundle.as_deref().unwrap()).unwrap();
+    spliced["Payload"]["body"] = own["Payload"]["body"].clone();
+    let mut forged = good.clone();
+    forged.rekor_bundle = Some(spliced.to_string());
+    let d = { let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: invalid signed entry timestamp")), "{}", d.reason());
+    // No SET at all: no proof the attestation was logged.
+    let mut no_set = good.clone();
+    no_set.rekor_bundle = None;
+    assert!(from_att(".att", &no_set).unwrap_err().contains("dev.sigstore.cosign/bundle"));
+}
+
+#[test]
+fn legacy_att_wrong_signer_or_subject_is_refused() {
+    let mut f = Fixture::new(53);
+    let forged = f.legacy_provenance("refs/heads/main", "https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main");
+    let d = { let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert!(!d.allowed);
+    let r = d.reason();
+    assert!(r.starts_with(&format!("attestation {SLSA}: identity mismatch")) && r.contains("evil/fork"), "{r}");
+
+    // Provenance of another image, pushed on this image's `.att` tag.
+    let mut opts = signed_by(&f.stack, BUILDER);
+    opts.statement_type = STATEMENT_V01.into();
+    let about_other = f.stack.attest_image_legacy(&image_digest(98), &opts, SLSA, provenance("refs/heads/main"), INTOTO);
+    let d = { let c = [f.signature(), from_att(".att", &about_other).unwrap(), f.scan(60)]; f.decide(&c) };
+    assert!(d.reason().contains("subject digest mismatch"), "{}", d.reason());
+}
+
+#[test]
+fn legacy_att_malformed_layers_are_refused_with_a_reason() {
+    let mut f = Fixture::new(54);
+    let att = f.legacy_provenance("refs/heads/main", BUILDER);
+    let digest = att.layer_digest.as_ref().unwrap().to_string();
+    // A `.sig` layer media type is not an attestation.
+    let err = LegacyAttestation::from_layer("application/vnd.dev.cosign.simplesigning.v1+json", &digest, &att.annotations(), att.envelope.clone()).unwrap_err();
+    assert!(err.to_string().contains("application/vnd.dsse.envelope.v1+json"), "{err}");
+    // Not an envelope, two signatures, an unsupported entry kind.
+    let not_json = with_envelope(&att, json!("nope"));
+    assert!(from_att(".att", &not_json).unwrap_err().contains("DSSE envelope"));
+    let mut envelope: Value = serde_json::from_slice(&att.envelope).unwrap();
+    let sig = envelope["signatures"][0].clone();
+    envelope["signatures"] = json!([sig.clone(), sig]);
+    assert!(from_att(".att", &with_envelope(&att, envelope)).unwrap_err().contains("2 signatures"));
+    let mut old: Value = serde_json::from_str(att.rekor_bundle.as_deref().unwrap()).unwrap();
+    old["Payload"]["body"] = json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"{"kind":"intoto","apiVersion":"0.0.1","spec":{}}"#));
+    let mut v001 = att.clone();
+    v001.rekor_bundle = Some(old.to_string());
+    let err = from_att(".att", &v001).unwrap_err();
+    assert!(err.contains("intoto/0.0.1"), "{err}");
+}
+
+#[test]
+fn legacy_att_signed_with_a_key() {
+    // `cosign attest --key`: no certificate annotations; the configured key verifies, and the
+    // logged entry names that key.
+    let mut f = Fixture::new(56);
+    let key = TestKey::generate(KeyAlg::P256);
+    let public = PublicKey::from_pem(&key.public_pem()).unwrap();
+    let mut opts = f.stack.options();
+    opts.statement_type = STATEMENT_V01.into();
+    let keyed = f.stack.attest_image_legacy_with_key(&f.image, &opts, SLSA, provenance("refs/heads/main"), &key);
+    assert!(keyed.certificate.is_none() && keyed.chain.is_none());
+    let policy = |public: PublicKey| {
+        let requirement = AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
+        let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap().with_attestations(vec![requirement]);
+        IdentityPolicy::any_of(vec![authority]).unwrap()
+    };
+    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(public)) };
+    assert!(d.allowed, "{}", d.reason());
+    // Another key does not verify it.
+    let other = PublicKey::from_pem(&TestKey::generate(KeyAlg::P256).public_pem()).unwrap();
+    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(other)) };
+    assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: ")), "{}", d.reason());
+}
+
+#[test]
+fn freshness_deadline_of_an_allowed_decision() {
+    // The scan requirement holds until its scan is 7 days old; with two scans, until the newer
+    // one is; the provenance requirement has no time condition.
+    let mut f = Fixture::new(55);
+    let candidates = [f.signature(), f.provenance("refs/heads/main"), f.scan(3600), f.scan(2 * 86400)];
+    let d = f.decide(&candidates);
+    assert!(d.allowed, "{}", d.reason());
+    let until = |t: &str| d.requirements.iter().find(|r| r.predicate_type == t).unwrap().fresh_until;
+    assert_eq!(until(SLSA), None);
+    assert_eq!(until(VULN), Some(jiff::Timestamp::from_second(f.stack.now - 3600 + 7 * 86400).unwrap()));
 }

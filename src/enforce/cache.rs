@@ -5,7 +5,9 @@
 //! decisions unreachable at once (and [`DecisionCache::clear`] frees them). Concurrent requests
 //! for the same key share one computation (single flight): 100 pods pulling one image at once
 //! cause one discovery and one verification. Allowed decisions live for `allow_ttl`, refusals
-//! only for `deny_ttl`, so a signature pushed a moment after a refusal is picked up soon.
+//! only for `deny_ttl`, so a signature pushed a moment after a refusal is picked up soon. A
+//! decision that holds only until a known moment (an attestation's `notOlderThan` condition
+//! turning false, see [`DecisionCache::with_deadline`]) lives no longer than that.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -27,10 +29,13 @@ pub enum Lookup {
 }
 
 struct Slot<V> {
-    cell: Arc<OnceCell<(Arc<V>, Instant)>>,
+    cell: Arc<OnceCell<Entry<V>>>,
     /// Insertion number, to find the oldest entry when the cache is full.
     seq: u64,
 }
+
+/// A decision, when it was stored, and how long it stays fresh from then.
+type Entry<V> = (Arc<V>, Instant, Duration);
 
 struct Inner<K, V> {
     map: HashMap<K, Slot<V>>,
@@ -48,6 +53,8 @@ pub struct DecisionCache<K, V> {
     deny_ttl: Duration,
     /// Tells allowed decisions (long TTL) from refusals (short TTL).
     is_allowed: fn(&V) -> bool,
+    /// The wall-clock moment a decision stops holding, if it has one.
+    deadline: fn(&V) -> Option<jiff::Timestamp>,
 }
 
 impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
@@ -58,23 +65,40 @@ impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
             allow_ttl,
             deny_ttl,
             is_allowed,
+            deadline: |_| None,
         }
+    }
+
+    /// Decisions that stop holding at a known moment (`deadline`) expire then at the latest,
+    /// even within their TTL.
+    pub fn with_deadline(mut self, deadline: fn(&V) -> Option<jiff::Timestamp>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long `v`, stored now, stays fresh: its TTL, capped at its deadline.
     fn ttl(&self, v: &V) -> Duration {
-        if (self.is_allowed)(v) {
-            self.allow_ttl
-        } else {
-            self.deny_ttl
+        let ttl = if (self.is_allowed)(v) { self.allow_ttl } else { self.deny_ttl };
+        match (self.deadline)(v) {
+            Some(deadline) => {
+                let left = jiff::Timestamp::now().duration_until(deadline);
+                ttl.min(Duration::try_from(left).unwrap_or(Duration::ZERO))
+            }
+            None => ttl,
         }
     }
 
-    fn fresh(&self, entry: &(Arc<V>, Instant), now: Instant) -> bool {
-        now.duration_since(entry.1) < self.ttl(&entry.0)
+    fn entry(&self, value: Arc<V>) -> Entry<V> {
+        let ttl = self.ttl(&value);
+        (value, Instant::now(), ttl)
+    }
+
+    fn fresh(&self, entry: &Entry<V>, now: Instant) -> bool {
+        now.duration_since(entry.1) < entry.2
     }
 
     /// A fresh cached decision, without computing one.
@@ -111,7 +135,7 @@ impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
             .get_or_init(|| async {
                 computed = true;
                 let value = compute().await;
-                (Arc::new(value), Instant::now())
+                self.entry(Arc::new(value))
             })
             .await;
         (entry.0.clone(), if computed { Lookup::Miss } else { Lookup::Joined })
@@ -122,11 +146,11 @@ impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
         let now = Instant::now();
         let mut inner = self.lock();
         let cell = self.insert(&mut inner, key, now);
-        let _ = cell.set((value, now));
+        let _ = cell.set(self.entry(value));
     }
 
     /// Puts an empty slot for `key`, evicting to stay within capacity.
-    fn insert(&self, inner: &mut Inner<K, V>, key: K, now: Instant) -> Arc<OnceCell<(Arc<V>, Instant)>> {
+    fn insert(&self, inner: &mut Inner<K, V>, key: K, now: Instant) -> Arc<OnceCell<Entry<V>>> {
         if !inner.map.contains_key(&key) && inner.map.len() >= self.capacity {
             // Expired entries go first; then the oldest.
             let expired: Vec<K> = inner
@@ -224,6 +248,33 @@ mod tests {
         assert!(*v && l == Lookup::Miss, "a signature pushed after the refusal is picked up");
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(c.peek(&"ok".into()).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_approval_expires_when_its_freshness_condition_turns_false() {
+        // An image allowed under `notOlderThan`: the decision holds until the attested scan
+        // gets too old, here 30 s from now, well within the 600 s allow TTL.
+        type V = (bool, Option<jiff::Timestamp>);
+        let c: DecisionCache<String, V> =
+            DecisionCache::new(10, Duration::from_secs(600), Duration::from_secs(10), |v: &V| v.0).with_deadline(|v: &V| v.1);
+        let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30);
+        c.get_or_compute("scanned".into(), || async move { (true, Some(soon)) }).await;
+        c.get_or_compute("plain".into(), || async { (true, None) }).await;
+        // Past already: never served from the cache.
+        let past = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        c.put("stale".into(), Arc::new((true, Some(past))));
+        assert!(c.peek(&"stale".into()).is_none());
+        assert!(c.peek(&"scanned".into()).is_some());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(c.peek(&"scanned".into()).is_none(), "a cached allow outlived the freshness the policy demands");
+        assert!(c.peek(&"plain".into()).is_some());
+        let (_, l) = c.get_or_compute("scanned".into(), || async { (false, None) }).await;
+        assert_eq!(l, Lookup::Miss);
+        // A deadline later than the TTL leaves the TTL in charge.
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600);
+        c.put("fresh".into(), Arc::new((true, Some(later))));
+        tokio::time::advance(Duration::from_secs(601)).await;
+        assert!(c.peek(&"fresh".into()).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,8 +15,9 @@ use crate::registry::{self, Credentials, Discovery, Material, Reference, Registr
 use crate::trust::TrustHandle;
 use crate::verify::image::{verify_image, ImageDecision, SignatureMaterial};
 use crate::verify::legacy::LegacySignature;
+use crate::verify::legacy_attestation::LegacyAttestation;
 use crate::verify::trust::TrustMaterial;
-use crate::verify::Signer;
+use crate::verify::{Signer, VerifyError};
 
 /// Checks images on the mirror against the installed trust root.
 pub struct MirrorChecker {
@@ -85,6 +86,21 @@ fn candidates_for(materials: &[Material], subject: &registry::Digest) -> (Vec<Si
                     Err(e) => problems.push(format!("{source}: {e}")),
                 }
             }
+            // Rebuilt into the Sigstore bundle it amounts to and judged as any attestation.
+            Material::LegacyAttestation { digest, envelope, annotations, source, .. } => {
+                match LegacyAttestation::from_layer(
+                    crate::verify::legacy_attestation::DSSE_ENVELOPE_MEDIA_TYPE,
+                    &digest.to_string(),
+                    annotations,
+                    envelope.to_vec(),
+                )
+                .map_err(VerifyError::from)
+                .and_then(|a| a.to_bundle_json())
+                {
+                    Ok(json) => out.push(SignatureMaterial::Bundle { source: source.to_string(), json }),
+                    Err(e) => problems.push(format!("{source}: {e}")),
+                }
+            }
         }
     }
     (out, problems)
@@ -117,6 +133,8 @@ fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
         reason,
         identity: identity.into_iter().collect::<Vec<_>>().join(", "),
         source: source.into_iter().collect::<Vec<_>>().join(", "),
+        // The earliest moment a satisfied `notOlderThan` condition turns false.
+        fresh_until: decision.requirements.iter().filter(|r| r.satisfied).filter_map(|r| r.fresh_until).min(),
         ..Default::default()
     }
 }

@@ -57,6 +57,9 @@ pub struct Outcome {
     /// Allowed: the config digests (containerd's image IDs) of the verified manifest(s) this
     /// decision admits at CreateContainer.
     pub configs: Vec<Digest>,
+    /// Allowed under attestation `notOlderThan` conditions: when the first of them turns false;
+    /// the cached decision expires then at the latest.
+    pub fresh_until: Option<jiff::Timestamp>,
 }
 
 /// Freshness of the trust root, as the gate needs it.
@@ -226,7 +229,8 @@ impl Enforcer {
     pub fn new(policy: PolicySet, cache: &CacheConfig, checker: Arc<dyn Checker>, audit: AuditLog, node: String) -> Enforcer {
         Enforcer {
             policy: RwLock::new(Arc::new(policy)),
-            cache: DecisionCache::new(cache.capacity, cache.allow_ttl, cache.deny_ttl, |o: &Outcome| o.allowed),
+            cache: DecisionCache::new(cache.capacity, cache.allow_ttl, cache.deny_ttl, |o: &Outcome| o.allowed)
+                .with_deadline(|o: &Outcome| o.fresh_until),
             checker,
             audit,
             node,

@@ -166,12 +166,39 @@ pub struct SignerConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     pub path: String,
-    pub equals: Option<String>,
+    pub equals: Option<ScalarConfig>,
     pub matches: Option<String>,
     #[serde(rename = "oneOf", alias = "one_of")]
-    pub one_of: Option<Vec<String>>,
+    pub one_of: Option<Vec<ScalarConfig>>,
     #[serde(rename = "notOlderThan", alias = "not_older_than")]
     pub not_older_than: Option<String>,
+}
+
+/// A value `equals` and `oneOf` compare with: a string, number or boolean as written (anything
+/// else is a config error naming the key).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum ScalarConfig {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl ScalarConfig {
+    /// The JSON text a predicate field is compared by (strings as they are).
+    fn text(&self) -> Option<String> {
+        match self {
+            ScalarConfig::Bool(b) => Some(b.to_string()),
+            ScalarConfig::Int(n) => Some(n.to_string()),
+            ScalarConfig::UInt(n) => Some(n.to_string()),
+            ScalarConfig::Float(f) => serde_json::Number::from_f64(*f).map(|n| n.to_string()),
+            ScalarConfig::Text(s) => Some(s.clone()),
+            ScalarConfig::Other(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -418,15 +445,17 @@ fn compile_condition(c: &ConditionConfig, key: &str) -> Result<Condition, Policy
     if tests.iter().filter(|t| **t).count() != 1 {
         return Err(err(key.to_string(), "set exactly one of `equals`, `matches`, `oneOf` or `notOlderThan`"));
     }
+    let scalar = |v: &ScalarConfig, key: String| v.text().ok_or_else(|| err(key, "want a string, number or boolean"));
     let test = if let Some(v) = &c.equals {
-        Test::Equals(v.clone())
+        Test::Equals(scalar(v, format!("{key}.equals"))?)
     } else if let Some(r) = &c.matches {
         Test::Matches(StringMatcher::regex(r).map_err(|e| err(format!("{key}.matches"), e.to_string()))?)
     } else if let Some(set) = &c.one_of {
         if set.is_empty() {
             return Err(err(format!("{key}.oneOf"), "list at least one value"));
         }
-        Test::OneOf(set.clone())
+        let values = set.iter().enumerate().map(|(i, v)| scalar(v, format!("{key}.oneOf[{i}]"))).collect::<Result<_, _>>()?;
+        Test::OneOf(values)
     } else {
         let text = c.not_older_than.clone().unwrap_or_default();
         let d = crate::config::parse_duration(&text).map_err(|e| err(format!("{key}.notOlderThan"), e))?;
@@ -638,6 +667,16 @@ policies:
         assert!(a.attestations[0].signers.is_none() && a.attestations[1].signers.is_some());
         assert!(matches!(a.attestations[1].conditions[0].test, Test::NotOlderThan(d, _) if d.as_secs() == 7 * 86400));
         assert!(!parse(BASE).unwrap().policies()[0].identity.has_attestations());
+        // `equals` and `oneOf` take numbers and booleans as well as strings, compared by their
+        // JSON text.
+        let typed = yaml.replace(r#"oneOf: ["0"]"#, r#"oneOf: [0, false, "x", 1.5]"#).replace("equals: refs/heads/main", "equals: 3");
+        let set = parse(&typed).unwrap();
+        let a = &set.policies()[0].identity.authorities()[0];
+        assert!(matches!(&a.attestations[0].conditions[0].test, Test::Equals(v) if v == "3"));
+        let want: Vec<String> = ["0", "false", "x", "1.5"].map(String::from).to_vec();
+        assert!(matches!(&a.attestations[1].conditions[1].test, Test::OneOf(v) if *v == want), "{:?}", a.attestations[1].conditions[1].test);
+        let p = serde_json::json!({"metadata": {"scanFinishedOn": "2026-12-06T00:00:00Z"}, "scanner": {"result": {"summary": {"critical": 0}}}});
+        assert!(a.attestations[1].conditions[1].check(&p, jiff::Timestamp::now()).is_ok());
     }
 
     #[test]
@@ -707,6 +746,10 @@ policies:
             ("            conditions:\n              - path: b\n                notOlderThan: soon\n", format!("{a}.conditions[0].notOlderThan")),
             ("            conditions:\n              - path: b\n                notOlderThan: 0s\n", format!("{a}.conditions[0].notOlderThan")),
             ("            conditions:\n              - path: b\n                oneOf: []\n", format!("{a}.conditions[0].oneOf")),
+            ("            conditions:\n              - path: b\n                equals: [1]\n", format!("{a}.conditions[0].equals")),
+            ("            conditions:\n              - path: b\n                equals: {x: 1}\n", format!("{a}.conditions[0].equals")),
+            ("            conditions:\n              - path: b\n                oneOf: [0, {x: 1}]\n", format!("{a}.conditions[0].oneOf[1]")),
+            ("            conditions:\n              - path: b\n                equals: null\n", format!("{a}.conditions[0]")),
             ("            signer:\n              keyless:\n                identities:\n                  - subject: s\n", format!("{a}.signer.keyless.identities[0]")),
             ("            signer: {}\n", format!("{a}.signer")),
         ];

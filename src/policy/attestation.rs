@@ -7,9 +7,9 @@
 //!
 //! | condition | meaning |
 //! |---|---|
-//! | `equals: V` | the field is the string `V` (numbers and booleans compare by their JSON text) |
+//! | `equals: V` | the field is `V`, a string, number or boolean (compared by JSON text) |
 //! | `matches: RE` | the field is a string that the regular expression matches whole (anchored) |
-//! | `oneOf: [A, B]` | the field equals one of the listed strings |
+//! | `oneOf: [A, B]` | the field equals one of the listed values |
 //! | `notOlderThan: 7d` | the field is an RFC 3339 time no older than the duration (`s`, `m`, `h`, `d`) |
 //!
 //! `path` is a dotted path into the statement's `predicate`, with `[N]` for array elements and
@@ -212,6 +212,28 @@ impl AttestationRequirement {
     pub fn check_conditions(&self, predicate: &Value, now: jiff::Timestamp) -> Result<(), String> {
         self.conditions.iter().try_for_each(|c| c.check(predicate, now))
     }
+
+    /// The earliest moment one of the `notOlderThan` conditions turns false on `predicate`;
+    /// `None` when no condition depends on the time.
+    pub fn fresh_until(&self, predicate: &Value) -> Option<jiff::Timestamp> {
+        self.conditions.iter().filter_map(|c| c.fresh_until(predicate)).min()
+    }
+}
+
+impl Condition {
+    /// For `notOlderThan`: the field's time plus the allowed age (when the condition turns
+    /// false). An unreadable field gives the epoch: the condition does not hold.
+    fn fresh_until(&self, predicate: &Value) -> Option<jiff::Timestamp> {
+        let Test::NotOlderThan(max, _) = &self.test else {
+            return None;
+        };
+        let time = self.path.lookup(predicate).and_then(Value::as_str).and_then(|s| s.parse::<jiff::Timestamp>().ok());
+        let max = jiff::SignedDuration::try_from(*max).unwrap_or(jiff::SignedDuration::MAX);
+        Some(match time {
+            Some(t) => t.checked_add(max).unwrap_or(jiff::Timestamp::MAX),
+            None => jiff::Timestamp::UNIX_EPOCH,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -262,8 +284,15 @@ mod tests {
         assert_eq!(e, r#"scan.finished = "2026-12-01T00:00:00Z", want a time no older than 1d"#);
         let e = cond("scan.count", week.clone()).check(&p, now).unwrap_err();
         assert!(e.contains("not an RFC 3339 time"), "{e}");
-        let e = cond("scan.missing", week).check(&p, now).unwrap_err();
+        let e = cond("scan.missing", week.clone()).check(&p, now).unwrap_err();
         assert_eq!(e, "scan.missing is missing, want a time no older than 7d");
+        // When the freshness conditions turn false: the earliest of them; none without one.
+        let req = |conditions| AttestationRequirement { predicate_type: "x:y".into(), signers: None, conditions };
+        let three_days = Test::NotOlderThan(Duration::from_secs(3 * 86400), "3d".into());
+        let r = req(vec![cond("scan.finished", week.clone()), cond("scan.finished", three_days), cond("scan.count", Test::Equals("3".into()))]);
+        assert_eq!(r.fresh_until(&p), Some("2026-12-04T00:00:00Z".parse().unwrap()));
+        assert_eq!(req(vec![cond("scan.count", Test::Equals("3".into()))]).fresh_until(&p), None);
+        assert_eq!(req(vec![cond("scan.missing", week)]).fresh_until(&p), Some(jiff::Timestamp::UNIX_EPOCH));
         // Long values are cut.
         let long = json!({"x": "y".repeat(1000)});
         let e = cond("x", Test::Equals("z".into())).check(&long, now).unwrap_err();

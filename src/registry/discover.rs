@@ -9,7 +9,9 @@
 //!    kept too, while the filter takes one value, so one unfiltered listing (paged, bounded) is
 //!    filtered here;
 //! 2. the referrers tag schema: an OCI index at tag `sha256-<hex>`;
-//! 3. cosign's legacy signature tag `sha256-<hex>.sig`: its simple-signing layers;
+//! 3. cosign's legacy signature tag `sha256-<hex>.sig`: its simple-signing layers (and, when a
+//!    policy requires attestations, the legacy attestation tag `sha256-<hex>.att`: its DSSE
+//!    envelope layers);
 //! 4. the local bundle directory: `<dir>/sha256-<hex>.json` and `<dir>/sha256-<hex>.sigstore.json`.
 //!
 //! Listings come from the endpoints with the `pull` capability, in containerd's order (a 404 or
@@ -21,8 +23,8 @@
 //! is not cosign's signature predicate is an attestation: kept aside (not fetched), never used as
 //! a signature, unless a policy requires attestations ([`DiscoverSettings::attestations`]): then
 //! it is fetched like a signature bundle, and so are `<dir>/sha256-<hex>.<name>.att.json` files;
-//! the verification engine tells the two apart by the statement's predicate type. (cosign's
-//! legacy `.att` tag is not read yet.) Each step's outcome and every problem met is reported,
+//! the verification engine tells the two apart by the statement's predicate type; cosign's
+//! legacy `.att` tag is read then too. Each step's outcome and every problem met is reported,
 //! for the decision report.
 
 use std::collections::{BTreeMap, HashSet};
@@ -49,6 +51,8 @@ pub const BUNDLE_MEDIA_TYPES: &[&str] = &[
 ];
 /// The layer media type of a cosign simple-signing signature.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer media type of a cosign legacy attestation (a DSSE envelope) on the `.att` tag.
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// Artifact type of cosign's signatures stored as OCI 1.1 referrers (cosign 2.x experimental).
 pub const COSIGN_SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// Annotation cosign puts on bundle referrers saying what the bundle's statement is.
@@ -71,6 +75,7 @@ pub enum Step {
     ReferrersTag,
     SignatureTag,
     BundleDir,
+    AttestationTag,
 }
 
 impl fmt::Display for Step {
@@ -80,6 +85,7 @@ impl fmt::Display for Step {
             Step::ReferrersTag => "referrers tag",
             Step::SignatureTag => "cosign .sig tag",
             Step::BundleDir => "bundle directory",
+            Step::AttestationTag => "cosign .att tag",
         })
     }
 }
@@ -92,7 +98,7 @@ pub enum Source {
     ReferrersApi { endpoint: String, manifest: Digest, blob: Digest },
     /// A referrer listed in the referrers tag schema index at `tag`.
     ReferrersTag { endpoint: String, tag: String, manifest: Digest, blob: Digest },
-    /// A layer of cosign's legacy signature manifest at `tag`.
+    /// A layer of cosign's legacy signature (`.sig`) or attestation (`.att`) manifest at `tag`.
     SignatureTag { endpoint: String, tag: String, manifest: Digest, layer: Digest },
     /// A bundle file on the node.
     BundleFile { path: PathBuf },
@@ -136,18 +142,30 @@ pub enum Material {
         annotations: BTreeMap<String, String>,
         source: Source,
     },
+    /// A cosign legacy attestation (a layer of the `.att` tag): the DSSE envelope and the
+    /// layer's annotations (`dev.sigstore.cosign/certificate`, `.../chain`, `.../bundle`,
+    /// `predicateType`).
+    LegacyAttestation {
+        subject: Digest,
+        /// The layer digest, which the envelope bytes hash to.
+        digest: Digest,
+        #[serde(skip)]
+        envelope: Bytes,
+        annotations: BTreeMap<String, String>,
+        source: Source,
+    },
 }
 
 impl Material {
     pub fn subject(&self) -> &Digest {
         match self {
-            Material::Bundle { subject, .. } | Material::LegacySignature { subject, .. } => subject,
+            Material::Bundle { subject, .. } | Material::LegacySignature { subject, .. } | Material::LegacyAttestation { subject, .. } => subject,
         }
     }
 
     pub fn source(&self) -> &Source {
         match self {
-            Material::Bundle { source, .. } | Material::LegacySignature { source, .. } => source,
+            Material::Bundle { source, .. } | Material::LegacySignature { source, .. } | Material::LegacyAttestation { source, .. } => source,
         }
     }
 }
@@ -332,7 +350,8 @@ async fn discover_subject(
     settings: &DiscoverSettings<'_>,
 ) -> SubjectResult {
     let ctx = Ctx { transport, op, pullers, repo, subject, settings };
-    let (api, tag, sig, files) = tokio::join!(ctx.referrers_api(), ctx.referrers_tag(), ctx.signature_tag(), ctx.bundle_files());
+    let (api, tag, sig, files, att) =
+        tokio::join!(ctx.referrers_api(), ctx.referrers_tag(), ctx.signature_tag(), ctx.bundle_files(), ctx.attestation_tag());
     let mut out = SubjectResult::default();
     let mut seen = HashSet::new();
     for (step, listing) in [(Step::ReferrersApi, api), (Step::ReferrersTag, tag)] {
@@ -358,6 +377,10 @@ async fn discover_subject(
     for (step, (outcome, materials, problems)) in [(Step::SignatureTag, sig), (Step::BundleDir, files)] {
         out.materials.extend(materials);
         out.steps.push(StepReport { subject: subject.clone(), step, outcome, problems });
+    }
+    if let Some((outcome, materials, problems)) = att {
+        out.materials.extend(materials);
+        out.steps.push(StepReport { subject: subject.clone(), step: Step::AttestationTag, outcome, problems });
     }
     out
 }
@@ -543,10 +566,22 @@ impl Ctx<'_> {
     }
 
     async fn signature_tag(&self) -> (Outcome, Vec<Material>, Vec<String>) {
+        self.cosign_tag(self.subject.cosign_signature_tag(), SIMPLE_SIGNING).await
+    }
+
+    /// cosign's legacy attestation tag, only when a policy requires attestations.
+    async fn attestation_tag(&self) -> Option<(Outcome, Vec<Material>, Vec<String>)> {
+        if !self.settings.attestations {
+            return None;
+        }
+        Some(self.cosign_tag(self.subject.cosign_attestation_tag(), DSSE_ENVELOPE).await)
+    }
+
+    /// The layers of media type `layer_type` of the cosign manifest at `tag` (`.sig` or `.att`).
+    async fn cosign_tag(&self, tag: String, layer_type: &'static str) -> (Outcome, Vec<Material>, Vec<String>) {
         if self.pullers.is_empty() {
             return (Outcome::Failed { error: "no endpoint with the `pull` capability is configured".into() }, vec![], vec![]);
         }
-        let tag = self.subject.cosign_signature_tag();
         let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
         let (endpoint, body) = match self.get_tag(&tag, accept).await {
             Err(error) => return (Outcome::Failed { error }, vec![], vec![]),
@@ -562,10 +597,11 @@ impl Ctx<'_> {
             }
         };
         let mut problems = Vec::new();
-        let layers: Vec<&Descriptor> = manifest.layers().iter().filter(|l| l.media_type().to_string() == SIMPLE_SIGNING).collect();
+        let layers: Vec<&Descriptor> = manifest.layers().iter().filter(|l| l.media_type().to_string() == layer_type).collect();
         let skipped = manifest.layers().len() - layers.len();
         if skipped > 0 {
-            problems.push(format!("{endpoint}: tag {tag}: {skipped} layer(s) that are not simple-signing signatures were ignored"));
+            let what = if layer_type == SIMPLE_SIGNING { "simple-signing signatures" } else { "DSSE attestations" };
+            problems.push(format!("{endpoint}: tag {tag}: {skipped} layer(s) that are not {what} were ignored"));
         }
         if layers.len() > MAX_SIGNATURE_LAYERS {
             problems.push(format!("{endpoint}: tag {tag} has {} signatures; only the first {MAX_SIGNATURE_LAYERS} were examined", layers.len()));
@@ -581,12 +617,12 @@ impl Ctx<'_> {
                 let body = self.blob(&eps, &layer_digest, layer.size()).await?;
                 let annotations: BTreeMap<String, String> =
                     layer.annotations().clone().unwrap_or_default().into_iter().collect();
-                Ok::<_, String>(Material::LegacySignature {
-                    subject: self.subject.clone(),
-                    digest: layer_digest.clone(),
-                    payload: body,
-                    annotations,
-                    source: Source::SignatureTag { endpoint, tag, manifest: manifest_digest, layer: layer_digest },
+                let source = Source::SignatureTag { endpoint, tag, manifest: manifest_digest, layer: layer_digest.clone() };
+                let subject = self.subject.clone();
+                Ok::<_, String>(if layer_type == SIMPLE_SIGNING {
+                    Material::LegacySignature { subject, digest: layer_digest, payload: body, annotations, source }
+                } else {
+                    Material::LegacyAttestation { subject, digest: layer_digest, envelope: body, annotations, source }
                 })
             }
         });

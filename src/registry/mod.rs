@@ -12,7 +12,7 @@
 //! - [`client`]: the bounded HTTP client (timeouts, size limits, per-host concurrency, auth).
 //! - [`platform`]: containerd's platform normalisation and choice from a multi-arch index.
 //! - [`resolve`]: tag → digest, manifests and blobs fetched by digest and verified.
-//! - [`discover`]: referrers API, referrers tag schema, cosign `.sig` tags, local bundles.
+//! - [`discover`]: referrers API, referrers tag schema, cosign `.sig` and `.att` tags, local bundles.
 //! - [`config`]: the `registry:` configuration section and the registry command-line flags.
 //!
 //! [`Registry`] ties them together; [`Registry::inspect`] is what `pullgate verify IMAGE` and
@@ -312,6 +312,7 @@ impl fmt::Display for Report {
             let kind = match m {
                 Material::Bundle { .. } => "bundle",
                 Material::LegacySignature { .. } => "legacy signature",
+                Material::LegacyAttestation { .. } => "legacy attestation",
             };
             writeln!(f, "  candidate: {kind} for {} from {}", m.subject(), m.source())?;
         }

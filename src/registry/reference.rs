@@ -147,6 +147,11 @@ impl Digest {
         format!("{}-{}.sig", self.algorithm.name(), self.hex)
     }
 
+    /// The tag cosign stores legacy attestations under: the signature tag with `.att`.
+    pub fn cosign_attestation_tag(&self) -> String {
+        format!("{}-{}.att", self.algorithm.name(), self.hex)
+    }
+
     /// The file stem a bundle for this digest has in the local bundle directory.
     pub fn file_stem(&self) -> String {
         format!("{}-{}", self.algorithm.name(), self.hex)

@@ -138,6 +138,10 @@ pub struct RequirementOutcome {
     /// `attestation <type>: <why>`, when not satisfied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Satisfied under `notOlderThan` conditions: the moment the last satisfying attestation
+    /// stops meeting them (a cached decision must not outlive it).
+    #[serde(skip)]
+    pub fresh_until: Option<jiff::Timestamp>,
 }
 
 /// How far a candidate got: a later stage is the more useful reason.
@@ -173,6 +177,8 @@ pub fn judge(
             let signers = req.signers.as_ref().unwrap_or(&authority.signers);
             let mut best: Option<(Stage, String)> = None;
             let mut satisfied = false;
+            // Over the satisfying candidates: `Some(None)` once one holds regardless of time.
+            let mut fresh_until: Option<Option<jiff::Timestamp>> = None;
             for (c, outcome) in candidates.iter().zip(outcomes.iter_mut()) {
                 if c.predicate_type != req.predicate_type {
                     continue;
@@ -190,7 +196,14 @@ pub fn judge(
                         Some(why)
                     }
                 };
-                satisfied |= reason.is_none();
+                if reason.is_none() {
+                    satisfied = true;
+                    let until = req.fresh_until(c.statement.get("predicate").unwrap_or(&Value::Null));
+                    fresh_until = Some(match fresh_until {
+                        None => until,
+                        Some(seen) => seen.zip(until).map(|(a, b)| a.max(b)),
+                    });
+                }
                 outcome.judgments.push(Judgment {
                     authority: authority.name.clone(),
                     satisfied: reason.is_none(),
@@ -210,6 +223,7 @@ pub fn judge(
                 satisfied,
                 signed: signed.get(i).copied().unwrap_or(false),
                 reason,
+                fresh_until: fresh_until.flatten(),
             });
         }
     }

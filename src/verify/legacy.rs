@@ -52,7 +52,7 @@ pub const CRITICAL_TYPE: &str = "cosign container image signature";
 /// Real payloads are ~300 bytes; optional annotations rarely add more than a few KiB.
 const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 /// Bound for each annotation value (certificates and chains are a few KiB).
-const MAX_ANNOTATION_BYTES: usize = 256 << 10;
+pub(crate) const MAX_ANNOTATION_BYTES: usize = 256 << 10;
 
 /// One cosign legacy signature: a simple-signing layer and its annotations.
 #[derive(Debug, Clone, Default)]
@@ -158,7 +158,7 @@ impl LegacySignature {
     }
 }
 
-fn bounded(what: &'static str, size: usize, limit: usize) -> Result<(), MaterialError> {
+pub(crate) fn bounded(what: &'static str, size: usize, limit: usize) -> Result<(), MaterialError> {
     if size > limit {
         return Err(MaterialError::TooLarge { what, size, limit });
     }
@@ -230,7 +230,7 @@ impl RekorSetBundle {
         b64(&self.body).unwrap_or_default()
     }
 
-    fn kind(&self) -> Result<(String, String), MaterialError> {
+    pub(crate) fn kind(&self) -> Result<(String, String), MaterialError> {
         // Only the two top-level fields: no `Value` tree of the whole body.
         // A field that is absent or not a string reads as "", as before.
         #[derive(Deserialize)]
@@ -272,7 +272,7 @@ impl RekorSetBundle {
     }
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .ok()
@@ -699,7 +699,7 @@ fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>]) -> Result<Vec<DerCerti
 /// whitespace ignored). Annotations are small and signed material is checked
 /// later, so this is deliberately simple: anything but blocks and whitespace,
 /// more than 8 blocks, or none at all is an error.
-fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
     let mut out = Vec::new();

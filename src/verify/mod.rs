@@ -6,6 +6,7 @@
 //! - [`bundle`]: cryptographic verification of one Sigstore bundle.
 //! - [`image`]: cosign v3 image binding and the per-image decision.
 //! - [`legacy`]: cosign `.sig` simple-signing layers and their annotations.
+//! - [`legacy_attestation`]: cosign `.att` DSSE layers, rebuilt into attestation bundles.
 //! - [`tlog`]: inclusion proofs, checkpoints and SETs we check ourselves.
 //! - `timestamp`: RFC 3161 tokens against TSA chains validated once per root.
 //! - `sct`: the leaf's embedded SCT (step 5) on the DER, in fast mode.
@@ -33,7 +34,8 @@
 //!    (2b) A required attestation (an in-toto Statement v1 or v0.1 of another
 //!    predicate type, see [`attestation`]) is bound the same way, by subject,
 //!    and goes through steps 1-9 like a signature; conditions on its predicate
-//!    are checked after step 9.
+//!    are checked after step 9. A cosign legacy `.att` layer is first rebuilt
+//!    into the v0.1 bundle it amounts to ([`legacy_attestation`]).
 //! 3. Establish verified signing times from SETs and RFC 3161 timestamps.
 //!    (3a) A token whose signer (issuer and serial, or subject key
 //!    identifier) is no TSA of the trust root is skipped, reported in
@@ -89,6 +91,7 @@ pub mod error;
 pub mod image;
 pub mod keys;
 pub mod legacy;
+pub mod legacy_attestation;
 mod sct;
 mod timestamp;
 pub mod tlog;
@@ -103,6 +106,7 @@ pub use error::VerifyError;
 pub use image::{verify_image, CandidateOutcome, ImageDecision, SignatureMaterial};
 pub use keys::{KeyKind, PublicKey};
 pub use legacy::{LegacySignature, RekorSetBundle};
+pub use legacy_attestation::LegacyAttestation;
 pub use trust::{TrustMaterial, TrustStore};
 
 /// A single-field edit of a valid bundle that verification accepts on

@@ -1,6 +1,6 @@
 //! Pushing test material to a registry over the OCI distribution API (monolithic blob upload,
 //! manifest PUT): works against the testbed's real registry (distribution 2.8) and against the
-//! fake registry of this directory. Also builds what cosign pushes: legacy `.sig` manifests,
+//! fake registry of this directory. Also builds what cosign pushes: legacy `.sig` and `.att` manifests,
 //! Sigstore bundle referrers and referrers-tag-schema indexes.
 
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const DSSE_ENVELOPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
@@ -215,12 +216,23 @@ pub async fn push_bundle_bytes(
 /// Pushes a cosign legacy signature manifest at tag `sha256-<hex>.sig` with these layers
 /// (simple-signing payload bytes and the layer annotations); returns the manifest digest.
 pub async fn push_signature_layers(p: &Pusher, repo: &str, subject: &Digest, layers: &[(Vec<u8>, Value)]) -> Result<Digest, String> {
+    push_cosign_layers(p, repo, &subject.cosign_signature_tag(), SIMPLE_SIGNING, layers).await
+}
+
+/// Pushes a cosign legacy attestation manifest at tag `sha256-<hex>.att` with these layers (DSSE
+/// envelope bytes and the layer annotations), as `cosign attest` before v3 does; returns the
+/// manifest digest.
+pub async fn push_attestation_layers(p: &Pusher, repo: &str, subject: &Digest, layers: &[(Vec<u8>, Value)]) -> Result<Digest, String> {
+    push_cosign_layers(p, repo, &subject.cosign_attestation_tag(), DSSE_ENVELOPE, layers).await
+}
+
+async fn push_cosign_layers(p: &Pusher, repo: &str, tag: &str, media_type: &str, layers: &[(Vec<u8>, Value)]) -> Result<Digest, String> {
     let mut descs = Vec::new();
     let mut diff_ids = Vec::new();
     for (payload, annotations) in layers {
         let d = p.blob(repo, payload).await?;
         diff_ids.push(d.to_string());
-        descs.push(json!({"mediaType": SIMPLE_SIGNING, "digest": d.to_string(), "size": payload.len(), "annotations": annotations}));
+        descs.push(json!({"mediaType": media_type, "digest": d.to_string(), "size": payload.len(), "annotations": annotations}));
     }
     let config = serde_json::to_vec(&json!({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})).unwrap();
     let config_digest = p.blob(repo, &config).await?;
@@ -230,7 +242,7 @@ pub async fn push_signature_layers(p: &Pusher, repo: &str, subject: &Digest, lay
         "config": descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len()),
         "layers": descs
     });
-    Ok(p.json_manifest(repo, &subject.cosign_signature_tag(), OCI_MANIFEST, &manifest).await?.0)
+    Ok(p.json_manifest(repo, tag, OCI_MANIFEST, &manifest).await?.0)
 }
 
 /// Pushes the referrers tag schema index for `subject` listing `descriptors`.

@@ -10,7 +10,9 @@
 //!
 //! It signs any image digest as a cosign v3 bundle (DSSE in-toto Statement v1,
 //! predicate `https://sigstore.dev/cosign/sign/v1`) or as a legacy `.sig`
-//! simple-signing layer, keyless or with a key. Options let a test produce
+//! simple-signing layer, keyless or with a key; it attests as a cosign v3
+//! bundle or as a legacy `.att` DSSE layer (`intoto/0.0.2` or `dsse/0.0.1`
+//! entry and SET). Options let a test produce
 //! material that is wrong in exactly one respect; the rest of the tampering
 //! is done on the output JSON.
 
@@ -25,7 +27,7 @@ use serde_json::{json, Value};
 
 use certs::{fulcio_claim, CertSpec, IssuedCert, San, EKU_CODE_SIGNING, EKU_TIME_STAMPING};
 use keys::{KeyAlg, TestKey};
-use pullgate::verify::{Digest, LegacySignature, TrustMaterial};
+use pullgate::verify::{Digest, LegacyAttestation, LegacySignature, TrustMaterial};
 use rekor::{LoggedEntry, Rekor};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -486,6 +488,81 @@ impl Stack {
         opts.predicate_type = predicate_type.into();
         opts.predicate = Some(predicate);
         self.sign_image_v3(image, &opts)
+    }
+
+    /// Keyless legacy attestation (as `cosign attest` before v3 pushes it on the `.att` tag): a
+    /// DSSE envelope layer with the certificate, chain and Rekor SET annotations, logged as
+    /// `entry` (`("intoto", "0.0.2")` as cosign 2.x does, or `("dsse", "0.0.1")`).
+    pub fn attest_image_legacy(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+        entry: (&'static str, &'static str),
+    ) -> LegacyAttestation {
+        self.legacy_attestation(image, opts, predicate_type, predicate, entry, None)
+    }
+
+    /// [`Stack::attest_image_legacy`] signed with `key` (`cosign attest --key`): no certificate.
+    pub fn attest_image_legacy_with_key(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+        key: &TestKey,
+    ) -> LegacyAttestation {
+        self.legacy_attestation(image, opts, predicate_type, predicate, ("intoto", "0.0.2"), Some(key))
+    }
+
+    fn legacy_attestation(
+        &mut self,
+        image: &Digest,
+        opts: &SignOptions,
+        predicate_type: &str,
+        predicate: Value,
+        entry: (&'static str, &'static str),
+        with_key: Option<&TestKey>,
+    ) -> LegacyAttestation {
+        let mut opts = opts.clone();
+        opts.predicate_type = predicate_type.into();
+        opts.predicate = Some(predicate);
+        let (leaf_key, leaf) = match with_key {
+            Some(_) => (None, None),
+            None => {
+                let (key, leaf) = self.issue_leaf(&opts);
+                (Some(key), Some(leaf))
+            }
+        };
+        let key = with_key.or(leaf_key.as_ref()).expect("a signing key");
+        let verifier_pem = leaf.as_ref().map(IssuedCert::pem).unwrap_or_else(|| key.public_pem());
+        let chain = format!("{}{}", self.fulcio_intermediate.pem(), self.fulcio_root.pem());
+        let payload = self.image_statement(image, &opts);
+        let pae = sigstore_verify::types::pae(&opts.payload_type, &payload);
+        let signature = key.sign(&pae);
+        let envelope = serde_json::to_vec(&json!({
+            "payloadType": opts.payload_type,
+            "payload": B64.encode(&payload),
+            "signatures": [{"keyid": "", "sig": B64.encode(&signature)}],
+        }))
+        .expect("envelope");
+        let body = match entry {
+            ("dsse", _) => rekor::dsse_body(&envelope, &payload, &signature, &verifier_pem),
+            _ => rekor::intoto_body(&envelope, &opts.payload_type, &payload, &signature, &verifier_pem),
+        };
+        let rekor_bundle = opts
+            .tlog
+            .then(|| self.rekor.append(body, entry, opts.signing_time).to_cosign_set_bundle());
+        LegacyAttestation {
+            layer_digest: Some(Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &envelope)),
+            envelope,
+            certificate: leaf.as_ref().map(IssuedCert::pem),
+            chain: leaf.is_some().then_some(chain),
+            rekor_bundle,
+            rfc3161_timestamp: None,
+            predicate_type: Some(predicate_type.into()),
+        }
     }
 
     /// Keyless cosign v3 bundle for `image`.

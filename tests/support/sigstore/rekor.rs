@@ -259,6 +259,30 @@ pub fn dsse_body(
     }))
 }
 
+/// An `intoto/0.0.2` body (what cosign 2.x `attest` logs): the envelope without its payload,
+/// each signature base64-encoded once more, the verifier PEM base64-encoded, and the hashes of
+/// the submitted envelope and of the decoded payload.
+pub fn intoto_body(
+    envelope_json: &[u8],
+    payload_type: &str,
+    payload: &[u8],
+    signature: &[u8],
+    verifier_pem: &str,
+) -> Vec<u8> {
+    canonical(&json!({
+        "apiVersion": "0.0.2",
+        "kind": "intoto",
+        "spec": {"content": {
+            "envelope": {
+                "payloadType": payload_type,
+                "signatures": [{"sig": B64.encode(B64.encode(signature)), "publicKey": B64.encode(verifier_pem)}],
+            },
+            "hash": {"algorithm": "sha256", "value": hex::encode(sha256(&[envelope_json]))},
+            "payloadHash": {"algorithm": "sha256", "value": hex::encode(sha256(&[payload]))},
+        }}
+    }))
+}
+
 /// A `rekord/0.0.1` body (cosign before 2022).
 pub fn rekord_body(payload: &[u8], signature: &[u8], verifier_pem: &str) -> Vec<u8> {
     canonical(&json!({
