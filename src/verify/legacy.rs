@@ -546,7 +546,7 @@ impl TrustMaterial {
         Ok(super::timestamp::verify(&self.tsa, token, signature)?)
     }
 
-    fn verify_fulcio_chain(
+    pub(super) fn verify_fulcio_chain(
         &self,
         leaf: &DerCertificate,
         chain: &[DerCertificate],
