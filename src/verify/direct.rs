@@ -141,6 +141,7 @@ impl TrustMaterial {
         }
 
         // Step 7: the signature, and what it binds.
+        let mut digests = Digests::new(artifact);
         match (&bundle.content, statement) {
             (SignatureContent::DsseEnvelope(envelope), Some(statement)) => {
                 sigstore_verify::crypto::verify_signature(
@@ -150,9 +151,11 @@ impl TrustMaterial {
                     scheme,
                 )
                 .ok()?;
-                let sha256 = artifact_digest(artifact, HashAlgorithm::Sha2256)
+                let sha256 = digests
+                    .get(HashAlgorithm::Sha2256)
                     .and_then(|d| Sha256Hash::try_from(d.as_slice()).ok());
-                let sha512 = artifact_digest(artifact, HashAlgorithm::Sha2512)
+                let sha512 = digests
+                    .get(HashAlgorithm::Sha2512)
                     .and_then(|d| Sha512Hash::try_from(d.as_slice()).ok());
                 let bound = sha256.is_some_and(|d| statement.matches_sha256(&d))
                     || sha512.is_some_and(|d| statement.matches_sha512(&d));
@@ -162,11 +165,11 @@ impl TrustMaterial {
             }
             (SignatureContent::MessageSignature(m), None) => {
                 if let Some(d) = &m.message_digest {
-                    if artifact_digest(artifact, d.algorithm)? != d.digest.as_bytes() {
+                    if digests.get(d.algorithm)? != d.digest.as_bytes() {
                         return None;
                     }
                 }
-                let digest = artifact_digest(artifact, scheme.hash_algorithm()?)?;
+                let digest = digests.get(scheme.hash_algorithm()?)?;
                 sigstore_verify::crypto::verify_signature_prehashed(
                     &info.public_key,
                     &digest,
@@ -180,29 +183,52 @@ impl TrustMaterial {
 
         // Step 8: each entry describes this signature.
         for entry in entries {
-            entry_matches(entry, bundle, artifact, leaf)?;
+            entry_matches(entry, bundle, &mut digests, leaf)?;
         }
         Some(Direct { info, times })
     }
 }
 
-/// The artifact's digest in `algorithm`, as the library's prepared artifact
-/// holds it: computed for bytes, and only the given one for a digest.
-fn artifact_digest(artifact: ArtifactRef<'_>, algorithm: HashAlgorithm) -> Option<Vec<u8>> {
-    use sigstore_verify::crypto::{sha256, sha384, sha512};
-    match artifact {
-        ArtifactRef::Bytes(bytes) => match algorithm {
-            HashAlgorithm::Sha2256 => Some(sha256(bytes).as_bytes().to_vec()),
-            HashAlgorithm::Sha2384 => Some(sha384(bytes).as_bytes().to_vec()),
-            HashAlgorithm::Sha2512 => Some(sha512(bytes).as_bytes().to_vec()),
-            _ => None,
-        },
-        ArtifactRef::Digest(digest) => {
-            let own = match digest.algorithm() {
-                DigestAlgorithm::Sha256 => HashAlgorithm::Sha2256,
-                DigestAlgorithm::Sha512 => HashAlgorithm::Sha2512,
-            };
-            (own == algorithm).then(|| digest.as_bytes().to_vec())
+/// The artifact's digests, as the library's prepared artifact holds them:
+/// computed for bytes (each algorithm once, when first asked), and only the
+/// given one for a digest.
+struct Digests<'a> {
+    artifact: ArtifactRef<'a>,
+    computed: Vec<(HashAlgorithm, Vec<u8>)>,
+}
+
+impl<'a> Digests<'a> {
+    fn new(artifact: ArtifactRef<'a>) -> Self {
+        Self {
+            artifact,
+            computed: Vec::new(),
+        }
+    }
+
+    /// The digest in `algorithm`, or `None` where the library has none.
+    fn get(&mut self, algorithm: HashAlgorithm) -> Option<Vec<u8>> {
+        use sigstore_verify::crypto::{sha256, sha384, sha512};
+        match self.artifact {
+            ArtifactRef::Bytes(bytes) => {
+                if let Some((_, known)) = self.computed.iter().find(|(a, _)| *a == algorithm) {
+                    return Some(known.clone());
+                }
+                let digest = match algorithm {
+                    HashAlgorithm::Sha2256 => sha256(bytes).as_bytes().to_vec(),
+                    HashAlgorithm::Sha2384 => sha384(bytes).as_bytes().to_vec(),
+                    HashAlgorithm::Sha2512 => sha512(bytes).as_bytes().to_vec(),
+                    _ => return None,
+                };
+                self.computed.push((algorithm, digest.clone()));
+                Some(digest)
+            }
+            ArtifactRef::Digest(digest) => {
+                let own = match digest.algorithm() {
+                    DigestAlgorithm::Sha256 => HashAlgorithm::Sha2256,
+                    DigestAlgorithm::Sha512 => HashAlgorithm::Sha2512,
+                };
+                (own == algorithm).then(|| digest.as_bytes().to_vec())
+            }
         }
     }
 }
@@ -211,7 +237,7 @@ fn artifact_digest(artifact: ArtifactRef<'_>, algorithm: HashAlgorithm) -> Optio
 fn entry_matches(
     entry: &TransparencyLogEntry,
     bundle: &Bundle,
-    artifact: ArtifactRef<'_>,
+    digests: &mut Digests<'_>,
     leaf: &DerCertificate,
 ) -> Option<()> {
     let body = RekorEntryBody::parse(&entry.canonicalized_body, entry.kind_version).ok()?;
@@ -237,7 +263,7 @@ fn entry_matches(
         }
         (SignatureContent::MessageSignature(m), RekorEntryBody::HashedRekordV001(rekord)) => {
             let expected = Sha256Hash::from_hex(rekord.spec.data.hash.value.as_str()).ok()?;
-            let actual = artifact_digest(artifact, HashAlgorithm::Sha2256)?;
+            let actual = digests.get(HashAlgorithm::Sha2256)?;
             if expected.as_bytes()[..] != actual[..] {
                 return None;
             }

@@ -369,22 +369,33 @@ fn set_payload(
     log_id_hex: &str,
 ) -> Result<Vec<u8>, TlogError> {
     const EXACT: u64 = 1 << 53;
-    let plain = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+    /// The bytes of base64 and hex text, which canonical JSON writes as is.
+    const PLAIN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
+            b += 1;
+        }
+        table
     };
+    let plain = |s: &str| s.bytes().all(|b| PLAIN[b as usize]);
     if integrated_time.unsigned_abs() < EXACT
         && log_index.unsigned_abs() < EXACT
         && plain(body_base64)
         && plain(log_id_hex)
     {
-        use std::io::Write as _;
-        let mut out = Vec::with_capacity(body_base64.len() + log_id_hex.len() + 80);
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            out,
-            "{{\"body\":\"{body_base64}\",\"integratedTime\":{integrated_time},\"logID\":\"{log_id_hex}\",\"logIndex\":{log_index}}}"
-        );
+        let mut out = Vec::with_capacity(body_base64.len() + log_id_hex.len() + 100);
+        out.extend_from_slice(b"{\"body\":\"");
+        out.extend_from_slice(body_base64.as_bytes());
+        out.extend_from_slice(b"\",\"integratedTime\":");
+        out.extend_from_slice(integrated_time.to_string().as_bytes());
+        out.extend_from_slice(b",\"logID\":\"");
+        out.extend_from_slice(log_id_hex.as_bytes());
+        out.extend_from_slice(b"\",\"logIndex\":");
+        out.extend_from_slice(log_index.to_string().as_bytes());
+        out.push(b'}');
         return Ok(out);
     }
     let payload = SetPayload {
