@@ -14,6 +14,7 @@ use super::certificate::CertificateIdentity;
 use super::digest::Digest;
 use super::error::{from_bundle_structure, one_line, CertificateError, MaterialError, VerifyError};
 use super::keys::PublicKey;
+use super::timestamp::ParsedToken;
 use super::tlog;
 use super::trust::TrustMaterial;
 
@@ -176,10 +177,17 @@ impl TrustMaterial {
         self.check_material(bundle)?;
         // (3a) Tokens from a TSA the trust root does not list are set aside
         //      (both modes, so the library never sees them either).
-        let (filtered, skipped) = self.without_unlisted_timestamps(bundle);
+        let parsed: Vec<ParsedToken> = bundle
+            .verification_material
+            .timestamp_verification_data
+            .rfc3161_timestamps
+            .iter()
+            .map(|t| super::timestamp::parse_token(t.signed_timestamp.as_bytes()))
+            .collect();
+        let (filtered, skipped, parsed) = self.without_unlisted_timestamps(bundle, parsed);
         let bundle = filtered.as_ref().unwrap_or(bundle);
         let mut verified = match signer {
-            ExpectedSigner::Certificate => self.verify_keyless(bundle, artifact, mode),
+            ExpectedSigner::Certificate => self.verify_keyless(bundle, artifact, mode, &parsed),
             ExpectedSigner::Key(key) => self.verify_with_key(bundle, artifact, key),
         }?;
         verified.skipped_timestamps = skipped;
@@ -201,22 +209,21 @@ impl TrustMaterial {
     /// time sources (SETs, listed tokens) must still meet the threshold of
     /// one, which the library enforces on what is left. A token that names a
     /// listed TSA but does not verify still refuses the bundle.
-    fn without_unlisted_timestamps(&self, bundle: &Bundle) -> (Option<Bundle>, Vec<String>) {
-        let tokens = &bundle
-            .verification_material
-            .timestamp_verification_data
-            .rfc3161_timestamps;
-        let unlisted: Vec<usize> = tokens
+    /// `parsed` holds the bundle's tokens decoded, in order; what is
+    /// returned holds those of the tokens kept.
+    fn without_unlisted_timestamps(
+        &self,
+        bundle: &Bundle,
+        parsed: Vec<ParsedToken>,
+    ) -> (Option<Bundle>, Vec<String>, Vec<ParsedToken>) {
+        let unlisted: Vec<usize> = parsed
             .iter()
             .enumerate()
-            .filter(|(_, t)| {
-                super::timestamp::signer_listed(&self.tsa, t.signed_timestamp.as_bytes())
-                    == Some(false)
-            })
+            .filter(|(_, t)| super::timestamp::signer_listed(&self.tsa, t) == Some(false))
             .map(|(i, _)| i)
             .collect();
         if unlisted.is_empty() {
-            return (None, Vec::new());
+            return (None, Vec::new(), parsed);
         }
         let notes: Vec<String> = unlisted
             .iter()
@@ -237,14 +244,22 @@ impl TrustMaterial {
                 index += 1;
                 keep
             });
-        (Some(copy), notes)
+        let kept = parsed
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !unlisted.contains(i))
+            .map(|(_, t)| t)
+            .collect();
+        (Some(copy), notes, kept)
     }
 
+    /// `parsed`: the bundle's RFC 3161 tokens, decoded, in order.
     fn verify_keyless(
         &self,
         bundle: &Bundle,
         artifact: ArtifactRef<'_>,
         mode: Mode,
+        parsed: &[ParsedToken],
     ) -> Result<VerifiedSignature, VerifyError> {
         // (1) The material must carry a certificate; a key-signed bundle
         //     cannot satisfy a keyless identity.
@@ -287,18 +302,6 @@ impl TrustMaterial {
                     .timestamp_verification_data
                     .rfc3161_timestamps;
                 let own_timestamps = !tokens.is_empty() && has_set_time(bundle);
-                let stripped;
-                let library_bundle = if own_timestamps {
-                    let mut copy = bundle.clone();
-                    copy.verification_material
-                        .timestamp_verification_data
-                        .rfc3161_timestamps
-                        .clear();
-                    stripped = copy;
-                    &stripped
-                } else {
-                    bundle
-                };
                 // (3), (4), (7), (8): the library. Its step 0 verifies each
                 //     Rekor v1 SET once to trust the integrated time.
                 // (5) The SCT is ours when the leaf's issuer key is known
@@ -324,19 +327,58 @@ impl TrustMaterial {
                 } else {
                     full_policy.clone()
                 };
-                let result = match self.verifier.verify(artifact.to_library(), library_bundle, &policy) {
-                    Ok(result) => result,
-                    Err(error) => {
-                        // A refusal: report what the library reports with its
-                        // own SCT check (step 5 comes before 7 and 8).
-                        if sct_issuer.is_some() {
-                            if let Err(first) =
-                                self.verifier.verify(artifact.to_library(), library_bundle, &full_policy)
-                            {
-                                return Err(VerifyError::from_library(first));
+                // (3), (4), (7), (8) for the common shapes without the
+                //     library's per-call re-derivations (`direct.rs`); any
+                //     other shape, and anything that does not pass there, is
+                //     decided by the library as before.
+                let direct = match &sct_issuer {
+                    Some(_) if own_timestamps || tokens.is_empty() => {
+                        self.library_steps_direct(bundle, artifact, leaf)
+                    }
+                    _ => None,
+                };
+                let (info, library_times) = match direct {
+                    Some(direct) => (direct.info, direct.times),
+                    None => {
+                        let stripped;
+                        let library_bundle = if own_timestamps {
+                            let mut copy = bundle.clone();
+                            copy.verification_material
+                                .timestamp_verification_data
+                                .rfc3161_timestamps
+                                .clear();
+                            stripped = copy;
+                            &stripped
+                        } else {
+                            bundle
+                        };
+                        let result = match self.verifier.verify(
+                            artifact.to_library(),
+                            library_bundle,
+                            &policy,
+                        ) {
+                            Ok(result) => result,
+                            Err(error) => {
+                                // A refusal: report what the library reports with its
+                                // own SCT check (step 5 comes before 7 and 8).
+                                if sct_issuer.is_some() {
+                                    if let Err(first) = self.verifier.verify(
+                                        artifact.to_library(),
+                                        library_bundle,
+                                        &full_policy,
+                                    ) {
+                                        return Err(VerifyError::from_library(first));
+                                    }
+                                }
+                                return Err(VerifyError::from_library(error));
                             }
-                        }
-                        return Err(VerifyError::from_library(error));
+                        };
+                        let info = result.certificate().ok_or_else(|| {
+                            CertificateError::Malformed(
+                                "verified bundle reported no certificate".into(),
+                            )
+                        })?;
+                        (info.clone(), result.verified_timestamps().to_vec())
                     }
                 };
                 if let Some((issuer_key_hash, ct)) = &sct_issuer {
@@ -346,27 +388,19 @@ impl TrustMaterial {
                 for entry in &bundle.verification_material.tlog_entries {
                     tlog::verify_inclusion(entry, &self.rekor_keys)?;
                 }
+                let mut all = library_times;
                 if own_timestamps {
                     let signature = signature_bytes(bundle)?;
                     let mut times = Vec::with_capacity(tokens.len());
-                    for token in tokens {
-                        times.push(super::timestamp::verify(
-                            &self.tsa,
-                            token.signed_timestamp.as_bytes(),
-                            signature,
-                        )?);
+                    for token in parsed {
+                        times.push(super::timestamp::verify_parsed(&self.tsa, token, signature)?);
                     }
                     // (4) The certificate must be valid at these times too.
                     //     When its CA's window might not cover them, let the
                     //     library decide with the full bundle.
-                    let info = result.certificate().ok_or_else(|| {
-                        CertificateError::Malformed(
-                            "verified bundle reported no certificate".into(),
-                        )
-                    })?;
                     for time in &times {
                         if !self.ca_covers(leaf.as_bytes(), *time) {
-                            return self.verify_keyless(bundle, artifact, Mode::Reference);
+                            return self.verify_keyless(bundle, artifact, Mode::Reference, parsed);
                         }
                         if *time < info.not_before {
                             return Err(CertificateError::NotYetValid {
@@ -383,12 +417,9 @@ impl TrustMaterial {
                             .into());
                         }
                     }
-                    let mut all: Vec<jiff::Timestamp> = result.verified_timestamps().to_vec();
                     all.extend(times);
-                    let info = info.clone();
-                    return self.finish_keyless(bundle, leaf.as_bytes(), &info, &all);
                 }
-                result
+                return self.finish_keyless(bundle, leaf.as_bytes(), &info, &all);
             }
         };
         let info = result.certificate().ok_or_else(|| {

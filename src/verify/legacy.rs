@@ -231,6 +231,11 @@ impl RekorSetBundle {
     }
 
     pub(crate) fn kind(&self) -> Result<(String, String), MaterialError> {
+        Self::kind_of(&self.body_bytes())
+    }
+
+    /// `kind` and `apiVersion` of a decoded entry body.
+    fn kind_of(body: &[u8]) -> Result<(String, String), MaterialError> {
         // Only the two top-level fields: no `Value` tree of the whole body.
         // A field that is absent or not a string reads as "", as before.
         #[derive(Deserialize)]
@@ -249,11 +254,10 @@ impl RekorSetBundle {
             Some(Field::Text(text)) => text,
             _ => String::new(),
         };
-        let body = self.body_bytes();
         // `Value` keeps the last of repeated keys; so does this, where a
         // struct would refuse the duplicate.
-        let head: Head = serde_json::from_slice(&body).or_else(|_| {
-            serde_json::from_slice::<serde_json::Value>(&body)
+        let head: Head = serde_json::from_slice(body).or_else(|_| {
+            serde_json::from_slice::<serde_json::Value>(body)
                 .map(|v| Head {
                     kind: v.get("kind").and_then(|v| v.as_str()).map(|s| Field::Text(s.into())),
                     api_version: v
@@ -393,9 +397,10 @@ impl TrustMaterial {
             //     without the SET there is no proof the signature was logged.
             return Err(TlogError::NoProof(format!("no {ANNOTATION_BUNDLE} annotation")).into());
         };
-        let (kind, version) = set.kind()?;
+        let body = set.body_bytes();
+        let (kind, version) = RekorSetBundle::kind_of(&body)?;
         match (kind.as_str(), version.as_str()) {
-            ("hashedrekord", "0.0.1") => self.verify_as_bundle(sig, &parsed, set, signer),
+            ("hashedrekord", "0.0.1") => self.verify_as_bundle(sig, &parsed, set, body, signer),
             ("rekord", "0.0.1") => self.verify_rekord(sig, &parsed, set, signer),
             _ => Err(MaterialError::UnsupportedBundle(format!(
                 "Rekor entry kind {}/{} for a cosign signature",
@@ -412,9 +417,10 @@ impl TrustMaterial {
         sig: &LegacySignature,
         parsed: &Parsed,
         set: &RekorSetBundle,
+        body: Vec<u8>,
         signer: ExpectedSigner<'_>,
     ) -> Result<VerifiedSignature, VerifyError> {
-        let bundle = to_bundle(sig, parsed, set, signer)?;
+        let bundle = to_bundle(sig, parsed, set, body, signer)?;
         self.verify_bundle(&bundle, ArtifactRef::Bytes(&sig.payload), signer)
     }
 
@@ -546,7 +552,7 @@ impl TrustMaterial {
         Ok(super::timestamp::verify(&self.tsa, token, signature)?)
     }
 
-    fn verify_fulcio_chain(
+    pub(super) fn verify_fulcio_chain(
         &self,
         leaf: &DerCertificate,
         chain: &[DerCertificate],
@@ -739,6 +745,7 @@ fn to_bundle(
     sig: &LegacySignature,
     parsed: &Parsed,
     set: &RekorSetBundle,
+    body: Vec<u8>,
     signer: ExpectedSigner<'_>,
 ) -> Result<Bundle, VerifyError> {
     let malformed =
@@ -747,7 +754,7 @@ fn to_bundle(
         LogIndex::new(set.log_index as u64).map_err(|e| malformed(&e))?,
         LogId::new(LogKeyId::new(set.log_id.clone())),
         KindVersion::HashedRekordV001,
-        CanonicalizedBody::new(set.body_bytes()),
+        CanonicalizedBody::new(body),
     )
     .with_integrated_time(timestamp(set.integrated_time)?)
     .with_inclusion_promise(InclusionPromise::new(SignedTimestamp::new(set.set.clone())));

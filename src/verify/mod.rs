@@ -10,6 +10,8 @@
 //! - [`tlog`]: inclusion proofs, checkpoints and SETs we check ourselves.
 //! - `timestamp`: RFC 3161 tokens against TSA chains validated once per root.
 //! - `sct`: the leaf's embedded SCT (step 5) on the DER, in fast mode.
+//! - `direct`: fast mode's own run of the library's steps for the common
+//!   keyless shapes (DSSE with `dsse/0.0.1`, message with `hashedrekord/0.0.1`).
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
 //! - [`digest`]: `sha256:`/`sha512:` digests.
@@ -87,6 +89,7 @@ pub mod bundle;
 pub mod certificate;
 pub mod cli;
 pub mod digest;
+mod direct;
 pub mod error;
 pub mod image;
 pub mod keys;

@@ -9,7 +9,7 @@
 //! per trust root ([`issuer_key_hash`]). Differential tests hold this to the
 //! library's verdict on every vector, tamper case and mutation.
 
-use sigstore_verify::crypto::{Keyring, SigningScheme};
+use sigstore_verify::crypto::SigningScheme;
 use sigstore_verify::trust_root::TrustedRoot;
 use sigstore_verify::types::{Sha256Hash, SignatureBytes};
 
@@ -21,7 +21,7 @@ const SCT_LIST_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0xd6, 0x79, 0x02, 0x
 
 /// The schemes an SCT may name (RFC 5246 SignatureAndHashAlgorithm), as the
 /// library maps them, with the trusted CT log keys for each.
-pub(crate) struct CtKeys(Vec<(u16, SigningScheme, Keyring)>);
+pub(crate) struct CtKeys(Vec<(u16, SigningScheme, super::tlog::ParsedKeyring)>);
 
 impl CtKeys {
     /// The trust root's CT log keys, by scheme (as `Verifier::new` builds them).
@@ -36,7 +36,8 @@ impl CtKeys {
         let mut keys = Vec::with_capacity(schemes.len());
         for (code, scheme) in schemes {
             let ring = root.ctfe_keys(scheme).map_err(|e| one_line(&e.to_string()))?;
-            keys.push((code, scheme, ring));
+            let ids = root.ctlogs.iter().map(|log| log.log_id.key_id.as_bytes());
+            keys.push((code, scheme, super::tlog::ParsedKeyring::with_ids(ring, ids)));
         }
         Ok(Self(keys))
     }
@@ -138,9 +139,16 @@ pub(crate) fn verify(leaf: &[u8], issuer_key_hash: &[u8; 32], ct: &CtKeys) -> Re
     data.extend_from_slice(&precert_tbs);
     data.extend_from_slice(&(sct.extensions.len() as u16).to_be_bytes());
     data.extend_from_slice(sct.extensions);
+    let log_id = Sha256Hash::new(*sct.log_id);
+    if let Some(key) = keyring.key_at(&log_id, issued_at) {
+        if keyring.verify(&log_id, key, &data, sct.signature).is_ok() {
+            return Ok(());
+        }
+    }
+    // Not verified: the keyring's own check decides, in its wording.
     keyring
         .verify_with_key_id_at(
-            &Sha256Hash::new(*sct.log_id),
+            &log_id,
             issued_at,
             &data,
             &SignatureBytes::from_bytes(sct.signature),

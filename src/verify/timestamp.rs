@@ -266,9 +266,19 @@ fn signed_data(content: &der::Any) -> der::Result<(EncapsulatedContentInfo, Sign
 /// not list: sigstore-go and sigstore-python skip such tokens (they cannot be
 /// verified, so they never count towards the threshold). `None` (does not
 /// parse) and `Some(true)` keep the token, which must then verify.
-pub(crate) fn signer_listed(authorities: &[CachedAuthority], token: &[u8]) -> Option<bool> {
-    let parsed = parse(token).ok()?;
+pub(crate) fn signer_listed(authorities: &[CachedAuthority], token: &ParsedToken) -> Option<bool> {
+    let parsed = token.0.as_ref().ok()?;
     Some(authorities.iter().any(|a| signer_matches(a, &parsed.signer.sid)))
+}
+
+/// A token decoded once per verification: the signer lookup (3a) and the
+/// verification (3) both read it (the decode, embedded certificates
+/// included, costs as much as the rest of a token's non-crypto work).
+pub(crate) struct ParsedToken(Result<Token, String>);
+
+/// Decode `token` for [`signer_listed`] and [`verify_parsed`].
+pub(crate) fn parse_token(token: &[u8]) -> ParsedToken {
+    ParsedToken(parse(token))
 }
 
 fn signer_matches(authority: &CachedAuthority, sid: &SignerIdentifier) -> bool {
@@ -290,6 +300,15 @@ pub(crate) fn verify(
     token: &[u8],
     signature: &[u8],
 ) -> Result<Timestamp, TimestampError> {
+    verify_parsed(authorities, &parse_token(token), signature)
+}
+
+/// [`verify`] of a token decoded by [`parse_token`].
+pub(crate) fn verify_parsed(
+    authorities: &[CachedAuthority],
+    token: &ParsedToken,
+    signature: &[u8],
+) -> Result<Timestamp, TimestampError> {
     let now = Timestamp::now();
     let usable: Vec<&CachedAuthority> = authorities
         .iter()
@@ -300,13 +319,13 @@ pub(crate) fn verify(
             "TSA timestamp verification failed: no timestamp authorities configured in trusted root".into(),
         ));
     }
-    let parsed = parse(token).map_err(|e| {
-        TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(&e)))
+    let parsed = token.0.as_ref().map_err(|e| {
+        TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(e)))
     })?;
     let mut rejected_time = None;
     let mut last_error = None;
     for authority in usable {
-        match verify_with(authority, &parsed, signature) {
+        match verify_with(authority, parsed, signature) {
             Ok(time) => {
                 if authority.window.is_none_or(|w| w.contains(time)) {
                     return Ok(time);

@@ -11,19 +11,99 @@
 //! * Coverage. cosign legacy signatures carry a bare SET ("bundle"
 //!   annotation) and, before 2022, `rekord` entries the library cannot parse.
 
+use aws_lc_rs::signature::{self as aws_sig, ParsedPublicKey, VerificationAlgorithm};
 use serde::Serialize;
-use sigstore_verify::crypto::Keyring;
+use sigstore_verify::crypto::{Keyring, SigningScheme, VerificationKey};
+use sigstore_verify::trust_root::TrustedRoot;
 use sigstore_verify::types::bundle::InclusionProof;
 use sigstore_verify::types::{KindVersion, Sha256Hash, SignatureBytes, TransparencyLogEntry};
 
 use super::error::{one_line, TlogError};
+
+/// A keyring of the trust root (Rekor keys; CT log keys in `sct.rs`): the
+/// library's keyring (lookup by log ID and validity window, as the library
+/// does it) plus each ECDSA key parsed once per trust root, so the SET,
+/// checkpoint and SCT checks of every pull do not parse the key again. A
+/// key without a parsed form (another scheme, or one aws-lc refuses) is
+/// verified through the keyring's own key object, as before; both give the
+/// same answer for the same bytes.
+pub(crate) struct ParsedKeyring {
+    keyring: Keyring,
+    parsed: Vec<(Sha256Hash, ParsedPublicKey)>,
+}
+
+/// The trust root's Rekor keys.
+pub(crate) type RekorKeys = ParsedKeyring;
+
+impl std::ops::Deref for ParsedKeyring {
+    type Target = Keyring;
+    fn deref(&self) -> &Keyring {
+        &self.keyring
+    }
+}
+
+impl ParsedKeyring {
+    /// Wrap the root's Rekor keyring and parse its ECDSA keys.
+    pub(crate) fn prepare(root: &TrustedRoot, keyring: Keyring) -> Self {
+        let ids = root.tlogs.iter().map(|log| log.log_id.key_id.as_bytes());
+        Self::with_ids(keyring, ids)
+    }
+
+    /// Wrap `keyring` and parse the ECDSA keys it holds under `ids`.
+    pub(crate) fn with_ids<'a>(keyring: Keyring, ids: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut parsed: Vec<(Sha256Hash, ParsedPublicKey)> = Vec::new();
+        for id in ids {
+            let Ok(id) = Sha256Hash::try_from(id) else {
+                continue;
+            };
+            let Some(key) = keyring.key(&id) else {
+                continue;
+            };
+            let alg: &'static dyn VerificationAlgorithm = match key.scheme() {
+                SigningScheme::EcdsaP256Sha256 => &aws_sig::ECDSA_P256_SHA256_ASN1,
+                SigningScheme::EcdsaP384Sha384 => &aws_sig::ECDSA_P384_SHA384_ASN1,
+                _ => continue,
+            };
+            // The library refuses such a key at every verification; keep
+            // that answer by leaving the key to it.
+            if sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes())
+                .is_err()
+                || parsed.iter().any(|(known, _)| *known == id)
+            {
+                continue;
+            }
+            if let Ok(p) = ParsedPublicKey::new(alg, key.as_bytes()) {
+                parsed.push((id, p));
+            }
+        }
+        Self { keyring, parsed }
+    }
+
+    /// Verify `signature` over `data` with `key`, the keyring's key for
+    /// `key_id` (already looked up with the validity rule of the caller).
+    pub(crate) fn verify(
+        &self,
+        key_id: &Sha256Hash,
+        key: &VerificationKey,
+        data: &[u8],
+        signature: &[u8],
+    ) -> Result<(), String> {
+        match self.parsed.iter().find(|(id, _)| id == key_id) {
+            // On a refusal the keyring's key answers too, for its wording.
+            Some((_, parsed)) if parsed.verify_sig(data, signature).is_ok() => Ok(()),
+            _ => key
+                .verify(data, &SignatureBytes::from_bytes(signature))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
 
 /// Mirror of the library's steps 4 and 5 for one entry: Merkle inclusion
 /// proof, signed checkpoint, and the SET when the library's step 0 did not
 /// already verify it.
 pub(crate) fn verify_inclusion(
     entry: &TransparencyLogEntry,
-    rekor_keys: &Keyring,
+    rekor_keys: &RekorKeys,
 ) -> Result<(), TlogError> {
     if let Some(proof) = &entry.inclusion_proof {
         verify_merkle_inclusion(entry, proof)?;
@@ -59,7 +139,7 @@ pub(crate) fn verify_inclusion(
 ///   (witness cosignatures, which no policy here requires) are not read.
 pub(crate) fn verify_log_identity(
     entry: &TransparencyLogEntry,
-    rekor_keys: &Keyring,
+    rekor_keys: &RekorKeys,
 ) -> Result<(), TlogError> {
     let log_id = entry.log_id.key_id.as_bytes();
     let key_id = Sha256Hash::try_from(log_id)
@@ -124,7 +204,7 @@ pub(crate) fn verify_log_identity(
 fn verify_checkpoint_signer(
     checkpoint: &sigstore_verify::types::Checkpoint,
     key_id: &Sha256Hash,
-    rekor_keys: &Keyring,
+    rekor_keys: &RekorKeys,
 ) -> Result<(), TlogError> {
     let name = log_name(checkpoint.origin());
     // Same validity rule as the library's checkpoint check: a key whose
@@ -146,7 +226,14 @@ fn verify_checkpoint_signer(
         }
         named = true;
         if signature.key_id.as_bytes()[..] == hint[..]
-            && key.verify(checkpoint.signed_data(), &signature.signature).is_ok()
+            && rekor_keys
+                .verify(
+                    key_id,
+                    key,
+                    checkpoint.signed_data(),
+                    signature.signature.as_bytes(),
+                )
+                .is_ok()
         {
             return Ok(());
         }
@@ -248,7 +335,7 @@ struct SetPayload<'a> {
 /// Verify a signed entry timestamp given its parts (as in a cosign `bundle`
 /// annotation). `log_id` is the raw 32-byte log ID.
 pub(crate) fn verify_set_parts(
-    rekor_keys: &Keyring,
+    rekor_keys: &RekorKeys,
     body_base64: &str,
     integrated_time: i64,
     log_index: i64,
@@ -264,16 +351,60 @@ pub(crate) fn verify_set_parts(
         .key_at(&key_id, time)
         .ok_or_else(|| unknown_or_expired(rekor_keys, &key_id, time))?;
     let log_id_hex = hex::encode(log_id);
+    let canonical = set_payload(body_base64, integrated_time, log_index, &log_id_hex)?;
+    rekor_keys
+        .verify(&key_id, key, &canonical, set)
+        .map_err(|e| TlogError::Set(one_line(&e)))
+}
+
+/// The RFC 8785 canonical JSON of a SET payload. Written directly when every
+/// value is one canonical JSON writes as is (keys in UTF-16 order, integers
+/// of at most 2^53 in magnitude, base64 and hex strings, which need no
+/// escaping); anything else goes through `serde_json_canonicalizer`, which
+/// the unit tests compare this against.
+fn set_payload(
+    body_base64: &str,
+    integrated_time: i64,
+    log_index: i64,
+    log_id_hex: &str,
+) -> Result<Vec<u8>, TlogError> {
+    const EXACT: u64 = 1 << 53;
+    /// The bytes of base64 and hex text, which canonical JSON writes as is.
+    const PLAIN: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=';
+            b += 1;
+        }
+        table
+    };
+    let plain = |s: &str| s.bytes().all(|b| PLAIN[b as usize]);
+    if integrated_time.unsigned_abs() < EXACT
+        && log_index.unsigned_abs() < EXACT
+        && plain(body_base64)
+        && plain(log_id_hex)
+    {
+        let mut out = Vec::with_capacity(body_base64.len() + log_id_hex.len() + 100);
+        out.extend_from_slice(b"{\"body\":\"");
+        out.extend_from_slice(body_base64.as_bytes());
+        out.extend_from_slice(b"\",\"integratedTime\":");
+        out.extend_from_slice(integrated_time.to_string().as_bytes());
+        out.extend_from_slice(b",\"logID\":\"");
+        out.extend_from_slice(log_id_hex.as_bytes());
+        out.extend_from_slice(b"\",\"logIndex\":");
+        out.extend_from_slice(log_index.to_string().as_bytes());
+        out.push(b'}');
+        return Ok(out);
+    }
     let payload = SetPayload {
         body: body_base64,
         integrated_time,
         log_index,
-        log_id: &log_id_hex,
+        log_id: log_id_hex,
     };
-    let canonical = serde_json_canonicalizer::to_vec(&payload)
-        .map_err(|e| TlogError::Set(one_line(&e.to_string())))?;
-    key.verify(&canonical, &SignatureBytes::from_bytes(set))
-        .map_err(|e| TlogError::Set(one_line(&e.to_string())))
+    serde_json_canonicalizer::to_vec(&payload).map_err(|e| TlogError::Set(one_line(&e.to_string())))
 }
 
 fn unknown_or_expired(
@@ -292,7 +423,10 @@ fn unknown_or_expired(
 }
 
 /// Verify the SET of a bundle entry.
-fn verify_entry_set(entry: &TransparencyLogEntry, rekor_keys: &Keyring) -> Result<(), TlogError> {
+pub(crate) fn verify_entry_set(
+    entry: &TransparencyLogEntry,
+    rekor_keys: &RekorKeys,
+) -> Result<(), TlogError> {
     let promise = entry
         .inclusion_promise
         .as_ref()
@@ -311,4 +445,36 @@ fn verify_entry_set(entry: &TransparencyLogEntry, rekor_keys: &Keyring) -> Resul
         entry.log_id.key_id.as_bytes(),
         promise.signed_entry_timestamp.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_payload_is_the_canonical_json() {
+        let cases = [
+            ("eyJhIjoxfQ==", 1_700_000_000, 42, "c0d23d6ad406973f9559f3ba2d1ca01f84147d8ffc5b8445c224f98b9591801d"),
+            ("", 0, 0, ""),
+            ("a+b/c=", -1, -(1 << 52), "00"),
+            ("x", (1 << 53) - 1, 1 << 53, "ff"),
+            ("x", i64::MAX, i64::MIN, "ff"),
+            ("not \"plain\" \u{e9}", 5, 6, "ab"),
+        ];
+        for (body, time, index, id) in cases {
+            let want = serde_json_canonicalizer::to_vec(&SetPayload {
+                body,
+                integrated_time: time,
+                log_index: index,
+                log_id: id,
+            })
+            .unwrap();
+            let got = set_payload(body, time, index, id).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+                "{body:?} {time} {index} {id:?}"
+            );
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
-use sigstore_verify::crypto::Keyring;
 use sigstore_verify::trust_root::TrustedRoot;
 use sigstore_verify::types::TimeRange;
 
@@ -34,8 +33,8 @@ pub struct TrustMaterial {
     /// The library verifier: validated keys, CT keyrings and Fulcio anchors.
     pub(crate) verifier: sigstore_verify::Verifier,
     /// Rekor keys parsed once, for the log checks we perform ourselves
-    /// (checkpoint, SET of legacy `.sig` bundles).
-    pub(crate) rekor_keys: Keyring,
+    /// (checkpoint, SETs).
+    pub(crate) rekor_keys: super::tlog::RekorKeys,
     /// Fulcio anchors for the legacy `rekord` path, which the library does not cover.
     pub(crate) fulcio_anchors: Vec<FulcioAnchor>,
     /// DER subject and CA window of every Fulcio anchor, to check a verified
@@ -128,6 +127,7 @@ impl TrustMaterial {
         let invalid = |e: &dyn std::fmt::Display| TrustRootError::Invalid(one_line(&e.to_string()));
         let verifier = sigstore_verify::Verifier::new(&root).map_err(|e| invalid(&e))?;
         let rekor_keys = root.rekor_keys().map_err(|e| invalid(&e))?;
+        let rekor_keys = super::tlog::RekorKeys::prepare(&root, rekor_keys);
         let mut fulcio_anchors = Vec::new();
         let mut fulcio_subjects = Vec::new();
         let mut fulcio_certs = Vec::new();
