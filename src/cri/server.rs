@@ -40,6 +40,9 @@ pub async fn serve_metered(
         // No `date` header on responses: containerd sends none, and pass-through must not add
         // one (it also saves formatting one per call).
         .auto_date_header(false);
+    // Frame-relay connections (`frame_relay.rs`): told to stop at shutdown, counted to drain.
+    let (stop_relays, relays_stopping) = tokio::sync::watch::channel(false);
+    let relays = Arc::new(());
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -66,10 +69,31 @@ pub async fn serve_metered(
         } else {
             tracing::debug!(uid = peer.uid, pid = peer.pid, "connection accepted");
         }
+        if proxy.frame_relay() {
+            // The relay needs a connection to containerd of its own; when containerd cannot be
+            // reached, hyper serves the connection (its calls fail with `Unavailable`).
+            match relay_upstream(&proxy).await {
+                Some(upstream) => match QuietStream::new(stream) {
+                    Ok(client) => {
+                        let (proxy, live, stop) = (proxy.clone(), relays.clone(), relays_stopping.clone());
+                        tokio::spawn(async move {
+                            super::frame_relay::serve(client, upstream, proxy, peer, calls, stop).await;
+                            drop(live);
+                        });
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register the connection; closing it");
+                        continue;
+                    }
+                },
+                None => {}
+            }
+        }
         let proxy = proxy.clone();
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let probe = calls.map(|c| c.start(req.uri().path()));
-            let call = proxy.clone().handle(peer, req);
+            let call = proxy.clone().handle(peer, req.map(super::proxy::CallerBody::Hyper));
             async move {
                 // An error is containerd's reset of the call: hyper resets the caller's stream
                 // with its reason (the probe, dropped, counts the call as cancelled).
@@ -97,8 +121,26 @@ pub async fn serve_metered(
     }
     listener.cleanup();
     tracing::info!(timeout = ?drain, "shutting down: no new connections, draining in-flight calls");
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all calls finished"),
+    let _ = stop_relays.send(true);
+    let relays_drained = async {
+        while Arc::strong_count(&relays) > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    match tokio::time::timeout(drain, async { tokio::join!(graceful.shutdown(), relays_drained) }).await {
+        Ok(_) => tracing::info!("all calls finished"),
         Err(_) => tracing::warn!(timeout = ?drain, "calls still running after the drain timeout; closing them"),
+    }
+}
+
+/// A connection to containerd for one relayed caller connection, if containerd answers.
+async fn relay_upstream(proxy: &Proxy) -> Option<QuietStream> {
+    let path = proxy.upstream().path();
+    match tokio::net::UnixStream::connect(path).await.and_then(QuietStream::new) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(upstream = %path.display(), error = %e, "cannot connect to containerd for the frame relay; serving the connection through hyper");
+            None
+        }
     }
 }
