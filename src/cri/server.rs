@@ -69,42 +69,6 @@ pub async fn serve_metered(
         } else {
             tracing::debug!(uid = peer.uid, pid = peer.pid, "connection accepted");
         }
-        if proxy.frame_relay() {
-            // The relay needs a connection to containerd of its own; when containerd cannot be
-            // reached, hyper serves the connection (its calls fail with `Unavailable`).
-            match relay_upstream(&proxy).await {
-                Some(upstream) => match QuietStream::new(stream) {
-                    Ok(client) => {
-                        let (proxy, live, stop) = (proxy.clone(), relays.clone(), relays_stopping.clone());
-                        tokio::spawn(async move {
-                            super::frame_relay::serve(client, upstream, proxy, peer, calls, stop).await;
-                            drop(live);
-                        });
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot register the connection; closing it");
-                        continue;
-                    }
-                },
-                None => {}
-            }
-        }
-        let proxy = proxy.clone();
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let probe = calls.map(|c| c.start(req.uri().path()));
-            let call = proxy.clone().handle(peer, req.map(super::proxy::CallerBody::Hyper));
-            async move {
-                // An error is containerd's reset of the call: hyper resets the caller's stream
-                // with its reason (the probe, dropped, counts the call as cancelled).
-                let resp = call.await?;
-                let mut probe = probe;
-                if let Some(p) = probe.as_mut() {
-                    p.headers(resp.headers());
-                }
-                Ok::<_, h2::Error>(resp.map(|body| Metered::new(body, probe)))
-            }
-        });
         let stream = match QuietStream::new(stream) {
             Ok(s) => s,
             Err(e) => {
@@ -112,12 +76,23 @@ pub async fn serve_metered(
                 continue;
             }
         };
-        let conn = graceful.watch(h2.serve_connection(TokioIo::new(stream), svc));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        if proxy.frame_relay() {
+            // The relay needs a connection to containerd of its own that answers; without one,
+            // hyper serves the connection (its calls fail with `Unavailable` while containerd
+            // is down, and it reconnects).
+            let (proxy, live, stop, watcher, h2) = (proxy.clone(), relays.clone(), relays_stopping.clone(), graceful.watcher(), h2.clone());
+            tokio::spawn(async move {
+                match relay_upstream(&proxy).await {
+                    Some((upstream, first)) => super::frame_relay::serve(stream, upstream, first, proxy, peer, calls, stop).await,
+                    None => serve_hyper(&h2, stream, proxy, peer, calls, watcher).await,
+                }
+                drop(live);
+            });
+            continue;
+        }
+        let (proxy, watcher) = (proxy.clone(), graceful.watcher());
+        let conn = serve_hyper(&h2, stream, proxy, peer, calls, watcher);
+        tokio::spawn(conn);
     }
     listener.cleanup();
     tracing::info!(timeout = ?drain, "shutting down: no new connections, draining in-flight calls");
@@ -133,14 +108,69 @@ pub async fn serve_metered(
     }
 }
 
-/// A connection to containerd for one relayed caller connection, if containerd answers.
-async fn relay_upstream(proxy: &Proxy) -> Option<QuietStream> {
+type H2Builder = hyper::server::conn::http2::Builder<TokioExecutor>;
+
+/// Serves one connection with hyper's HTTP/2 server, every call through [`Proxy::handle`].
+fn serve_hyper(
+    h2: &H2Builder,
+    stream: QuietStream,
+    proxy: Arc<Proxy>,
+    peer: Peer,
+    calls: Option<&'static CallMetrics>,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> impl Future<Output = ()> + Send + 'static {
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let probe = calls.map(|c| c.start(req.uri().path()));
+        let call = proxy.clone().handle(peer, req.map(super::proxy::CallerBody::Hyper));
+        async move {
+            // An error is containerd's reset of the call: hyper resets the caller's stream
+            // with its reason (the probe, dropped, counts the call as cancelled).
+            let resp = call.await?;
+            let mut probe = probe;
+            if let Some(p) = probe.as_mut() {
+                p.headers(resp.headers());
+            }
+            Ok::<_, h2::Error>(resp.map(|body| Metered::new(body, probe)))
+        }
+    });
+    let conn = watcher.watch(h2.serve_connection(TokioIo::new(stream), svc));
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// A connection to containerd for one relayed caller connection, once containerd has spoken
+/// (grpc-go servers send their SETTINGS at once): a socket that accepts but closes (containerd
+/// going down) leaves the caller to hyper. Returns the bytes read.
+async fn relay_upstream(proxy: &Proxy) -> Option<(QuietStream, Vec<u8>)> {
     let path = proxy.upstream().path();
-    match tokio::net::UnixStream::connect(path).await.and_then(QuietStream::new) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::debug!(upstream = %path.display(), error = %e, "cannot connect to containerd for the frame relay; serving the connection through hyper");
+    let first = async {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            stream.readable().await?;
+            match stream.try_read(&mut buf) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok((QuietStream::new(stream)?, buf));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match tokio::time::timeout(RELAY_CONNECT_TIMEOUT, first).await {
+        Ok(Ok(s)) => Some(s),
+        outcome => {
+            let reason = outcome.map_or_else(|_| "no SETTINGS in time".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+            tracing::debug!(upstream = %path.display(), %reason, "containerd does not answer the frame relay; serving the connection through hyper");
             None
         }
     }
 }
+
+/// How long containerd has to greet a new relay connection.
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
