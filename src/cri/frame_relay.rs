@@ -1013,6 +1013,8 @@ async fn serve_call(
                             return;
                         }
                         if end {
+                            // Polled to its end so the probe records the call.
+                            let _ = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
                             return;
                         }
                     }

@@ -105,7 +105,8 @@ pub struct Proxy {
     sandbox_image: Option<String>,
     /// Bounds the request bytes all intercepted calls buffer at once (`budget.rs`).
     budget: Budget,
-    /// Serve connections with the frame-level relay (`frame_relay.rs`) instead of hyper.
+    /// Serve connections with the frame-level relay (`frame_relay.rs`) instead of hyper (the
+    /// daemon's default, `cri.frame_relay`; off unless asked for here).
     frame_relay: bool,
 }
 
