@@ -57,6 +57,8 @@ const READ_CHUNK: usize = 64 << 10;
 const MAX_OWNED: usize = 1000;
 /// Response bytes a call may hand to the relay before they are written out.
 const CALL_SEND_BUFFER: usize = 256 << 10;
+/// Unread request bytes of the calls pullgate serves that are credited to the caller at once.
+const OWNED_CONN_WINDOW: usize = 16 << 20;
 /// Calls pullgate finished, remembered so that late frames for them are dropped.
 const CLOSED_MEMORY: usize = 256;
 
@@ -181,6 +183,12 @@ struct Owned {
     recv_window: i64,
     /// What pullgate may still send the caller on it.
     send_window: i64,
+    /// Request bytes handed to the call and not read yet.
+    unconsumed: usize,
+    /// Of those, the bytes not yet credited to the caller's connection window: credited as the
+    /// call reads them, and all at once when the call ends (as h2 gives back what a dropped
+    /// stream never read), so no call leaks the caller's window.
+    uncredited: usize,
     /// Response frames waiting for the stream window.
     pending: VecDeque<Out>,
     permits: Arc<Semaphore>,
@@ -274,6 +282,8 @@ struct Relay {
     closed: VecDeque<u32>,
     probes: HashMap<u32, (CallProbe, bool)>,
     upstream_eof: bool,
+    /// Request bytes of the calls pullgate serves that they have not read yet.
+    owned_unread: usize,
     stop: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
@@ -310,6 +320,7 @@ impl Relay {
             closed: VecDeque::new(),
             probes: HashMap::new(),
             upstream_eof: false,
+            owned_unread: 0,
             stop: None,
         }
     }
@@ -486,7 +497,19 @@ impl Relay {
                         (Some(tx), true) => tx.send(BodyEvent::Data(Bytes::copy_from_slice(data), flow)).is_ok(),
                         _ => false,
                     };
-                    if !sent {
+                    if sent {
+                        // Credited at once while the calls' unread bytes stay within
+                        // OWNED_CONN_WINDOW (what hyper's connection window allowed), so calls
+                        // that wait (for the buffer budget) do not hold the caller's connection
+                        // window; past it, as they are read.
+                        o.unconsumed += flow;
+                        self.owned_unread += flow;
+                        if self.owned_unread <= OWNED_CONN_WINDOW {
+                            self.client_credit += flow as u32;
+                        } else {
+                            o.uncredited += flow;
+                        }
+                    } else {
                         self.client_credit += flow as u32;
                     }
                     if o.recv_window < 0 {
@@ -522,6 +545,8 @@ impl Relay {
                 if let Some(o) = self.owned.remove(&s) {
                     // The caller cancelled a call pullgate serves: drop it, as hyper does.
                     o.task.abort();
+                    self.client_credit += o.uncredited as u32;
+                    self.owned_unread -= o.unconsumed;
                     self.remember_closed(s);
                 } else if !self.is_dropped(s) {
                     // The caller cancelled a relayed call (counted as cancelled, as hyper's
@@ -681,6 +706,8 @@ impl Relay {
                 task: task.abort_handle(),
                 recv_window: self.server_settings.initial_window,
                 send_window: self.client_settings.initial_window,
+                unconsumed: 0,
+                uncredited: 0,
                 pending: VecDeque::new(),
                 permits,
             },
@@ -860,10 +887,19 @@ impl Relay {
 
     fn on_msg(&mut self, stream: u32, msg: Msg) {
         if let Msg::Consumed(n) = msg {
-            self.client_credit += n as u32;
-            if let Some(o) = self.owned.get_mut(&stream).filter(|o| o.body.is_some()) {
-                o.recv_window += n as i64;
-                frames::window_update(&mut self.c_out, stream, n as u32);
+            // A call that ended had its uncredited bytes credited then; what it read before
+            // is part of them.
+            if let Some(o) = self.owned.get_mut(&stream) {
+                let n = n.min(o.unconsumed);
+                o.unconsumed -= n;
+                self.owned_unread -= n;
+                let credit = n.min(o.uncredited);
+                o.uncredited -= credit;
+                self.client_credit += credit as u32;
+                if o.body.is_some() && n > 0 {
+                    o.recv_window += n as i64;
+                    frames::window_update(&mut self.c_out, stream, n as u32);
+                }
             }
             return;
         }
@@ -939,7 +975,9 @@ impl Relay {
     }
 
     fn finish_owned(&mut self, stream: u32) {
-        if self.owned.remove(&stream).is_some() {
+        if let Some(o) = self.owned.remove(&stream) {
+            self.client_credit += o.uncredited as u32;
+            self.owned_unread -= o.unconsumed;
             self.remember_closed(stream);
         }
     }
@@ -947,6 +985,8 @@ impl Relay {
     fn reset_owned(&mut self, stream: u32, reason: Reason) {
         if let Some(o) = self.owned.remove(&stream) {
             o.task.abort();
+            self.client_credit += o.uncredited as u32;
+            self.owned_unread -= o.unconsumed;
             frames::rst_stream(&mut self.c_out, stream, reason);
             self.remember_closed(stream);
         }
