@@ -10,7 +10,8 @@
 //! passes its path (`target/release/pullgate`); set `PULLGATE_BIN` to measure another build.
 //! `PULLGATE_BENCH_ARGS` adds arguments to `pullgate serve`. `PULLGATE_BENCH_B_BIN` and/or
 //! `PULLGATE_BENCH_B_ARGS` add a second pullgate, measured interleaved with the first (A/B under
-//! the same machine noise). `PULLGATE_BENCH_ROUNDS`, `_SEQ_CALLS`, `_LOAD_MS` and `_STARTS`
+//! the same machine noise). `PULLGATE_BENCH_FRAME_RELAY=1` runs A with the frame-level relay off
+//! and B (the same binary) with it on (`cri.frame_relay`). `PULLGATE_BENCH_ROUNDS`, `_SEQ_CALLS`, `_LOAD_MS` and `_STARTS`
 //! override the plan. Without root the bench reports itself skipped.
 //!
 //! What is measured (see BENCHMARKS.md for the figures):
@@ -227,12 +228,28 @@ impl Variant {
 /// Sets up, measures and tears down (`Testbed` and `Daemon` clean up on drop, on error too).
 fn run() -> Result<String, String> {
     let plan = Plan::from_env();
-    let a = Variant { bin: pullgate_binary("PULLGATE_BIN")?, args: env_args("PULLGATE_BENCH_ARGS") };
+    // PULLGATE_BENCH_FRAME_RELAY=1: A runs with the frame-level relay off and B (A's binary
+    // unless PULLGATE_BENCH_B_BIN names another) with it on (`cri.frame_relay`, issue 16), so
+    // both modes are measured side by side with the floor.
+    let frame_relay = std::env::var("PULLGATE_BENCH_FRAME_RELAY").is_ok_and(|v| !v.is_empty() && v != "0");
+    let relay_config = |on: bool| -> Result<Vec<String>, String> {
+        let cfg = std::env::temp_dir().join(format!("pullgate-bench-frame-relay-{on}-{}.yaml", std::process::id()));
+        std::fs::write(&cfg, format!("cri:\n  frame_relay: {on}\n")).map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+        Ok(vec!["--config".to_string(), cfg.display().to_string()])
+    };
+    let mut a = Variant { bin: pullgate_binary("PULLGATE_BIN")?, args: env_args("PULLGATE_BENCH_ARGS") };
+    if frame_relay {
+        a.args.extend(relay_config(false)?);
+    }
     // Optional second pullgate, measured interleaved with the first (A/B comparisons under the
     // same machine noise): PULLGATE_BENCH_B_BIN and/or PULLGATE_BENCH_B_ARGS.
-    let b = if std::env::var_os("PULLGATE_BENCH_B_BIN").is_some() || std::env::var_os("PULLGATE_BENCH_B_ARGS").is_some() {
+    let b = if frame_relay || std::env::var_os("PULLGATE_BENCH_B_BIN").is_some() || std::env::var_os("PULLGATE_BENCH_B_ARGS").is_some() {
         let bin = if std::env::var_os("PULLGATE_BENCH_B_BIN").is_some() { pullgate_binary("PULLGATE_BENCH_B_BIN")? } else { a.bin.clone() };
-        Some(Variant { bin, args: env_args("PULLGATE_BENCH_B_ARGS") })
+        let mut args = env_args("PULLGATE_BENCH_B_ARGS");
+        if frame_relay {
+            args.extend(relay_config(true)?);
+        }
+        Some(Variant { bin, args })
     } else {
         None
     };
@@ -857,12 +874,25 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         let _ = writeln!(out, "| added p50 | +{add50:.1} us | +{b50:.1} us | {d50:+.1} us |");
         let _ = writeln!(out, "| added p99 | +{add99:.1} us | +{b99:.1} us | {d99:+.1} us |");
         let _ = writeln!(out, "| throughput ratio | {ratio:.3} | {bratio:.3} | {dratio:+.3} |");
+        let b_cpu = cpu_per_call(load, B, "pullgate B");
+        let _ = writeln!(out, "| CPU per call under load | {pullgate_cpu:.1} us | {b_cpu:.1} us | {:+.1} us |", b_cpu - pullgate_cpu);
         let _ = writeln!(
             out,
             "| RSS | {rss_mib:.1} MiB | {:.1} MiB | {:+.1} MiB |",
             brss.max(bhwm) as f64 / 1024.0,
             (brss.max(bhwm) as f64 - max_rss.max(hwm) as f64) / 1024.0
         );
+        let b_floor = b50 / relay_add50;
+        let b_tput_floor = ml(&|r| r[B] / r[RELAY]);
+        let _ = writeln!(out, "\nGoals of issue 16 for B:\n");
+        let _ = writeln!(out, "| metric | B | goal | met? |");
+        let _ = writeln!(out, "|---|---:|---|---|");
+        let b_p50 = ms(&|r| us(r[B].0)) / p50[0];
+        let _ = writeln!(out, "| sequential latency p50 | {b_p50:.2}x direct | <= 1.25x direct | {} |", met(b_p50 <= 1.25));
+        let _ = writeln!(out, "| CPU per call under load | {b_cpu:.1} us | <= 12 us | {} |", met(b_cpu <= 12.0));
+        let _ = writeln!(out, "| added p50 above the floor | +{b50:.1} us / +{relay_add50:.1} us = {b_floor:.2}x | <= 1.5x | {} |", met(b_floor <= 1.5));
+        let _ = writeln!(out, "| throughput of direct | {bratio:.3} | >= 0.9 | {} |", met(bratio >= 0.9));
+        let _ = writeln!(out, "| throughput against the floor | {b_tput_floor:.3} | >= 0.95 | {} |", met(b_tput_floor >= 0.95));
     }
 
     let _ = writeln!(out, "\nPer round (direct / via / relay{}):\n", if b.is_some() { " / B" } else { "" });

@@ -71,11 +71,16 @@ pub struct CriSurfaces {
     /// with `RESOURCE_EXHAUSTED`. At least 16 MiB (one call of the largest size buffered).
     #[serde(deserialize_with = "crate::registry::config::size")]
     pub max_buffered_bytes: u64,
+    /// Serve each caller connection with the frame-level relay (`src/cri/frame_relay.rs`): calls
+    /// pullgate only passes through go to containerd as HTTP/2 frames on a connection of their
+    /// own, without terminating HTTP/2 in pullgate (the default). Off: every call goes through
+    /// hyper and h2.
+    pub frame_relay: bool,
 }
 
 impl Default for CriSurfaces {
     fn default() -> Self {
-        CriSurfaces { allow_image_methods: Vec::new(), sandbox_image: None, max_buffered_bytes: crate::cri::budget::DEFAULT_MAX_BUFFERED }
+        CriSurfaces { allow_image_methods: Vec::new(), sandbox_image: None, max_buffered_bytes: crate::cri::budget::DEFAULT_MAX_BUFFERED, frame_relay: true }
     }
 }
 

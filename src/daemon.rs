@@ -196,7 +196,7 @@ pub async fn run(
     let upstream = Upstream::new(&config.upstream, config.upstream_connection.clone());
     let gate = enforcement.as_ref().map(|e| e.enforcer.clone() as Arc<dyn Gate>);
     let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), gate).with_sandbox_image(config.cri.sandbox_image.clone())
-        .with_buffer_budget(config.cri.max_buffered_bytes));
+        .with_buffer_budget(config.cri.max_buffered_bytes).with_frame_relay(config.cri.frame_relay));
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream.display(),

@@ -224,6 +224,17 @@ impl CallProbe {
         }
     }
 
+    /// The response ended (the frame relay saw containerd's END_STREAM): records the status
+    /// seen in its headers or trailers, else Unknown, as [`Metered`] does.
+    pub fn end(mut self) {
+        self.finish(Code::Unknown as usize);
+    }
+
+    /// containerd reset the stream after its response headers, as a failing [`Metered`] body.
+    pub fn failed(mut self) {
+        self.finish(STREAM_ERROR);
+    }
+
     fn finish(&mut self, fallback: usize) {
         if !self.done {
             self.done = true;

@@ -13,14 +13,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use prost::Message;
 
 use super::api;
 use super::budget::{self, Reservation};
 use super::grpc::{self, Buffered, Code};
 use super::methods::Surface;
-use super::proxy::{method, Proxy, ResponseBody};
+use super::proxy::{method, CallerBody, Proxy, ResponseBody};
 use super::wire;
 
 /// Bound on a buffered (intercepted) request or response body. CRI requests are small; a
@@ -154,7 +153,7 @@ pub(super) fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, St
 
 impl Proxy {
     /// Serves a call pullgate decodes.
-    pub(super) async fn intercepted(&self, req: Request<Incoming>, surface: Surface) -> Response<ResponseBody> {
+    pub(super) async fn intercepted(&self, req: Request<CallerBody>, surface: Surface) -> Response<ResponseBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         // Held until the call is answered: the request bytes live that long.
@@ -222,7 +221,7 @@ impl Proxy {
     /// Reads an intercepted request whole, within the global budget (`budget.rs`): the bytes
     /// its gRPC message header declares are reserved before the message is read. Error: the
     /// response to send instead (`RESOURCE_EXHAUSTED` when the budget stays short).
-    async fn read_request(&self, mut body: Incoming) -> Result<(Bytes, Reservation), Response<ResponseBody>> {
+    async fn read_request(&self, mut body: CallerBody) -> Result<(Bytes, Reservation), Response<ResponseBody>> {
         let too_large = || grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: larger than {MAX_BUFFERED_BODY} bytes"));
         let mut buf = BytesMut::new();
         let mut reservation = None;

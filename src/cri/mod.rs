@@ -3,6 +3,8 @@
 pub mod budget;
 pub mod client;
 pub mod detached;
+pub mod frame_relay;
+pub mod frames;
 pub mod grpc;
 pub mod images;
 pub mod intercept;

@@ -33,7 +33,40 @@ use super::upstream::Upstream;
 use crate::config::Access;
 
 /// A request as sent to containerd: the caller's own stream, or bytes pullgate buffered.
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
+pub type RequestBody = Either<CallerBody, Full<Bytes>>;
+
+/// A caller's request body: from hyper's server, or from the frame-level relay for the calls
+/// it hands to pullgate (`frame_relay.rs`).
+pub enum CallerBody {
+    Hyper(Incoming),
+    Relay(super::frame_relay::RelayBody),
+}
+
+impl http_body::Body for CallerBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            CallerBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            CallerBody::Relay(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            CallerBody::Hyper(b) => b.is_end_stream(),
+            CallerBody::Relay(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            CallerBody::Hyper(b) => b.size_hint(),
+            CallerBody::Relay(b) => b.size_hint(),
+        }
+    }
+}
 /// A response as sent to the caller: containerd's own stream, or one pullgate made or buffered.
 pub type ResponseBody = Either<UpstreamBody, Buffered>;
 
@@ -72,6 +105,9 @@ pub struct Proxy {
     sandbox_image: Option<String>,
     /// Bounds the request bytes all intercepted calls buffer at once (`budget.rs`).
     budget: Budget,
+    /// Serve connections with the frame-level relay (`frame_relay.rs`) instead of hyper (the
+    /// daemon's default, `cri.frame_relay`; off unless asked for here).
+    frame_relay: bool,
 }
 
 impl Proxy {
@@ -79,7 +115,7 @@ impl Proxy {
         let images = ContainerdImages::new(upstream.path());
         // Decisions finish (and are audited) even when the client goes away mid-call.
         let gate = gate.map(super::detached::Detached::wrap);
-        Proxy { upstream, access, gate, images, sandbox_image: None, budget: Budget::default() }
+        Proxy { upstream, access, gate, images, sandbox_image: None, budget: Budget::default(), frame_relay: false }
     }
 
     /// Bounds the request bytes intercepted calls buffer at once to `bytes`
@@ -87,6 +123,16 @@ impl Proxy {
     pub fn with_buffer_budget(mut self, bytes: u64) -> Self {
         self.budget = Budget::new(bytes);
         self
+    }
+
+    /// Serves caller connections with the frame-level relay (`cri.frame_relay`).
+    pub fn with_frame_relay(mut self, on: bool) -> Self {
+        self.frame_relay = on;
+        self
+    }
+
+    pub fn frame_relay(&self) -> bool {
+        self.frame_relay
     }
 
     pub fn budget(&self) -> &Budget {
@@ -122,7 +168,7 @@ impl Proxy {
 
     /// Serves one call of a connection. An error resets the caller's stream with its reason,
     /// sending no response headers (containerd reset the call: see [`grpc::StreamReset`]).
-    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<Incoming>) -> Result<Response<ResponseBody>, h2::Error> {
+    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<CallerBody>) -> Result<Response<ResponseBody>, h2::Error> {
         if !self.admits(&peer) {
             let msg = format!(
                 "pullgate: uid {} (gid {}) may not use this socket; allow it with access.allowed_uids or access.allowed_gids",
@@ -145,6 +191,12 @@ impl Proxy {
             Some(grpc::StreamReset(reason)) => Err(h2::Error::from(*reason)),
             None => Ok(resp),
         }
+    }
+
+    /// Whether the frame-level relay may pass a call of this path straight to containerd (with
+    /// the same decision [`Proxy::handle`] makes: it would forward it unread).
+    pub fn passes_through(&self, peer: &Peer, path: &str) -> bool {
+        self.admits(peer) && self.route(path, inspect_reads()) == Dispatch::Forward
     }
 
     /// What to do with a path. Without a gate: decode the two v1 calls it logs, forward
@@ -171,7 +223,7 @@ impl Proxy {
 
     /// A call the gate judges without an image: forwarded as a stream when it allows it,
     /// `PermissionDenied` with its reason otherwise.
-    async fn unchecked(&self, peer: Peer, req: Request<Incoming>, kind: Unchecked) -> Response<ResponseBody> {
+    async fn unchecked(&self, peer: Peer, req: Request<CallerBody>, kind: Unchecked) -> Response<ResponseBody> {
         let Some(gate) = self.gate() else {
             return self.forward(req.map(Either::Left)).await;
         };
@@ -355,7 +407,7 @@ mod future_size {
         let upstream = Upstream::new(std::path::Path::new("/nonexistent"), Default::default());
         let proxy = Arc::new(Proxy::new(upstream, Default::default(), None));
         let peer = Peer { uid: 0, gid: 0, pid: None };
-        let handle = future_size(move |req: Request<Incoming>| proxy.handle(peer, req));
+        let handle = future_size(move |req: Request<CallerBody>| proxy.handle(peer, req));
         assert!(handle <= 2048, "a call's future is {handle} bytes");
     }
 }

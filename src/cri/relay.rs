@@ -190,7 +190,7 @@ where
 
 /// The HTTP/2 reason somewhere in an error's chain (a caller's RST_STREAM), else INTERNAL_ERROR,
 /// as hyper does when a body fails.
-fn h2_reason(e: &(dyn StdError + 'static)) -> Reason {
+pub(super) fn h2_reason(e: &(dyn StdError + 'static)) -> Reason {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(h2e) = err.downcast_ref::<h2::Error>() {

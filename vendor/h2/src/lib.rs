@@ -135,6 +135,15 @@ mod share;
 #[cfg_attr(feature = "unstable", allow(missing_docs))]
 pub mod fuzz_bridge;
 
+/// pullgate patch: the HPACK codec for pullgate's frame-level relay, which decodes and
+/// re-encodes header blocks itself (see PULLGATE-PATCH.md). Not a public API of h2.
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod hpack_export {
+    pub use crate::hpack::{BytesStr, Decoder, DecoderError, Encoder, Header};
+    pub use crate::server::is_unix_socket_authority;
+}
+
 pub use crate::error::{Error, Reason};
 pub use crate::share::{FlowControl, Ping, PingPong, Pong, RecvStream, SendStream, StreamId};
 

@@ -1796,7 +1796,8 @@ where
 /// pullgate patch: an `:authority` that is a unix socket path, raw (`/run/x.sock`, grpc-java),
 /// `unix:`-prefixed, or percent-encoded (`%2Frun%2Fx.sock`, or `run%2Fx.sock` for a
 /// `unix:/run/x.sock` target in grpc-core).
-fn is_unix_socket_authority(authority: &str) -> bool {
+#[doc(hidden)]
+pub fn is_unix_socket_authority(authority: &str) -> bool {
     let names_path = authority.contains('/') || authority.contains("%2F") || authority.contains("%2f");
     names_path && !authority.bytes().any(|b| b.is_ascii_control() || b == b' ')
 }

@@ -1,3 +1,4 @@
+#![allow(missing_docs)]
 mod decoder;
 mod encoder;
 pub(crate) mod header;
