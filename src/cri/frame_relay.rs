@@ -580,8 +580,29 @@ impl Relay {
                     self.u_out.extend_from_slice(whole);
                 }
             }
+            frames::PING => {
+                if s != 0 {
+                    return Err(Reason::PROTOCOL_ERROR);
+                }
+                if payload.len() != 8 {
+                    return Err(Reason::FRAME_SIZE_ERROR);
+                }
+                if head.flags & frames::ACK != 0 {
+                    // The answer to containerd's own PING.
+                    self.u_out.extend_from_slice(whole);
+                } else {
+                    // Answered here, as hyper did: part of what the caller receives on this
+                    // connection comes from pullgate, and gRPC clients ping after receiving data
+                    // (BDP estimation). Passed on, those pings reach a containerd that sent
+                    // nothing, which counts them as abuse and closes the connection with
+                    // GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") (grpc-go's keepalive
+                    // enforcement). The relay ends with either socket, so a PING answered here
+                    // still says the path to containerd is up.
+                    frames::ping_ack(&mut self.c_out, payload);
+                }
+            }
             frames::PRIORITY if self.owned.contains_key(&s) || self.is_dropped(s) => {}
-            // PING, PRIORITY, GOAWAY, extensions: containerd's business.
+            // PRIORITY, GOAWAY, extensions: containerd's business.
             _ => self.u_out.extend_from_slice(whole),
         }
         Ok(())
@@ -1225,6 +1246,62 @@ mod tests {
         out.extend_from_slice(frames_after_preface);
         let _ = client.write_all(&out).await;
         tokio::time::timeout(std::time::Duration::from_secs(10), goaway_code(&mut client)).await.ok().flatten()
+    }
+
+    /// The frames in `buf` (after the preface when `preface`): kind, flags, payload.
+    fn frames_in(buf: &[u8], preface: bool) -> Vec<(u8, u8, Vec<u8>)> {
+        let mut at = if preface { frames::PREFACE.len().min(buf.len()) } else { 0 };
+        let mut out = Vec::new();
+        while let Some(h) = Head::parse(&buf[at..]) {
+            if buf.len() < at + HEADER_LEN + h.len {
+                break;
+            }
+            out.push((h.kind, h.flags, buf[at + HEADER_LEN..at + HEADER_LEN + h.len].to_vec()));
+            at += HEADER_LEN + h.len;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn the_callers_pings_are_answered_by_pullgate_and_containerds_are_passed_on() {
+        // gRPC clients ping after receiving data; part of that data comes from pullgate, so
+        // containerd must not see those pings (it would close the connection with
+        // too_many_pings). containerd's own PING and the caller's ACK of it go through.
+        let (mut client, mut upstream, _stop) = relay();
+        let mut out = BytesMut::new();
+        out.extend_from_slice(frames::PREFACE);
+        frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
+        frames::frame(&mut out, frames::PING, 0, 0, b"caller-1");
+        client.write_all(&out).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !frames_in(&got, false).iter().any(|(k, f, p)| *k == frames::PING && *f == frames::ACK && p == b"caller-1") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "relay closed the caller's connection");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        // containerd's PING reaches the caller; the caller's ACK reaches containerd.
+        let mut ping = BytesMut::new();
+        frames::frame(&mut ping, frames::SETTINGS, 0, 0, &[]);
+        frames::frame(&mut ping, frames::PING, 0, 0, b"contain!");
+        upstream.write_all(&ping).await.unwrap();
+        got.clear();
+        while !frames_in(&got, false).iter().any(|(k, f, p)| *k == frames::PING && *f == 0 && p == b"contain!") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "relay closed the caller's connection");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let mut ack = BytesMut::new();
+        frames::ping_ack(&mut ack, b"contain!");
+        client.write_all(&ack).await.unwrap();
+        let mut seen = Vec::new();
+        while !frames_in(&seen, true).iter().any(|(k, f, _)| *k == frames::PING && *f == frames::ACK) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), upstream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "relay closed containerd's connection");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let pings: Vec<_> = frames_in(&seen, true).into_iter().filter(|(k, _, _)| *k == frames::PING).collect();
+        assert_eq!(pings, vec![(frames::PING, frames::ACK, b"contain!".to_vec())], "containerd saw the caller's own PING");
     }
 
     #[tokio::test]

@@ -85,6 +85,11 @@ pub fn rst_stream(out: &mut BytesMut, stream: u32, reason: Reason) {
     frame(out, RST_STREAM, 0, stream, &u32::from(reason).to_be_bytes());
 }
 
+/// The acknowledgement of a PING: the same 8 bytes, ACK set.
+pub fn ping_ack(out: &mut BytesMut, payload: &[u8]) {
+    frame(out, PING, ACK, 0, payload);
+}
+
 pub fn goaway(out: &mut BytesMut, last_stream: u32, reason: Reason) {
     let mut p = [0u8; 8];
     p[..4].copy_from_slice(&last_stream.to_be_bytes());
