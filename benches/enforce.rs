@@ -154,6 +154,7 @@ fn pullgate_binary() -> Result<PathBuf, String> {
 }
 
 /// pullgate's configuration: the e2e suite's enforce policy, JSON logs (read back for `ms`).
+#[allow(clippy::too_many_arguments)] // one YAML template, one argument per blank
 fn config(dir: &Path, registry: &str, listen: &Path, upstream: &Path, hosts_dir: &str, audit: &Path, admin: SocketAddr, level: &str) -> String {
     format!(
         r#"listen: {listen}

@@ -720,6 +720,7 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         a.describe()
     );
     // Median over rounds of a per-round value.
+    #[allow(clippy::type_complexity)] // a closure over rows of (p50, p99) pairs
     let ms = |f: &dyn Fn(&Vec<(u64, u64)>) -> f64| median_f(seq.rounds.iter().map(f).collect());
     let ml = |f: &dyn Fn(&Vec<f64>) -> f64| median_f(load.rounds.iter().map(f).collect());
     let p50 = [ms(&|r| us(r[DIRECT].0)), ms(&|r| us(r[VIA].0))];

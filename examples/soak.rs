@@ -481,7 +481,7 @@ fn run() -> Result<bool, String> {
         totals.1 += res.pulls.len();
         totals.2 += res.allowed;
         totals.3 += res.refused;
-        wrong.extend(res.wrong.drain(..));
+        wrong.append(&mut res.wrong);
         if !pg.alive() {
             return Err(format!("pullgate exited during round {r}:\n{}", pg.logs()));
         }

@@ -207,7 +207,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("v1alpha2_pull_of_unsigned_is_refused", v1alpha2_pull),
         ("v1alpha2_create_of_unsigned_is_refused", v1alpha2_create),
         ("containerd_native_api_through_pullgate_is_refused", native_api),
@@ -333,7 +333,7 @@ fn ctr_through(sock: &Path, args: &[&str]) -> Result<(bool, String), Failed> {
     Ok((out.status.success(), text))
 }
 
-fn last_record<'a>(records: &'a [AuditRecord], f: impl Fn(&AuditRecord) -> bool) -> Result<&'a AuditRecord, Failed> {
+fn last_record(records: &[AuditRecord], f: impl Fn(&AuditRecord) -> bool) -> Result<&AuditRecord, Failed> {
     records.iter().rev().find(|r| f(r)).ok_or_else(|| Failed::from("no matching audit record"))
 }
 

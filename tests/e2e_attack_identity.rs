@@ -11,6 +11,10 @@
 //!
 //! Without root every trial is reported ignored, with the reason.
 
+// The test signing stack is a std Mutex held across awaits inside one `block_on`: trials run
+// one at a time and nothing else takes it.
+#![allow(clippy::await_holding_lock)]
+
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -226,7 +230,7 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     // Order matters: the last two let the unsigned content onto the node.
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("a1_index_platform_disagreement_is_refused", index_platform_disagreement),
         ("a1_allowed_index_pull_is_pinned_to_the_verified_manifest", index_pull_is_pinned),
         ("a1_preloaded_index_is_checked_by_image_id_at_create", preloaded_index_at_create),

@@ -127,7 +127,7 @@ policy:
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("refused_before_allowed_within_the_window_with_an_audit_record", within_the_window),
         ("refused_again_after_expiry", after_expiry),
         ("images_on_the_node_start_by_digest_until_revoked", static_pod_until_revoked),

@@ -130,7 +130,7 @@ fn teardown(c: &Ctx) {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("pull_signed_succeeds_unsigned_fails_with_the_reason", pull_signed_and_unsigned),
         ("operator_workflow_matches_containerd_directly", workflow_matches_direct),
     ];
@@ -276,7 +276,6 @@ fn workflow(c: &Ctx, socket: &Path, tag: &str) -> Result<Vec<(String, i32, Strin
     step("rm", &["rm", &ctr_id], &ids, None)?;
     step("stopp", &["stopp", &pod_id], &ids, None)?;
     step("rmp", &["rmp", &pod_id], &ids, None)?;
-    drop(step);
     Ok(steps)
 }
 

@@ -7,6 +7,10 @@
 //! The trials share one testbed and one pullgate (plus short-lived extra instances) and run one
 //! at a time. Without root they are reported as ignored, with the reason.
 
+// The test signing stack is a std Mutex held across awaits inside one `block_on`: trials run
+// one at a time and nothing else takes it.
+#![allow(clippy::await_holding_lock)]
+
 #[path = "support/admin.rs"]
 mod admin;
 #[path = "support/cri.rs"]
@@ -144,7 +148,7 @@ policy:
         bundles = c.dir.join("bundles").display(),
         state = c.dir.join("state").display(),
         audit = audit.display(),
-        sandbox = format!("{reg}/pause:1"),
+        sandbox = format_args!("{reg}/pause:1"),
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
         slsa = SLSA,
@@ -218,7 +222,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("signed_image_is_pulled_and_runs", signed_image_is_pulled_and_runs),
         ("legacy_signed_image_is_pulled", legacy_signed_image_is_pulled),
         ("unsigned_image_is_refused", unsigned_image_is_refused),

@@ -101,7 +101,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("containerd_killed_during_pulls_then_restarted", containerd_killed_during_pulls),
         ("containerd_killed_under_an_events_stream_then_restarted", containerd_killed_under_events),
         ("mirror_down_then_back", mirror_down),
@@ -130,6 +130,7 @@ fn main() {
 
 // --- a pullgate instance -----------------------------------------------------------------------
 
+#[derive(Default)]
 struct Options<'a> {
     /// pullgate's hosts.toml directory (default: the testbed's, the real registry).
     hosts_dir: Option<&'a Path>,
@@ -139,11 +140,6 @@ struct Options<'a> {
     registry_extra: &'a str,
 }
 
-impl Default for Options<'_> {
-    fn default() -> Self {
-        Options { hosts_dir: None, audit: None, registry_extra: "" }
-    }
-}
 
 struct Instance {
     pg: Daemon,
@@ -703,9 +699,9 @@ fn audit_disk_full(c: &Ctx) -> TestResult {
     }
     let lost = sample(&pg.metrics()?, "pullgate_audit_write_errors_total", &[]).unwrap_or(0.0);
     // The first records may still fit in the audit file's last page; the rest are lost.
-    ensure!(lost >= 1.0, "pullgate_audit_write_errors_total is {lost} after 6 decisions on a full disk");
+    ensure!(lost.ge(&1.0), "pullgate_audit_write_errors_total is {lost} after 6 decisions on a full disk");
     let decisions = sample(&pg.metrics()?, "pullgate_decisions_total", &[("result", "deny")]).unwrap_or(0.0);
-    ensure!(decisions >= 3.0, "refusals not counted while the audit log was full: {decisions}");
+    ensure!(decisions.ge(&3.0), "refusals not counted while the audit log was full: {decisions}");
     ensure!(pg.pg.logs().contains("cannot write the audit log"), "no log line for the lost records:\n{}", pg.pg.logs());
 
     std::fs::remove_file(filler)?;
@@ -787,7 +783,7 @@ fn sighup_storm(c: &Ctx) -> TestResult {
     let (_, metrics) = http_get(admin, "/metrics")?;
     let reloads = sample(&metrics, "pullgate_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
     eprintln!("{} SIGHUPs sent, {reloads} reloads", sent.load(Ordering::Relaxed));
-    ensure!(reloads >= 1.0, "no reload after {} SIGHUPs:\n{metrics}", sent.load(Ordering::Relaxed));
+    ensure!(reloads.ge(&1.0), "no reload after {} SIGHUPs:\n{metrics}", sent.load(Ordering::Relaxed));
     ensure!(sample(&metrics, "pullgate_policy_reloads_total", &[("result", "error")]).is_none_or(|v| v == 0.0), "a reload failed:\n{metrics}");
     pull_ok(c, &sock, c.tb.get("DEMO_IMAGE"))?;
     ensure!(!d.logs().contains("panicked"), "{}", d.logs());

@@ -193,7 +193,7 @@ fn ctx() -> Result<Arc<Ctx>, Failed> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("refusal_of_a_missing_repository_does_not_poison_the_signed_image", cache_poisoning),
         ("ten_megabyte_image_string_is_refused_in_one_short_line", huge_image_string),
         ("newline_in_an_image_cannot_forge_a_human_log_line", log_forgery_human),

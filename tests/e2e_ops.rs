@@ -137,7 +137,7 @@ policy:
         state = s.state_dir.display(),
         watch = s.watch_interval,
         audit = s.audit.display(),
-        sandbox = format!("{reg}/pause:1"),
+        sandbox = format_args!("{reg}/pause:1"),
         mode = s.mode,
         issuer = DEFAULT_ISSUER,
         san = DEFAULT_SAN,
@@ -181,7 +181,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("ready_only_once_a_trust_root_is_loaded", ready_after_trust_root),
         ("metrics_change_as_calls_are_made", metrics_change),
         ("doctor_passes_a_good_setup", doctor_good),

@@ -80,7 +80,7 @@ fn main() {
     let mut args = Arguments::from_args();
     // One testbed, shared; one trial restarts containerd, so no two trials overlap.
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("version_matches_direct", version_matches_direct),
         ("image_calls_match_direct", image_calls_match_direct),
         ("pod_lifecycle_matches_direct", pod_lifecycle_matches_direct),

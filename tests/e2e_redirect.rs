@@ -8,6 +8,10 @@
 //! The trials share one testbed and front and run one at a time; each starts its own pullgate
 //! (decisions are cached per daemon). Without root they are reported as ignored, with the reason.
 
+// The test signing stack is a std Mutex held across awaits inside one `block_on`: trials run
+// one at a time and nothing else takes it.
+#![allow(clippy::await_holding_lock)]
+
 #[path = "support/cri.rs"]
 mod cri;
 #[path = "support/daemon.rs"]
@@ -100,7 +104,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
 fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
-    let tests: Vec<(&str, fn(&Ctx) -> TestResult)> = vec![
+    let tests: Vec<testbed::Trial<Ctx>> = vec![
         ("signed_image_behind_redirecting_mirror_is_verified_and_pulled", signed_image_is_pulled),
         ("redirect_loop_is_refused", redirect_loop_is_refused),
         ("endless_redirects_are_refused_after_the_hop_limit", endless_redirects_are_refused),

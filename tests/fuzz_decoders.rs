@@ -753,7 +753,7 @@ fn oci_manifests_and_indexes() {
         v["mediaType"] = json!("application/vnd.docker.distribution.manifest.list.v2+json");
         v
     };
-    let docs = vec![image_manifest(&config_digest, config.len(), 3), index, docker_list];
+    let docs = [image_manifest(&config_digest, config.len(), 3), index, docker_list];
     let raws: Vec<Vec<u8>> = docs.iter().map(|d| serde_json::to_vec_pretty(d).unwrap()).collect();
     let media_types = [OCI_MANIFEST, OCI_INDEX, "application/vnd.docker.distribution.manifest.list.v2+json", "text/plain", ""];
     run(

@@ -328,8 +328,11 @@ pub fn mutate_json(rng: &mut Rng, doc: &Value) -> Value {
         }
         let (last, parent_path) = path.split_last().unwrap();
         let Some(parent) = node_mut(&mut v, parent_path) else { continue };
+        // Not collapsed into guards: an out-of-range removal (op 3) must do nothing, not fall
+        // through to the arm that duplicates items.
+        #[allow(clippy::collapsible_match)]
         match (op, parent, last) {
-            (0 | 1 | 2, p, _) => {
+            (0..=2, p, _) => {
                 if let Some(n) = node_mut(p, std::slice::from_ref(last)) {
                     *n = replacement;
                 }

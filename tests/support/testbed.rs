@@ -105,8 +105,14 @@ pub fn shared_bin(name: &str) -> Option<PathBuf> {
 /// One shared context per containerd generation for a suite: set up on first use, and torn
 /// down when the trials move on to the other generation (so a 2-core CI machine never runs
 /// two testbeds of one suite at once) or at the end of `main` (`finish`).
+/// One generation's context: not yet set up, set up, or the reason it could not be.
+type Slot<C> = Mutex<Option<Result<Arc<C>, String>>>;
+
+/// A named trial of a suite, run once per generation.
+pub type Trial<C> = (&'static str, fn(&C) -> Result<(), Failed>);
+
 pub struct Contexts<C> {
-    slots: [Mutex<Option<Result<Arc<C>, String>>>; 2],
+    slots: [Slot<C>; 2],
 }
 
 impl<C> Contexts<C> {
@@ -147,7 +153,7 @@ impl<C> Contexts<C> {
 /// cannot run here (no root; no containerd 2.x in the shared folder) is reported ignored, with
 /// the reason.
 pub fn trials<C: Send + Sync + 'static>(
-    tests: Vec<(&'static str, fn(&C) -> Result<(), Failed>)>,
+    tests: Vec<Trial<C>>,
     contexts: &'static Contexts<C>,
     setup: fn(Generation) -> Result<C, String>,
     teardown: fn(&C),
