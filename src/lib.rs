@@ -8,6 +8,8 @@
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
+//! - [`digest`]: content digests (sha256, sha384, sha512), the one type every layer names
+//!   content by.
 //! - [`doctor`]: `pullgate doctor`, a check of the node's setup, one line per problem.
 //! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
 //!   cache, the audit log and `pullgate report` over it.
@@ -25,6 +27,7 @@ pub mod bounded;
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod digest;
 pub mod doctor;
 pub mod enforce;
 pub mod policy;

@@ -39,7 +39,7 @@ fn v3_bundle_verifies_with_the_library_directly() {
             .unwrap();
         let verifier = sigstore_verify::Verifier::new(&root).unwrap();
         let policy = sigstore_verify::VerificationPolicy::new(DEFAULT_SAN, DEFAULT_ISSUER);
-        let digest = sigstore_verify::types::Sha256Hash::try_from(image.as_bytes()).unwrap();
+        let digest = sigstore_verify::types::Sha256Hash::try_from(image.bytes().as_slice()).unwrap();
         let result = verifier
             .verify(digest, &bundle, &policy)
             .expect("library verifies stack bundle");
@@ -79,7 +79,7 @@ fn legacy_pieces_verify_with_the_library_directly() {
             }],
         },
         "messageSignature": {
-            "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(sig.layer_digest.as_ref().unwrap().as_bytes())},
+            "messageDigest": {"algorithm": "SHA2_256", "digest": b64.encode(sig.layer_digest.as_ref().unwrap().bytes())},
             "signature": sig.signature,
         },
     });

@@ -26,7 +26,8 @@ use super::cache::{DecisionCache, Lookup};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
-use crate::registry::reference::{Aliases, Digest, Reference};
+use crate::digest::Digest;
+use crate::registry::reference::{Aliases, Reference};
 
 /// The digests an image reference resolved to on the mirror.
 #[derive(Debug, Clone)]
