@@ -303,24 +303,3 @@ fn no_candidates_is_denied() {
     assert!(!decision.allowed);
     assert_eq!(decision.reason(), "no signatures found");
 }
-
-#[test]
-fn trust_store_swaps_atomically() {
-    let mut stack = Stack::new();
-    let other = Stack::new();
-    let store = pullgate::verify::TrustStore::new(other.trust());
-    let image = image_digest(9);
-    let opts = stack.options();
-    let signed = stack.sign_image_v3(&image, &opts);
-    let candidates = [SignatureMaterial::Bundle {
-        source: "v3".into(),
-        json: signed.json().into_bytes(),
-    }];
-    let held = store.current();
-    assert!(!verify_image(&held, &image, &candidates, &keyless_policy()).allowed);
-    let previous = store.replace(stack.trust());
-    assert_eq!(previous.source_digest(), held.source_digest());
-    assert!(verify_image(&store.current(), &image, &candidates, &keyless_policy()).allowed);
-    // The Arc taken before the swap still sees the old root.
-    assert!(!verify_image(&held, &image, &candidates, &keyless_policy()).allowed);
-}

@@ -108,7 +108,7 @@ pub use image::{verify_image, CandidateOutcome, ImageDecision, SignatureMaterial
 pub use keys::{KeyKind, PublicKey};
 pub use legacy::{LegacySignature, RekorSetBundle};
 pub use legacy_attestation::LegacyAttestation;
-pub use trust::{TrustMaterial, TrustStore};
+pub use trust::TrustMaterial;
 
 /// A single-field edit of a valid bundle that verification accepts on
 /// purpose; the table in the module docs gives each with its reason.
