@@ -24,7 +24,7 @@ pub fn shorten(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
         return Cow::Borrowed(s);
     }
-    let hash = crate::registry::reference::Digest::sha256(s.as_bytes());
+    let hash = crate::digest::Digest::sha256(s.as_bytes());
     let suffix = format!(" [{} bytes, {hash}]", s.len());
     let room = max.saturating_sub(suffix.len() + '…'.len_utf8());
     let head = floor_boundary(s, room * 2 / 3);
@@ -104,7 +104,7 @@ mod tests {
         assert!(s.len() <= REFUSAL_MAX, "{}", s.len());
         assert!(s.starts_with("reg.example/aaa"), "{s}");
         assert!(s.contains("…") && s.contains(&format!("[{} bytes, sha256:", long.len())), "{s}");
-        let hash = crate::registry::reference::Digest::sha256(long.as_bytes()).to_string();
+        let hash = crate::digest::Digest::sha256(long.as_bytes()).to_string();
         assert!(s.contains(&hash), "{s}");
         assert!(s.split(" [").next().unwrap().ends_with("éé"), "{s}");
         // Char boundaries hold for any bound.

@@ -8,11 +8,15 @@
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
+//! - [`digest`]: content digests (sha256, sha384, sha512), the one type every layer names
+//!   content by.
 //! - [`doctor`]: `pullgate doctor`, a check of the node's setup, one line per problem.
 //! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
 //!   cache, the audit log and `pullgate report` over it.
 //! - [`registry`]: the node's registry mirror, found like containerd does: digests and
 //!   signature discovery.
+//! - [`settings`]: the configuration vocabulary modules share: durations, sizes, YAML parsing
+//!   and the one-line configuration error.
 //! - [`policy`]: whom we accept: keyless identities, keys, authorities and thresholds.
 //! - [`trust`]: the mirrored trust root: TUF import, freshness, hot reload, status.
 //! - [`verify`]: offline Sigstore verification of image signatures (bundles, cosign legacy).
@@ -23,9 +27,11 @@ pub mod bounded;
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod digest;
 pub mod doctor;
 pub mod enforce;
 pub mod policy;
 pub mod registry;
+pub mod settings;
 pub mod trust;
 pub mod verify;

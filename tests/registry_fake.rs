@@ -526,3 +526,30 @@ async fn legacy_attestation_tag_is_read_only_when_attestations_are_required() {
 
     assert!(report.discovery.errors().is_empty(), "{:?}", report.discovery.errors());
 }
+
+/// Issue 13: a sha384-addressed image resolves on the mirror as a digest reference (the bytes
+/// checked with sha384), and discovery looks for signatures under that digest; the same digest
+/// type then reaches verification, without a conversion that refused it as malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha384_addressed_image_resolves_and_is_discovered_by_its_digest() {
+    use pullgate::digest::DigestAlgorithm;
+    let fake = FakeRegistry::start(true).await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+    let d384 = Digest::compute(DigestAlgorithm::Sha384, manifest);
+    fake.put_manifest_as("team/app", None, OCI_MANIFEST, manifest, d384.clone());
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let reference = format!("ghcr.io/team/app@{d384}");
+    assert_eq!(reference.parse::<pullgate::registry::Reference>().unwrap().digest(), Some(&d384));
+    let report = Registry::new(config(dir.path())).inspect(&reference, None).await.unwrap();
+    assert_eq!(report.image.digest, d384, "{report}");
+    assert_eq!(report.image.digest.algorithm(), DigestAlgorithm::Sha384);
+    assert!(fake.log().iter().any(|l| l.contains(&format!("/manifests/{d384}"))), "{:?}", fake.log());
+    assert!(fake.log().iter().any(|l| l.contains(&format!("/referrers/{d384}"))), "{:?}", fake.log());
+    assert_eq!(outcome(&report, &d384, Step::SignatureTag), Outcome::NotFound);
+    // A mirror serving other bytes under the sha384 name is refused, as for sha256.
+    let other = Digest::compute(DigestAlgorithm::Sha384, b"other");
+    fake.put_manifest_as("team/app", None, OCI_MANIFEST, manifest, other.clone());
+    let e = Registry::new(config(dir.path())).inspect(&format!("ghcr.io/team/app@{other}"), None).await.unwrap_err().to_string();
+    assert!(e.contains("other bytes"), "{e}");
+}

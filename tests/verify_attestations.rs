@@ -356,7 +356,7 @@ const DSSE: (&str, &str) = ("dsse", "0.0.1");
 fn with_envelope(att: &LegacyAttestation, envelope: Value) -> LegacyAttestation {
     let mut att = att.clone();
     att.envelope = serde_json::to_vec(&envelope).unwrap();
-    att.layer_digest = Some(Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &att.envelope));
+    att.layer_digest = Some(Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &att.envelope));
     att
 }
 

@@ -503,7 +503,7 @@ fn mutate_legacy(rng: &mut Rng, sig: &LegacySignature) -> Option<LegacySignature
             // Keep the layer digest consistent half the time, so the
             // signature check (not just the digest check) is exercised.
             if rng.below(2) == 0 {
-                m.layer_digest = Some(Digest::of(
+                m.layer_digest = Some(Digest::compute(
                     pullgate::verify::DigestAlgorithm::Sha256,
                     &m.payload,
                 ));

@@ -117,7 +117,7 @@ fn verify_bundle_case_mode(
             .str("digest")
             .unwrap()
             .parse()
-            .map_err(|e: pullgate::verify::error::MaterialError| e.to_string())?;
+            .map_err(|e: pullgate::digest::DigestError| e.to_string())?;
         ArtifactRef::Digest(&digest)
     } else {
         artifact_bytes = std::fs::read(case.path("artifact").unwrap()).unwrap();
@@ -267,7 +267,7 @@ fn verify_image_case(case: &Case, shared: &Path) -> Result<(), String> {
         .str("digest")
         .unwrap()
         .parse()
-        .map_err(|e: pullgate::verify::error::MaterialError| e.to_string())?;
+        .map_err(|e: pullgate::digest::DigestError| e.to_string())?;
     let policy = IdentityPolicy::any_of(vec![Authority::keyless(
         "case",
         vec![keyless_identity(case)],

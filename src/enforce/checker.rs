@@ -61,10 +61,6 @@ pub fn credentials(auth: Option<&AuthConfig>) -> Option<Credentials> {
     (!c.is_empty()).then_some(c)
 }
 
-fn to_verify_digest(d: &registry::Digest) -> Result<crate::verify::digest::Digest, String> {
-    d.to_string().parse().map_err(|e| format!("digest {d}: {e}"))
-}
-
 /// The discovered candidates for one subject digest, in the verification engine's form. A
 /// candidate that cannot even be read becomes a failed candidate later, not an error here.
 fn candidates_for(materials: &[Material], subject: &registry::Digest) -> (Vec<SignatureMaterial>, Vec<String>) {
@@ -170,10 +166,7 @@ pub async fn decide(
     let mut last: Option<Outcome> = None;
     for (subject, pin, config) in &subjects {
         let (candidates, problems) = candidates_for(&discovery.materials, subject);
-        let digest = match to_verify_digest(subject) {
-            Ok(d) => d,
-            Err(e) => return (deny(e), decisions),
-        };
+        let digest = subject.clone();
         // CPU-bound (signature checks): off the reactor threads.
         let identity = policy.identity.clone();
         let trust = trust.clone();

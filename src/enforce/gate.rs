@@ -26,7 +26,8 @@ use super::cache::{DecisionCache, Lookup};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
-use crate::registry::reference::{Aliases, Digest, Reference};
+use crate::digest::Digest;
+use crate::registry::reference::{Aliases, Reference};
 
 /// The digests an image reference resolved to on the mirror.
 #[derive(Debug, Clone)]
@@ -141,10 +142,10 @@ pub struct CacheConfig {
     /// Most decisions kept.
     pub capacity: usize,
     /// How long an allowed decision is reused.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub allow_ttl: Duration,
     /// How long a refusal is reused (short: a signature pushed a moment later is picked up).
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub deny_ttl: Duration,
 }
 

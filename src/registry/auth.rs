@@ -103,7 +103,7 @@ impl AuthMaterial {
             AuthMaterial::RefreshToken(t) => format!("refresh\0{}", t.expose()),
             AuthMaterial::Bearer(t) => format!("bearer\0{}", t.expose()),
         };
-        super::reference::Digest::sha256(text.as_bytes()).hex()[..32].to_string()
+        crate::digest::Digest::sha256(text.as_bytes()).hex()[..32].to_string()
     }
 }
 

@@ -39,7 +39,7 @@ use serde::Serialize;
 
 use super::client::{Call, ErrorKind, Op, RequestError, Transport};
 use super::hosts::Endpoint;
-use super::reference::Digest;
+use crate::digest::Digest;
 use super::resolve::{fetch_verified, manifest_limit_setting, FetchError, ResolvedImage, Store, SubjectRole, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 /// Sigstore bundle media types, newest first (cosign v3 writes v0.3).

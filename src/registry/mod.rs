@@ -40,7 +40,8 @@ pub use client::{Dialer, ErrorKind, RequestError, TcpDialer};
 pub use config::{Platform, RegistryArgs, RegistryConfig};
 pub use discover::{Discovery, Material, Outcome, SideArtifact, Source, Step, StepReport};
 pub use hosts::{Endpoint, HostsDir, HostsError, HostsResolution};
-pub use reference::{Digest, DigestError, Reference, ReferenceError};
+pub use crate::digest::{Digest, DigestError};
+pub use reference::{Reference, ReferenceError};
 pub use resolve::{PlatformImage, ResolveError, ResolvedImage, SubjectRole};
 
 use client::{Op, Transport};

@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 
+use crate::digest::{Digest, DigestError};
+
 /// Registry assumed when a reference names none.
 pub const DEFAULT_REGISTRY: &str = "docker.io";
 /// Old name of [`DEFAULT_REGISTRY`], still accepted in references.
@@ -42,145 +44,6 @@ pub enum ReferenceError {
     TooLong(String, usize),
     #[error("invalid image reference {0:?}: {1}")]
     Digest(String, DigestError),
-}
-
-/// Why a string is not a digest pullgate can check.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DigestError {
-    #[error("digest {0:?} has no `algorithm:` prefix")]
-    NoAlgorithm(String),
-    #[error("digest algorithm {0:?} is not supported (sha256, sha384 or sha512)")]
-    UnsupportedAlgorithm(String),
-    #[error("digest {0:?} is not {1} lowercase hex characters")]
-    BadHex(String, usize),
-}
-
-/// Hash functions OCI content is addressed with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DigestAlgorithm {
-    Sha256,
-    Sha384,
-    Sha512,
-}
-
-impl DigestAlgorithm {
-    pub fn name(self) -> &'static str {
-        match self {
-            DigestAlgorithm::Sha256 => "sha256",
-            DigestAlgorithm::Sha384 => "sha384",
-            DigestAlgorithm::Sha512 => "sha512",
-        }
-    }
-
-    fn hex_len(self) -> usize {
-        match self {
-            DigestAlgorithm::Sha256 => 64,
-            DigestAlgorithm::Sha384 => 96,
-            DigestAlgorithm::Sha512 => 128,
-        }
-    }
-
-    fn aws_lc(self) -> &'static aws_lc_rs::digest::Algorithm {
-        match self {
-            DigestAlgorithm::Sha256 => &aws_lc_rs::digest::SHA256,
-            DigestAlgorithm::Sha384 => &aws_lc_rs::digest::SHA384,
-            DigestAlgorithm::Sha512 => &aws_lc_rs::digest::SHA512,
-        }
-    }
-}
-
-/// A content digest (`sha256:<64 hex>`), validated; the hex is lowercase as OCI requires.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    algorithm: DigestAlgorithm,
-    hex: String,
-}
-
-impl Digest {
-    pub fn parse(s: &str) -> Result<Digest, DigestError> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::NoAlgorithm(s.to_string()))?;
-        let algorithm = match alg {
-            "sha256" => DigestAlgorithm::Sha256,
-            "sha384" => DigestAlgorithm::Sha384,
-            "sha512" => DigestAlgorithm::Sha512,
-            _ => return Err(DigestError::UnsupportedAlgorithm(alg.to_string())),
-        };
-        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(DigestError::BadHex(s.to_string(), algorithm.hex_len()));
-        }
-        Ok(Digest { algorithm, hex: hex.to_string() })
-    }
-
-    /// The digest of `bytes` with `algorithm`.
-    pub fn compute(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
-        let d = aws_lc_rs::digest::digest(algorithm.aws_lc(), bytes);
-        let hex = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        Digest { algorithm, hex }
-    }
-
-    pub fn sha256(bytes: &[u8]) -> Digest {
-        Digest::compute(DigestAlgorithm::Sha256, bytes)
-    }
-
-    /// Whether `bytes` hash to this digest (with this digest's algorithm).
-    pub fn matches(&self, bytes: &[u8]) -> bool {
-        Digest::compute(self.algorithm, bytes) == *self
-    }
-
-    pub fn algorithm(&self) -> DigestAlgorithm {
-        self.algorithm
-    }
-
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-
-    /// The tag of the OCI 1.1 referrers tag schema: `<alg>-<ref>`, alg and ref truncated to 32
-    /// and 64 characters (OCI distribution spec, "Referrers Tag Schema").
-    pub fn referrers_tag(&self) -> String {
-        let alg = self.algorithm.name();
-        format!("{}-{}", &alg[..alg.len().min(32)], &self.hex[..self.hex.len().min(64)])
-    }
-
-    /// The tag cosign stores legacy signatures under: the digest with `:` replaced, plus `.sig`.
-    pub fn cosign_signature_tag(&self) -> String {
-        format!("{}-{}.sig", self.algorithm.name(), self.hex)
-    }
-
-    /// The tag cosign stores legacy attestations under: the signature tag with `.att`.
-    pub fn cosign_attestation_tag(&self) -> String {
-        format!("{}-{}.att", self.algorithm.name(), self.hex)
-    }
-
-    /// The file stem a bundle for this digest has in the local bundle directory.
-    pub fn file_stem(&self) -> String {
-        format!("{}-{}", self.algorithm.name(), self.hex)
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.algorithm.name(), self.hex)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = DigestError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Digest::parse(s)
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
 }
 
 /// A normalised image reference: registry, repository, and a tag, a digest or both.
@@ -651,20 +514,5 @@ mod tests {
         assert_eq!(a.name(&Reference::parse("mirror-b.internal/x").unwrap()), "mirror.internal/x");
         assert_eq!(a.name(&Reference::parse("docker.io/x/y").unwrap()), "docker.io/x/y");
         assert_eq!(a.name(&Reference::parse("other.io/x").unwrap()), "other.io/x");
-    }
-
-    #[test]
-    fn digest_helpers() {
-        let d = Digest::sha256(b"hello");
-        assert_eq!(d.to_string(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        assert!(d.matches(b"hello"));
-        assert!(!d.matches(b"hello!"));
-        assert_eq!(d.referrers_tag(), "sha256-2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
-        assert_eq!(d.cosign_signature_tag(), format!("{}.sig", d.referrers_tag()));
-        let d512 = Digest::compute(DigestAlgorithm::Sha512, b"x");
-        assert_eq!(d512.referrers_tag().len(), "sha512-".len() + 64, "ref truncated to 64 characters");
-        assert!(Digest::parse(&d512.to_string()).is_ok());
-        assert!(Digest::parse("sha256").is_err());
-        assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
     }
 }

@@ -17,7 +17,8 @@ use super::client::{Call, ErrorKind, Op, RequestError, Transport};
 use super::config::Platform;
 use super::hosts::Endpoint;
 use super::platform::{select, EntryPlatform, Matcher};
-use super::reference::{Digest, Reference};
+use super::reference::Reference;
+use crate::digest::Digest;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

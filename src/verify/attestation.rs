@@ -23,7 +23,7 @@ use serde_json::Value;
 use sigstore_verify::types::Bundle;
 
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
-use super::digest::Digest;
+use crate::digest::Digest;
 use super::error::{one_line, VerifyError};
 use super::image::{
     check_statement_subject, in_toto_statement, signer_label, SignatureMaterial,

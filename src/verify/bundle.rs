@@ -7,11 +7,12 @@
 //! how many authorities a policy lists.
 
 use serde::Serialize;
-use sigstore_verify::types::{Artifact, Bundle, TransparencyLogEntry, VerificationMaterialContent};
+use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, HashAlgorithm, Sha256Hash, TransparencyLogEntry, VerificationMaterialContent};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy};
 
+use crate::digest::{Digest, DigestAlgorithm};
+
 use super::certificate::CertificateIdentity;
-use super::digest::Digest;
 use super::error::{from_bundle_structure, one_line, CertificateError, MaterialError, VerifyError};
 use super::keys::PublicKey;
 use super::timestamp::ParsedToken;
@@ -40,9 +41,21 @@ impl<'a> ArtifactRef<'a> {
     fn to_library(self) -> Artifact<'a> {
         match self {
             Self::Bytes(bytes) => Artifact::Blob(bytes),
-            Self::Digest(digest) => Artifact::Digest(digest.to_library()),
+            Self::Digest(digest) => Artifact::Digest(library_digest(digest)),
         }
     }
+}
+
+/// `digest` in the verification library's form.
+fn library_digest(digest: &Digest) -> ArtifactDigest {
+    let algorithm = match digest.algorithm() {
+        DigestAlgorithm::Sha256 => HashAlgorithm::Sha2256,
+        DigestAlgorithm::Sha384 => HashAlgorithm::Sha2384,
+        DigestAlgorithm::Sha512 => HashAlgorithm::Sha2512,
+    };
+    // The length was validated at construction, so this cannot fail; fall back to an
+    // obviously-wrong zero digest rather than panicking if it ever did.
+    ArtifactDigest::new(algorithm, digest.bytes()).unwrap_or_else(|_| ArtifactDigest::sha256(Sha256Hash::new([0; 32])))
 }
 
 /// Which kind of signer the caller is prepared to accept for this bundle.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
-use super::digest::Digest;
+use crate::digest::Digest;
 use super::error::one_line;
 use super::image::{verify_image, SignatureMaterial};
 use super::keys::PublicKey;
@@ -110,8 +110,8 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     let artifact_bytes;
     let digest;
     let artifact =
-        if !Path::new(&args.artifact).exists() && Digest::looks_like_digest(&args.artifact) {
-            digest = args.artifact.parse::<Digest>().map_err(usage)?;
+        if !Path::new(&args.artifact).exists() && Digest::parse(&args.artifact).is_ok() {
+            digest = super::error::parse_digest(&args.artifact).map_err(usage)?;
             ArtifactRef::Digest(&digest)
         } else {
             artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
@@ -346,7 +346,7 @@ type Prepared = (
 );
 
 fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
-    let image: Digest = args.digest.parse().map_err(usage)?;
+    let image = super::error::parse_digest(&args.digest).map_err(usage)?;
     let policy = policy_from_flags(&args.identity)?;
     let trust = TrustMaterial::from_file(&args.trusted_root).map_err(usage)?;
     let mut candidates = Vec::new();

@@ -44,7 +44,7 @@ use sigstore_verify::types::{
 };
 
 use super::bundle::ArtifactRef;
-use super::digest::DigestAlgorithm;
+use crate::digest::DigestAlgorithm;
 use super::trust::TrustMaterial;
 
 /// What the library's run would have produced for a covered bundle.
@@ -225,9 +225,10 @@ impl<'a> Digests<'a> {
             ArtifactRef::Digest(digest) => {
                 let own = match digest.algorithm() {
                     DigestAlgorithm::Sha256 => HashAlgorithm::Sha2256,
+                    DigestAlgorithm::Sha384 => HashAlgorithm::Sha2384,
                     DigestAlgorithm::Sha512 => HashAlgorithm::Sha2512,
                 };
-                (own == algorithm).then(|| digest.as_bytes().to_vec())
+                (own == algorithm).then(|| digest.bytes())
             }
         }
     }

@@ -33,9 +33,14 @@ pub enum MaterialError {
     /// A PEM public key could not be parsed or uses an unsupported algorithm.
     #[error("malformed public key: {0}")]
     MalformedKey(String),
-    /// A digest string is not `sha256:<64 hex>` or `sha512:<128 hex>`.
-    #[error("malformed digest {0:?}: want sha256:<64 hex> or sha512:<128 hex>")]
+    /// A digest string is not `sha256:<64 hex>`, `sha384:<96 hex>` or `sha512:<128 hex>`.
+    #[error("malformed digest {0:?}: want sha256:<64 hex>, sha384:<96 hex> or sha512:<128 hex>")]
     MalformedDigest(String),
+}
+
+/// `s` as a digest, or [`MaterialError::MalformedDigest`] quoting (at most 140 characters of) it.
+pub(crate) fn parse_digest(s: &str) -> Result<crate::digest::Digest, MaterialError> {
+    crate::digest::Digest::parse(s).map_err(|_| MaterialError::MalformedDigest(s.chars().take(140).collect()))
 }
 
 /// Step 2: the signature does not describe the artifact or image being checked.

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sigstore_verify::types::{Bundle, SignatureContent};
 
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
-use super::digest::Digest;
+use crate::digest::Digest;
 use super::error::{one_line, BindingError, VerifyError};
 use super::attestation::{AttestationCandidate, AttestationOutcome, RequirementOutcome};
 use super::legacy::LegacySignature;
@@ -250,7 +250,7 @@ pub(crate) fn check_statement_subject(
     statement: &serde_json::Value,
     image: &Digest,
 ) -> Result<(), BindingError> {
-    let algorithm = image.algorithm().prefix();
+    let algorithm = image.algorithm().name();
     let want = image.hex();
     let subjects = statement
         .get("subject")
@@ -551,4 +551,21 @@ fn failed(
         })
         .collect();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestAlgorithm;
+
+    #[test]
+    fn sha384_image_digest_binds_to_a_sha384_subject() {
+        let image = Digest::compute(DigestAlgorithm::Sha384, b"manifest");
+        let statement = |alg: &str, hex: &str| serde_json::json!({"subject": [{"digest": {alg: hex}}]});
+        assert_eq!(check_statement_subject(&statement("sha384", image.hex()), &image), Ok(()));
+        let other = Digest::compute(DigestAlgorithm::Sha384, b"other");
+        assert!(check_statement_subject(&statement("sha384", other.hex()), &image).is_err());
+        let sha256 = Digest::sha256(b"manifest");
+        assert!(check_statement_subject(&statement("sha256", sha256.hex()), &image).is_err(), "another algorithm is not a match");
+    }
 }

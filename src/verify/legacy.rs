@@ -27,7 +27,7 @@ use sigstore_verify::types::{
 
 use super::bundle::{ArtifactRef, ExpectedSigner, LogEntrySummary, Signer, VerifiedSignature};
 use super::certificate::CertificateIdentity;
-use super::digest::{Digest, DigestAlgorithm};
+use crate::digest::{Digest, DigestAlgorithm};
 use super::error::{
     one_line, BindingError, CertificateError, MaterialError, SignatureError, TlogError, VerifyError,
 };
@@ -121,7 +121,7 @@ impl LegacySignature {
         for value in annotations.values() {
             bounded("annotation", value.len(), MAX_ANNOTATION_BYTES)?;
         }
-        let layer_digest: Digest = digest.parse()?;
+        let layer_digest = super::error::parse_digest(digest)?;
         let signature = annotations
             .get(ANNOTATION_SIGNATURE)
             .cloned()
@@ -330,7 +330,7 @@ impl TrustMaterial {
         )?;
         // (2) Bind the payload to its layer and to the pulled image.
         if let Some(layer_digest) = &sig.layer_digest {
-            let actual = Digest::of(layer_digest.algorithm(), &sig.payload);
+            let actual = Digest::compute(layer_digest.algorithm(), &sig.payload);
             if &actual != layer_digest {
                 return Err(BindingError::LayerDigest {
                     got: actual.to_string(),
@@ -796,9 +796,7 @@ fn to_bundle(
         SignedDigest::Sha256 => MessageDigest::new(
             sigstore_verify::types::HashAlgorithm::Sha2256,
             DigestBytes::new(
-                Digest::of(DigestAlgorithm::Sha256, &sig.payload)
-                    .as_bytes()
-                    .to_vec(),
+                Digest::compute(DigestAlgorithm::Sha256, &sig.payload).bytes(),
             ),
         ),
         SignedDigest::Sha384 => MessageDigest::new(
@@ -847,8 +845,8 @@ fn check_rekord_body(
     if hash["algorithm"].as_str() != Some("sha256") {
         return Err(mismatch("logged payload hash is not sha256"));
     }
-    let payload_hash = Digest::of(DigestAlgorithm::Sha256, &sig.payload).hex();
-    if hash["value"].as_str() != Some(payload_hash.as_str()) {
+    let payload_hash = Digest::compute(DigestAlgorithm::Sha256, &sig.payload);
+    if hash["value"].as_str() != Some(payload_hash.hex()) {
         return Err(mismatch("logged payload hash differs from the payload"));
     }
     let logged_sig = spec["signature"]["content"].as_str().and_then(b64);

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::digest::Digest;
+use crate::digest::Digest;
 use super::error::{one_line, MaterialError, TlogError, VerifyError};
 use super::legacy::{
     b64, bounded, pem_certificates, RekorSetBundle, ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE,
@@ -92,7 +92,7 @@ impl LegacyAttestation {
         let get = |name: &str| annotations.get(name).cloned();
         Ok(Self {
             envelope,
-            layer_digest: Some(digest.parse()?),
+            layer_digest: Some(super::error::parse_digest(digest)?),
             certificate: get(ANNOTATION_CERTIFICATE),
             chain: get(ANNOTATION_CHAIN),
             rekor_bundle: get(ANNOTATION_BUNDLE),
@@ -124,7 +124,7 @@ impl LegacyAttestation {
         let malformed = |what: String| MaterialError::MalformedLegacy(what);
         bounded("DSSE envelope", self.envelope.len(), MAX_ENVELOPE_BYTES)?;
         if let Some(layer_digest) = &self.layer_digest {
-            let actual = Digest::of(layer_digest.algorithm(), &self.envelope);
+            let actual = Digest::compute(layer_digest.algorithm(), &self.envelope);
             if &actual != layer_digest {
                 return Err(super::error::BindingError::LayerDigest {
                     got: actual.to_string(),

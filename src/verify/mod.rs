@@ -14,7 +14,6 @@
 //!   keyless shapes (DSSE with `dsse/0.0.1`, message with `hashedrekord/0.0.1`).
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
-//! - [`digest`]: `sha256:`/`sha512:` digests.
 //! - [`error`]: one error enum per verification step.
 //! - [`cli`]: `verify-bundle` (sigstore-conformance protocol) and `verify-image-files`.
 //!
@@ -88,7 +87,6 @@ pub mod attestation;
 pub mod bundle;
 pub mod certificate;
 pub mod cli;
-pub mod digest;
 mod direct;
 pub mod error;
 pub mod image;
@@ -104,13 +102,13 @@ pub use bundle::{
     parse_bundle, ArtifactRef, ExpectedSigner, LogEntrySummary, Mode, Signer, VerifiedSignature,
 };
 pub use certificate::CertificateIdentity;
-pub use digest::{Digest, DigestAlgorithm};
+pub use crate::digest::{Digest, DigestAlgorithm};
 pub use error::VerifyError;
 pub use image::{verify_image, CandidateOutcome, ImageDecision, SignatureMaterial};
 pub use keys::{KeyKind, PublicKey};
 pub use legacy::{LegacySignature, RekorSetBundle};
 pub use legacy_attestation::LegacyAttestation;
-pub use trust::{TrustMaterial, TrustStore};
+pub use trust::TrustMaterial;
 
 /// A single-field edit of a valid bundle that verification accepts on
 /// purpose; the table in the module docs gives each with its reason.

@@ -3,12 +3,11 @@
 //!
 //! Parsing the root, validating its keys and certificates and building the
 //! library's `Verifier` happens once per root, not once per pull. The result is
-//! immutable and shared behind an `Arc`; [`TrustStore`] swaps it atomically when
-//! the root is rotated, and in-flight verifications keep the `Arc` they started
-//! with.
+//! immutable and shared behind an `Arc`; the trust root handle
+//! (`crate::trust::handle`) swaps it when the root is rotated, and in-flight
+//! verifications keep the `Arc` they started with.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 use sigstore_verify::trust_root::TrustedRoot;
@@ -182,44 +181,5 @@ impl TrustMaterial {
     /// `sha256:<hex>` of the JSON this material was built from.
     pub fn source_digest(&self) -> &str {
         &self.source_digest
-    }
-}
-
-/// The current trust material, swappable while verifications are running.
-///
-/// Readers take a cheap `Arc` clone under a short read lock and then verify
-/// without holding any lock, so a root rotation never blocks or tears a
-/// verification that is already under way.
-#[derive(Debug)]
-pub struct TrustStore {
-    current: RwLock<Arc<TrustMaterial>>,
-}
-
-impl TrustStore {
-    /// Start with `material`.
-    pub fn new(material: TrustMaterial) -> Self {
-        Self {
-            current: RwLock::new(Arc::new(material)),
-        }
-    }
-
-    /// The material to use for the next verification.
-    pub fn current(&self) -> Arc<TrustMaterial> {
-        // A poisoned lock only means a writer panicked after (or before)
-        // storing a complete Arc; the value itself is always consistent.
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Atomically install new material, returning the previous one.
-    pub fn replace(&self, material: TrustMaterial) -> Arc<TrustMaterial> {
-        let new = Arc::new(material);
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        std::mem::replace(&mut *guard, new)
     }
 }

@@ -166,7 +166,11 @@ impl FakeRegistry {
 
     /// Stores a manifest directly, optionally tagged.
     pub fn put_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, bytes: &[u8]) -> Digest {
-        let d = Digest::sha256(bytes);
+        self.put_manifest_as(repo, tag, media_type, bytes, Digest::sha256(bytes))
+    }
+
+    /// Stores a manifest under `d` (a digest of `bytes` with any algorithm), optionally tagged.
+    pub fn put_manifest_as(&self, repo: &str, tag: Option<&str>, media_type: &str, bytes: &[u8], d: Digest) -> Digest {
         let mut st = self.state.lock().unwrap();
         st.manifests.insert((repo.into(), d.to_string()), (media_type.into(), Bytes::copy_from_slice(bytes)));
         if let Some(t) = tag {

@@ -462,8 +462,8 @@ impl Stack {
 
     /// The in-toto statement cosign v3 signs for `image`.
     pub fn image_statement(&self, image: &Digest, opts: &SignOptions) -> Vec<u8> {
-        let hex = opts.subject_hex.clone().unwrap_or_else(|| image.hex());
-        let algorithm = image.algorithm().prefix();
+        let hex = opts.subject_hex.clone().unwrap_or_else(|| image.hex().to_string());
+        let algorithm = image.algorithm().name();
         let mut statement = json!({
             "_type": opts.statement_type,
             "subject": [{"digest": {algorithm: hex}, "annotations": {}}],
@@ -555,7 +555,7 @@ impl Stack {
             .tlog
             .then(|| self.rekor.append(body, entry, opts.signing_time).to_cosign_set_bundle());
         LegacyAttestation {
-            layer_digest: Some(Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &envelope)),
+            layer_digest: Some(Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &envelope)),
             envelope,
             certificate: leaf.as_ref().map(IssuedCert::pem),
             chain: leaf.is_some().then_some(chain),
@@ -692,7 +692,7 @@ impl Stack {
             .as_ref()
             .map(|(leaf, _)| leaf.clone())
             .unwrap_or_else(|| key.public_pem());
-        let payload_digest = Digest::of(pullgate::verify::DigestAlgorithm::Sha256, &payload);
+        let payload_digest = Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &payload);
         let rekor_bundle = opts.tlog.then(|| {
             let (body, kind) = match opts.legacy_kind {
                 LegacyKind::HashedRekord => (
@@ -743,7 +743,7 @@ pub fn rfc3339(seconds: i64) -> String {
 
 /// A random-looking but deterministic image digest for test `n`.
 pub fn image_digest(n: u64) -> Digest {
-    Digest::of(
+    Digest::compute(
         pullgate::verify::DigestAlgorithm::Sha256,
         format!("manifest {n}").as_bytes(),
     )
