@@ -23,6 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 use super::calls::CallMetrics;
 use crate::enforce::audit::AuditRecord;
 use crate::enforce::cache::Lookup;
+use crate::enforce::decision::Verdict;
 use crate::enforce::gate::Enforcer;
 use crate::trust::TrustHandle;
 
@@ -42,7 +43,7 @@ fn slow_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct EnforceMetrics {
     /// call, policy, mode, result (`allow`, `deny`: refused, `audit_deny`: let through in audit
-    /// mode), reason (a category, see [`reason_category`]).
+    /// mode), reason ([`Reason::category`](crate::enforce::decision::Reason::category)).
     decisions: Family<Labels5, Counter>,
     /// result: `hit`, `miss`, `joined`.
     cache_lookups: Family<[(&'static str, &'static str); 1], Counter>,
@@ -75,44 +76,6 @@ impl Default for EnforceMetrics {
     }
 }
 
-/// A decision's reason as a small fixed set, for a label: the full reason is in the audit log.
-pub fn reason_category(decision: &str, reason: &str) -> &'static str {
-    let r = reason.to_ascii_lowercase();
-    let has = |s: &str| r.contains(s);
-    if decision == "allow" {
-        return if r.starts_with("break-glass:") {
-            "break_glass"
-        } else if has("exempt by") {
-            "exempt"
-        } else if has("no policy matches") || has("no enforcing policy applies") {
-            "unmatched_allowed"
-        } else if has("not present in containerd") {
-            "image_absent"
-        } else {
-            "verified"
-        };
-    }
-    if has("matches no policy") {
-        "unmatched"
-    } else if has("trust root") {
-        "trust_root"
-    } else if has("invalid image reference") || has("cannot decode") {
-        "invalid_request"
-    } else if has("no registry digest") {
-        "no_registry_digest"
-    } else if has("cannot resolve") || has("cannot fetch") || has("signature discovery failed") || has("cannot look up image") {
-        "mirror"
-    } else if has("no signatures found") {
-        "no_signatures"
-    } else if r.starts_with("attestation ") || has(": attestation ") {
-        "attestation"
-    } else if has("identity mismatch") || has("issuer mismatch") || has("matched no authority") || has("extension") {
-        "identity"
-    } else {
-        "invalid_signature"
-    }
-}
-
 /// The `call` label of a decision, from a bounded set: the calls the gate decides, else
 /// `other` (an unchecked call's record names its gRPC path, which the caller chose).
 fn call_label(call: &str) -> &'static str {
@@ -126,18 +89,13 @@ fn call_label(call: &str) -> &'static str {
 
 impl EnforceMetrics {
     /// Notes one decision as it is written to the audit log.
-    pub fn decision(&self, record: &AuditRecord, refused: bool) {
-        let result = match (record.decision.as_str(), refused) {
-            ("allow", _) => "allow",
-            (_, true) => "deny",
-            (_, false) => "audit_deny",
-        };
+    pub fn decision(&self, record: &AuditRecord, verdict: Verdict) {
         let labels = [
             ("call", call_label(&record.call).to_string()),
             ("policy", record.policy.clone()),
             ("mode", if record.mode.is_empty() { "none".to_string() } else { record.mode.clone() }),
-            ("result", result.to_string()),
-            ("reason", reason_category(&record.decision, &record.reason).to_string()),
+            ("result", verdict.label().to_string()),
+            ("reason", record.category()),
         ];
         self.decisions.get_or_create(&labels).inc();
     }
@@ -380,28 +338,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_fall_into_categories() {
-        let cases = [
-            ("allow", "exempt by exemption sandbox", "exempt"),
-            ("allow", "no policy matches; policy.unmatched is allow", "unmatched_allowed"),
-            ("allow", "policy demo: verified: 1 of 1 required authorities", "verified"),
-            ("allow", "break-glass: r/etcd@sha256:1 is in a window opened by root (uid 0) on n until 2026-01-01T00:00:00Z (INC-1); refused otherwise: image r/etcd (sha256:1) denied by policy cp: trust root is stale", "break_glass"),
-            ("deny", "image r/x:1 matches no policy and policy.unmatched is deny: add a policy", "unmatched"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: no trust root installed: run `pullgate trust-root import`", "trust_root"),
-            ("deny", "cannot resolve r/x:1 on the registry mirror: connection refused", "mirror"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: no signatures found", "no_signatures"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: referrer: identity mismatch: got a, want b", "identity"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: referrer: signature does not verify", "invalid_signature"),
-            ("deny", "image sha256:1 has no registry digest (imported or built on the node)", "no_registry_digest"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: attestation https://slsa.dev/provenance/v1: not found", "attestation"),
-            ("deny", "image r/x (sha256:1) denied by policy demo: attestation https://slsa.dev/provenance/v1: identity mismatch: got a, want b", "attestation"),
-        ];
-        for (decision, reason, want) in cases {
-            assert_eq!(reason_category(decision, reason), want, "{reason}");
-        }
-    }
-
-    #[test]
     fn encodes_with_prefix_and_records() {
         let m = Metrics::new();
         let record = AuditRecord {
@@ -410,9 +346,10 @@ mod tests {
             mode: "enforce".into(),
             decision: "deny".into(),
             reason: "no signatures found".into(),
+            category: "no_signatures".into(),
             ..Default::default()
         };
-        m.enforce.decision(&record, true);
+        m.enforce.decision(&record, Verdict::Deny);
         m.enforce.cache_lookup(Lookup::Miss);
         m.calls.record(m.calls.method("/runtime.v1.RuntimeService/Version"), 0, Instant::now());
         let classic = m.encode(false);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::cache::{DecisionCache, Lookup};
+use super::decision::{Reason, Verdict};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
@@ -44,8 +45,8 @@ pub struct Resolved {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Outcome {
     pub allowed: bool,
-    /// One line: why allowed or denied.
-    pub reason: String,
+    /// Why allowed or denied (its `Display`: one line).
+    pub reason: Reason,
     /// Signer identities that satisfied the policy (SAN or key fingerprint).
     pub identity: String,
     /// Where the deciding signature came from.
@@ -219,7 +220,7 @@ struct Checked {
     digest: String,
     policy: String,
     mode: Mode,
-    reason: String,
+    reason: Reason,
     identity: String,
     source: String,
     cached: bool,
@@ -308,7 +309,7 @@ impl Enforcer {
         let mut results = Vec::new();
         for policy in policies {
             if let Some(why) = &trust.unusable {
-                let outcome = Outcome { allowed: false, reason: why.clone(), ..Default::default() };
+                let outcome = Outcome { allowed: false, reason: Reason::TrustRoot(why.clone()), ..Default::default() };
                 results.push((policy.clone(), Arc::new(outcome), false));
                 continue;
             }
@@ -351,23 +352,15 @@ impl Enforcer {
     /// Combines per-policy results: enforce-mode failures refuse, audit-mode ones are noted.
     /// `image` is the name a refusal shows (what the call asked for), `digest` what was checked.
     fn combine(&self, image: &str, digest: &str, results: &[(Arc<ImagePolicy>, Arc<Outcome>, bool)]) -> Checked {
-        let enforce_failures: Vec<String> = results
-            .iter()
-            .filter(|(p, o, _)| p.mode == Mode::Enforce && !o.allowed)
-            .map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason))
-            .collect();
-        let all_failures: Vec<String> = results
-            .iter()
-            .filter(|(_, o, _)| !o.allowed)
-            .map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason))
-            .collect();
+        let allowed_by_enforce = !results.iter().any(|(p, o, _)| p.mode == Mode::Enforce && !o.allowed);
+        let all_failures: Vec<(String, Reason)> =
+            results.iter().filter(|(_, o, _)| !o.allowed).map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect();
         let mode = if results.iter().any(|(p, _, _)| p.mode == Mode::Enforce) { Mode::Enforce } else { Mode::Audit };
-        let allowed_by_enforce = enforce_failures.is_empty();
         let would_allow = all_failures.is_empty();
         let reason = if would_allow {
-            results.iter().map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason)).collect::<Vec<_>>().join("; ")
+            Reason::Policies { subject: None, results: results.iter().map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect() }
         } else {
-            format!("{} denied by {}", subject(image, digest), all_failures.join("; "))
+            Reason::Policies { subject: Some(subject(image, digest)), results: all_failures }
         };
         let pick = |f: fn(&Outcome) -> &String| {
             let mut v: Vec<&str> = results.iter().map(|(_, o, _)| f(o).as_str()).filter(|s| !s.is_empty()).collect();
@@ -400,10 +393,9 @@ impl Enforcer {
         let reference = match Reference::parse(&call.image) {
             Ok(r) => r,
             Err(e) => {
-                record.decision = "deny".into();
                 // The error names the reference itself; both shortened.
                 let (image, e) = (crate::bounded::shorten(&call.image, 256), e.to_string());
-                record.reason = format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512));
+                record.deny(&Reason::InvalidRequest(format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512))));
                 record.mode = Mode::Enforce.as_str().into();
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
@@ -412,23 +404,20 @@ impl Enforcer {
         let policies = match policy.applicable(&self.names(&reference), call.namespace.as_deref()) {
             Applicable::Exempt(name) => {
                 record.policy = format!("exempt:{name}");
-                record.decision = "allow".into();
-                record.reason = format!("exempt by exemption {name}");
+                record.allow(&Reason::Exempt(format!("exempt by exemption {name}")));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Allow) => {
                 record.policy = "unmatched".into();
-                record.decision = "allow".into();
-                record.reason = "no policy matches; policy.unmatched is allow".into();
+                record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
                 record.mode = Mode::Enforce.as_str().into();
-                record.decision = "deny".into();
-                record.reason = format!(
+                record.deny(&Reason::Unmatched(format!(
                     "image {reference} matches no policy and policy.unmatched is deny: add a policy for it, or an exemption"
-                );
+                )));
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
             Applicable::Policies(p) => p,
@@ -440,8 +429,7 @@ impl Enforcer {
         let resolved = match self.checker.resolve(&reference, auth).await {
             Ok(r) => r,
             Err(e) => {
-                record.decision = "deny".into();
-                record.reason = format!("cannot resolve {reference} on the registry mirror: {e}");
+                record.deny(&Reason::Mirror(format!("cannot resolve {reference} on the registry mirror: {e}")));
                 let verdict = if enforce { PullVerdict::Refuse(record.reason.clone()) } else { PullVerdict::Forward };
                 return (verdict, record);
             }
@@ -449,13 +437,16 @@ impl Enforcer {
         let results = self.check(&reference, &resolved, &policies, policy.generation, auth).await;
         let checked = self.combine(&call.image, &resolved.digest.to_string(), &results);
         record.digest = checked.digest.clone();
-        record.decision = if checked.would_allow { "allow" } else { "deny" }.into();
-        record.reason = checked.reason.clone();
+        if checked.would_allow {
+            record.allow(&checked.reason);
+        } else {
+            record.deny(&checked.reason);
+        }
         record.identity = checked.identity;
         record.source = checked.source;
         record.cached = checked.cached;
         if !checked.allowed {
-            return (PullVerdict::Refuse(checked.reason), record);
+            return (PullVerdict::Refuse(record.reason.clone()), record);
         }
         // What was verified is what containerd pulls: the platform manifest when that (or an
         // index covering it) verified; the index only when every policy verified the index.
@@ -516,15 +507,13 @@ impl Enforcer {
         };
         let Some(image) = &call.status else {
             // containerd refuses a container of an image it does not have.
-            record.decision = "allow".into();
-            record.reason = "image not present in containerd; containerd will refuse the container".into();
+            record.allow(&Reason::ImageAbsent("image not present in containerd; containerd will refuse the container".into()));
             return (CreateVerdict::Forward, record);
         };
-        let refuse = |mut record: AuditRecord, reason: String| {
+        let refuse = |mut record: AuditRecord, reason: Reason| {
             record.mode = Mode::Enforce.as_str().into();
-            record.decision = "deny".into();
-            record.reason = reason.clone();
-            (CreateVerdict::Refuse(reason), record)
+            record.deny(&reason);
+            (CreateVerdict::Refuse(record.reason.clone()), record)
         };
         let policy = self.policy();
         let ns = call.namespace.as_deref();
@@ -532,7 +521,7 @@ impl Enforcer {
         let digests: Vec<Reference> = image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
         let id = match Digest::parse(&image.id) {
             Ok(d) => d,
-            Err(e) => return refuse(record, format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image)),
+            Err(e) => return refuse(record, Reason::Uncheckable(format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image))),
         };
         let asked = self.asked_name(call, &tags, &digests);
         let scope: Vec<&Reference> = match &asked {
@@ -544,11 +533,10 @@ impl Enforcer {
         if !exempt.is_empty() && exempt.iter().all(Option::is_some) {
             let name = exempt.into_iter().flatten().next().unwrap_or_default();
             record.policy = format!("exempt:{name}");
-            record.decision = "allow".into();
-            record.reason = match &asked {
+            record.allow(&Reason::Exempt(match &asked {
                 Some(r) => format!("{r}: exempt by exemption {name}"),
                 None => format!("every name of image {} is exempt (exemption {name})", image.id),
-            };
+            }));
             return (CreateVerdict::Forward, record);
         }
         // The registry digests to verify: those in the asked repository (unknown: all).
@@ -561,22 +549,21 @@ impl Enforcer {
             Applicable::Policies(p) => p,
             Applicable::Exempt(_) | Applicable::Unmatched(Unmatched::Allow) => {
                 record.policy = "unmatched".into();
-                record.decision = "allow".into();
-                record.reason = "no policy matches; policy.unmatched is allow".into();
+                record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (CreateVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
                 let shown = asked.as_ref().map(|r| r.to_string()).or(image.repo_tags.first().or(image.repo_digests.first()).cloned()).unwrap_or_else(|| image.id.clone());
-                return refuse(record, format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id));
+                return refuse(record, Reason::Unmatched(format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id)));
             }
         };
         record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
         if candidates.is_empty() {
-            let reason = match &asked {
+            let reason = Reason::NoRegistryDigest(match &asked {
                 Some(a) if !digests.is_empty() => format!("image {} has no registry digest in repository {}, the name the pod asked for, so its signature cannot be checked", image.id, self.aliases.name(a)),
                 _ => format!("image {} has no registry digest (imported or built on the node, not pulled from a registry), so its signature cannot be checked", image.id),
-            };
+            });
             return refuse(record, reason);
         }
         let mut failures = Vec::new();
@@ -614,11 +601,11 @@ impl Enforcer {
                     if !runs || !outcome.configs.contains(&id) {
                         let mut o = (**outcome).clone();
                         o.allowed = false;
-                        o.reason = format!(
+                        o.reason = Reason::ImageMismatch(format!(
                             "{subject_ref} verified, but image {id} is not what it runs (verified manifest {}, config {})",
                             o.pin.as_ref().map(|d| d.to_string()).unwrap_or_default(),
                             o.configs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                        );
+                        ));
                         *outcome = Arc::new(o);
                     }
                 }
@@ -630,8 +617,7 @@ impl Enforcer {
                 record.source = checked.source.clone();
                 record.cached = checked.cached;
                 if checked.would_allow {
-                    record.decision = "allow".into();
-                    record.reason = checked.reason;
+                    record.allow(&checked.reason);
                     return (CreateVerdict::Forward, record);
                 }
                 if !checked.allowed {
@@ -648,8 +634,7 @@ impl Enforcer {
                 }
             }
         }
-        record.decision = "deny".into();
-        record.reason = failures.join("; ");
+        record.deny(&Reason::Several(failures));
         if audit_only {
             (CreateVerdict::Forward, record)
         } else {
@@ -667,7 +652,8 @@ impl Enforcer {
         // so a newline in an image string cannot start a forged line.
         let r = &record;
         let (call, image, digest, policy) = (r.call.as_str(), r.image.as_str(), r.digest.as_str(), r.policy.as_str());
-        if record.decision == "deny" && !refused {
+        let verdict = record.verdict(refused);
+        if verdict == Verdict::AuditWouldDeny {
             tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "audit mode: enforce would refuse this");
         } else if refused {
             tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "refused");
@@ -675,9 +661,9 @@ impl Enforcer {
             tracing::info!(call, image, digest, policy, identity = r.identity.as_str(), cached = r.cached, "allowed");
         }
         if let Some(m) = &self.metrics {
-            m.decision(&record, refused);
+            m.decision(&record, verdict);
         }
-        self.audit(record.settled(refused));
+        self.audit(record.settled(verdict));
     }
 }
 
@@ -768,7 +754,7 @@ mod tests {
         }
         fn verify<'a>(&'a self, reference: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
             Box::pin(async move {
-                let deny = |reason: &str| Outcome { allowed: false, reason: reason.into(), ..Default::default() };
+                let deny = |reason: &str| Outcome { allowed: false, reason: Reason::Mirror(reason.into()), ..Default::default() };
                 if self.missing.iter().any(|m| m == reference.repository()) {
                     return deny("cannot fetch: not found");
                 }
@@ -778,7 +764,7 @@ mod tests {
                 self.outcomes
                     .get(&resolved.digest.to_string())
                     .cloned()
-                    .unwrap_or(Outcome { allowed: false, reason: "no signatures found".into(), ..Default::default() })
+                    .unwrap_or(Outcome { allowed: false, reason: Reason::NoSignatures("no signatures found".into()), ..Default::default() })
             })
         }
         fn trust(&self) -> TrustStatus {
@@ -787,7 +773,7 @@ mod tests {
     }
 
     fn signed(pin: Digest, config: Digest) -> Outcome {
-        Outcome { allowed: true, reason: "verified".into(), pin: Some(pin), configs: vec![config], ..Default::default() }
+        Outcome { allowed: true, reason: Reason::Verified("verified".into()), pin: Some(pin), configs: vec![config], ..Default::default() }
     }
 
     fn enforcer(fake: Fake, unmatched: &str, multi_arch: &str) -> Enforcer {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod break_glass;
 pub mod cache;
 pub mod checker;
+pub mod decision;
 pub mod gate;
 pub mod policy;
 pub mod report;
