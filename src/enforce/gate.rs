@@ -740,6 +740,11 @@ mod tests {
         missing: Vec<String>,
         /// A password the mirror refuses.
         wrong_password: Option<String>,
+        /// Verifications asked for (cache misses).
+        verified: std::sync::atomic::AtomicUsize,
+        /// The trust root's generation, and why it is unusable (if it is).
+        trust_generation: std::sync::atomic::AtomicU64,
+        trust_unusable: Mutex<Option<String>>,
     }
 
     impl Checker for Fake {
@@ -753,6 +758,7 @@ mod tests {
             })
         }
         fn verify<'a>(&'a self, reference: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
+            self.verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async move {
                 let deny = |reason: &str| Outcome { allowed: false, reason: Reason::Mirror(reason.into()), ..Default::default() };
                 if self.missing.iter().any(|m| m == reference.repository()) {
@@ -768,7 +774,10 @@ mod tests {
             })
         }
         fn trust(&self) -> TrustStatus {
-            TrustStatus { generation: 1, unusable: None }
+            TrustStatus {
+                generation: self.trust_generation.load(std::sync::atomic::Ordering::Relaxed),
+                unusable: self.trust_unusable.lock().unwrap().clone(),
+            }
         }
     }
 
@@ -777,13 +786,21 @@ mod tests {
     }
 
     fn enforcer(fake: Fake, unmatched: &str, multi_arch: &str) -> Enforcer {
+        enforcer_in(Arc::new(fake), unmatched, multi_arch, "enforce")
+    }
+
+    fn policy_set(unmatched: &str, multi_arch: &str, mode: &str, generation: u64) -> PolicySet {
         let yaml = format!(
-            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"{REG}/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"{REG}/demo/**\"]\n    multi_arch: {multi_arch}\n    authorities:\n      - name: k\n        key:\n          data: \"{}\"\n",
+            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"{REG}/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"{REG}/demo/**\"]\n    mode: {mode}\n    multi_arch: {multi_arch}\n    authorities:\n      - name: k\n        key:\n          data: \"{}\"\n",
             KEY.replace('\n', "\\n")
         );
         let cfg: PolicyConfig = serde_saphyr::from_str(&yaml).unwrap();
+        cfg.compile(generation).unwrap()
+    }
+
+    fn enforcer_in(fake: Arc<Fake>, unmatched: &str, multi_arch: &str, mode: &str) -> Enforcer {
         let aliases = Aliases::new(&BTreeMap::from([(REG.to_string(), vec!["localhost:5000".to_string()])])).unwrap();
-        Enforcer::new(cfg.compile(1).unwrap(), &CacheConfig::default(), Arc::new(fake), AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
+        Enforcer::new(policy_set(unmatched, multi_arch, mode, 1), &CacheConfig::default(), fake, AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
             .with_aliases(aliases)
     }
 
@@ -967,5 +984,125 @@ mod tests {
         // A pull names the reference as asked; a digest reference carries its digest already.
         let (_, r) = e.decide_pull(&pull(&format!("localhost:5000/demo/x@{registry_digest}"))).await;
         assert_eq!(r.reason, format!("image localhost:5000/demo/x@{registry_digest} denied by policy demo: no signatures found"));
+    }
+
+    fn verifications(fake: &Fake) -> usize {
+        fake.verified.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn exempt_and_unmatched_are_decided_by_configuration_alone() {
+        let fake = Arc::new(Fake::default());
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/pause:3.9"))).await;
+        assert_eq!(v, PullVerdict::Forward);
+        assert_eq!((r.decision.as_str(), r.category.as_str(), r.policy.as_str(), r.reason.as_str()), ("allow", "exempt", "exempt:sandbox", "exempt by exemption sandbox"));
+        let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
+        assert_eq!(v, PullVerdict::Refuse("image other.example/x:1 matches no policy and policy.unmatched is deny: add a policy for it, or an exemption".into()));
+        assert_eq!((r.decision.as_str(), r.mode.as_str(), r.category.as_str()), ("deny", "enforce", "unmatched"));
+        let e = enforcer_in(fake.clone(), "allow", "either", "enforce");
+        let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
+        assert_eq!((v, r.category.as_str()), (PullVerdict::Forward, "unmatched_allowed"));
+        // Neither asked the mirror anything.
+        assert_eq!(verifications(&fake), 0);
+        // An unreadable reference is refused as an invalid request.
+        let (v, r) = e.decide_pull(&pull("UPPER/Case:%%")).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)) && r.category == "invalid_request", "{v:?} {r:?}");
+    }
+
+    #[tokio::test]
+    async fn audit_mode_lets_through_what_enforce_refuses_and_says_so() {
+        let image = format!("{REG}/demo/unsigned@{}", d(9));
+        for (mode, refused) in [("enforce", true), ("audit", false)] {
+            let e = enforcer_in(Arc::new(Fake::default()), "deny", "either", mode);
+            let (v, r) = e.decide_pull(&pull(&image)).await;
+            assert_eq!(matches!(v, PullVerdict::Refuse(_)), refused, "{mode}");
+            assert_eq!((r.mode.as_str(), r.category.as_str()), (mode, "no_signatures"));
+            assert_eq!(r.reason, format!("image {image} denied by policy demo: no signatures found"));
+            let verdict = r.verdict(refused);
+            let written = r.settled(verdict);
+            let want = if refused { ("deny", false, Verdict::Deny) } else { ("allow", true, Verdict::AuditWouldDeny) };
+            assert_eq!((written.decision.as_str(), written.would_deny, verdict), want, "{mode}");
+            assert_eq!(written.category, "no_signatures", "the refusal's kind, also when let through");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_trust_root_refuses_without_asking_the_mirror() {
+        let mut fake = Fake::default();
+        fake.outcomes.insert(d(2).to_string(), signed(d(2), d(3)));
+        let fake = Arc::new(fake);
+        *fake.trust_unusable.lock().unwrap() = Some("the trust root is stale: run `pullgate trust-root import`".into());
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let image = format!("{REG}/demo/app@{}", d(2));
+        let (v, r) = e.decide_pull(&pull(&image)).await;
+        assert_eq!(v, PullVerdict::Refuse(format!("image {image} denied by policy demo: the trust root is stale: run `pullgate trust-root import`")));
+        assert_eq!(r.category, "trust_root");
+        assert_eq!(verifications(&fake), 0);
+        // Usable again (a new generation): verified, nothing stale reused.
+        *fake.trust_unusable.lock().unwrap() = None;
+        fake.trust_generation.store(2, std::sync::atomic::Ordering::Relaxed);
+        let (v, r) = e.decide_pull(&pull(&image)).await;
+        assert!(matches!(v, PullVerdict::Pin { .. }) && r.category == "verified", "{v:?} {}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn tags_and_digests_pin_to_the_verified_digest() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.tags.insert(format!("{REG}/demo/app:1"), p.clone());
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c));
+        let e = enforcer(fake, "deny", "either");
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app:1"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: Some(format!("{REG}/demo/app:1")) });
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app@{p}"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: None });
+        // A tag the mirror does not know: refused as a mirror failure.
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/demo/app:2"))).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)) && r.category == "mirror", "{v:?} {}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn cached_decisions_last_only_for_their_generations() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c));
+        let fake = Arc::new(fake);
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let call = pull(&format!("{REG}/demo/app@{p}"));
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(r.cached);
+        assert_eq!(verifications(&fake), 1);
+        // A new policy: verified again.
+        e.replace_policy(policy_set("deny", "either", "enforce", 2));
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        assert_eq!(verifications(&fake), 2);
+        // A new trust root: verified again.
+        fake.trust_generation.store(7, std::sync::atomic::Ordering::Relaxed);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        assert_eq!(verifications(&fake), 3);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(r.cached);
+    }
+
+    #[tokio::test]
+    async fn image_volumes_are_decided_one_by_one() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "either");
+        let container = create(&c.to_string(), None, &c, &[], &[format!("{REG}/demo/app@{p}")]);
+        let signed_volume = MountImage { container_path: "/models".into(), image: format!("{REG}/demo/app@{p}"), status: container.status.clone() };
+        let u = d(4);
+        let unsigned = api::Image { id: u.to_string(), repo_digests: vec![format!("{REG}/demo/unsigned@{}", d(9))], ..Default::default() };
+        let unsigned_volume = MountImage { container_path: "/data".into(), image: format!("{REG}/demo/unsigned@{}", d(9)), status: Some(unsigned) };
+        assert_eq!(e.gate_mounts(&container, std::slice::from_ref(&signed_volume)).await, CreateVerdict::Forward);
+        let v = e.gate_mounts(&container, &[signed_volume, unsigned_volume]).await;
+        let CreateVerdict::Refuse(reason) = v else { panic!("an unsigned volume went through") };
+        assert!(reason.starts_with("image volume /data: "), "{reason}");
     }
 }
