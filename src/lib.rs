@@ -25,6 +25,7 @@ pub mod cri;
 pub mod daemon;
 pub mod doctor;
 pub mod enforce;
+pub mod gauge;
 pub mod policy;
 pub mod registry;
 pub mod trust;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::decision::Reason;
 use super::gate::{Checker, Outcome, Resolved, TrustStatus};
 use super::policy::{ImagePolicy, MultiArch};
-use crate::admin::metrics::EnforceMetrics;
+use super::metrics::EnforceMetrics;
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::BoxFuture;
 use crate::registry::{self, Credentials, Discovery, Material, Reference, Registry, ResolvedImage, Secret};

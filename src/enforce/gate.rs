@@ -164,7 +164,7 @@ pub struct Enforcer {
     audit: AuditLog,
     node: String,
     /// Decision and cache counters, when metrics are on.
-    metrics: Option<Arc<crate::admin::metrics::EnforceMetrics>>,
+    metrics: Option<Arc<super::metrics::EnforceMetrics>>,
     /// Other spellings of registries (`registry.aliases`): one canonical name per registry.
     aliases: Aliases,
     /// `name@<platform manifest>` -> the signed index it was pinned from at PullImage, so that
@@ -269,7 +269,7 @@ impl Enforcer {
     }
 
     /// Records decisions and cache lookups in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::admin::metrics::EnforceMetrics>) -> Enforcer {
+    pub fn with_metrics(mut self, metrics: Arc<super::metrics::EnforceMetrics>) -> Enforcer {
         self.metrics = Some(metrics);
         self
     }
@@ -285,9 +285,10 @@ impl Enforcer {
         self.cache.clear();
     }
 
-    /// Drops cached decisions (after a trust-root change; keys already differ by generation).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
+    /// The policy in force, in one line (for `/ready`).
+    pub fn policy_summary(&self) -> String {
+        let policy = self.policy();
+        format!("generation {}: {} policies, unmatched images {:?}", policy.generation, policy.policies().len(), policy.unmatched)
     }
 
     pub fn cache_len(&self) -> usize {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod checker;
 pub mod decision;
 pub mod gate;
+pub mod metrics;
 pub mod policy;
 pub mod report;
 pub mod verify_cmd;
