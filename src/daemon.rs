@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use crate::admin;
 use crate::admin::health::Health;
-use crate::admin::metrics::{EnforceMetrics, Metrics, ProbeStatus, ReloadStatus, StateCollector};
+use crate::admin::metrics::{Metrics, ProbeStatus, StateCollector};
+use crate::enforce::metrics::{EnforceMetrics, EnforcerState, ReloadStatus};
 use crate::admin::server::Admin;
 use crate::config::Config;
 use crate::cri::client::CriClient;
@@ -182,8 +183,9 @@ pub async fn run(
     if hup.is_ok() {
         reload_signal_mask().thread_unblock().ok();
     }
-    let metrics = config.admin.listen.map(|_| Metrics::new());
-    let enforcement = build_enforcement(&config, config_path, metrics.as_ref().map(|m| m.enforce.clone()))?;
+    let mut metrics = config.admin.listen.map(|_| Metrics::new());
+    let enforce_metrics = metrics.as_mut().map(|m| EnforceMetrics::registered(m.registry_mut()));
+    let enforcement = build_enforcement(&config, config_path, enforce_metrics)?;
     // Before the CRI socket: a port in use must not leave a bound socket behind.
     let admin_listener = match config.admin.listen {
         Some(addr) => Some(admin::server::bind(addr).await.map_err(|e| StartError::Admin(addr, e))?),
@@ -207,16 +209,22 @@ pub async fn run(
     if let (Some(admin_listener), Some(mut metrics)) = (admin_listener, metrics) {
         let probe = Arc::new(ProbeStatus::default());
         let connected = proxy.clone();
+        if let Some(e) = &enforcement {
+            let state = EnforcerState { enforcer: e.enforcer.clone(), policy_reload: e.reload_status.clone() };
+            metrics.registry_mut().register_collector(Box::new(state));
+        }
         metrics.register_state(StateCollector {
-            enforcer: enforcement.as_ref().map(|e| e.enforcer.clone()),
+            enforcement: enforcement.is_some(),
             trust: enforcement.as_ref().map(|e| e.trust.clone()),
-            policy_reload: enforcement.as_ref().map(|e| e.reload_status.clone()).unwrap_or_default(),
             upstream: Arc::new(move || connected.upstream().is_connected()),
             probe: probe.clone(),
         });
         let health = Health {
             config_path: config_path.map(Path::to_owned),
-            enforcer: enforcement.as_ref().map(|e| e.enforcer.clone()),
+            policy: enforcement.as_ref().map(|e| {
+                let enforcer = e.enforcer.clone();
+                Arc::new(move || enforcer.policy_summary()) as Arc<dyn Fn() -> String + Send + Sync>
+            }),
             trust: enforcement.as_ref().map(|e| e.trust.clone()),
             containerd: CriClient::new(
                 &config.upstream,

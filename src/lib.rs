@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod digest;
 pub mod doctor;
 pub mod enforce;
+pub mod gauge;
 pub mod policy;
 pub mod registry;
 pub mod settings;

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use super::metrics::ProbeStatus;
 use crate::cri::client::CriClient;
-use crate::enforce::gate::Enforcer;
 use crate::trust::TrustHandle;
 
 /// One readiness condition.
@@ -34,7 +33,8 @@ pub struct Check {
 pub struct Health {
     /// The configuration file in force, or `None` for built-in defaults.
     pub config_path: Option<std::path::PathBuf>,
-    pub enforcer: Option<Arc<Enforcer>>,
+    /// With a policy: the policy in force, in one line (`generation N: ...`).
+    pub policy: Option<Arc<dyn Fn() -> String + Send + Sync>>,
     pub trust: Option<Arc<TrustHandle>>,
     /// pullgate's own connection to containerd for probes (not the proxy's: a probe must not
     /// queue behind kubelet's calls).
@@ -75,15 +75,8 @@ impl Health {
                 None => "no configuration file: built-in defaults".into(),
             },
         });
-        match &self.enforcer {
-            Some(e) => {
-                let policy = e.policy();
-                checks.push(Check {
-                    name: "policy",
-                    ok: true,
-                    detail: format!("generation {}: {} policies, unmatched images {:?}", policy.generation, policy.policies().len(), policy.unmatched),
-                });
-            }
+        match &self.policy {
+            Some(summary) => checks.push(Check { name: "policy", ok: true, detail: summary() }),
             None => checks.push(Check { name: "policy", ok: true, detail: "no policy configured: pass-through, nothing is checked".into() }),
         }
         if let Some(trust) = &self.trust {

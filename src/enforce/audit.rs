@@ -8,7 +8,10 @@
 //! The record format is versioned (`format`, see packaging/AUDIT-LOG.md): format 1 (no `format`
 //! field) wrote `"decision":"deny"` for audit-mode calls it let through; format 2 writes what
 //! happened (`"decision":"allow"`) and marks what enforce mode would have refused
-//! (`"would_deny":true`). [`read_records`] reads both.
+//! (`"would_deny":true`). Records now also carry `category`, the kind of reason
+//! ([`Reason::category`](super::decision::Reason::category)), which metrics and `pullgate
+//! report` use; records without it (older pullgate) are classified by their wording when read.
+//! [`read_records`] reads all of them.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use super::decision::{legacy_category, Reason, Verdict};
 
 /// The audit record format pullgate writes.
 pub const AUDIT_FORMAT: u32 = 2;
@@ -56,6 +61,11 @@ pub struct AuditRecord {
     pub would_deny: bool,
     /// One line.
     pub reason: String,
+    /// The kind of `reason` (`no_signatures`, `trust_root`, `exempt`, ...: the `reason` label of
+    /// `pullgate_decisions_total`); of the refusal when `would_deny`. Empty in records written
+    /// before pullgate recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub category: String,
     /// Signer identity found (SAN or key fingerprint), if any.
     pub identity: String,
     /// Where the signature came from (referrer, tag, file).
@@ -75,9 +85,9 @@ impl AuditRecord {
     /// string), and one call must not write megabytes of audit log. JSON escapes control
     /// characters, so a line cannot be forged; they are kept as sent.
     pub fn bound(mut self) -> AuditRecord {
-        let AuditRecord { time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, identity, source, .. } =
+        let AuditRecord { time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, category, identity, source, .. } =
             &mut self;
-        for f in [time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, identity, source] {
+        for f in [time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, category, identity, source] {
             if let std::borrow::Cow::Owned(short) = crate::bounded::field(f) {
                 *f = short;
             }
@@ -91,18 +101,46 @@ fn format_1() -> u32 {
 }
 
 impl AuditRecord {
-    /// The record as written: format 2, `decision` is what happened to the call (`refused`),
+    /// Records an allowance (`reason` and its category).
+    pub fn allow(&mut self, reason: &Reason) {
+        self.decision = "allow".into();
+        self.set_reason(reason);
+    }
+
+    /// Records what enforce mode refuses (or would refuse, in audit mode).
+    pub fn deny(&mut self, reason: &Reason) {
+        self.decision = "deny".into();
+        self.set_reason(reason);
+    }
+
+    /// Sets `reason` and `category` from `reason`.
+    pub fn set_reason(&mut self, reason: &Reason) {
+        self.reason = reason.to_string();
+        self.category = reason.category().as_str().into();
+    }
+
+    /// What happened to the call: `deny` (refused), `allow`, or, for a call let through whose
+    /// record says enforce mode refuses it, `audit-would-deny`.
+    pub fn verdict(&self, refused: bool) -> Verdict {
+        Verdict::of(self.decision != "deny", refused)
+    }
+
+    /// The record as written: format 2, `decision` is what happened to the call (`verdict`),
     /// and an audit-mode call enforce mode would have refused says `would_deny`.
-    pub fn settled(mut self, refused: bool) -> AuditRecord {
+    pub fn settled(mut self, verdict: Verdict) -> AuditRecord {
         self.format = AUDIT_FORMAT;
-        if refused {
-            self.decision = "deny".into();
-            self.would_deny = false;
-        } else if self.decision == "deny" {
-            self.decision = "allow".into();
-            self.would_deny = true;
-        }
+        self.decision = if verdict == Verdict::Deny { "deny" } else { "allow" }.into();
+        self.would_deny = verdict == Verdict::AuditWouldDeny;
         self
+    }
+
+    /// The category of the record: as recorded, or for a record written before categories
+    /// were, by its wording.
+    pub fn category(&self) -> String {
+        if !self.category.is_empty() {
+            return self.category.clone();
+        }
+        legacy_category(if self.would_refuse() { "deny" } else { &self.decision }, &self.reason).to_string()
     }
 
     /// Whether enforce mode refuses (or would refuse) this call, in either format: format 1 said
@@ -286,12 +324,12 @@ mod tests {
     #[test]
     fn format_2_says_what_happened_and_reads_format_1() {
         let audit = AuditRecord { decision: "deny".into(), mode: "audit".into(), ..Default::default() };
-        let line = serde_json::to_string(&audit.clone().settled(false)).unwrap();
+        let line = serde_json::to_string(&audit.clone().settled(Verdict::AuditWouldDeny)).unwrap();
         assert!(line.starts_with(r#"{"format":2,"#), "{line}");
         assert!(line.contains(r#""decision":"allow","would_deny":true"#), "{line}");
-        let refused = serde_json::to_string(&audit.clone().settled(true)).unwrap();
+        let refused = serde_json::to_string(&audit.clone().settled(Verdict::Deny)).unwrap();
         assert!(refused.contains(r#""decision":"deny","would_deny":false"#), "{refused}");
-        let allowed = AuditRecord { decision: "allow".into(), ..Default::default() }.settled(false);
+        let allowed = AuditRecord { decision: "allow".into(), ..Default::default() }.settled(Verdict::Allow);
         assert!(!allowed.would_deny && !allowed.would_refuse());
         // Format 1: no `format`, no `would_deny`; an audit-mode `deny` was let through.
         let v1 = r#"{"time":"2024-05-01T10:00:00Z","node":"n","call":"PullImage","namespace":"","pod":"","image":"i","digest":"","policy":"p","mode":"audit","decision":"deny","reason":"r","identity":"","source":"","latency_ms":1.0,"cached":false}"#;
@@ -299,6 +337,7 @@ mod tests {
         assert_eq!((r.format, r.would_deny, r.would_refuse()), (1, false, true));
         let r: AuditRecord = serde_json::from_str(&line).unwrap();
         assert_eq!((r.format, r.decision.as_str(), r.would_refuse()), (2, "allow", true));
+        assert_eq!((audit.verdict(false), audit.verdict(true)), (Verdict::AuditWouldDeny, Verdict::Deny));
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::decision::Reason;
 use super::gate::{Checker, Outcome, Resolved, TrustStatus};
 use super::policy::{ImagePolicy, MultiArch};
-use crate::admin::metrics::EnforceMetrics;
+use super::metrics::EnforceMetrics;
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::BoxFuture;
 use crate::registry::{self, Credentials, Discovery, Material, Reference, Registry, ResolvedImage, Secret};
@@ -109,6 +110,28 @@ fn signer_label(s: &Signer) -> String {
     }
 }
 
+/// The kind of reason a decision the engine made is, read from its structure (the same
+/// branches as [`ImageDecision::reason`] takes), with its line.
+fn reason_of(decision: &ImageDecision, line: String) -> Reason {
+    if decision.allowed {
+        return Reason::Verified(line);
+    }
+    if decision.requirements.iter().any(|r| r.signed && !r.satisfied && r.reason.is_some()) {
+        return Reason::Attestation(line);
+    }
+    if decision.candidates.is_empty() {
+        return Reason::NoSignatures(line);
+    }
+    if decision.candidates.iter().any(|c| c.error_category == Some("trust-root")) {
+        Reason::TrustRoot(line)
+    } else if decision.candidates.iter().any(|c| c.verified.is_some()) {
+        // The signature held; no authority's identity (or threshold) was met.
+        Reason::Identity(line)
+    } else {
+        Reason::InvalidSignature(line)
+    }
+}
+
 fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
     let mut identity = BTreeSet::new();
     let mut source = BTreeSet::new();
@@ -120,13 +143,13 @@ fn outcome_of(decision: &ImageDecision, problems: &[String]) -> Outcome {
             }
         }
     }
-    let mut reason = decision.reason();
+    let mut line = decision.reason();
     if !decision.allowed && !problems.is_empty() {
-        reason = format!("{reason}; unreadable candidates: {}", problems.join("; "));
+        line = format!("{line}; unreadable candidates: {}", problems.join("; "));
     }
     Outcome {
         allowed: decision.allowed,
-        reason,
+        reason: reason_of(decision, line),
         identity: identity.into_iter().collect::<Vec<_>>().join(", "),
         source: source.into_iter().collect::<Vec<_>>().join(", "),
         // The earliest moment a satisfied `notOlderThan` condition turns false.
@@ -159,7 +182,7 @@ pub async fn decide(
         (None, Some(config)) => vec![(image.digest.clone(), image.digest.clone(), config.clone())],
         (None, None) => {
             let why = if image.notes.is_empty() { "no manifest for this node's platform".to_string() } else { image.notes.join("; ") };
-            return (deny(format!("index {}: {why} (containerd would not pull it either)", image.digest)), Vec::new());
+            return (deny(Reason::Uncheckable(format!("index {}: {why} (containerd would not pull it either)", image.digest))), Vec::new());
         }
     };
     let mut decisions = Vec::new();
@@ -172,7 +195,7 @@ pub async fn decide(
         let trust = trust.clone();
         let decision = match tokio::task::spawn_blocking(move || verify_image(&trust, &digest, &candidates, &identity)).await {
             Ok(d) => d,
-            Err(e) => return (deny(format!("verification task failed: {e}")), decisions),
+            Err(e) => return (deny(Reason::Uncheckable(format!("verification task failed: {e}"))), decisions),
         };
         let mut outcome = outcome_of(&decision, &problems);
         decisions.push(decision);
@@ -180,21 +203,22 @@ pub async fn decide(
             outcome.pin = Some(pin.clone());
             outcome.configs = vec![config.clone()];
             if subject != pin {
-                outcome.reason = format!("{} (on index {subject}; pinned to its entry for this node, {pin})", outcome.reason);
+                outcome.reason = std::mem::take(&mut outcome.reason).noted(format!(" (on index {subject}; pinned to its entry for this node, {pin})"));
             }
             return (outcome, decisions);
         }
         last = Some(outcome);
     }
-    let mut out = last.unwrap_or_else(|| deny("no signatures found".into()));
+    let mut out = last.unwrap_or_else(|| deny(Reason::NoSignatures("no signatures found".into())));
     let errors = discovery.errors();
     if !errors.is_empty() {
-        out.reason = format!("{}; discovery errors: {}", out.reason, errors.join("; "));
+        // The kind stays that of the engine's decision; the line says what discovery missed.
+        out.reason = std::mem::take(&mut out.reason).noted(format!("; discovery errors: {}", errors.join("; ")));
     }
     (out, decisions)
 }
 
-fn deny(reason: String) -> Outcome {
+fn deny(reason: Reason) -> Outcome {
     Outcome { allowed: false, reason, ..Default::default() }
 }
 
@@ -229,7 +253,7 @@ impl Checker for MirrorChecker {
         Box::pin(async move {
             let (trust, _) = match self.trust.material() {
                 Ok(m) => m,
-                Err(e) => return deny(e.to_string()),
+                Err(e) => return deny(Reason::TrustRoot(e.to_string())),
             };
             let creds = credentials(auth);
             let started = Instant::now();
@@ -242,7 +266,7 @@ impl Checker for MirrorChecker {
                     let noted = |ok| self.note_mirror(reference, "resolve", ok, started);
                     match self.registry.resolve_and_discover_with(&by_digest, creds.as_ref(), attestations, noted).await {
                         Ok((i, d)) => Ok((Arc::new(i), d)),
-                        Err(e) => return deny(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest)),
+                        Err(e) => return deny(Reason::Mirror(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest))),
                     }
                 }
             };
@@ -250,7 +274,7 @@ impl Checker for MirrorChecker {
             self.note_mirror(reference, "discover", !failed_steps, started);
             let (image, discovery) = match found {
                 Ok(found) => found,
-                Err(e) => return deny(format!("signature discovery failed: {e}")),
+                Err(e) => return deny(Reason::Mirror(format!("signature discovery failed: {e}"))),
             };
             let started = Instant::now();
             let outcome = decide(trust, &image, &discovery, policy).await.0;

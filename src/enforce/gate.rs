@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::audit::{AuditLog, AuditRecord};
 use super::cache::{DecisionCache, Lookup};
+use super::decision::{Reason, Verdict};
 use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
@@ -45,8 +46,8 @@ pub struct Resolved {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Outcome {
     pub allowed: bool,
-    /// One line: why allowed or denied.
-    pub reason: String,
+    /// Why allowed or denied (its `Display`: one line).
+    pub reason: Reason,
     /// Signer identities that satisfied the policy (SAN or key fingerprint).
     pub identity: String,
     /// Where the deciding signature came from.
@@ -164,7 +165,7 @@ pub struct Enforcer {
     audit: AuditLog,
     node: String,
     /// Decision and cache counters, when metrics are on.
-    metrics: Option<Arc<crate::admin::metrics::EnforceMetrics>>,
+    metrics: Option<Arc<super::metrics::EnforceMetrics>>,
     /// Other spellings of registries (`registry.aliases`): one canonical name per registry.
     aliases: Aliases,
     /// `name@<platform manifest>` -> the signed index it was pinned from at PullImage, so that
@@ -220,7 +221,7 @@ struct Checked {
     digest: String,
     policy: String,
     mode: Mode,
-    reason: String,
+    reason: Reason,
     identity: String,
     source: String,
     cached: bool,
@@ -269,7 +270,7 @@ impl Enforcer {
     }
 
     /// Records decisions and cache lookups in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<crate::admin::metrics::EnforceMetrics>) -> Enforcer {
+    pub fn with_metrics(mut self, metrics: Arc<super::metrics::EnforceMetrics>) -> Enforcer {
         self.metrics = Some(metrics);
         self
     }
@@ -285,9 +286,10 @@ impl Enforcer {
         self.cache.clear();
     }
 
-    /// Drops cached decisions (after a trust-root change; keys already differ by generation).
-    pub fn clear_cache(&self) {
-        self.cache.clear();
+    /// The policy in force, in one line (for `/ready`).
+    pub fn policy_summary(&self) -> String {
+        let policy = self.policy();
+        format!("generation {}: {} policies, unmatched images {:?}", policy.generation, policy.policies().len(), policy.unmatched)
     }
 
     pub fn cache_len(&self) -> usize {
@@ -309,7 +311,7 @@ impl Enforcer {
         let mut results = Vec::new();
         for policy in policies {
             if let Some(why) = &trust.unusable {
-                let outcome = Outcome { allowed: false, reason: why.clone(), ..Default::default() };
+                let outcome = Outcome { allowed: false, reason: Reason::TrustRoot(why.clone()), ..Default::default() };
                 results.push((policy.clone(), Arc::new(outcome), false));
                 continue;
             }
@@ -352,23 +354,15 @@ impl Enforcer {
     /// Combines per-policy results: enforce-mode failures refuse, audit-mode ones are noted.
     /// `image` is the name a refusal shows (what the call asked for), `digest` what was checked.
     fn combine(&self, image: &str, digest: &str, results: &[(Arc<ImagePolicy>, Arc<Outcome>, bool)]) -> Checked {
-        let enforce_failures: Vec<String> = results
-            .iter()
-            .filter(|(p, o, _)| p.mode == Mode::Enforce && !o.allowed)
-            .map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason))
-            .collect();
-        let all_failures: Vec<String> = results
-            .iter()
-            .filter(|(_, o, _)| !o.allowed)
-            .map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason))
-            .collect();
+        let allowed_by_enforce = !results.iter().any(|(p, o, _)| p.mode == Mode::Enforce && !o.allowed);
+        let all_failures: Vec<(String, Reason)> =
+            results.iter().filter(|(_, o, _)| !o.allowed).map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect();
         let mode = if results.iter().any(|(p, _, _)| p.mode == Mode::Enforce) { Mode::Enforce } else { Mode::Audit };
-        let allowed_by_enforce = enforce_failures.is_empty();
         let would_allow = all_failures.is_empty();
         let reason = if would_allow {
-            results.iter().map(|(p, o, _)| format!("policy {}: {}", p.name, o.reason)).collect::<Vec<_>>().join("; ")
+            Reason::Policies { subject: None, results: results.iter().map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect() }
         } else {
-            format!("{} denied by {}", subject(image, digest), all_failures.join("; "))
+            Reason::Policies { subject: Some(subject(image, digest)), results: all_failures }
         };
         let pick = |f: fn(&Outcome) -> &String| {
             let mut v: Vec<&str> = results.iter().map(|(_, o, _)| f(o).as_str()).filter(|s| !s.is_empty()).collect();
@@ -401,10 +395,9 @@ impl Enforcer {
         let reference = match Reference::parse(&call.image) {
             Ok(r) => r,
             Err(e) => {
-                record.decision = "deny".into();
                 // The error names the reference itself; both shortened.
                 let (image, e) = (crate::bounded::shorten(&call.image, 256), e.to_string());
-                record.reason = format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512));
+                record.deny(&Reason::InvalidRequest(format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512))));
                 record.mode = Mode::Enforce.as_str().into();
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
@@ -413,23 +406,20 @@ impl Enforcer {
         let policies = match policy.applicable(&self.names(&reference), call.namespace.as_deref()) {
             Applicable::Exempt(name) => {
                 record.policy = format!("exempt:{name}");
-                record.decision = "allow".into();
-                record.reason = format!("exempt by exemption {name}");
+                record.allow(&Reason::Exempt(format!("exempt by exemption {name}")));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Allow) => {
                 record.policy = "unmatched".into();
-                record.decision = "allow".into();
-                record.reason = "no policy matches; policy.unmatched is allow".into();
+                record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
                 record.mode = Mode::Enforce.as_str().into();
-                record.decision = "deny".into();
-                record.reason = format!(
+                record.deny(&Reason::Unmatched(format!(
                     "image {reference} matches no policy and policy.unmatched is deny: add a policy for it, or an exemption"
-                );
+                )));
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
             Applicable::Policies(p) => p,
@@ -441,8 +431,7 @@ impl Enforcer {
         let resolved = match self.checker.resolve(&reference, auth).await {
             Ok(r) => r,
             Err(e) => {
-                record.decision = "deny".into();
-                record.reason = format!("cannot resolve {reference} on the registry mirror: {e}");
+                record.deny(&Reason::Mirror(format!("cannot resolve {reference} on the registry mirror: {e}")));
                 let verdict = if enforce { PullVerdict::Refuse(record.reason.clone()) } else { PullVerdict::Forward };
                 return (verdict, record);
             }
@@ -450,13 +439,16 @@ impl Enforcer {
         let results = self.check(&reference, &resolved, &policies, policy.generation, auth).await;
         let checked = self.combine(&call.image, &resolved.digest.to_string(), &results);
         record.digest = checked.digest.clone();
-        record.decision = if checked.would_allow { "allow" } else { "deny" }.into();
-        record.reason = checked.reason.clone();
+        if checked.would_allow {
+            record.allow(&checked.reason);
+        } else {
+            record.deny(&checked.reason);
+        }
         record.identity = checked.identity;
         record.source = checked.source;
         record.cached = checked.cached;
         if !checked.allowed {
-            return (PullVerdict::Refuse(checked.reason), record);
+            return (PullVerdict::Refuse(record.reason.clone()), record);
         }
         // What was verified is what containerd pulls: the platform manifest when that (or an
         // index covering it) verified; the index only when every policy verified the index.
@@ -517,15 +509,13 @@ impl Enforcer {
         };
         let Some(image) = &call.status else {
             // containerd refuses a container of an image it does not have.
-            record.decision = "allow".into();
-            record.reason = "image not present in containerd; containerd will refuse the container".into();
+            record.allow(&Reason::ImageAbsent("image not present in containerd; containerd will refuse the container".into()));
             return (CreateVerdict::Forward, record);
         };
-        let refuse = |mut record: AuditRecord, reason: String| {
+        let refuse = |mut record: AuditRecord, reason: Reason| {
             record.mode = Mode::Enforce.as_str().into();
-            record.decision = "deny".into();
-            record.reason = reason.clone();
-            (CreateVerdict::Refuse(reason), record)
+            record.deny(&reason);
+            (CreateVerdict::Refuse(record.reason.clone()), record)
         };
         let policy = self.policy();
         let ns = call.namespace.as_deref();
@@ -533,7 +523,7 @@ impl Enforcer {
         let digests: Vec<Reference> = image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
         let id = match Digest::parse(&image.id) {
             Ok(d) => d,
-            Err(e) => return refuse(record, format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image)),
+            Err(e) => return refuse(record, Reason::Uncheckable(format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image))),
         };
         let asked = self.asked_name(call, &tags, &digests);
         let scope: Vec<&Reference> = match &asked {
@@ -545,11 +535,10 @@ impl Enforcer {
         if !exempt.is_empty() && exempt.iter().all(Option::is_some) {
             let name = exempt.into_iter().flatten().next().unwrap_or_default();
             record.policy = format!("exempt:{name}");
-            record.decision = "allow".into();
-            record.reason = match &asked {
+            record.allow(&Reason::Exempt(match &asked {
                 Some(r) => format!("{r}: exempt by exemption {name}"),
                 None => format!("every name of image {} is exempt (exemption {name})", image.id),
-            };
+            }));
             return (CreateVerdict::Forward, record);
         }
         // The registry digests to verify: those in the asked repository (unknown: all).
@@ -562,22 +551,21 @@ impl Enforcer {
             Applicable::Policies(p) => p,
             Applicable::Exempt(_) | Applicable::Unmatched(Unmatched::Allow) => {
                 record.policy = "unmatched".into();
-                record.decision = "allow".into();
-                record.reason = "no policy matches; policy.unmatched is allow".into();
+                record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (CreateVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
                 let shown = asked.as_ref().map(|r| r.to_string()).or(image.repo_tags.first().or(image.repo_digests.first()).cloned()).unwrap_or_else(|| image.id.clone());
-                return refuse(record, format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id));
+                return refuse(record, Reason::Unmatched(format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id)));
             }
         };
         record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
         if candidates.is_empty() {
-            let reason = match &asked {
+            let reason = Reason::NoRegistryDigest(match &asked {
                 Some(a) if !digests.is_empty() => format!("image {} has no registry digest in repository {}, the name the pod asked for, so its signature cannot be checked", image.id, self.aliases.name(a)),
                 _ => format!("image {} has no registry digest (imported or built on the node, not pulled from a registry), so its signature cannot be checked", image.id),
-            };
+            });
             return refuse(record, reason);
         }
         let mut failures = Vec::new();
@@ -615,11 +603,11 @@ impl Enforcer {
                     if !runs || !outcome.configs.contains(&id) {
                         let mut o = (**outcome).clone();
                         o.allowed = false;
-                        o.reason = format!(
+                        o.reason = Reason::ImageMismatch(format!(
                             "{subject_ref} verified, but image {id} is not what it runs (verified manifest {}, config {})",
                             o.pin.as_ref().map(|d| d.to_string()).unwrap_or_default(),
                             o.configs.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                        );
+                        ));
                         *outcome = Arc::new(o);
                     }
                 }
@@ -631,8 +619,7 @@ impl Enforcer {
                 record.source = checked.source.clone();
                 record.cached = checked.cached;
                 if checked.would_allow {
-                    record.decision = "allow".into();
-                    record.reason = checked.reason;
+                    record.allow(&checked.reason);
                     return (CreateVerdict::Forward, record);
                 }
                 if !checked.allowed {
@@ -649,8 +636,7 @@ impl Enforcer {
                 }
             }
         }
-        record.decision = "deny".into();
-        record.reason = failures.join("; ");
+        record.deny(&Reason::Several(failures));
         if audit_only {
             (CreateVerdict::Forward, record)
         } else {
@@ -668,7 +654,8 @@ impl Enforcer {
         // so a newline in an image string cannot start a forged line.
         let r = &record;
         let (call, image, digest, policy) = (r.call.as_str(), r.image.as_str(), r.digest.as_str(), r.policy.as_str());
-        if record.decision == "deny" && !refused {
+        let verdict = record.verdict(refused);
+        if verdict == Verdict::AuditWouldDeny {
             tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "audit mode: enforce would refuse this");
         } else if refused {
             tracing::warn!(call, image, digest, policy, reason = r.reason.as_str(), "refused");
@@ -676,9 +663,9 @@ impl Enforcer {
             tracing::info!(call, image, digest, policy, identity = r.identity.as_str(), cached = r.cached, "allowed");
         }
         if let Some(m) = &self.metrics {
-            m.decision(&record, refused);
+            m.decision(&record, verdict);
         }
-        self.audit(record.settled(refused));
+        self.audit(record.settled(verdict));
     }
 }
 
@@ -755,6 +742,11 @@ mod tests {
         missing: Vec<String>,
         /// A password the mirror refuses.
         wrong_password: Option<String>,
+        /// Verifications asked for (cache misses).
+        verified: std::sync::atomic::AtomicUsize,
+        /// The trust root's generation, and why it is unusable (if it is).
+        trust_generation: std::sync::atomic::AtomicU64,
+        trust_unusable: Mutex<Option<String>>,
     }
 
     impl Checker for Fake {
@@ -768,8 +760,9 @@ mod tests {
             })
         }
         fn verify<'a>(&'a self, reference: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
+            self.verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async move {
-                let deny = |reason: &str| Outcome { allowed: false, reason: reason.into(), ..Default::default() };
+                let deny = |reason: &str| Outcome { allowed: false, reason: Reason::Mirror(reason.into()), ..Default::default() };
                 if self.missing.iter().any(|m| m == reference.repository()) {
                     return deny("cannot fetch: not found");
                 }
@@ -779,26 +772,37 @@ mod tests {
                 self.outcomes
                     .get(&resolved.digest.to_string())
                     .cloned()
-                    .unwrap_or(Outcome { allowed: false, reason: "no signatures found".into(), ..Default::default() })
+                    .unwrap_or(Outcome { allowed: false, reason: Reason::NoSignatures("no signatures found".into()), ..Default::default() })
             })
         }
         fn trust(&self) -> TrustStatus {
-            TrustStatus { generation: 1, unusable: None }
+            TrustStatus {
+                generation: self.trust_generation.load(std::sync::atomic::Ordering::Relaxed),
+                unusable: self.trust_unusable.lock().unwrap().clone(),
+            }
         }
     }
 
     fn signed(pin: Digest, config: Digest) -> Outcome {
-        Outcome { allowed: true, reason: "verified".into(), pin: Some(pin), configs: vec![config], ..Default::default() }
+        Outcome { allowed: true, reason: Reason::Verified("verified".into()), pin: Some(pin), configs: vec![config], ..Default::default() }
     }
 
     fn enforcer(fake: Fake, unmatched: &str, multi_arch: &str) -> Enforcer {
+        enforcer_in(Arc::new(fake), unmatched, multi_arch, "enforce")
+    }
+
+    fn policy_set(unmatched: &str, multi_arch: &str, mode: &str, generation: u64) -> PolicySet {
         let yaml = format!(
-            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"{REG}/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"{REG}/demo/**\"]\n    multi_arch: {multi_arch}\n    authorities:\n      - name: k\n        key:\n          data: \"{}\"\n",
+            "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"{REG}/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"{REG}/demo/**\"]\n    mode: {mode}\n    multi_arch: {multi_arch}\n    authorities:\n      - name: k\n        key:\n          data: \"{}\"\n",
             KEY.replace('\n', "\\n")
         );
         let cfg: PolicyConfig = serde_saphyr::from_str(&yaml).unwrap();
+        cfg.compile(generation).unwrap()
+    }
+
+    fn enforcer_in(fake: Arc<Fake>, unmatched: &str, multi_arch: &str, mode: &str) -> Enforcer {
         let aliases = Aliases::new(&BTreeMap::from([(REG.to_string(), vec!["localhost:5000".to_string()])])).unwrap();
-        Enforcer::new(cfg.compile(1).unwrap(), &CacheConfig::default(), Arc::new(fake), AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
+        Enforcer::new(policy_set(unmatched, multi_arch, mode, 1), &CacheConfig::default(), fake, AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
             .with_aliases(aliases)
     }
 
@@ -982,5 +986,125 @@ mod tests {
         // A pull names the reference as asked; a digest reference carries its digest already.
         let (_, r) = e.decide_pull(&pull(&format!("localhost:5000/demo/x@{registry_digest}"))).await;
         assert_eq!(r.reason, format!("image localhost:5000/demo/x@{registry_digest} denied by policy demo: no signatures found"));
+    }
+
+    fn verifications(fake: &Fake) -> usize {
+        fake.verified.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn exempt_and_unmatched_are_decided_by_configuration_alone() {
+        let fake = Arc::new(Fake::default());
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/pause:3.9"))).await;
+        assert_eq!(v, PullVerdict::Forward);
+        assert_eq!((r.decision.as_str(), r.category.as_str(), r.policy.as_str(), r.reason.as_str()), ("allow", "exempt", "exempt:sandbox", "exempt by exemption sandbox"));
+        let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
+        assert_eq!(v, PullVerdict::Refuse("image other.example/x:1 matches no policy and policy.unmatched is deny: add a policy for it, or an exemption".into()));
+        assert_eq!((r.decision.as_str(), r.mode.as_str(), r.category.as_str()), ("deny", "enforce", "unmatched"));
+        let e = enforcer_in(fake.clone(), "allow", "either", "enforce");
+        let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
+        assert_eq!((v, r.category.as_str()), (PullVerdict::Forward, "unmatched_allowed"));
+        // Neither asked the mirror anything.
+        assert_eq!(verifications(&fake), 0);
+        // An unreadable reference is refused as an invalid request.
+        let (v, r) = e.decide_pull(&pull("UPPER/Case:%%")).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)) && r.category == "invalid_request", "{v:?} {r:?}");
+    }
+
+    #[tokio::test]
+    async fn audit_mode_lets_through_what_enforce_refuses_and_says_so() {
+        let image = format!("{REG}/demo/unsigned@{}", d(9));
+        for (mode, refused) in [("enforce", true), ("audit", false)] {
+            let e = enforcer_in(Arc::new(Fake::default()), "deny", "either", mode);
+            let (v, r) = e.decide_pull(&pull(&image)).await;
+            assert_eq!(matches!(v, PullVerdict::Refuse(_)), refused, "{mode}");
+            assert_eq!((r.mode.as_str(), r.category.as_str()), (mode, "no_signatures"));
+            assert_eq!(r.reason, format!("image {image} denied by policy demo: no signatures found"));
+            let verdict = r.verdict(refused);
+            let written = r.settled(verdict);
+            let want = if refused { ("deny", false, Verdict::Deny) } else { ("allow", true, Verdict::AuditWouldDeny) };
+            assert_eq!((written.decision.as_str(), written.would_deny, verdict), want, "{mode}");
+            assert_eq!(written.category, "no_signatures", "the refusal's kind, also when let through");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unusable_trust_root_refuses_without_asking_the_mirror() {
+        let mut fake = Fake::default();
+        fake.outcomes.insert(d(2).to_string(), signed(d(2), d(3)));
+        let fake = Arc::new(fake);
+        *fake.trust_unusable.lock().unwrap() = Some("the trust root is stale: run `pullgate trust-root import`".into());
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let image = format!("{REG}/demo/app@{}", d(2));
+        let (v, r) = e.decide_pull(&pull(&image)).await;
+        assert_eq!(v, PullVerdict::Refuse(format!("image {image} denied by policy demo: the trust root is stale: run `pullgate trust-root import`")));
+        assert_eq!(r.category, "trust_root");
+        assert_eq!(verifications(&fake), 0);
+        // Usable again (a new generation): verified, nothing stale reused.
+        *fake.trust_unusable.lock().unwrap() = None;
+        fake.trust_generation.store(2, std::sync::atomic::Ordering::Relaxed);
+        let (v, r) = e.decide_pull(&pull(&image)).await;
+        assert!(matches!(v, PullVerdict::Pin { .. }) && r.category == "verified", "{v:?} {}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn tags_and_digests_pin_to_the_verified_digest() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.tags.insert(format!("{REG}/demo/app:1"), p.clone());
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c));
+        let e = enforcer(fake, "deny", "either");
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app:1"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: Some(format!("{REG}/demo/app:1")) });
+        let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app@{p}"))).await;
+        assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: None });
+        // A tag the mirror does not know: refused as a mirror failure.
+        let (v, r) = e.decide_pull(&pull(&format!("{REG}/demo/app:2"))).await;
+        assert!(matches!(v, PullVerdict::Refuse(_)) && r.category == "mirror", "{v:?} {}", r.reason);
+    }
+
+    #[tokio::test]
+    async fn cached_decisions_last_only_for_their_generations() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c));
+        let fake = Arc::new(fake);
+        let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
+        let call = pull(&format!("{REG}/demo/app@{p}"));
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(r.cached);
+        assert_eq!(verifications(&fake), 1);
+        // A new policy: verified again.
+        e.replace_policy(policy_set("deny", "either", "enforce", 2));
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        assert_eq!(verifications(&fake), 2);
+        // A new trust root: verified again.
+        fake.trust_generation.store(7, std::sync::atomic::Ordering::Relaxed);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(!r.cached);
+        assert_eq!(verifications(&fake), 3);
+        let (_, r) = e.decide_pull(&call).await;
+        assert!(r.cached);
+    }
+
+    #[tokio::test]
+    async fn image_volumes_are_decided_one_by_one() {
+        let (p, c) = (d(2), d(3));
+        let mut fake = Fake::default();
+        fake.outcomes.insert(p.to_string(), signed(p.clone(), c.clone()));
+        let e = enforcer(fake, "deny", "either");
+        let container = create(&c.to_string(), None, &c, &[], &[format!("{REG}/demo/app@{p}")]);
+        let signed_volume = MountImage { container_path: "/models".into(), image: format!("{REG}/demo/app@{p}"), status: container.status.clone() };
+        let u = d(4);
+        let unsigned = api::Image { id: u.to_string(), repo_digests: vec![format!("{REG}/demo/unsigned@{}", d(9))], ..Default::default() };
+        let unsigned_volume = MountImage { container_path: "/data".into(), image: format!("{REG}/demo/unsigned@{}", d(9)), status: Some(unsigned) };
+        assert_eq!(e.gate_mounts(&container, std::slice::from_ref(&signed_volume)).await, CreateVerdict::Forward);
+        let v = e.gate_mounts(&container, &[signed_volume, unsigned_volume]).await;
+        let CreateVerdict::Refuse(reason) = v else { panic!("an unsigned volume went through") };
+        assert!(reason.starts_with("image volume /data: "), "{reason}");
     }
 }

@@ -17,7 +17,6 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::audit::{read_records, AuditRecord};
-use crate::admin::metrics::reason_category;
 
 const EX_USAGE: i32 = 64;
 const EX_NOINPUT: i32 = 66;
@@ -171,7 +170,8 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
         if deny && failing.iter().any(|p| only.is_none_or(|o| o == p)) {
             report.would_refuse += 1;
         }
-        let category = reason_category(if deny { "deny" } else { &r.decision }, &r.reason).to_string();
+        // As recorded; records older than `category`: by their wording.
+        let category = r.category();
         for name in listed {
             if only.is_some_and(|o| o != name) {
                 continue;
@@ -432,7 +432,8 @@ mod tests {
             .into_iter()
             .map(|r| {
                 let refused = r.mode == "enforce" && r.decision == "deny";
-                let line = serde_json::to_string(&r.settled(refused)).unwrap();
+                let verdict = r.verdict(refused);
+                let line = serde_json::to_string(&r.settled(verdict)).unwrap();
                 serde_json::from_str(&line).unwrap()
             })
             .collect();

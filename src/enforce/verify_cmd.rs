@@ -183,7 +183,7 @@ fn result(p: &ImagePolicy, o: Outcome, decisions: Vec<ImageDecision>) -> PolicyR
         policy: p.name.clone(),
         mode: p.mode.as_str(),
         allowed: o.allowed,
-        reason: o.reason,
+        reason: o.reason.to_string(),
         identity: o.identity,
         source: o.source,
         decisions,

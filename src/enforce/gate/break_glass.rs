@@ -14,6 +14,7 @@ use jiff::Timestamp;
 use super::{AuditRecord, Enforcer};
 use crate::cri::intercept::{CreateCall, CreateVerdict, PullCall, PullVerdict};
 use crate::enforce::break_glass::{BreakGlass, Use};
+use crate::enforce::decision::Reason;
 use crate::enforce::policy::Mode;
 use crate::registry::reference::Reference;
 
@@ -84,11 +85,10 @@ fn broken(mut record: AuditRecord, used: &Use) -> AuditRecord {
     if record.digest.is_empty() {
         record.digest = used.image.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
     }
-    record.reason = format!(
+    record.allow(&Reason::BreakGlass(format!(
         "break-glass: {} is in a window opened by {} until {} ({}); refused otherwise: {refused}",
         used.image, w.opened_by, w.expires_at, w.reason
-    );
-    record.decision = "allow".into();
+    )));
     record.mode = Mode::Enforce.as_str().into();
     record.break_glass = Some(used.record(refused));
     record

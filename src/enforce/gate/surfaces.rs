@@ -12,6 +12,7 @@
 use std::time::Instant;
 
 use super::{match_names, AuditRecord, Enforcer};
+use crate::enforce::decision::Reason;
 use crate::cri::intercept::{CreateCall, CreateVerdict, MountImage, SandboxCall, Unchecked, UncheckedCall};
 use crate::enforce::policy::{Applicable, Mode, Unmatched};
 use crate::registry::reference::Reference;
@@ -46,14 +47,12 @@ impl Enforcer {
         let enforce = match &applicable {
             Some(Applicable::Exempt(name)) => {
                 record.policy = format!("exempt:{name}");
-                record.decision = "allow".into();
-                record.reason = format!("exempt by exemption {name} (not present in containerd)");
+                record.allow(&Reason::Exempt(format!("exempt by exemption {name} (not present in containerd)")));
                 return (CreateVerdict::Forward, record);
             }
             Some(Applicable::Unmatched(Unmatched::Allow)) => {
                 record.policy = "unmatched".into();
-                record.decision = "allow".into();
-                record.reason = "no policy matches; policy.unmatched is allow (not present in containerd)".into();
+                record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow (not present in containerd)".into()));
                 return (CreateVerdict::Forward, record);
             }
             Some(Applicable::Unmatched(Unmatched::Deny)) => {
@@ -67,11 +66,10 @@ impl Enforcer {
             None => policy.enforces(),
         };
         record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
-        record.decision = "deny".into();
-        record.reason = format!(
+        record.deny(&Reason::Uncheckable(format!(
             "image {} is not present in containerd, so pullgate cannot check it (a checkpoint archive to restore, or an image never pulled): pull it through pullgate first",
             call.image
-        );
+        )));
         let verdict = if enforce { CreateVerdict::Refuse(record.reason.clone()) } else { CreateVerdict::Forward };
         (verdict, record)
     }
@@ -119,8 +117,7 @@ impl Enforcer {
             };
             let enforce = self.policy().enforces();
             record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
-            record.decision = "deny".into();
-            record.reason = "containerd does not report its sandbox image (containerd 2.x keeps it in pinned_images.sandbox), so pullgate cannot check what the pod would run: set cri.sandbox_image in pullgate's configuration to that image".into();
+            record.deny(&Reason::Uncheckable("containerd does not report its sandbox image (containerd 2.x keeps it in pinned_images.sandbox), so pullgate cannot check what the pod would run: set cri.sandbox_image in pullgate's configuration to that image".into()));
             let verdict = if enforce { CreateVerdict::Refuse(record.reason.clone()) } else { CreateVerdict::Forward };
             return (verdict, record);
         };
@@ -161,15 +158,14 @@ impl Enforcer {
             ),
         };
         let enforce = self.policy().enforces();
-        let record = AuditRecord {
+        let mut record = AuditRecord {
             node: self.node.clone(),
             call: call.path.clone(),
             surface: surface.into(),
             mode: if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into(),
-            decision: "deny".into(),
-            reason: format!("{reason} (caller uid {}{})", call.uid, call.pid.map(|p| format!(", pid {p}")).unwrap_or_default()),
             ..Default::default()
         };
+        record.deny(&Reason::Uncheckable(format!("{reason} (caller uid {}{})", call.uid, call.pid.map(|p| format!(", pid {p}")).unwrap_or_default())));
         let verdict = if enforce { CreateVerdict::Refuse(reason) } else { CreateVerdict::Forward };
         Some((verdict, record))
     }
@@ -217,7 +213,7 @@ mod tests {
         }
         fn verify<'a>(&'a self, _: &'a Reference, r: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Outcome> {
             let allowed = r.digest.to_string() == SIGNED;
-            let reason = if allowed { "verified".to_string() } else { "no signatures found".to_string() };
+            let reason = if allowed { Reason::Verified("verified".into()) } else { Reason::NoSignatures("no signatures found".into()) };
             // A verified manifest admits its own config: the image ID `present` reports.
             let pin = allowed.then(|| r.digest.clone());
             let configs = if allowed { crate::registry::Digest::parse(&format!("sha256:{}", "c".repeat(64))).into_iter().collect() } else { Vec::new() };
