@@ -23,7 +23,6 @@ const KNOWN_CYCLE_EDGES: &[(&str, &str)] = &[
     ("config", "enforce"),
     ("config", "registry"),
     ("config", "trust"),
-    ("cri", "admin"),
     ("cri", "bounded"),
     ("cri", "config"),
     ("enforce", "admin"),
