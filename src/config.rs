@@ -4,11 +4,12 @@
 //! as one line naming the file, the key path and what was expected; the binary exits 64
 //! (EX_USAGE) on any of them.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::settings::{de_duration, parse_yaml, ConfigError};
 
 /// Default path of the socket kubelet talks to.
 pub const DEFAULT_LISTEN: &str = "/run/pullgate/pullgate.sock";
@@ -69,7 +70,7 @@ pub struct CriSurfaces {
     /// Most request bytes the intercepted calls (PullImage, CreateContainer, RunPodSandbox,
     /// ImageStatus) buffer at once, over all connections; a call past it waits, then is refused
     /// with `RESOURCE_EXHAUSTED`. At least 16 MiB (one call of the largest size buffered).
-    #[serde(deserialize_with = "crate::registry::config::size")]
+    #[serde(deserialize_with = "crate::settings::de_size")]
     pub max_buffered_bytes: u64,
     /// Serve each caller connection with the frame-level relay (`src/cri/frame_relay.rs`): calls
     /// pullgate only passes through go to containerd as HTTP/2 frames on a connection of their
@@ -211,55 +212,6 @@ impl<'de> Deserialize<'de> for FileMode {
     }
 }
 
-/// A duration written as a number and a unit: `500ms`, `10s`, `5m`, `24h`, `30d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))?;
-    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
-    let d = match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "d" => secs(86400),
-        _ => None,
-    };
-    d.ok_or_else(|| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))
-}
-
-/// Deserializes a duration written as in [`parse_duration`].
-pub fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
-
-/// A configuration problem, reported as one line.
-#[derive(Debug)]
-pub struct ConfigError {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// Dotted key path (`access.allowed_uids[1]`), when the problem is at a key.
-    pub key: Option<String>,
-    /// What is wrong and what was expected.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -318,41 +270,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Deserializes YAML text into `T`, with errors naming `file`, the key path and the location.
-/// An empty file (or one holding only comments) is `T::default()`.
-pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(text: &str, file: &Path) -> Result<T, ConfigError> {
-    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Ok(T::default());
-    }
-    let mut key_path = None;
-    let options = serde_saphyr::options! { with_snippet: false };
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-            let path = e.path().to_string();
-            if path != "." {
-                key_path = Some(path);
-            }
-            e.into_inner()
-        })
-    });
-    parsed.map_err(|e| {
-        let mut message = first_line(&e.to_string());
-        // serde-saphyr ends its message with the location; say it once, at the end.
-        if let Some(i) = message.rfind(" at line ") {
-            message.truncate(i);
-        }
-        if let Some(l) = e.location().filter(|l| l.line() > 0) {
-            message.push_str(&format!(" (line {}, column {})", l.line(), l.column()));
-        }
-        ConfigError { file: file.to_owned(), key: key_path.clone(), message }
-    })
-}
-
-/// serde-saphyr appends its own location after a newline; keep the message itself.
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
 }
 
 #[cfg(test)]
@@ -455,14 +372,5 @@ log:
     fn malformed_yaml_is_an_error() {
         let e = parse("listen: [unclosed\n").unwrap_err();
         assert!(e.starts_with("/etc/pullgate/config.yaml: "), "{e}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999d").is_err());
     }
 }

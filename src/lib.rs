@@ -14,6 +14,8 @@
 //!   cache, the audit log and `pullgate report` over it.
 //! - [`registry`]: the node's registry mirror, found like containerd does: digests and
 //!   signature discovery.
+//! - [`settings`]: the configuration vocabulary modules share: durations, sizes, YAML parsing
+//!   and the one-line configuration error.
 //! - [`policy`]: whom we accept: keyless identities, keys, authorities and thresholds.
 //! - [`trust`]: the mirrored trust root: TUF import, freshness, hot reload, status.
 //! - [`verify`]: offline Sigstore verification of image signatures (bundles, cosign legacy).
@@ -29,5 +31,6 @@ pub mod doctor;
 pub mod enforce;
 pub mod policy;
 pub mod registry;
+pub mod settings;
 pub mod trust;
 pub mod verify;

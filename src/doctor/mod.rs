@@ -66,7 +66,7 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub max_images: usize,
     /// Time budget for the images check, all images together.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = crate::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = crate::settings::parse_duration)]
     pub images_timeout: Duration,
     #[arg(long, value_enum, default_value = "human")]
     pub output: Output,

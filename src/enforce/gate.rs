@@ -141,10 +141,10 @@ pub struct CacheConfig {
     /// Most decisions kept.
     pub capacity: usize,
     /// How long an allowed decision is reused.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub allow_ttl: Duration,
     /// How long a refusal is reused (short: a signature pushed a moment later is picked up).
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub deny_ttl: Duration,
 }
 

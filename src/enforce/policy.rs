@@ -458,7 +458,7 @@ fn compile_condition(c: &ConditionConfig, key: &str) -> Result<Condition, Policy
         Test::OneOf(values)
     } else {
         let text = c.not_older_than.clone().unwrap_or_default();
-        let d = crate::config::parse_duration(&text).map_err(|e| err(format!("{key}.notOlderThan"), e))?;
+        let d = crate::settings::parse_duration(&text).map_err(|e| err(format!("{key}.notOlderThan"), e))?;
         if d.is_zero() {
             return Err(err(format!("{key}.notOlderThan"), "must be longer than zero"));
         }

@@ -120,7 +120,7 @@ pub fn parse_when(s: &str, now: Timestamp) -> Result<Timestamp, String> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
-    let d = crate::config::parse_duration(s).map_err(|_| format!("{s:?} is neither a duration (24h, 7d) nor an RFC 3339 time"))?;
+    let d = crate::settings::parse_duration(s).map_err(|_| format!("{s:?} is neither a duration (24h, 7d) nor an RFC 3339 time"))?;
     let d = jiff::SignedDuration::try_from(d).map_err(|e| e.to_string())?;
     now.checked_sub(d).map_err(|e| format!("{s:?}: {e}"))
 }

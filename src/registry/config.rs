@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::auth::{Credentials, Secret};
+use crate::settings::parse_duration;
 
 /// containerd's conventional `config_path`.
 pub const DEFAULT_HOSTS_DIR: &str = "/etc/containerd/certs.d";
@@ -34,19 +35,19 @@ pub struct RegistryConfig {
     /// Platform whose manifest is picked from a multi-arch index (the node's own by default).
     pub platform: Platform,
     /// Bound on opening a TCP connection to an endpoint (a `dial_timeout` in hosts.toml wins).
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub connect_timeout: Duration,
     /// Bound on one request, from sending it to the last byte of the answer.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub request_timeout: Duration,
     /// Bound on resolving one image and discovering its signatures, all requests together.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub discovery_timeout: Duration,
     /// Largest manifest or index accepted.
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "crate::settings::de_size")]
     pub max_manifest_bytes: u64,
     /// Largest bundle or signature payload accepted.
-    #[serde(deserialize_with = "size")]
+    #[serde(deserialize_with = "crate::settings::de_size")]
     pub max_blob_bytes: u64,
     /// Requests in flight to one endpoint host at most, across all pulls, so that a burst of
     /// pulls cannot flood the node's mirror.
@@ -204,38 +205,6 @@ impl FromStr for Platform {
 impl<'de> Deserialize<'de> for Platform {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-pub use crate::config::parse_duration;
-
-/// A size in bytes: a number, or a number and `B`, `KiB`, `MiB`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let bad = || format!("invalid size {s:?}: expected bytes, or a number and a unit (B, KiB, MiB), like \"4MiB\"");
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1024,
-        "MiB" => 1024 * 1024,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
-}
-
-
-pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        N(u64),
-        S(String),
-    }
-    match Size::deserialize(d)? {
-        Size::N(n) => Ok(n),
-        Size::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
     }
 }
 
@@ -407,15 +376,6 @@ credentials:
         assert_eq!(c.validate().unwrap_err().0, "aliases");
         assert!("linux/".parse::<Platform>().is_err());
         assert!("a/b/c/d".parse::<Platform>().is_err());
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
-        assert_eq!(parse_size("10KiB"), Ok(10240));
-        assert_eq!(parse_size("7"), Ok(7));
-        assert!(parse_size("99999999999999999MiB").is_err());
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::import::{import_tuf, import_unverified, ImportError, ImportOptions};
 use super::state::StateDir;
 use super::status;
 use super::tuf_import::PinnedRoot;
-use crate::config::parse_duration;
+use crate::settings::parse_duration;
 
 /// Exit code for a bad command line or configuration (EX_USAGE).
 pub const EX_USAGE: i32 = 64;

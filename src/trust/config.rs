@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 use crate::trust::freshness::FreshnessPolicy;
 
 /// Default state directory, shared with the daemon.
@@ -39,13 +39,13 @@ pub struct TrustRootConfig {
     pub state_dir: PathBuf,
     /// How long after its freshness anchor (see [`crate::trust::freshness`]) an installed root
     /// may be used.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub max_age: Duration,
     /// How long before going stale the daemon and `trust-root status` start warning.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub warn_before: Duration,
     /// How often the daemon checks the state dir for a newly imported root.
-    #[serde(deserialize_with = "crate::config::de_duration")]
+    #[serde(deserialize_with = "crate::settings::de_duration")]
     pub watch_interval: Duration,
 }
 
@@ -113,7 +113,7 @@ impl TrustRootConfig {
             trust_root: TrustRootConfig,
         }
         let err = |key: Option<String>, message: String| ConfigError { file: file.to_owned(), key, message };
-        let section: Section = crate::config::parse_yaml(text, file)?;
+        let section: Section = crate::settings::parse_yaml(text, file)?;
         section.trust_root.validate().map_err(|(key, message)| err(Some(key.into()), message))?;
         Ok(section.trust_root)
     }

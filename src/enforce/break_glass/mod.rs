@@ -137,7 +137,7 @@ pub fn parse_image(s: &str) -> Result<Reference, String> {
 
 /// `--for`: a duration of at least a second and at most [`MAX_WINDOW`].
 pub fn parse_length(s: &str) -> Result<Duration, String> {
-    let d = crate::config::parse_duration(s)?;
+    let d = crate::settings::parse_duration(s)?;
     if d < Duration::from_secs(1) {
         return Err(format!("{s:?}: a window lasts at least 1s"));
     }

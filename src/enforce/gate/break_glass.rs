@@ -128,7 +128,7 @@ mod tests {
 
     fn enforcer(dir: &std::path::Path, images: &[&str]) -> Enforcer {
         let yaml = "unmatched: deny\npolicies:\n  - name: cp\n    images: [\"reg.test/**\"]\n    authorities:\n      - name: ci\n        keyless:\n          identities:\n            - issuer: https://issuer\n              subject: https://subject\n";
-        let config: PolicyConfig = crate::config::parse_yaml(yaml, std::path::Path::new("test.yaml")).unwrap();
+        let config: PolicyConfig = crate::settings::parse_yaml(yaml, std::path::Path::new("test.yaml")).unwrap();
         let now = Timestamp::now();
         let window = Window {
             images: images.iter().map(|s| s.to_string()).collect(),

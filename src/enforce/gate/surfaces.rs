@@ -232,7 +232,7 @@ mod tests {
         let yaml = format!(
             "unmatched: {unmatched}\nexemptions:\n  - name: sandbox\n    images: [\"reg.test:5000/pause:*\"]\npolicies:\n  - name: demo\n    images: [\"reg.test:5000/demo/**\"]\n    mode: {mode}\n    authorities:\n      - name: ci\n        keyless:\n          identities:\n            - issuer: https://issuer\n              subject: https://subject\n"
         );
-        let config: PolicyConfig = crate::config::parse_yaml(&yaml, std::path::Path::new("test.yaml")).unwrap();
+        let config: PolicyConfig = crate::settings::parse_yaml(&yaml, std::path::Path::new("test.yaml")).unwrap();
         let audit = AuditLog::new(&AuditConfig::Off).unwrap();
         Enforcer::new(config.compile(1).unwrap(), &CacheConfig::default(), Arc::new(FakeChecker), audit, "node".into())
             .with_allowed_methods(vec!["/runtime.v1.ImageService/FetchImage".into()])
