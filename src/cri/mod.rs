@@ -16,6 +16,7 @@ pub mod quiet;
 pub mod relay;
 pub mod sandbox;
 pub mod server;
+pub mod settings;
 pub mod upstream;
 pub mod wire;
 
