@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::cri::settings::{Access, UpstreamConnection};
 use crate::settings::{de_duration, parse_yaml, ConfigError};
 
 /// Default path of the socket kubelet talks to.
@@ -130,48 +131,6 @@ impl Default for Config {
     }
 }
 
-/// Peer credential check. Root (uid 0) is always allowed: it is kubelet's identity.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Access {
-    /// Extra uids allowed besides root.
-    pub allowed_uids: Vec<u32>,
-    /// Callers whose primary gid is one of these are allowed too.
-    pub allowed_gids: Vec<u32>,
-}
-
-impl Access {
-    /// Whether a caller with these credentials may use the socket.
-    pub fn allows(&self, uid: u32, gid: u32) -> bool {
-        uid == 0 || self.allowed_uids.contains(&uid) || self.allowed_gids.contains(&gid)
-    }
-}
-
-/// Connection to containerd.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConnection {
-    /// Bound on connecting and the HTTP/2 handshake; a call fails with `Unavailable` past it.
-    #[serde(deserialize_with = "de_duration")]
-    pub connect_timeout: Duration,
-    /// After a failed connect, calls fail fast for this long before the next attempt; the wait
-    /// doubles on each failure up to `max_backoff`.
-    #[serde(deserialize_with = "de_duration")]
-    pub initial_backoff: Duration,
-    #[serde(deserialize_with = "de_duration")]
-    pub max_backoff: Duration,
-}
-
-impl Default for UpstreamConnection {
-    fn default() -> Self {
-        UpstreamConnection {
-            connect_timeout: Duration::from_secs(2),
-            initial_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
@@ -259,12 +218,7 @@ impl Config {
         if self.listen == self.upstream {
             return Err(("listen", "must differ from `upstream` (pullgate would forward to itself)".into()));
         }
-        if self.upstream_connection.connect_timeout.is_zero() {
-            return Err(("upstream_connection.connect_timeout", "must be greater than zero".into()));
-        }
-        if self.upstream_connection.initial_backoff > self.upstream_connection.max_backoff {
-            return Err(("upstream_connection.initial_backoff", "must not exceed `max_backoff`".into()));
-        }
+        self.upstream_connection.validate().map_err(|(k, m)| (k, m.to_string()))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(("log.level", format!("invalid log filter {:?}: {e}", self.log.level)));
         }

@@ -17,17 +17,12 @@ use crate::admin::metrics::{Metrics, ProbeStatus, StateCollector};
 use crate::enforce::metrics::{EnforceMetrics, EnforcerState, ReloadStatus};
 use crate::admin::server::Admin;
 use crate::config::Config;
-use crate::cri::client::CriClient;
 use crate::cri::intercept::Gate;
 use crate::cri::listener::{ListenError, Listener};
-use crate::cri::proxy::Proxy;
 use crate::cri::server;
-use crate::cri::upstream::Upstream;
 use crate::enforce::audit::AuditLog;
-use crate::enforce::checker::MirrorChecker;
 use crate::enforce::gate::Enforcer;
-use crate::registry::Registry;
-use crate::trust::{StateDir, SystemClock, TrustHandle};
+use crate::trust::TrustHandle;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +59,7 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
         return Ok(None);
     };
     let policy = policy_config.compile(1).map_err(|e| StartError::Policy(e.to_string()))?;
-    let trust = Arc::new(TrustHandle::new(
-        StateDir::new(&config.trust_root.state_dir),
-        config.trust_root.policy(),
-        Arc::new(SystemClock),
-    ));
+    let trust = Arc::new(crate::app::trust_root(config));
     match trust.reload() {
         Ok(outcome) => tracing::info!(state_dir = %config.trust_root.state_dir.display(), ?outcome, "trust root loaded"),
         Err(e) => tracing::error!(
@@ -77,28 +68,10 @@ fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Optio
             "no usable trust root: enforce-mode pulls will be refused until `pullgate trust-root import` installs one"
         ),
     }
-    let registry = Registry::new(config.registry.clone());
-    let mut checker = MirrorChecker::new(registry, trust.clone());
-    if let Some(m) = &metrics {
-        checker = checker.with_metrics(m.clone());
-    }
     let audit = AuditLog::new(&config.audit).map_err(StartError::Audit)?;
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    // Validated with the configuration; an invalid map cannot reach here.
-    let aliases = crate::registry::reference::Aliases::new(&config.registry.aliases).unwrap_or_default();
-    let (aliases, derived) = aliases.with_hosts_dir(&crate::registry::HostsDir::new(config.registry.hosts_dir.clone()));
-    for line in derived {
-        tracing::info!("registry alias: {line}");
-    }
-    let break_glass = crate::enforce::break_glass::BreakGlass::in_state_dir(&config.trust_root.state_dir);
-    break_glass.reload();
-    let mut enforcer = Enforcer::new(policy, &config.cache, Arc::new(checker), audit, node)
-        .with_aliases(aliases)
-        .with_allowed_methods(config.cri.allowed_paths())
-        .with_break_glass(break_glass);
-    if let Some(m) = &metrics {
-        enforcer = enforcer.with_metrics(m.clone());
-    }
+    let wiring = crate::app::EnforcerWiring { audit, node, metrics: metrics.clone(), break_glass: true };
+    let enforcer = crate::app::enforcer(config, policy, trust.clone(), wiring);
     let enforcer = Arc::new(enforcer);
     tracing::info!(
         policies = policy_config.policies.len(),
@@ -195,17 +168,15 @@ pub async fn run(
         Some(socket) => Listener::activated(socket)?,
         None => Listener::bind(&config.listen, config.socket_mode.0, config.socket_group)?,
     };
-    let upstream = Upstream::new(&config.upstream, config.upstream_connection.clone());
     let gate = enforcement.as_ref().map(|e| e.enforcer.clone() as Arc<dyn Gate>);
-    let proxy = Arc::new(Proxy::new(upstream, config.access.clone(), gate).with_sandbox_image(config.cri.sandbox_image.clone())
-        .with_buffer_budget(config.cri.max_buffered_bytes).with_frame_relay(config.cri.frame_relay));
+    let proxy = Arc::new(crate::app::proxy(&config, gate));
     tracing::info!(
         listen = %config.listen.display(),
         upstream = %config.upstream.display(),
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "pullgate is accepting CRI calls"
     );
-    let calls = metrics.as_ref().map(|m| m.calls);
+    let calls = metrics.as_ref().map(|m| m.calls as &'static dyn crate::cri::calls::CallObserver);
     if let (Some(admin_listener), Some(mut metrics)) = (admin_listener, metrics) {
         let probe = Arc::new(ProbeStatus::default());
         let connected = proxy.clone();
@@ -226,11 +197,7 @@ pub async fn run(
                 Arc::new(move || enforcer.policy_summary()) as Arc<dyn Fn() -> String + Send + Sync>
             }),
             trust: enforcement.as_ref().map(|e| e.trust.clone()),
-            containerd: CriClient::new(
-                &config.upstream,
-                config.upstream_connection.clone(),
-                config.upstream_connection.connect_timeout + std::time::Duration::from_secs(3),
-            ),
+            containerd: crate::app::cri_client(&config, &config.upstream, config.upstream_connection.connect_timeout + std::time::Duration::from_secs(3)),
             probe,
         };
         tokio::spawn(admin::server::serve(admin_listener, Arc::new(Admin { metrics, health })));
@@ -268,7 +235,7 @@ pub async fn run(
             }
         }
     });
-    server::serve_metered(listener, proxy, calls, shutdown, config.drain_timeout).await;
+    server::serve(listener, proxy, calls, shutdown, config.drain_timeout).await;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`admin`]: metrics, `/live` and `/ready` on a loopback HTTP port.
+//! - [`app`]: the wiring `serve`, `doctor` and `verify` share: configuration -> enforcer -> proxy.
 //! - [`bounded`]: request text shortened and escaped for refusals, log lines and audit records.
 //! - [`config`]: the YAML configuration, validated before anything is bound.
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod bounded;
 pub mod config;
 pub mod cri;

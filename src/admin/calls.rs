@@ -1,24 +1,19 @@
-//! CRI call counts and latencies, recorded on the pass-through path.
+//! CRI call counts and latencies: the [`CallObserver`] the proxy reports its calls to.
 //!
-//! Nothing is decoded and nothing is allocated per call: the method is found by the request
-//! path in a sorted table of the CRI v1 methods (unknown paths share one `other` row), the
-//! gRPC status is read from the `grpc-status` header or trailer as the response streams by, and
-//! a call costs three relaxed atomic additions when it ends (its code's counter, its latency
-//! bucket, the latency sum). Label sets are built only when Prometheus scrapes.
+//! Nothing is allocated per call: the method is found by the request path in a sorted table of
+//! the CRI v1 methods (unknown paths share one `other` row), and a call costs three relaxed
+//! atomic additions when it ends (its code's counter, its latency bucket, the latency sum).
+//! Label sets are built only when Prometheus scrapes.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
-use crate::cri::grpc::Code;
+use crate::cri::calls::{CallEnd, CallObserver};
 
 /// Every CRI v1 method (Kubernetes 1.32 `api.proto`), sorted: looked up by binary search.
 const METHODS: &[&str] = &[
@@ -88,7 +83,6 @@ const CODE_NAMES: [&str; 19] = [
 ];
 const INVALID_STATUS: usize = 17;
 const STREAM_ERROR: usize = 18;
-const CANCELED: usize = Code::Cancelled as usize;
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
 const BUCKETS_US: [u64; 16] =
@@ -149,10 +143,20 @@ impl CallMetrics {
         row.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         row.sum_us.fetch_add(us, Ordering::Relaxed);
     }
+}
 
-    /// Starts timing a call to `path`.
-    pub fn start(&'static self, path: &str) -> CallProbe {
-        CallProbe { metrics: self, method: self.method(path), started: Instant::now(), code: None, done: false }
+impl CallObserver for CallMetrics {
+    fn method(&self, path: &str) -> usize {
+        CallMetrics::method(self, path)
+    }
+
+    fn ended(&self, method: usize, end: CallEnd, started: Instant) {
+        let code = match end {
+            CallEnd::Status(c) => usize::from(c),
+            CallEnd::InvalidStatus => INVALID_STATUS,
+            CallEnd::StreamError => STREAM_ERROR,
+        };
+        self.record(method, code, started);
     }
 }
 
@@ -199,107 +203,6 @@ impl Collector for CallMetrics {
     }
 }
 
-/// One call being timed; records itself once, when its response ends or is dropped.
-pub struct CallProbe {
-    metrics: &'static CallMetrics,
-    method: usize,
-    started: Instant,
-    /// Index into `CODE_NAMES`, once the status is seen.
-    code: Option<usize>,
-    done: bool,
-}
-
-fn code_index(value: Option<&http::HeaderValue>) -> Option<usize> {
-    value.map(|v| match Code::from_header(Some(v)) {
-        Some(c) if (0..=16).contains(&c) => c as usize,
-        _ => INVALID_STATUS,
-    })
-}
-
-impl CallProbe {
-    /// Notes a status sent in the response headers (a trailers-only response).
-    pub fn headers(&mut self, headers: &http::HeaderMap) {
-        if let Some(c) = code_index(headers.get("grpc-status")) {
-            self.code = Some(c);
-        }
-    }
-
-    /// The response ended (the frame relay saw containerd's END_STREAM): records the status
-    /// seen in its headers or trailers, else Unknown, as [`Metered`] does.
-    pub fn end(mut self) {
-        self.finish(Code::Unknown as usize);
-    }
-
-    /// containerd reset the stream after its response headers, as a failing [`Metered`] body.
-    pub fn failed(mut self) {
-        self.finish(STREAM_ERROR);
-    }
-
-    fn finish(&mut self, fallback: usize) {
-        if !self.done {
-            self.done = true;
-            self.metrics.record(self.method, self.code.unwrap_or(fallback), self.started);
-        }
-    }
-}
-
-impl Drop for CallProbe {
-    /// A response dropped before its end: the caller went away (or the connection did). hyper
-    /// also drops a body it knows has ended without polling it again; its status is noted by
-    /// then.
-    fn drop(&mut self) {
-        self.finish(CANCELED);
-    }
-}
-
-/// A response body that records its call when it ends.
-pub struct Metered<B> {
-    inner: B,
-    probe: Option<CallProbe>,
-}
-
-impl<B> Metered<B> {
-    pub fn new(inner: B, probe: Option<CallProbe>) -> Self {
-        Metered { inner, probe }
-    }
-}
-
-impl<B> Body for Metered<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let me = &mut *self;
-        let polled = Pin::new(&mut me.inner).poll_frame(cx);
-        if let Some(probe) = me.probe.as_mut() {
-            match &polled {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(c) = frame.trailers_ref().and_then(|t| code_index(t.get("grpc-status"))) {
-                        probe.code = Some(c);
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => probe.finish(STREAM_ERROR),
-                // The end: the status came in the trailers, or in the headers of a
-                // trailers-only response; with neither, gRPC clients report Unknown.
-                Poll::Ready(None) => probe.finish(Code::Unknown as usize),
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,16 +235,17 @@ mod tests {
     fn probes_record_their_code_once() {
         let m: &'static CallMetrics = Box::leak(Box::default());
         let path = "/runtime.v1.RuntimeService/Version";
-        let mut p = m.start(path);
+        let mut p = crate::cri::calls::start(Some(m), path).unwrap();
         let mut h = http::HeaderMap::new();
         h.insert("grpc-status", http::HeaderValue::from_static("5"));
         p.headers(&h);
-        p.finish(0);
-        drop(p);
-        drop(m.start(path));
+        p.end();
+        drop(crate::cri::calls::start(Some(m), path));
+        crate::cri::calls::start(Some(m), path).unwrap().failed();
         let row = &m.rows[m.method(path)];
         assert_eq!(row.codes[5].load(Ordering::Relaxed), 1);
-        assert_eq!(row.codes[CANCELED].load(Ordering::Relaxed), 1, "a dropped call counts as canceled");
-        assert_eq!(row.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum::<u64>(), 2);
+        assert_eq!(row.codes[crate::cri::grpc::Code::Cancelled as usize].load(Ordering::Relaxed), 1, "a dropped call counts as canceled");
+        assert_eq!(row.codes[STREAM_ERROR].load(Ordering::Relaxed), 1);
+        assert_eq!(row.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum::<u64>(), 3);
     }
 }

@@ -16,7 +16,7 @@ use prost::Message;
 use super::api;
 use super::grpc::{self, Code};
 use super::upstream::{Upstream, UpstreamError};
-use crate::config::UpstreamConnection;
+use super::settings::UpstreamConnection;
 
 /// Why a call made by pullgate itself failed; one line.
 #[derive(Debug, Clone, thiserror::Error)]

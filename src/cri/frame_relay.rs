@@ -42,7 +42,7 @@ use tokio::sync::Semaphore;
 use super::frames::{self, BlockError, Head, Settings, HEADER_LEN};
 use super::proxy::{CallerBody, Peer, Proxy};
 use super::quiet::QuietStream;
-use crate::admin::calls::{CallMetrics, CallProbe, Metered};
+use super::calls::{CallObserver, CallProbe, Metered};
 
 /// Extra connection window pullgate gives containerd at once, beyond the 64 KiB default: the
 /// most of containerd's data that can wait in pullgate for the caller's window.
@@ -72,7 +72,7 @@ pub async fn serve(
     upstream_first: Vec<u8>,
     proxy: Arc<Proxy>,
     peer: Peer,
-    calls: Option<&'static CallMetrics>,
+    calls: Option<&'static dyn CallObserver>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -246,7 +246,7 @@ enum Side {
 struct Relay {
     proxy: Arc<Proxy>,
     peer: Peer,
-    calls: Option<&'static CallMetrics>,
+    calls: Option<&'static dyn CallObserver>,
     tx: mpsc::UnboundedSender<(u32, Msg)>,
     rx: mpsc::UnboundedReceiver<(u32, Msg)>,
 
@@ -290,7 +290,7 @@ struct Relay {
 type Fatal = Reason;
 
 impl Relay {
-    fn new(proxy: Arc<Proxy>, peer: Peer, calls: Option<&'static CallMetrics>, tx: mpsc::UnboundedSender<(u32, Msg)>, rx: mpsc::UnboundedReceiver<(u32, Msg)>) -> Self {
+    fn new(proxy: Arc<Proxy>, peer: Peer, calls: Option<&'static dyn CallObserver>, tx: mpsc::UnboundedSender<(u32, Msg)>, rx: mpsc::UnboundedReceiver<(u32, Msg)>) -> Self {
         Relay {
             proxy,
             peer,
@@ -683,8 +683,8 @@ impl Relay {
         let path = decoded.path().unwrap_or("/");
         let path = path.split('?').next().unwrap_or(path);
         if self.proxy.passes_through(&self.peer, path) {
-            if let Some(calls) = self.calls {
-                self.probes.insert(s, (calls.start(path), false));
+            if let Some(probe) = super::calls::start(self.calls, path) {
+                self.probes.insert(s, (probe, false));
             }
             self.forward_block(s, block.end_stream, block.prio, decoded.fields);
             return Ok(());
@@ -1033,13 +1033,13 @@ fn write_out(cx: &mut Context<'_>, io: &mut QuietStream, out: &mut BytesMut) -> 
 async fn serve_call(
     proxy: Arc<Proxy>,
     peer: Peer,
-    calls: Option<&'static CallMetrics>,
+    calls: Option<&'static dyn CallObserver>,
     req: http::Request<CallerBody>,
     stream: u32,
     relay: mpsc::UnboundedSender<(u32, Msg)>,
     permits: Arc<Semaphore>,
 ) {
-    let probe = calls.map(|c| c.start(req.uri().path()));
+    let probe = super::calls::start(calls, req.uri().path());
     let resp = match proxy.handle(peer, req).await {
         Ok(r) => r,
         Err(e) => {

@@ -1,6 +1,7 @@
 //! The CRI side of pullgate: the socket kubelet talks to and the connection to containerd.
 
 pub mod budget;
+pub mod calls;
 pub mod client;
 pub mod detached;
 pub mod frame_relay;
@@ -15,6 +16,7 @@ pub mod quiet;
 pub mod relay;
 pub mod sandbox;
 pub mod server;
+pub mod settings;
 pub mod upstream;
 pub mod wire;
 

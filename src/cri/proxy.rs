@@ -30,7 +30,7 @@ use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
 use super::methods::{self, Route, Surface};
 use super::relay::UpstreamBody;
 use super::upstream::Upstream;
-use crate::config::Access;
+use super::settings::Access;
 
 /// A request as sent to containerd: the caller's own stream, or bytes pullgate buffered.
 pub type RequestBody = Either<CallerBody, Full<Bytes>>;

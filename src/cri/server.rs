@@ -11,19 +11,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use super::listener::Listener;
 use super::quiet::QuietStream;
 use super::proxy::{Peer, Proxy};
-use crate::admin::calls::{CallMetrics, Metered};
+use super::calls::{CallObserver, Metered};
 
-/// Serves CRI on `listener` until `shutdown` resolves; then stops accepting, lets in-flight calls
-/// finish for at most `drain`, and removes the socket if pullgate created it.
-pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
-    serve_metered(listener, proxy, None, shutdown, drain).await
-}
-
-/// [`serve`], counting and timing every call in `calls` (see `crate::admin::calls`).
-pub async fn serve_metered(
+/// Serves CRI on `listener` until `shutdown` resolves, telling `calls` of every call; then stops
+/// accepting, lets in-flight calls finish for at most `drain`, and removes the socket if
+/// pullgate created it.
+pub async fn serve(
     listener: Listener,
     proxy: Arc<Proxy>,
-    calls: Option<&'static CallMetrics>,
+    calls: Option<&'static dyn CallObserver>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
@@ -116,11 +112,11 @@ fn serve_hyper(
     stream: QuietStream,
     proxy: Arc<Proxy>,
     peer: Peer,
-    calls: Option<&'static CallMetrics>,
+    calls: Option<&'static dyn CallObserver>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> impl Future<Output = ()> + Send + 'static {
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let probe = calls.map(|c| c.start(req.uri().path()));
+        let probe = super::calls::start(calls, req.uri().path());
         let call = proxy.clone().handle(peer, req.map(super::proxy::CallerBody::Hyper));
         async move {
             // An error is containerd's reset of the call: hyper resets the caller's stream

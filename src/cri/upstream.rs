@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::proxy::RequestBody;
 use super::quiet::QuietStream;
 use super::relay::{RequestPipe, UpstreamBody};
-use crate::config::UpstreamConnection;
+use super::settings::UpstreamConnection;
 
 /// While calls are in flight, a ping checks that containerd still answers after this long.
 /// Not shorter: grpc-go servers (containerd) by default answer a client that pings more often

@@ -32,12 +32,10 @@ use crate::config::Config;
 use crate::cri::client::CriClient;
 use crate::cri::intercept::{CreateCall, CreateVerdict};
 use crate::enforce::audit::{AuditConfig, AuditLog};
-use crate::enforce::checker::MirrorChecker;
-use crate::enforce::gate::Enforcer;
 use crate::enforce::policy::{Mode, PolicyConfig};
-use crate::registry::Registry;
 use crate::trust::status::{self, Verdict};
-use crate::trust::{StateDir, SystemClock, TrustHandle};
+use crate::registry::Registry;
+use crate::trust::{StateDir, TrustHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -192,11 +190,10 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
     let Some(policy) = &config.policy else {
         return finish(&args.config, f);
     };
-    let registry = Registry::new(config.registry.clone());
-    check_mirrors(&mut f, &registry, policy).await;
+    check_mirrors(&mut f, &crate::app::registry(&config), policy).await;
     let trust = check_trust_root(&mut f, &config);
     if containerd_ok {
-        check_images(&mut f, args, &config, policy, registry, trust, &containerd).await;
+        check_images(&mut f, args, &config, policy, trust, &containerd).await;
     } else {
         f.add("images", Status::Skip, "images on the node not checked: containerd does not answer");
     }
@@ -330,7 +327,7 @@ fn check_trust_root(f: &mut Findings, config: &Config) -> Option<Arc<TrustHandle
         Verdict::NoneInstalled => f.add("trust-root", Status::Fail, format!("no trust root installed in {dir}: enforce-mode pulls are refused; run pullgate trust-root import")),
         Verdict::Invalid { reason } => f.add("trust-root", Status::Fail, format!("trust root in {dir} is unusable: {reason}")),
     }
-    let handle = Arc::new(TrustHandle::new(state, config.trust_root.policy(), Arc::new(SystemClock)));
+    let handle = Arc::new(crate::app::trust_root(config));
     let _ = handle.reload();
     Some(handle)
 }
@@ -372,7 +369,6 @@ async fn check_images(
     args: &DoctorArgs,
     config: &Config,
     policy: &PolicyConfig,
-    registry: Registry,
     trust: Option<Arc<TrustHandle>>,
     containerd: &CriClient,
 ) {
@@ -384,12 +380,12 @@ async fn check_images(
         }
     };
     let (Ok(set), Some(trust)) = (policy.compile(1), trust) else { return };
-    let checker = Arc::new(MirrorChecker::new(registry, trust));
     let audit = match AuditLog::new(&AuditConfig::Off) {
         Ok(a) => a,
         Err(_) => return,
     };
-    let enforcer = Enforcer::new(set, &config.cache, checker, audit, "doctor".into());
+    let wiring = crate::app::EnforcerWiring { audit, node: "doctor".into(), metrics: None, break_glass: false };
+    let enforcer = crate::app::enforcer(config, set, trust, wiring);
     let deadline = Instant::now() + args.images_timeout;
     let (mut allowed, mut refused, mut audit_only, mut checked) = (0, 0, 0, 0);
     for image in images.iter().take(args.max_images) {
