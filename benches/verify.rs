@@ -336,7 +336,7 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
     let library = sigstore_verify::Verifier::new(&library_root).unwrap();
     let library_policy = sigstore_verify::VerificationPolicy::new(DEFAULT_SAN, DEFAULT_ISSUER);
     let lib_bundle = sigstore_verify::types::Bundle::from_json(&json).unwrap();
-    let digest = sigstore_verify::types::Sha256Hash::try_from(image.as_bytes()).unwrap();
+    let digest = sigstore_verify::types::Sha256Hash::try_from(image.bytes().as_slice()).unwrap();
 
     let n = samples();
     let times = race(
@@ -478,7 +478,7 @@ fn bench_real() -> Option<Row> {
     let library = sigstore_verify::Verifier::new(&library_root).ok()?;
     let policy = sigstore_verify::VerificationPolicy::new(san, DEFAULT_ISSUER);
     let lib_bundle = sigstore_verify::types::Bundle::from_json(&json).ok()?;
-    let digest = sigstore_verify::types::Sha256Hash::try_from(image.as_bytes()).ok()?;
+    let digest = sigstore_verify::types::Sha256Hash::try_from(image.bytes().as_slice()).ok()?;
     let identity = KeylessIdentity::exact(san, DEFAULT_ISSUER);
     let times = race(
         &mut [
