@@ -8,9 +8,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(false)
-        .compile_protos(PROTOS, &["proto"])?;
+    tonic_prost_build::configure().build_server(false).build_client(false).compile_protos(PROTOS, &["proto"])?;
     Ok(())
 }

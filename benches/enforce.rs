@@ -155,7 +155,16 @@ fn pullgate_binary() -> Result<PathBuf, String> {
 
 /// pullgate's configuration: the e2e suite's enforce policy, JSON logs (read back for `ms`).
 #[allow(clippy::too_many_arguments)] // one YAML template, one argument per blank
-fn config(dir: &Path, registry: &str, listen: &Path, upstream: &Path, hosts_dir: &str, audit: &Path, admin: SocketAddr, level: &str) -> String {
+fn config(
+    dir: &Path,
+    registry: &str,
+    listen: &Path,
+    upstream: &Path,
+    hosts_dir: &str,
+    audit: &Path,
+    admin: SocketAddr,
+    level: &str,
+) -> String {
     format!(
         r#"listen: {listen}
 upstream: {upstream}
@@ -219,7 +228,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 /// A host-network pod (the testbed's CNI is loopback only), as kubelet describes it.
 fn pod(namespace: &str, name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: namespace.into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
@@ -349,7 +363,8 @@ fn run() -> Result<String, String> {
     let cfg_path = tb.dir.join("enforce.yaml");
     // Metrics on (as in production, where they are scraped): the mirror-request and verification
     // histograms split the cold decision into its parts.
-    let admin: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
+    let admin: SocketAddr =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
     let level = if profiling() { "info,pullgate::registry::client=debug" } else { "info" };
     std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin, level))
         .map_err(|e| e.to_string())?;
@@ -485,14 +500,28 @@ async fn head_tag(registry: SocketAddr, image: &str) -> Result<(), String> {
     let path = image.split_once('/').map(|(_, p)| p).unwrap_or(image);
     let (repo, tag) = path.rsplit_once(':').ok_or("no tag")?;
     let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
-    let r = support::registry::http::request(registry, "HEAD", &format!("/v2/{repo}/manifests/{tag}"), &[("accept", accept.into())], bytes::Bytes::new()).await?;
+    let r = support::registry::http::request(
+        registry,
+        "HEAD",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("accept", accept.into())],
+        bytes::Bytes::new(),
+    )
+    .await?;
     if r.status != 200 || r.header("docker-content-digest").is_none() {
         return Err(format!("HEAD {image}: HTTP {}", r.status));
     }
     Ok(())
 }
 
-async fn warm_pulls(plan: &Plan, c: &Clients, image: &str, digest: &Digest, direct_sock: &Path, registry: SocketAddr) -> Result<Warm, String> {
+async fn warm_pulls(
+    plan: &Plan,
+    c: &Clients,
+    image: &str,
+    digest: &Digest,
+    direct_sock: &Path,
+    registry: SocketAddr,
+) -> Result<Warm, String> {
     let pod_cfg = pod("team", "web");
     let name = image.rsplit_once(':').map(|(n, _)| n).unwrap_or(image);
     let by_digest = format!("{name}@{digest}");
@@ -1017,8 +1046,20 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     );
 
     let _ = writeln!(out, "\nPaired differences (via - direct, same image / adjacent calls), median and IQR/sqrt(n):\n");
-    let _ = writeln!(out, "- cold PullImage: {} (+/- {}) over {} images", signed_ms(paired_median(&cold.pairs)), fmt_ms(paired_se(&cold.pairs)), cold.pairs.len());
-    let _ = writeln!(out, "- CreateContainer: {} (+/- {}) over {} pairs", signed_ms(paired_median(&create.pairs)), fmt_ms(paired_se(&create.pairs)), create.pairs.len());
+    let _ = writeln!(
+        out,
+        "- cold PullImage: {} (+/- {}) over {} images",
+        signed_ms(paired_median(&cold.pairs)),
+        fmt_ms(paired_se(&cold.pairs)),
+        cold.pairs.len()
+    );
+    let _ = writeln!(
+        out,
+        "- CreateContainer: {} (+/- {}) over {} pairs",
+        signed_ms(paired_median(&create.pairs)),
+        fmt_ms(paired_se(&create.pairs)),
+        create.pairs.len()
+    );
     let _ = writeln!(out, "- containerd's answer to the refused creates: `{}`", create.reject_answer);
     let _ = writeln!(
         out,
@@ -1029,28 +1070,78 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         cold.late_max_ms
     );
 
-    let _ = writeln!(out, "\nWhere the time goes (pullgate's own accounts: audit `latency_ms` = the decision; log `ms` = the whole call inside pullgate):\n");
+    let _ = writeln!(
+        out,
+        "\nWhere the time goes (pullgate's own accounts: audit `latency_ms` = the decision; log `ms` = the whole call inside pullgate):\n"
+    );
     let _ = writeln!(out, "| part | p50 | p90 |");
     let _ = writeln!(out, "|---|---:|---:|");
     let f = |out: &mut String, name: String, v: &[f64]| {
         let _ = writeln!(out, "| {name} | {} | {} |", fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)));
     };
-    f(out, format!("cold: decision (tag resolve + manifest + discovery + verify; {} of {} from cache)", acc.cold_cached, acc.cold_decision.len()), &acc.cold_decision);
+    f(
+        out,
+        format!(
+            "cold: decision (tag resolve + manifest + discovery + verify; {} of {} from cache)",
+            acc.cold_cached,
+            acc.cold_decision.len()
+        ),
+        &acc.cold_decision,
+    );
     f(out, "cold: whole call in pullgate (decision + containerd pull by digest + tag record)".into(), &acc.cold_call);
-    f(out, format!("warm: decision (tag resolve on the mirror + cache hit; {} of {} not from cache)", acc.warm_uncached, acc.warm_decision.len()), &acc.warm_decision);
+    f(
+        out,
+        format!(
+            "warm: decision (tag resolve on the mirror + cache hit; {} of {} not from cache)",
+            acc.warm_uncached,
+            acc.warm_decision.len()
+        ),
+        &acc.warm_decision,
+    );
     f(out, "warm: whole call in pullgate".into(), &acc.warm_call);
-    f(out, format!("warm by digest: decision (cache hit, no mirror request; {} of {} not from cache)", acc.digest_uncached, acc.digest_decision.len()), &acc.digest_decision);
+    f(
+        out,
+        format!(
+            "warm by digest: decision (cache hit, no mirror request; {} of {} not from cache)",
+            acc.digest_uncached,
+            acc.digest_decision.len()
+        ),
+        &acc.digest_decision,
+    );
     f(out, "warm by digest: whole call in pullgate (decision + containerd's pull)".into(), &acc.digest_call);
-    f(out, format!("CreateContainer: decision (cache hit; {} of {} not from cache)", acc.create_uncached, acc.create_decision.len()), &acc.create_decision);
+    f(
+        out,
+        format!("CreateContainer: decision (cache hit; {} of {} not from cache)", acc.create_uncached, acc.create_decision.len()),
+        &acc.create_decision,
+    );
     f(out, "CreateContainer: whole call in pullgate (ImageStatus lookup + decision + containerd's create)".into(), &acc.create_call);
-    f(out, "CreateContainer refused by containerd: whole call in pullgate (ImageStatus lookup + decision + containerd's refusal)".into(), &acc.reject_call);
+    f(
+        out,
+        "CreateContainer refused by containerd: whole call in pullgate (ImageStatus lookup + decision + containerd's refusal)".into(),
+        &acc.reject_call,
+    );
 
     let _ = writeln!(out, "\npullgate's metrics (means of the duration histograms; cold phase includes the warm-up images):\n");
     let _ = writeln!(out, "| part | cold phase | warm phase |");
     let _ = writeln!(out, "|---|---:|---:|");
-    let _ = writeln!(out, "| mirror `resolve` operations (tag -> digest, manifest) | {} | {} |", mean_ms(acc.cold_parts.resolve), mean_ms(acc.warm_parts.resolve));
-    let _ = writeln!(out, "| mirror discovery (all steps, concurrent; on a cold decision it overlaps the manifest fetch, which it includes) | {} | {} |", mean_ms(acc.cold_parts.discover), mean_ms(acc.warm_parts.discover));
-    let _ = writeln!(out, "| verification (crypto, on the blocking pool) | {} | {} |", mean_ms(acc.cold_parts.verify), mean_ms(acc.warm_parts.verify));
+    let _ = writeln!(
+        out,
+        "| mirror `resolve` operations (tag -> digest, manifest) | {} | {} |",
+        mean_ms(acc.cold_parts.resolve),
+        mean_ms(acc.warm_parts.resolve)
+    );
+    let _ = writeln!(
+        out,
+        "| mirror discovery (all steps, concurrent; on a cold decision it overlaps the manifest fetch, which it includes) | {} | {} |",
+        mean_ms(acc.cold_parts.discover),
+        mean_ms(acc.warm_parts.discover)
+    );
+    let _ = writeln!(
+        out,
+        "| verification (crypto, on the blocking pool) | {} | {} |",
+        mean_ms(acc.cold_parts.verify),
+        mean_ms(acc.warm_parts.verify)
+    );
 
     if !acc.requests.kinds.is_empty() {
         let _ = writeln!(out, "\nRegistry requests of the cold phase, as pullgate timed them (`PULLGATE_BENCH_PROFILE=1`: debug log of the registry client; send to full answer, permit wait included):\n");
@@ -1065,7 +1156,12 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     let _ = writeln!(out, "| step | p50 |");
     let _ = writeln!(out, "|---|---:|");
     let _ = writeln!(out, "| containerd PullImage by tag (direct baseline) | {} |", fmt_ms(wd50));
-    let _ = writeln!(out, "| containerd PullImage by digest (what pullgate forwards) | {} ({} vs by tag) |", fmt_ms(wg50), signed_ms(wg50 - wd50));
+    let _ = writeln!(
+        out,
+        "| containerd PullImage by digest (what pullgate forwards) | {} ({} vs by tag) |",
+        fmt_ms(wg50),
+        signed_ms(wg50 - wd50)
+    );
     let _ = writeln!(out, "| tag record step (`ContainerdImages::tag` of this build, record already in place) | {} |", fmt_ms(wt50));
     let _ = writeln!(out, "| pullgate decision (audit latency_ms, p50) | {} |", fmt_ms(pct_f(&acc.warm_decision, 50.0)));
     let rest = (wv50 - wd50) - (wg50 - wd50) - wt50 - pct_f(&acc.warm_decision, 50.0);

@@ -91,25 +91,9 @@ impl Plan {
     fn base() -> Plan {
         let quick = std::env::var("PULLGATE_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         if quick {
-            Plan {
-                rounds: 2,
-                seq_calls: 200,
-                seq_block: 50,
-                warmup_calls: 100,
-                callers: 64,
-                load: Duration::from_millis(300),
-                startups: 3,
-            }
+            Plan { rounds: 2, seq_calls: 200, seq_block: 50, warmup_calls: 100, callers: 64, load: Duration::from_millis(300), startups: 3 }
         } else {
-            Plan {
-                rounds: 5,
-                seq_calls: 2000,
-                seq_block: 100,
-                warmup_calls: 1000,
-                callers: 64,
-                load: Duration::from_secs(3),
-                startups: 20,
-            }
+            Plan { rounds: 5, seq_calls: 2000, seq_block: 100, warmup_calls: 1000, callers: 64, load: Duration::from_secs(3), startups: 20 }
         }
     }
 }
@@ -134,11 +118,8 @@ fn calls(image: &str) -> Vec<Call> {
             name: "ImageStatus",
             path: "/runtime.v1.ImageService/ImageStatus",
             message: enc(&|| {
-                k8s::ImageStatusRequest {
-                    image: Some(k8s::ImageSpec { image: image.into(), ..Default::default() }),
-                    verbose: false,
-                }
-                .encode_to_vec()
+                k8s::ImageStatusRequest { image: Some(k8s::ImageSpec { image: image.into(), ..Default::default() }), verbose: false }
+                    .encode_to_vec()
             }),
         },
         Call {
@@ -281,10 +262,8 @@ fn run() -> Result<String, String> {
 
     rt.block_on(async {
         progress!("pulling {image} into containerd");
-        let pull = k8s::PullImageRequest {
-            image: Some(k8s::ImageSpec { image: image.clone(), ..Default::default() }),
-            ..Default::default()
-        };
+        let pull =
+            k8s::PullImageRequest { image: Some(k8s::ImageSpec { image: image.clone(), ..Default::default() }), ..Default::default() };
         cri::images(&direct_sock).pull_image(pull).await.map_err(|e| format!("PullImage {image}: {e}"))?;
         // The same answer both ways, or the comparison means nothing.
         for c in &calls {
@@ -318,10 +297,7 @@ fn run() -> Result<String, String> {
 
     let mut out = String::new();
     write_report(&mut out, &plan, &seq, &load, &startup, &a, b.as_ref());
-    let _ = writeln!(
-        out,
-        "\n(pullgate wrote {log_lines} log lines during the run, at the default `info` level.)"
-    );
+    let _ = writeln!(out, "\n(pullgate wrote {log_lines} log lines during the run, at the default `info` level.)");
     progress!("tearing down the testbed");
     drop(tb);
     Ok(out)
@@ -372,10 +348,7 @@ fn pullgate_binary(var: &str) -> Result<PathBuf, String> {
     if bin.is_file() {
         Ok(bin)
     } else {
-        Err(format!(
-            "no pullgate binary at {}; build it with `cargo build --release` (or point {var} at one)",
-            bin.display()
-        ))
+        Err(format!("no pullgate binary at {}; build it with `cargo build --release` (or point {var} at one)", bin.display()))
     }
 }
 
@@ -463,12 +436,7 @@ struct Load {
 }
 
 async fn concurrent(plan: &Plan, chans: &[Channel], calls: &[Call], pids: &[u32], procs: Vec<(String, u32)>) -> Result<Load, String> {
-    progress!(
-        "concurrent: {} callers on one connection, {} rounds x {:?} per path",
-        plan.callers,
-        plan.rounds,
-        plan.load
-    );
+    progress!("concurrent: {} callers on one connection, {} rounds x {:?} per path", plan.callers, plan.rounds, plan.load);
     let idle: Vec<u64> = pids.iter().map(|p| proc_status_kib(*p, "VmRSS:").unwrap_or(0)).collect();
     let samplers: Vec<RssSampler> = pids.iter().map(|p| RssSampler::start(*p)).collect();
     for ch in chans {
@@ -537,7 +505,8 @@ fn cpu_ns(pid: u32) -> u64 {
     let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { return 0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // USER_HZ is 100 on Linux.
     ticks * 10_000_000
 }
@@ -785,11 +754,8 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         cpu_per_call(load, RELAY, "relay"),
         met(pullgate_cpu <= 12.0)
     );
-    let _ = writeln!(
-        out,
-        "| ImageStatus, p50 added | - | - | - | +{image_status_add:.1} us | <= +40 us | {} |",
-        met(image_status_add <= 40.0)
-    );
+    let _ =
+        writeln!(out, "| ImageStatus, p50 added | - | - | - | +{image_status_add:.1} us | <= +40 us | {} |", met(image_status_add <= 40.0));
     let _ = writeln!(
         out,
         "| added p50 above the floor (pullgate's added / relay's added) | - | +{add50:.1} us | +{relay_add50:.1} us | {over_floor50:.2}x | <= 1.5x | {} |",
@@ -843,11 +809,8 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         let _ = writeln!(out, "| {name} | {d:.1} us | {v:.1} us | +{a:.1} us | {rv:.1} us | +{ra:.1} us |");
     }
 
-    let _ = writeln!(
-        out,
-        "\nCPU time per call under the {}-caller load (us; all rounds; from /proc/PID/stat, 10 ms ticks):\n",
-        plan.callers
-    );
+    let _ =
+        writeln!(out, "\nCPU time per call under the {}-caller load (us; all rounds; from /proc/PID/stat, 10 ms ticks):\n", plan.callers);
     let _ = writeln!(out, "| path | {} | total |", load.procs.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join(" | "));
     let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(load.procs.len()));
     for (p, (n, ns)) in load.cpu.iter().enumerate() {
@@ -891,7 +854,11 @@ fn write_report(out: &mut String, plan: &Plan, seq: &Sequential, load: &Load, st
         let b_p50 = ms(&|r| us(r[B].0)) / p50[0];
         let _ = writeln!(out, "| sequential latency p50 | {b_p50:.2}x direct | <= 1.25x direct | {} |", met(b_p50 <= 1.25));
         let _ = writeln!(out, "| CPU per call under load | {b_cpu:.1} us | <= 12 us | {} |", met(b_cpu <= 12.0));
-        let _ = writeln!(out, "| added p50 above the floor | +{b50:.1} us / +{relay_add50:.1} us = {b_floor:.2}x | <= 1.5x | {} |", met(b_floor <= 1.5));
+        let _ = writeln!(
+            out,
+            "| added p50 above the floor | +{b50:.1} us / +{relay_add50:.1} us = {b_floor:.2}x | <= 1.5x | {} |",
+            met(b_floor <= 1.5)
+        );
         let _ = writeln!(out, "| throughput of direct | {bratio:.3} | >= 0.9 | {} |", met(bratio >= 0.9));
         let _ = writeln!(out, "| throughput against the floor | {b_tput_floor:.3} | >= 0.95 | {} |", met(b_tput_floor >= 0.95));
     }

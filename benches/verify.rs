@@ -19,9 +19,7 @@ use std::time::Instant;
 use aws_lc_rs::signature::{self as sig, ParsedPublicKey, VerificationAlgorithm};
 use base64::Engine as _;
 use pullgate::policy::KeylessIdentity;
-use pullgate::verify::{
-    parse_bundle, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, Signer, TrustMaterial,
-};
+use pullgate::verify::{parse_bundle, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, Signer, TrustMaterial};
 use serde_json::Value;
 use support::sigstore::{image_digest, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 use x509_cert::der::{Decode, Encode};
@@ -29,10 +27,7 @@ use x509_cert::der::{Decode, Encode};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn samples() -> usize {
-    std::env::var("PULLGATE_BENCH_SAMPLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+    std::env::var("PULLGATE_BENCH_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -118,28 +113,14 @@ struct Check {
 }
 
 impl Check {
-    fn new(
-        alg: &'static dyn VerificationAlgorithm,
-        spki: &[u8],
-        message: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> Self {
+    fn new(alg: &'static dyn VerificationAlgorithm, spki: &[u8], message: Vec<u8>, signature: Vec<u8>) -> Self {
         let spki = x509_cert::spki::SubjectPublicKeyInfoRef::from_der(spki).expect("spki");
         let key = ParsedPublicKey::new(alg, spki.subject_public_key.raw_bytes()).expect("key");
-        key.verify_sig(&message, &signature)
-            .expect("floor input must verify");
-        Self {
-            key,
-            message,
-            signature,
-        }
+        key.verify_sig(&message, &signature).expect("floor input must verify");
+        Self { key, message, signature }
     }
     fn run(&self) {
-        black_box(
-            self.key
-                .verify_sig(black_box(&self.message), black_box(&self.signature)),
-        )
-        .expect("verify");
+        black_box(self.key.verify_sig(black_box(&self.message), black_box(&self.signature))).expect("verify");
     }
 }
 
@@ -160,20 +141,12 @@ fn sct_check(stack: &Stack, leaf_der: &[u8]) -> Check {
     let cert = x509_cert::Certificate::from_der(leaf_der).unwrap();
     let mut tbs = cert.tbs_certificate.clone();
     let exts = tbs.extensions.as_mut().unwrap();
-    let position = exts
-        .iter()
-        .position(|e| e.extn_id.to_string() == "1.3.6.1.4.1.11129.2.4.2")
-        .unwrap();
+    let position = exts.iter().position(|e| e.extn_id.to_string() == "1.3.6.1.4.1.11129.2.4.2").unwrap();
     let ext = exts.remove(position);
     let list = SignedCertificateTimestampList::from_der(ext.extn_value.as_bytes()).unwrap();
-    let sct = list.parse_timestamps().unwrap()[0]
-        .parse_timestamp()
-        .unwrap();
+    let sct = list.parse_timestamps().unwrap()[0].parse_timestamp().unwrap();
     let precert = tbs.to_der().unwrap();
-    let issuer_hash = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        &stack.fulcio_intermediate_key.spki_der(),
-    );
+    let issuer_hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &stack.fulcio_intermediate_key.spki_der());
     let mut data = vec![0u8, 0u8];
     data.extend_from_slice(&sct.timestamp.to_be_bytes());
     data.extend_from_slice(&1u16.to_be_bytes());
@@ -181,12 +154,7 @@ fn sct_check(stack: &Stack, leaf_der: &[u8]) -> Check {
     data.extend_from_slice(&(precert.len() as u32).to_be_bytes()[1..]);
     data.extend_from_slice(&precert);
     data.extend_from_slice(&0u16.to_be_bytes());
-    Check::new(
-        &sig::ECDSA_P256_SHA256_ASN1,
-        &stack.ct_key.spki_der(),
-        data,
-        sct.signature.signature.as_slice().to_vec(),
-    )
+    Check::new(&sig::ECDSA_P256_SHA256_ASN1, &stack.ct_key.spki_der(), data, sct.signature.signature.as_slice().to_vec())
 }
 
 /// SET over the canonical JSON of the entry metadata.
@@ -197,24 +165,14 @@ fn set_check(stack: &Stack, body: &[u8], time: i64, index: i64, set: Vec<u8>) ->
         "logIndex": index,
         "logID": hex::encode(stack.rekor.log_id()),
     });
-    Check::new(
-        &sig::ECDSA_P256_SHA256_ASN1,
-        &stack.rekor.key.spki_der(),
-        serde_json_canonicalizer::to_vec(&payload).unwrap(),
-        set,
-    )
+    Check::new(&sig::ECDSA_P256_SHA256_ASN1, &stack.rekor.key.spki_der(), serde_json_canonicalizer::to_vec(&payload).unwrap(), set)
 }
 
 fn checkpoint_check(stack: &Stack, envelope: &str) -> Check {
     let (body, sig_line) = envelope.split_once("\n\n").unwrap();
     let sig_b64 = sig_line.trim_end().rsplit_once(' ').unwrap().1;
     let signature = B64.decode(sig_b64).unwrap()[4..].to_vec();
-    Check::new(
-        &sig::ECDSA_P256_SHA256_ASN1,
-        &stack.rekor.key.spki_der(),
-        format!("{body}\n").into_bytes(),
-        signature,
-    )
+    Check::new(&sig::ECDSA_P256_SHA256_ASN1, &stack.rekor.key.spki_der(), format!("{body}\n").into_bytes(), signature)
 }
 
 /// The TSA's CMS signature over its signed attributes, plus the two hashes.
@@ -223,19 +181,8 @@ fn tsa_checks(stack: &Stack, token: &[u8], signature: &[u8]) -> (Check, Vec<Vec<
     let signed = cms::signed_data::SignedData::from_der(&info.content.to_der().unwrap()).unwrap();
     let si = signed.signer_infos.0.get(0).unwrap();
     let attrs = si.signed_attrs.as_ref().unwrap().to_der().unwrap();
-    let tst = signed
-        .encap_content_info
-        .econtent
-        .as_ref()
-        .unwrap()
-        .value()
-        .to_vec();
-    let check = Check::new(
-        &sig::ECDSA_P256_SHA256_ASN1,
-        &stack.tsa_leaf_key.spki_der(),
-        attrs,
-        si.signature.as_bytes().to_vec(),
-    );
+    let tst = signed.encap_content_info.econtent.as_ref().unwrap().value().to_vec();
+    let check = Check::new(&sig::ECDSA_P256_SHA256_ASN1, &stack.tsa_leaf_key.spki_der(), attrs, si.signature.as_bytes().to_vec());
     (check, vec![signature.to_vec(), tst])
 }
 
@@ -268,12 +215,8 @@ struct Row {
 }
 
 fn check_identity(v: &pullgate::verify::VerifiedSignature) {
-    let Signer::Certificate(id) = &v.signer else {
-        panic!("keyless")
-    };
-    KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)
-        .check(id)
-        .expect("identity");
+    let Signer::Certificate(id) = &v.signer else { panic!("keyless") };
+    KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER).check(id).expect("identity");
 }
 
 fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool) -> Row {
@@ -286,40 +229,21 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
     let leaf = signed.leaf.clone().unwrap();
     let envelope = &signed.bundle["dsseEnvelope"];
     let payload = B64.decode(envelope["payload"].as_str().unwrap()).unwrap();
-    let dsse_sig = B64
-        .decode(envelope["signatures"][0]["sig"].as_str().unwrap())
-        .unwrap();
-    let leaf_spki = leaf
-        .parsed()
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .unwrap();
+    let dsse_sig = B64.decode(envelope["signatures"][0]["sig"].as_str().unwrap()).unwrap();
+    let leaf_spki = leaf.parsed().tbs_certificate.subject_public_key_info.to_der().unwrap();
     let pae = sigstore_verify::types::pae("application/vnd.in-toto+json", &payload);
     let mut checks = vec![
         leaf_check(stack, &leaf.der),
-        Check::new(
-            &sig::ECDSA_P256_SHA256_ASN1,
-            &leaf_spki,
-            pae,
-            dsse_sig.clone(),
-        ),
+        Check::new(&sig::ECDSA_P256_SHA256_ASN1, &leaf_spki, pae, dsse_sig.clone()),
         sct_check(stack, &leaf.der),
-        set_check(
-            stack,
-            &entry.body,
-            entry.integrated_time,
-            entry.index as i64,
-            entry.set.clone(),
-        ),
+        set_check(stack, &entry.body, entry.integrated_time, entry.index as i64, entry.set.clone()),
         checkpoint_check(stack, &entry.checkpoint),
     ];
     let mut extra = vec![payload.clone()];
     if tsa {
         let token = B64
             .decode(
-                signed.bundle["verificationMaterial"]["timestampVerificationData"]
-                    ["rfc3161Timestamps"][0]["signedTimestamp"]
+                signed.bundle["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]["signedTimestamp"]
                     .as_str()
                     .unwrap(),
             )
@@ -331,8 +255,7 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
     let body = entry.body.clone();
     let path_len = entry.hashes.len();
 
-    let library_root =
-        sigstore_verify::trust_root::TrustedRoot::from_json(&stack.trusted_root_json()).unwrap();
+    let library_root = sigstore_verify::trust_root::TrustedRoot::from_json(&stack.trusted_root_json()).unwrap();
     let library = sigstore_verify::Verifier::new(&library_root).unwrap();
     let library_policy = sigstore_verify::VerificationPolicy::new(DEFAULT_SAN, DEFAULT_ISSUER);
     let lib_bundle = sigstore_verify::types::Bundle::from_json(&json).unwrap();
@@ -342,28 +265,17 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
     let times = race(
         &mut [
             ("library", &mut || {
-                black_box(
-                    library
-                        .verify(digest, &lib_bundle, &library_policy)
-                        .unwrap(),
-                );
+                black_box(library.verify(digest, &lib_bundle, &library_policy).unwrap());
             }),
             ("reference", &mut || {
                 pullgate::verify::image::check_image_statement(&bundle, image).unwrap();
                 let v = trust
-                    .verify_bundle_with_mode(
-                        &bundle,
-                        ArtifactRef::Digest(image),
-                        ExpectedSigner::Certificate,
-                        Mode::Reference,
-                    )
+                    .verify_bundle_with_mode(&bundle, ArtifactRef::Digest(image), ExpectedSigner::Certificate, Mode::Reference)
                     .unwrap();
                 check_identity(&v);
             }),
             ("fast", &mut || {
-                let v = trust
-                    .verify_image_bundle(&bundle, image, ExpectedSigner::Certificate)
-                    .unwrap();
+                let v = trust.verify_image_bundle(&bundle, image, ExpectedSigner::Certificate).unwrap();
                 check_identity(&v);
             }),
             ("floor", &mut || {
@@ -379,10 +291,7 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
         n,
     );
     Row {
-        case: format!(
-            "cosign v3 image bundle (DSSE, Rekor v1 dsse entry{})",
-            if tsa { ", RFC 3161" } else { "" }
-        ),
+        case: format!("cosign v3 image bundle (DSSE, Rekor v1 dsse entry{})", if tsa { ", RFC 3161" } else { "" }),
         library: Some(times[0]),
         reference: times[1],
         fast: times[2],
@@ -394,38 +303,21 @@ fn bench_v3(stack: &mut Stack, trust: &TrustMaterial, image: &Digest, tsa: bool)
 fn bench_legacy(stack: &mut Stack, trust: &TrustMaterial, image: &Digest) -> Row {
     let opts = stack.options();
     let sig: LegacySignature = stack.sign_image_legacy(image, &opts);
-    let leaf_der =
-        sigstore_verify::types::DerCertificate::from_pem(sig.certificate.as_ref().unwrap())
-            .unwrap();
-    let leaf = support::sigstore::certs::IssuedCert {
-        der: leaf_der.as_bytes().to_vec(),
-    };
-    let leaf_spki = leaf
-        .parsed()
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .unwrap();
+    let leaf_der = sigstore_verify::types::DerCertificate::from_pem(sig.certificate.as_ref().unwrap()).unwrap();
+    let leaf = support::sigstore::certs::IssuedCert { der: leaf_der.as_bytes().to_vec() };
+    let leaf_spki = leaf.parsed().tbs_certificate.subject_public_key_info.to_der().unwrap();
     let set: Value = serde_json::from_str(sig.rekor_bundle.as_ref().unwrap()).unwrap();
-    let body = B64
-        .decode(set["Payload"]["body"].as_str().unwrap())
-        .unwrap();
+    let body = B64.decode(set["Payload"]["body"].as_str().unwrap()).unwrap();
     let checks = vec![
         leaf_check(stack, &leaf.der),
-        Check::new(
-            &sig::ECDSA_P256_SHA256_ASN1,
-            &leaf_spki,
-            sig.payload.clone(),
-            B64.decode(&sig.signature).unwrap(),
-        ),
+        Check::new(&sig::ECDSA_P256_SHA256_ASN1, &leaf_spki, sig.payload.clone(), B64.decode(&sig.signature).unwrap()),
         sct_check(stack, &leaf.der),
         set_check(
             stack,
             &body,
             set["Payload"]["integratedTime"].as_i64().unwrap(),
             set["Payload"]["logIndex"].as_i64().unwrap(),
-            B64.decode(set["SignedEntryTimestamp"].as_str().unwrap())
-                .unwrap(),
+            B64.decode(set["SignedEntryTimestamp"].as_str().unwrap()).unwrap(),
         ),
     ];
     let extra = vec![sig.payload.clone()];
@@ -433,9 +325,7 @@ fn bench_legacy(stack: &mut Stack, trust: &TrustMaterial, image: &Digest) -> Row
     let times = race(
         &mut [
             ("fast", &mut || {
-                let v = trust
-                    .verify_legacy(&sig, image, ExpectedSigner::Certificate)
-                    .unwrap();
+                let v = trust.verify_legacy(&sig, image, ExpectedSigner::Certificate).unwrap();
                 check_identity(&v);
             }),
             ("floor", &mut || {
@@ -469,9 +359,7 @@ fn bench_real() -> Option<Row> {
     let json = std::fs::read_to_string(dir.join("bundle.sigstore.json")).ok()?;
     let root_json = std::fs::read_to_string(dir.join("trusted_root.json")).ok()?;
     let trust = TrustMaterial::from_json(&root_json).ok()?;
-    let image: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
-        .parse()
-        .ok()?;
+    let image: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172".parse().ok()?;
     let san = "https://github.com/kubewarden/kubewarden-controller/.github/workflows/release.yml@refs/tags/v1.34.0";
     let bundle = parse_bundle(json.as_bytes()).ok()?;
     let library_root = sigstore_verify::trust_root::TrustedRoot::from_json(&root_json).ok()?;
@@ -487,25 +375,14 @@ fn bench_real() -> Option<Row> {
             }),
             ("reference", &mut || {
                 let v = trust
-                    .verify_bundle_with_mode(
-                        &bundle,
-                        ArtifactRef::Digest(&image),
-                        ExpectedSigner::Certificate,
-                        Mode::Reference,
-                    )
+                    .verify_bundle_with_mode(&bundle, ArtifactRef::Digest(&image), ExpectedSigner::Certificate, Mode::Reference)
                     .unwrap();
-                let Signer::Certificate(id) = &v.signer else {
-                    panic!()
-                };
+                let Signer::Certificate(id) = &v.signer else { panic!() };
                 identity.check(id).unwrap();
             }),
             ("fast", &mut || {
-                let v = trust
-                    .verify_image_bundle(&bundle, &image, ExpectedSigner::Certificate)
-                    .unwrap();
-                let Signer::Certificate(id) = &v.signer else {
-                    panic!()
-                };
+                let v = trust.verify_image_bundle(&bundle, &image, ExpectedSigner::Certificate).unwrap();
+                let Signer::Certificate(id) = &v.signer else { panic!() };
                 identity.check(id).unwrap();
             }),
             ("parse", &mut || {
@@ -553,11 +430,10 @@ fn main() {
     if wanted("real") {
         rows.extend(bench_real());
     }
+    println!("\nmedian microseconds per verification, {} samples each, verifier reused\n", samples());
     println!(
-        "\nmedian microseconds per verification, {} samples each, verifier reused\n",
-        samples()
+        "| case | library as-is | pullgate reference | pullgate fast | crypto floor | fast / floor | library / floor | bundle parse |"
     );
-    println!("| case | library as-is | pullgate reference | pullgate fast | crypto floor | fast / floor | library / floor | bundle parse |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let ratio = |v: f64| {

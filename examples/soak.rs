@@ -32,26 +32,26 @@
 
 #[path = "../tests/support/cri.rs"]
 mod cri;
+/// Only its PRNG, to pick calls and images reproducibly.
+#[path = "../tests/support/fuzz.rs"]
+mod fuzz;
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "../tests/support/testbed.rs"]
 mod testbed;
-/// Only its PRNG, to pick calls and images reproducibly.
-#[path = "../tests/support/fuzz.rs"]
-mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
+use fuzz::Rng;
 use k8s_cri::v1 as k8s;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use support::registry::push::{push_tiny_image, Pusher};
 use support::signer::{sign_and_push, Format};
 use support::sigstore::{SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
-use fuzz::Rng;
 use testbed::Testbed;
 use tonic::transport::Channel;
 
@@ -288,7 +288,12 @@ fn allowed_share(round: usize) -> f64 {
 }
 
 /// One forwarded call of the mix; `Err` is a wrong answer.
-async fn forwarded_call(kind: u64, rt: &RuntimeServiceClient<Channel>, img: &ImageServiceClient<Channel>, image: &str) -> Result<(), String> {
+async fn forwarded_call(
+    kind: u64,
+    rt: &RuntimeServiceClient<Channel>,
+    img: &ImageServiceClient<Channel>,
+    image: &str,
+) -> Result<(), String> {
     match kind % 10 {
         0..=4 => {
             let v = rt.clone().version(k8s::VersionRequest { version: "v1".into() }).await.map_err(|s| format!("Version: {s}"))?;
@@ -306,7 +311,10 @@ async fn forwarded_call(kind: u64, rt: &RuntimeServiceClient<Channel>, img: &Ima
             rt.clone().list_pod_sandbox(k8s::ListPodSandboxRequest { filter: None }).await.map_err(|s| format!("ListPodSandbox: {s}"))?;
         }
         _ => {
-            img.clone().image_status(k8s::ImageStatusRequest { image: spec(image), verbose: false }).await.map_err(|s| format!("ImageStatus: {s}"))?;
+            img.clone()
+                .image_status(k8s::ImageStatusRequest { image: spec(image), verbose: false })
+                .await
+                .map_err(|s| format!("ImageStatus: {s}"))?;
         }
     }
     Ok(())
@@ -379,7 +387,8 @@ async fn round(
         .buffer_unordered(PULLS_IN_FLIGHT)
         .collect::<Vec<_>>();
     let (call_results, pull_results) = futures_util::future::join(call_stream, pull_stream).await;
-    let mut out = RoundResult { calls: Vec::with_capacity(calls), pulls: Vec::with_capacity(pulls), wrong: Vec::new(), allowed: 0, refused: 0 };
+    let mut out =
+        RoundResult { calls: Vec::with_capacity(calls), pulls: Vec::with_capacity(pulls), wrong: Vec::new(), allowed: 0, refused: 0 };
     for (ns, res) in call_results {
         out.calls.push(ns);
         if let Err(e) = res {
@@ -489,8 +498,7 @@ fn run() -> Result<bool, String> {
         if r + 1 == WARMUP_ROUNDS || last {
             // Let in-flight work settle (connections, the blocking pool) before sampling.
             std::thread::sleep(Duration::from_millis(500));
-            let sample =
-                Sample { usage: Usage::of(pg.pid())?, call_p99_ms: p99_ms(&mut res.calls), pull_p99_ms: p99_ms(&mut res.pulls) };
+            let sample = Sample { usage: Usage::of(pg.pid())?, call_p99_ms: p99_ms(&mut res.calls), pull_p99_ms: p99_ms(&mut res.pulls) };
             if last {
                 end = Some(sample);
             } else {
@@ -533,7 +541,15 @@ fn run() -> Result<bool, String> {
         failures.push(format!("{} wrong answers; first: {}", wrong.len(), wrong.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")));
     }
 
-    println!("soak: {} forwarded calls, {} gated pulls ({} allowed, {} refused) in {:.0} s ({:.0} calls/s)", totals.0, totals.1, totals.2, totals.3, elapsed.as_secs_f64(), totals.0 as f64 / elapsed.as_secs_f64());
+    println!(
+        "soak: {} forwarded calls, {} gated pulls ({} allowed, {} refused) in {:.0} s ({:.0} calls/s)",
+        totals.0,
+        totals.1,
+        totals.2,
+        totals.3,
+        elapsed.as_secs_f64(),
+        totals.0 as f64 / elapsed.as_secs_f64()
+    );
     println!("                    start (after round {WARMUP_ROUNDS})   end (after round {})", plan.rounds);
     println!("RSS (KiB)           {:>22}   {:>10}", start.usage.rss_kib, end.usage.rss_kib);
     println!("open fds            {:>22}   {:>10}", start.usage.fds, end.usage.fds);

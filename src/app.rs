@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::enforce::metrics::EnforceMetrics;
 use crate::config::Config;
 use crate::cri::client::CriClient;
 use crate::cri::intercept::Gate;
@@ -16,6 +15,7 @@ use crate::enforce::audit::AuditLog;
 use crate::enforce::break_glass::BreakGlass;
 use crate::enforce::checker::MirrorChecker;
 use crate::enforce::gate::Enforcer;
+use crate::enforce::metrics::EnforceMetrics;
 use crate::enforce::policy::PolicySet;
 use crate::registry::reference::Aliases;
 use crate::registry::{HostsDir, Registry};

@@ -82,7 +82,12 @@ pub struct CriSurfaces {
 
 impl Default for CriSurfaces {
     fn default() -> Self {
-        CriSurfaces { allow_image_methods: Vec::new(), sandbox_image: None, max_buffered_bytes: crate::cri::budget::DEFAULT_MAX_BUFFERED, frame_relay: true }
+        CriSurfaces {
+            allow_image_methods: Vec::new(),
+            sandbox_image: None,
+            max_buffered_bytes: crate::cri::budget::DEFAULT_MAX_BUFFERED,
+            frame_relay: true,
+        }
     }
 }
 
@@ -102,7 +107,13 @@ impl CriSurfaces {
         }
         let min = crate::cri::budget::MIN_MAX_BUFFERED;
         if self.max_buffered_bytes < min {
-            return Err(("cri.max_buffered_bytes".into(), format!("must be at least {min} bytes (16MiB, one call of the largest size pullgate buffers), got {}", self.max_buffered_bytes)));
+            return Err((
+                "cri.max_buffered_bytes".into(),
+                format!(
+                    "must be at least {min} bytes (16MiB, one call of the largest size pullgate buffers), got {}",
+                    self.max_buffered_bytes
+                ),
+            ));
         }
         Ok(())
     }
@@ -159,14 +170,9 @@ pub struct FileMode(pub u32);
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let bits = u32::from_str_radix(s.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|b| *b <= 0o777)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "invalid mode {s:?}: expected octal permission bits as a quoted string, like \"0660\""
-                ))
-            })?;
+        let bits = u32::from_str_radix(s.trim_start_matches("0o"), 8).ok().filter(|b| *b <= 0o777).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid mode {s:?}: expected octal permission bits as a quoted string, like \"0660\""))
+        })?;
         Ok(FileMode(bits))
     }
 }

@@ -14,7 +14,6 @@ use std::time::Instant;
 use crate::admin;
 use crate::admin::health::Health;
 use crate::admin::metrics::{Metrics, ProbeStatus, StateCollector};
-use crate::enforce::metrics::{EnforceMetrics, EnforcerState, ReloadStatus};
 use crate::admin::server::Admin;
 use crate::config::Config;
 use crate::cri::intercept::Gate;
@@ -22,6 +21,7 @@ use crate::cri::listener::{ListenError, Listener};
 use crate::cri::server;
 use crate::enforce::audit::AuditLog;
 use crate::enforce::gate::Enforcer;
+use crate::enforce::metrics::{EnforceMetrics, EnforcerState, ReloadStatus};
 use crate::trust::TrustHandle;
 
 /// Why the daemon could not start.
@@ -54,7 +54,11 @@ fn hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "unknown".into())
 }
 
-fn build_enforcement(config: &Config, config_path: Option<&Path>, metrics: Option<Arc<EnforceMetrics>>) -> Result<Option<Enforcement>, StartError> {
+fn build_enforcement(
+    config: &Config,
+    config_path: Option<&Path>,
+    metrics: Option<Arc<EnforceMetrics>>,
+) -> Result<Option<Enforcement>, StartError> {
     let Some(policy_config) = &config.policy else {
         return Ok(None);
     };
@@ -197,7 +201,11 @@ pub async fn run(
                 Arc::new(move || enforcer.policy_summary()) as Arc<dyn Fn() -> String + Send + Sync>
             }),
             trust: enforcement.as_ref().map(|e| e.trust.clone()),
-            containerd: crate::app::cri_client(&config, &config.upstream, config.upstream_connection.connect_timeout + std::time::Duration::from_secs(3)),
+            containerd: crate::app::cri_client(
+                &config,
+                &config.upstream,
+                config.upstream_connection.connect_timeout + std::time::Duration::from_secs(3),
+            ),
             probe,
         };
         tokio::spawn(admin::server::serve(admin_listener, Arc::new(Admin { metrics, health })));

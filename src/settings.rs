@@ -15,9 +15,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))?;
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected a number and a unit (ms, s, m, h, d), like \"10s\""))?;
     let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
     let d = match unit {
         "ms" => Some(Duration::from_millis(n)),
@@ -51,7 +49,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult).ok_or_else(bad)
 }
-
 
 /// Deserializes a size written as a number of bytes or as in [`parse_size`].
 pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

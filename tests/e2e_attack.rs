@@ -235,7 +235,12 @@ fn spec2(image: &str) -> Option<k8s2::ImageSpec> {
 
 fn pod(name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: "team".into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: "team".into(),
+            attempt: 0,
+        }),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
@@ -249,7 +254,12 @@ fn pod(name: &str) -> k8s::PodSandboxConfig {
 
 fn pod2(name: &str) -> k8s2::PodSandboxConfig {
     k8s2::PodSandboxConfig {
-        metadata: Some(k8s2::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: "team".into(), attempt: 0 }),
+        metadata: Some(k8s2::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: "team".into(),
+            attempt: 0,
+        }),
         linux: Some(k8s2::LinuxPodSandboxConfig {
             security_context: Some(k8s2::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s2::NamespaceOption { network: k8s2::NamespaceMode::Node as i32, ..Default::default() }),
@@ -286,7 +296,10 @@ async fn preload(c: &Ctx, image: &str) -> Result<String, Failed> {
 async fn remove_unsigned(c: &Ctx) -> TestResult {
     let digest = c.get("UNSIGNED_DIGEST");
     let images = cri::images(&c.direct()).list_images(k8s::ListImagesRequest { filter: None }).await?.into_inner().images;
-    for image in images.iter().filter(|i| i.repo_digests.iter().any(|d| d.ends_with(&digest)) || i.repo_tags.iter().any(|t| t.contains("demo/unsigned"))) {
+    for image in images
+        .iter()
+        .filter(|i| i.repo_digests.iter().any(|d| d.ends_with(&digest)) || i.repo_tags.iter().any(|t| t.contains("demo/unsigned")))
+    {
         cri::images(&c.direct()).remove_image(k8s::RemoveImageRequest { image: spec(&image.id) }).await?;
     }
     Ok(())
@@ -297,14 +310,20 @@ async fn remove_unsigned(c: &Ctx) -> TestResult {
 async fn assert_no_unsigned(c: &Ctx) -> TestResult {
     let digest = c.get("UNSIGNED_DIGEST");
     let images = cri::images(&c.direct()).list_images(k8s::ListImagesRequest { filter: None }).await?.into_inner().images;
-    let held: Vec<_> = images.iter().filter(|i| i.repo_digests.iter().any(|d| d.ends_with(&digest)) || i.repo_tags.iter().any(|t| t.contains("demo/unsigned"))).collect();
+    let held: Vec<_> = images
+        .iter()
+        .filter(|i| i.repo_digests.iter().any(|d| d.ends_with(&digest)) || i.repo_tags.iter().any(|t| t.contains("demo/unsigned")))
+        .collect();
     ensure!(held.is_empty(), "containerd holds the unsigned image: {held:?}");
     let content = ctr(&c.direct(), &["-n", "k8s.io", "content", "ls", "-q"])?;
     ensure!(!content.contains(&digest), "containerd's content store holds the unsigned manifest {digest}");
     let records = ctr(&c.direct(), &["-n", "k8s.io", "images", "ls", "-q"])?;
     ensure!(!records.contains("unsigned") && !records.contains(&digest), "containerd's image store names the unsigned image:\n{records}");
     let containers = cri::runtime(&c.direct()).list_containers(k8s::ListContainersRequest { filter: None }).await?.into_inner().containers;
-    let running: Vec<_> = containers.iter().filter(|k| k.image_ref.contains(&digest) || k.image.as_ref().is_some_and(|i| i.image.contains("unsigned"))).collect();
+    let running: Vec<_> = containers
+        .iter()
+        .filter(|k| k.image_ref.contains(&digest) || k.image.as_ref().is_some_and(|i| i.image.contains("unsigned")))
+        .collect();
     ensure!(running.is_empty(), "containerd has a container of the unsigned image: {running:?}");
     Ok(())
 }
@@ -432,9 +451,17 @@ fn unknown_image_method(c: &Ctx) -> TestResult {
     c.rt.block_on(async {
         let req = k8s::PullImageRequest { image: spec(&c.get("UNSIGNED_IMAGE")), auth: None, sandbox_config: None };
         let body = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
-        let err = cri::raw_unary(cri::channel(&c.enforce.sock), "/runtime.v1.ImageService/FetchImage", body.clone()).await.err().ok_or("FetchImage passed")?;
+        let err = cri::raw_unary(cri::channel(&c.enforce.sock), "/runtime.v1.ImageService/FetchImage", body.clone())
+            .await
+            .err()
+            .ok_or("FetchImage passed")?;
         ensure!(err.code() == tonic::Code::PermissionDenied, "{err:?}");
-        ensure!(err.message().contains("does not know /runtime.v1.ImageService/FetchImage") && err.message().contains("cri.allow_image_methods"), "{}", err.message());
+        ensure!(
+            err.message().contains("does not know /runtime.v1.ImageService/FetchImage")
+                && err.message().contains("cri.allow_image_methods"),
+            "{}",
+            err.message()
+        );
         // Known: forwarded; containerd answers (or does not implement it, on older versions).
         match cri::raw_unary(cri::channel(&c.enforce.sock), "/runtime.v1.ImageService/StreamImages", bytes::Bytes::new()).await {
             Ok(_) => {}
@@ -457,7 +484,11 @@ fn checkpoint_archive(c: &Ctx) -> TestResult {
     let archive = archive.display().to_string();
     c.rt.block_on(async {
         let sandbox = run_pod(&c.enforce.sock, "restore").await?;
-        let req = k8s::CreateContainerRequest { pod_sandbox_id: sandbox.clone(), config: Some(container(&archive, vec![])), sandbox_config: Some(pod("restore")) };
+        let req = k8s::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container(&archive, vec![])),
+            sandbox_config: Some(pod("restore")),
+        };
         let r = cri::runtime(&c.enforce.sock).create_container(req).await;
         remove_pod(c, &sandbox).await;
         expect_refusal(r, &[&archive, "not present in containerd", "checkpoint"])
@@ -482,7 +513,11 @@ fn sandbox_image(c: &Ctx) -> TestResult {
         let _ = cri::images(&c.direct()).remove_image(k8s::RemoveImageRequest { image: spec(&pause) }).await;
         // Absent: pullgate pulls it through the gate, which refuses it; containerd pulls nothing.
         expect_refusal(run_pod(&c.strict.sock, "strict-absent").await, &[&format!("sandbox image {pause}"), "denied by policy demo"])?;
-        let st = cri::images(&c.direct()).image_status(k8s::ImageStatusRequest { image: spec(&pause), verbose: false }).await?.into_inner().image;
+        let st = cri::images(&c.direct())
+            .image_status(k8s::ImageStatusRequest { image: spec(&pause), verbose: false })
+            .await?
+            .into_inner()
+            .image;
         ensure!(st.is_none(), "containerd pulled the refused sandbox image: {st:?}");
         let content = ctr(&c.direct(), &["-n", "k8s.io", "content", "ls", "-q"])?;
         ensure!(!content.contains(&pause_digest), "containerd's content store holds the refused sandbox image");
@@ -490,7 +525,10 @@ fn sandbox_image(c: &Ctx) -> TestResult {
         preload(c, &pause).await?;
         expect_refusal(run_pod(&c.strict.sock, "strict-present").await, &[&format!("sandbox image {pause}"), "denied by policy demo"])?;
         let pods = cri::runtime(&c.direct()).list_pod_sandbox(k8s::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
-        ensure!(pods.iter().all(|p| !p.metadata.as_ref().is_some_and(|m| m.name.starts_with("strict-"))), "a sandbox was created: {pods:?}");
+        ensure!(
+            pods.iter().all(|p| !p.metadata.as_ref().is_some_and(|m| m.name.starts_with("strict-"))),
+            "a sandbox was created: {pods:?}"
+        );
         Ok::<_, Failed>(())
     })?;
     let records = c.strict.records();
@@ -541,7 +579,11 @@ fn image_volumes(c: &Ctx) -> TestResult {
             .container_id;
         rt.start_container(k8s::StartContainerRequest { container_id: id.clone() }).await?;
         let out = rt
-            .exec_sync(k8s::ExecSyncRequest { container_id: id.clone(), cmd: vec!["/hello".into(), "cat".into(), "/data/etc/pullgate-variant".into()], timeout: 10 })
+            .exec_sync(k8s::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["/hello".into(), "cat".into(), "/data/etc/pullgate-variant".into()],
+                timeout: 10,
+            })
             .await?
             .into_inner();
         ensure!(String::from_utf8_lossy(&out.stdout).contains("demo/app:1"), "the image volume is not mounted: {out:?}");

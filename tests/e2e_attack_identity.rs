@@ -202,7 +202,15 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
         Ok::<_, String>((config_of(&s.2)?, config_of(&u.2)?))
     })?;
     let cfg = |name: &str, mode: &str, unmatched: &str| {
-        Some(config(&tb, &registry, &alias, &tb.dir.join(format!("{name}.sock")), &tb.dir.join(format!("{name}.audit.log")), mode, unmatched))
+        Some(config(
+            &tb,
+            &registry,
+            &alias,
+            &tb.dir.join(format!("{name}.sock")),
+            &tb.dir.join(format!("{name}.audit.log")),
+            mode,
+            unmatched,
+        ))
     };
     let enforce = start(&tb, "enf", cfg("enf", "enforce", "deny"))?;
     let rollout = start(&tb, "roll", cfg("roll", "enforce", "allow"))?;
@@ -317,7 +325,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 
 fn pod() -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: "web".into(), uid: format!("web-{}", std::process::id()), namespace: "team".into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: "web".into(),
+            uid: format!("web-{}", std::process::id()),
+            namespace: "team".into(),
+            attempt: 0,
+        }),
         ..Default::default()
     }
 }
@@ -339,10 +352,15 @@ async fn remove(socket: &Path, image: &str) -> Result<(), tonic::Status> {
 /// `user_specified_image`) in a sandbox that does not exist: pullgate decides before
 /// containerd looks at the sandbox, so a refusal is pullgate's and anything else passed it.
 async fn create(socket: &Path, image: &str, user_specified: Option<&str>) -> Result<(), tonic::Status> {
-    let image = Some(k8s::ImageSpec { image: image.into(), user_specified_image: user_specified.unwrap_or_default().into(), ..Default::default() });
+    let image =
+        Some(k8s::ImageSpec { image: image.into(), user_specified_image: user_specified.unwrap_or_default().into(), ..Default::default() });
     let req = k8s::CreateContainerRequest {
         pod_sandbox_id: "no-such-sandbox".into(),
-        config: Some(k8s::ContainerConfig { metadata: Some(k8s::ContainerMetadata { name: "app".into(), attempt: 0 }), image, ..Default::default() }),
+        config: Some(k8s::ContainerConfig {
+            metadata: Some(k8s::ContainerMetadata { name: "app".into(), attempt: 0 }),
+            image,
+            ..Default::default()
+        }),
         sandbox_config: Some(pod()),
     };
     cri::runtime(socket).create_container(req).await.map(|_| ())

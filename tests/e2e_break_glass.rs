@@ -203,7 +203,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 
 fn pod(name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: "kube-system".into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: "kube-system".into(),
+            attempt: 0,
+        }),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
@@ -276,7 +281,10 @@ fn within_the_window(c: &Ctx) -> TestResult {
     ensure!(sample(&m, "pullgate_break_glass_active", &[]) == Some(1.0), "{m}");
     ensure!(sample(&m, "pullgate_break_glass_images", &[]) == Some(1.0), "{m}");
     ensure!(sample(&m, "pullgate_break_glass_expiry_timestamp_seconds", &[]) == Some(window.expires_at.as_second() as f64), "{m}");
-    ensure!(sample(&m, "pullgate_decisions_total", &[("call", "PullImage"), ("result", "allow"), ("reason", "break_glass")]) == Some(1.0), "{m}");
+    ensure!(
+        sample(&m, "pullgate_decisions_total", &[("call", "PullImage"), ("result", "allow"), ("reason", "break_glass")]) == Some(1.0),
+        "{m}"
+    );
 
     // Only that digest, only by digest: its tag, another digest and another repository stay
     // refused.
@@ -332,7 +340,11 @@ fn static_pod_until_revoked(c: &Ctx) -> TestResult {
         pull(&c.tb.containerd_sock(), &tag).await?;
         let mut rt = cri::runtime(&c.pg_sock);
         let cfg = pod("etcd-cp-1");
-        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         let create = |name: &'static str| {
             let mut rt = rt.clone();
             let (sandbox, cfg, tag) = (sandbox.clone(), cfg.clone(), tag.clone());
@@ -361,12 +373,20 @@ fn static_pod_until_revoked(c: &Ctx) -> TestResult {
         remove(&c.tb.containerd_sock(), &tag).await;
 
         let before = before.err().ok_or("created before the window")?;
-        ensure!(before.message().starts_with("SignatureValidationFailed: ") && before.message().contains("trust root"), "{}", before.message());
+        ensure!(
+            before.message().starts_with("SignatureValidationFailed: ") && before.message().contains("trust root"),
+            "{}",
+            before.message()
+        );
         within.map_err(|s| format!("refused within the window: {}", s.message()))?;
         let after = after.err().ok_or("created after the window was revoked")?;
         ensure!(after.message().contains("trust root"), "{}", after.message());
         let records = audit(c);
-        let r = records.iter().rev().find(|r| r.call == "CreateContainer" && r.break_glass.is_some()).ok_or("no break-glass CreateContainer record")?;
+        let r = records
+            .iter()
+            .rev()
+            .find(|r| r.call == "CreateContainer" && r.break_glass.is_some())
+            .ok_or("no break-glass CreateContainer record")?;
         ensure!(r.image == tag && r.decision == "allow" && r.namespace == "kube-system", "{r:?}");
         let bg = r.break_glass.as_ref().unwrap();
         ensure!(bg.reason == "INC-9: etcd image unsigned" && bg.expires_at == window.expires_at.to_string(), "{bg:?}");
@@ -390,7 +410,12 @@ fn command_line(c: &Ctx) -> TestResult {
     ];
     for (args, want) in cases {
         let out = break_glass(c, &args)?;
-        ensure!(out.status.code() == Some(64) && text(&out).contains(want), "{args:?}: exit {:?}, want {want:?}:\n{}", out.status.code(), text(&out));
+        ensure!(
+            out.status.code() == Some(64) && text(&out).contains(want),
+            "{args:?}: exit {:?}, want {want:?}:\n{}",
+            out.status.code(),
+            text(&out)
+        );
         ensure!(!c.state_dir.join("break-glass.json").exists(), "{args:?} wrote a window");
     }
     let window = open(c, &[by_digest], "90m", "INC-10")?;
@@ -400,7 +425,14 @@ fn command_line(c: &Ctx) -> TestResult {
     ensure!(secs == 90 * 60, "window of {secs}s");
     let out = break_glass(c, &["--list"])?;
     let listed = text(&out);
-    ensure!(out.status.success() && listed.contains("OPEN") && listed.contains(by_digest) && listed.contains("INC-10") && listed.contains("alice via sudo"), "{listed}");
+    ensure!(
+        out.status.success()
+            && listed.contains("OPEN")
+            && listed.contains(by_digest)
+            && listed.contains("INC-10")
+            && listed.contains("alice via sudo"),
+        "{listed}"
+    );
     let help = Command::new(daemon::binary()).args(["help", "break-glass"]).output()?;
     let help = text(&help);
     ensure!(help.contains("Runbook") && help.contains("--revoke") && help.contains("systemctl reload pullgate"), "{help}");

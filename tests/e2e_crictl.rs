@@ -323,7 +323,15 @@ fn workflow_matches_direct(c: &Ctx) -> TestResult {
     for (d, v) in direct.iter().zip(&via) {
         // The pod log directory differs by run (the tag), and info/inspecti carry no IDs.
         let v_text = v.2.replace("crictl-via", "crictl-direct").replace("pod-via", "pod-direct");
-        ensure!(d.1 == v.1 && d.2 == v_text, "crictl {} differs:\n--- directly (exit {})\n{}\n--- through pullgate (exit {})\n{}", d.0, d.1, d.2, v.1, v.2);
+        ensure!(
+            d.1 == v.1 && d.2 == v_text,
+            "crictl {} differs:\n--- directly (exit {})\n{}\n--- through pullgate (exit {})\n{}",
+            d.0,
+            d.1,
+            d.2,
+            v.1,
+            v.2
+        );
     }
     let logs = &via.iter().find(|s| s.0 == "logs").map(|s| s.2.clone()).unwrap_or_default();
     ensure!(logs.contains("hello from pullgate testbed"), "crictl logs: {logs}");

@@ -206,17 +206,7 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
     let cfg = tb.dir.join("enforce.yaml");
     std::fs::write(&cfg, config(&paths, &pg_sock, "enforce", tb.get("HOSTS_DIR"), &audit_log)).map_err(|e| e.to_string())?;
     let pg = Daemon::start(&pg_sock, &["--config", cfg.to_str().unwrap()])?;
-    Ok(Ctx {
-        rt,
-        tb,
-        registry,
-        pusher,
-        pg: Mutex::new(pg),
-        pg_sock,
-        audit_log,
-        state_dir,
-        stack: Mutex::new(stack),
-    })
+    Ok(Ctx { rt, tb, registry, pusher, pg: Mutex::new(pg), pg_sock, audit_log, state_dir, stack: Mutex::new(stack) })
 }
 
 fn main() {
@@ -261,7 +251,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 
 fn pod(namespace: &str, name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: namespace.into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
@@ -332,7 +327,11 @@ fn signed_image_is_pulled_and_runs(c: &Ctx) -> TestResult {
         // And it runs: CreateContainer through pullgate checks the image again (cached).
         let mut rt = cri::runtime(&c.pg_sock);
         let cfg = pod("team", "signed");
-        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         let container = rt
             .create_container(k8s::CreateContainerRequest {
                 pod_sandbox_id: sandbox.clone(),
@@ -349,7 +348,11 @@ fn signed_image_is_pulled_and_runs(c: &Ctx) -> TestResult {
             .container_id;
         rt.start_container(k8s::StartContainerRequest { container_id: container.clone() }).await?;
         let out = rt
-            .exec_sync(k8s::ExecSyncRequest { container_id: container.clone(), cmd: vec!["/hello".into(), "echo".into(), "signed".into()], timeout: 10 })
+            .exec_sync(k8s::ExecSyncRequest {
+                container_id: container.clone(),
+                cmd: vec!["/hello".into(), "echo".into(), "signed".into()],
+                timeout: 10,
+            })
             .await?
             .into_inner();
         ensure!(String::from_utf8_lossy(&out.stdout).trim() == "signed", "exec output {:?}", out);
@@ -395,7 +398,8 @@ fn bad_signatures_are_refused(c: &Ctx) -> TestResult {
         let mut cases: Vec<(&str, SignOptions, Vec<&str>)> = Vec::new();
         let now = c.stack.lock().unwrap().now;
         let mut wrong_id = SignOptions::new(now);
-        wrong_id.identity.san = support::sigstore::certs::San::Uri("https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main".into());
+        wrong_id.identity.san =
+            support::sigstore::certs::San::Uri("https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main".into());
         cases.push(("wrong-identity", wrong_id, vec!["identity mismatch", "evil/fork"]));
         let mut wrong_issuer = SignOptions::new(now);
         wrong_issuer.identity.issuer = Some("https://accounts.example.com".into());
@@ -475,7 +479,14 @@ fn moved_tag(c: &Ctx) -> TestResult {
         let unsigned = push_image(c, repo, "unsigned").await?;
         let (_, manifest) = {
             let addr = c.pusher.addr;
-            let r = support::registry::http::request(addr, "GET", &format!("/v2/{repo}/manifests/unsigned"), &[("accept", "application/vnd.oci.image.manifest.v1+json".into())], bytes::Bytes::new()).await?;
+            let r = support::registry::http::request(
+                addr,
+                "GET",
+                &format!("/v2/{repo}/manifests/unsigned"),
+                &[("accept", "application/vnd.oci.image.manifest.v1+json".into())],
+                bytes::Bytes::new(),
+            )
+            .await?;
             (r.status, r.body)
         };
         c.pusher.manifest(repo, "1", "application/vnd.oci.image.manifest.v1+json", &manifest).await?;
@@ -506,7 +517,11 @@ fn preloaded_images(c: &Ctx) -> TestResult {
         let signed_id = pull(&c.direct(), &signed).await?;
         let mut rt = cri::runtime(&c.pg_sock);
         let cfg = pod("team", "preloaded");
-        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         let create = |image: String, asked: Option<&str>| {
             let mut rt = rt.clone();
             let (sandbox, cfg) = (sandbox.clone(), cfg.clone());
@@ -515,7 +530,10 @@ fn preloaded_images(c: &Ctx) -> TestResult {
                 rt.create_container(k8s::CreateContainerRequest {
                     pod_sandbox_id: sandbox,
                     config: Some(k8s::ContainerConfig {
-                        metadata: Some(k8s::ContainerMetadata { name: format!("c{}{}", image.len(), user_specified_image.len()), attempt: 0 }),
+                        metadata: Some(k8s::ContainerMetadata {
+                            name: format!("c{}{}", image.len(), user_specified_image.len()),
+                            attempt: 0,
+                        }),
                         image: Some(k8s::ImageSpec { image, user_specified_image, ..Default::default() }),
                         command: vec!["/hello".into()],
                         ..Default::default()
@@ -533,11 +551,18 @@ fn preloaded_images(c: &Ctx) -> TestResult {
         rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await?;
         rt.remove_pod_sandbox(k8s::RemovePodSandboxRequest { pod_sandbox_id: sandbox }).await?;
         let status = refused.err().ok_or("CreateContainer of a pre-loaded unsigned image succeeded")?;
-        ensure!(status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"), "{}", status.message());
+        ensure!(
+            status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"),
+            "{}",
+            status.message()
+        );
         // The refusal names what the pod asked for, then the digest, once.
         let status = named.err().ok_or("CreateContainer of a pre-loaded unsigned image by name succeeded")?;
         let msg = status.message();
-        ensure!(msg.starts_with(&format!("SignatureValidationFailed: image {unsigned} (sha256:")) && msg.matches("sha256:").count() == 1, "{msg}");
+        ensure!(
+            msg.starts_with(&format!("SignatureValidationFailed: image {unsigned} (sha256:")) && msg.matches("sha256:").count() == 1,
+            "{msg}"
+        );
         ok.map_err(|s| format!("pre-loaded signed image refused: {}", s.message()))?;
         Ok(())
     })
@@ -629,7 +654,13 @@ fn concurrent_pulls_by_digest(c: &Ctx) -> TestResult {
         let get = |text: &str| admin::sample(text, "pullgate_decision_cache_lookups_total", &[("result", result)]).unwrap_or(0.0);
         get(&after) - get(&before)
     };
-    ensure!(lookup("miss") == 1.0 && lookup("joined") + lookup("hit") == 99.0, "cache lookups: miss {}, joined {}, hit {}", lookup("miss"), lookup("joined"), lookup("hit"));
+    ensure!(
+        lookup("miss") == 1.0 && lookup("joined") + lookup("hit") == 99.0,
+        "cache lookups: miss {}, joined {}, hit {}",
+        lookup("miss"),
+        lookup("joined"),
+        lookup("hit")
+    );
     let (records, _) = read_records(&audit)?;
     let records: Vec<&AuditRecord> = records.iter().filter(|r| r.image == image).collect();
     ensure!(records.len() == 100 && records.iter().all(|r| r.decision == "allow"), "{} audit records, all allowed expected", records.len());
@@ -658,7 +689,10 @@ fn audit_mode(c: &Ctx) -> TestResult {
     d.terminate(Duration::from_secs(10));
     let (records, _) = read_records(&audit)?;
     let r = records.iter().find(|r| r.image == image).ok_or("no audit record")?;
-    ensure!(r.mode == "audit" && r.decision == "allow" && r.would_deny && r.format == 2 && r.reason.contains("no signatures found"), "{r:?}");
+    ensure!(
+        r.mode == "audit" && r.decision == "allow" && r.would_deny && r.format == 2 && r.reason.contains("no signatures found"),
+        "{r:?}"
+    );
     ensure!(d.logs().contains("audit mode: enforce would refuse this"), "no warning in logs");
     Ok(())
 }
@@ -669,7 +703,10 @@ fn mirror_down(c: &Ctx) -> TestResult {
     let dead = c.tb.dir.join("dead-hosts");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     std::fs::create_dir_all(dead.join(&c.registry))?;
-    std::fs::write(dead.join(&c.registry).join("hosts.toml"), format!("server = \"http://127.0.0.1:{port}\"\n[host.\"http://127.0.0.1:{port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"))?;
+    std::fs::write(
+        dead.join(&c.registry).join("hosts.toml"),
+        format!("server = \"http://127.0.0.1:{port}\"\n[host.\"http://127.0.0.1:{port}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )?;
     let image = format!("{}/demo/app:1", c.registry);
     for (mode, name) in [("enforce", "down-enforce"), ("audit", "down-audit")] {
         let (mut d, sock, audit) = start_instance(c, name, mode, dead.to_str().unwrap())?;
@@ -677,7 +714,10 @@ fn mirror_down(c: &Ctx) -> TestResult {
         d.terminate(Duration::from_secs(10));
         let (records, _) = read_records(&audit)?;
         let r = records.iter().find(|r| r.image == image).ok_or("no audit record")?;
-        ensure!(r.reason.contains("cannot resolve") && r.reason.contains(&port.to_string()), "reason does not say the mirror is down: {r:?}");
+        ensure!(
+            r.reason.contains("cannot resolve") && r.reason.contains(&port.to_string()),
+            "reason does not say the mirror is down: {r:?}"
+        );
         match mode {
             "enforce" => {
                 expect_refusal(result, &["cannot resolve", &format!("127.0.0.1:{port}")])?;
@@ -787,7 +827,11 @@ fn image_volumes(c: &Ctx) -> TestResult {
         let unsigned_ref = pull(&c.direct(), &unsigned_volume).await?;
         let mut rt = cri::runtime(&c.pg_sock);
         let cfg = pod("team", "volumes");
-        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         let create = |name: &'static str, volume: String| {
             let mut rt = rt.clone();
             let (sandbox, cfg, image_ref) = (sandbox.clone(), cfg.clone(), image_ref.clone());
@@ -798,7 +842,12 @@ fn image_volumes(c: &Ctx) -> TestResult {
                         metadata: Some(k8s::ContainerMetadata { name: name.into(), attempt: 0 }),
                         image: spec(&image_ref),
                         command: vec!["/hello".into()],
-                        mounts: vec![k8s::Mount { container_path: "/vol".into(), readonly: true, image: spec(&volume), ..Default::default() }],
+                        mounts: vec![k8s::Mount {
+                            container_path: "/vol".into(),
+                            readonly: true,
+                            image: spec(&volume),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     }),
                     sandbox_config: Some(cfg),
@@ -813,7 +862,11 @@ fn image_volumes(c: &Ctx) -> TestResult {
             Ok(id) => {
                 rt.start_container(k8s::StartContainerRequest { container_id: id.clone() }).await?;
                 let out = rt
-                    .exec_sync(k8s::ExecSyncRequest { container_id: id.clone(), cmd: vec!["/hello".into(), "cat".into(), "/vol/etc/pullgate-variant".into()], timeout: 10 })
+                    .exec_sync(k8s::ExecSyncRequest {
+                        container_id: id.clone(),
+                        cmd: vec!["/hello".into(), "cat".into(), "/vol/etc/pullgate-variant".into()],
+                        timeout: 10,
+                    })
                     .await?
                     .into_inner();
                 String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -826,7 +879,11 @@ fn image_volumes(c: &Ctx) -> TestResult {
         allowed.map_err(|s| format!("a container with a signed image volume was refused: {}", s.message()))?;
         ensure!(mounted == "demo/app:2", "the signed image volume is not mounted at /vol: {mounted:?}");
         let status = refused.err().ok_or("a container with an unsigned image volume was created")?;
-        ensure!(status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"), "{}", status.message());
+        ensure!(
+            status.message().starts_with("SignatureValidationFailed: ") && status.message().contains("no signatures found"),
+            "{}",
+            status.message()
+        );
         Ok(())
     })
 }

@@ -140,7 +140,6 @@ struct Options<'a> {
     registry_extra: &'a str,
 }
 
-
 struct Instance {
     pg: Daemon,
     sock: PathBuf,
@@ -276,7 +275,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 
 fn pod(name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: "faults".into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: "faults".into(),
+            attempt: 0,
+        }),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
                 namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
@@ -359,7 +363,12 @@ fn mirror_fault(c: &Ctx, name: &str, fault: Fault, contains: &[&str]) -> Result<
 
 /// Kubelet-like pullers: each pulls the signed images in a loop until `stop`; every outcome is
 /// kept.
-fn start_pullers(c: &Ctx, socket: &Path, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Result<String, tonic::Status>>>> {
+fn start_pullers(
+    c: &Ctx,
+    socket: &Path,
+    n: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Result<String, tonic::Status>>>> {
     let images = [c.tb.get("DEMO_IMAGE").to_string(), c.tb.get("DEMO2_IMAGE").to_string()];
     (0..n)
         .map(|i| {
@@ -393,7 +402,11 @@ fn wait_pull_ok(c: &Ctx, socket: &Path, image: &str) -> TestResult {
 fn check_outcomes(outcomes: &[Result<String, tonic::Status>]) -> TestResult {
     for o in outcomes {
         if let Err(s) = o {
-            ensure!(!s.message().starts_with("SignatureValidationFailed"), "a signed image was refused while containerd was down: {}", s.message());
+            ensure!(
+                !s.message().starts_with("SignatureValidationFailed"),
+                "a signed image was refused while containerd was down: {}",
+                s.message()
+            );
             ensure!(s.code() != tonic::Code::DeadlineExceeded, "a pull hung while containerd was down: {s:?}");
         }
     }
@@ -430,7 +443,11 @@ fn containerd_killed_during_pulls(c: &Ctx) -> TestResult {
 }
 
 /// Reads `stream` until the start of sandbox or container `id` (bounded).
-async fn wait_started(stream: &mut tonic::Streaming<k8s::ContainerEventResponse>, id: &str, within: Duration) -> Result<Result<bool, tonic::Status>, tokio::time::error::Elapsed> {
+async fn wait_started(
+    stream: &mut tonic::Streaming<k8s::ContainerEventResponse>,
+    id: &str,
+    within: Duration,
+) -> Result<Result<bool, tonic::Status>, tokio::time::error::Elapsed> {
     let started = k8s::ContainerEventType::ContainerStartedEvent as i32;
     tokio::time::timeout(within, async {
         while let Some(ev) = stream.message().await? {
@@ -453,7 +470,11 @@ fn containerd_killed_under_events(c: &Ctx) -> TestResult {
         let direct = c.tb.containerd_sock();
         async move {
             let mut rt = cri::runtime(&direct);
-            let id = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(pod(name)), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+            let id = rt
+                .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(pod(name)), runtime_handler: String::new() })
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
             Ok::<_, Failed>(id)
         }
     };
@@ -473,7 +494,12 @@ fn containerd_killed_under_events(c: &Ctx) -> TestResult {
         let kill = {
             let dir = c.tb.dir.clone();
             tokio::task::spawn_blocking(move || {
-                Command::new("bash").arg(testbed::repo_root().join("scripts/testbed.sh")).arg("kill-containerd").arg(dir).env("PULLGATE_SHARED", testbed::shared_dir()).status()
+                Command::new("bash")
+                    .arg(testbed::repo_root().join("scripts/testbed.sh"))
+                    .arg("kill-containerd")
+                    .arg(dir)
+                    .env("PULLGATE_SHARED", testbed::shared_dir())
+                    .status()
             })
         };
         let ended = tokio::time::timeout(bounded, async {
@@ -538,16 +564,31 @@ fn mirror_stalls(c: &Ctx) -> TestResult {
 /// (the bytes do not hash to the digest), and nothing of the unsigned image reaches the node.
 fn mirror_lies(c: &Ctx) -> TestResult {
     let unsigned_digest = c.tb.get("UNSIGNED_DIGEST").to_string();
-    let unsigned_repo = c.tb.get("UNSIGNED_IMAGE").split_once('/').map(|(_, r)| r.rsplit_once(':').map_or(r, |(n, _)| n).to_string()).ok_or("UNSIGNED_IMAGE")?;
+    let unsigned_repo =
+        c.tb.get("UNSIGNED_IMAGE")
+            .split_once('/')
+            .map(|(_, r)| r.rsplit_once(':').map_or(r, |(n, _)| n).to_string())
+            .ok_or("UNSIGNED_IMAGE")?;
     let path = format!("/v2/{unsigned_repo}/manifests/{unsigned_digest}");
     let answer = c.rt.block_on(async {
-        support::registry::http::request(c.registry_addr, "GET", &path, &[("accept", pullgate::registry::resolve::MANIFEST_ACCEPT.into())], bytes::Bytes::new()).await
+        support::registry::http::request(
+            c.registry_addr,
+            "GET",
+            &path,
+            &[("accept", pullgate::registry::resolve::MANIFEST_ACCEPT.into())],
+            bytes::Bytes::new(),
+        )
+        .await
     })?;
     ensure!(answer.status == 200, "cannot read the unsigned manifest: HTTP {}", answer.status);
     let (_relay, _pg, msg) = mirror_fault(c, "mirror-lie", Fault::Lie(answer.body.to_vec()), &[c.tb.get("DEMO_DIGEST")])?;
     ensure!(msg.contains("digest") || msg.contains("hash"), "the refusal does not say the bytes do not match: {msg}");
-    let listed = c.rt.block_on(async { cri::images(&c.tb.containerd_sock()).list_images(k8s::ListImagesRequest::default()).await })?.into_inner();
-    ensure!(!listed.images.iter().any(|i| i.repo_digests.iter().any(|d| d.ends_with(&unsigned_digest))), "the unsigned image reached the node");
+    let listed =
+        c.rt.block_on(async { cri::images(&c.tb.containerd_sock()).list_images(k8s::ListImagesRequest::default()).await })?.into_inner();
+    ensure!(
+        !listed.images.iter().any(|i| i.repo_digests.iter().any(|d| d.ends_with(&unsigned_digest))),
+        "the unsigned image reached the node"
+    );
     Ok(())
 }
 
@@ -581,7 +622,10 @@ fn mirror_redirects(c: &Ctx) -> TestResult {
 
 fn body_fault(c: &Ctx, name: &str, fault: Fault) -> TestResult {
     let (relay, mut pg, msg) = mirror_fault(c, name, fault, &["registry mirror"])?;
-    ensure!(msg.contains("byte") || msg.contains("limit") || msg.contains("larger"), "the refusal does not say the answer was too large: {msg}");
+    ensure!(
+        msg.contains("byte") || msg.contains("limit") || msg.contains("larger"),
+        "the refusal does not say the answer was too large: {msg}"
+    );
     let sent = relay.junk_sent.load(Ordering::Relaxed);
     let peak = peak_rss_kib(pg.pg.pid()).ok_or("no VmHWM")?;
     eprintln!("{name}: the relay wrote {sent} bytes of body; pullgate's peak RSS {peak} KiB");
@@ -607,7 +651,10 @@ fn damaged_then_repaired(c: &Ctx, pg: &mut Instance, import_args: &[&str]) -> Te
     pg.wait_metric("pullgate_trust_root_last_reload_success", &[], |v| v == 0.0)?;
     let metrics = pg.metrics()?;
     ensure!(sample(&metrics, "pullgate_trust_root_generation", &[]) == Some(1.0), "{metrics}");
-    ensure!(sample(&metrics, "pullgate_trust_root_state", &[("state", "fresh")]) == Some(1.0), "the loaded root is not in force:\n{metrics}");
+    ensure!(
+        sample(&metrics, "pullgate_trust_root_state", &[("state", "fresh")]) == Some(1.0),
+        "the loaded root is not in force:\n{metrics}"
+    );
     let (code, text) = trust_root_status(&pg.state_dir)?;
     ensure!(code == 4, "trust-root status exit {code}, want 4 (damaged):\n{text}");
     eprintln!("trust-root status: {}", text.lines().find(|l| l.contains("unusable")).unwrap_or(text.trim()));
@@ -633,7 +680,11 @@ fn trust_root_truncated(c: &Ctx) -> TestResult {
     std::fs::OpenOptions::new().write(true).truncate(true).open(&current)?;
     // A plain re-import reads the damaged root for its rollback floors and says how to go on.
     let out = import_trust_root(c, &pg.state_dir, &[])?;
-    ensure!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--reset-rollback-protection"), "re-import over a damaged root: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--reset-rollback-protection"),
+        "re-import over a damaged root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     damaged_then_repaired(c, &mut pg, &["--reset-rollback-protection"])
 }
 
@@ -757,7 +808,8 @@ fn sighup_storm(c: &Ctx) -> TestResult {
             ensure!(Instant::now() < deadline, "pullgate did not come up under SIGHUPs:\n{}", d.logs());
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (signed, signed2, unsigned) = (c.tb.get("DEMO_IMAGE").to_string(), c.tb.get("DEMO2_IMAGE").to_string(), c.tb.get("UNSIGNED_IMAGE").to_string());
+        let (signed, signed2, unsigned) =
+            (c.tb.get("DEMO_IMAGE").to_string(), c.tb.get("DEMO2_IMAGE").to_string(), c.tb.get("UNSIGNED_IMAGE").to_string());
         c.rt.block_on(async {
             let mut calls = Vec::new();
             for i in 0..30 {
@@ -784,7 +836,10 @@ fn sighup_storm(c: &Ctx) -> TestResult {
     let reloads = sample(&metrics, "pullgate_policy_reloads_total", &[("result", "ok")]).unwrap_or(0.0);
     eprintln!("{} SIGHUPs sent, {reloads} reloads", sent.load(Ordering::Relaxed));
     ensure!(reloads.ge(&1.0), "no reload after {} SIGHUPs:\n{metrics}", sent.load(Ordering::Relaxed));
-    ensure!(sample(&metrics, "pullgate_policy_reloads_total", &[("result", "error")]).is_none_or(|v| v == 0.0), "a reload failed:\n{metrics}");
+    ensure!(
+        sample(&metrics, "pullgate_policy_reloads_total", &[("result", "error")]).is_none_or(|v| v == 0.0),
+        "a reload failed:\n{metrics}"
+    );
     pull_ok(c, &sock, c.tb.get("DEMO_IMAGE"))?;
     ensure!(!d.logs().contains("panicked"), "{}", d.logs());
     d.terminate(Duration::from_secs(10)).ok_or("no exit after SIGTERM")?;
@@ -848,7 +903,8 @@ fn sigkill_socket_activation(c: &Ctx) -> TestResult {
                     version.set_timeout(Duration::from_secs(60));
                     outcomes.push(rt.version(version).await.map(|_| ()));
                     let mut images = k8s::image_service_client::ImageServiceClient::new(channel.clone());
-                    let mut req = tonic::Request::new(k8s::PullImageRequest { image: spec(&image), auth: None, sandbox_config: Some(pod("web")) });
+                    let mut req =
+                        tonic::Request::new(k8s::PullImageRequest { image: spec(&image), auth: None, sandbox_config: Some(pod("web")) });
                     req.set_timeout(Duration::from_secs(60));
                     outcomes.push(images.pull_image(req).await.map(|_| ()));
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -878,7 +934,11 @@ fn sigkill_socket_activation(c: &Ctx) -> TestResult {
     }
     let errors: Vec<&tonic::Status> = all.iter().filter_map(|o| o.as_ref().err()).collect();
     for e in &errors {
-        ensure!(e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown && !e.message().starts_with("SignatureValidationFailed"), "unexpected error around the restart: {e:?}");
+        ensure!(
+            e.code() == tonic::Code::Unavailable
+                || e.code() == tonic::Code::Unknown && !e.message().starts_with("SignatureValidationFailed"),
+            "unexpected error around the restart: {e:?}"
+        );
         let m = e.message().to_ascii_lowercase();
         ensure!(!m.contains("no such file") && !m.contains("connection refused"), "the socket was lost: {e:?}");
     }

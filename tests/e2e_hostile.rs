@@ -307,7 +307,11 @@ fn cache_poisoning(c: &Ctx) -> TestResult {
         // And runs: CreateContainer, right after yet another poisoning pull.
         let mut rt = cri::runtime(sock);
         let cfg = pod("team", "victim");
-        let sandbox = rt.run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() }).await?.into_inner().pod_sandbox_id;
+        let sandbox = rt
+            .run_pod_sandbox(k8s::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
         expect_refusal(pull_in(sock, &poison, "attacker").await)?;
         let created = rt
             .create_container(k8s::CreateContainerRequest {
@@ -349,7 +353,11 @@ fn huge_image_string(c: &Ctx) -> TestResult {
     ensure!(log_growth < 32 << 10, "pullgate's log grew by {log_growth} bytes");
     ensure!(audit_growth < 16 << 10, "the audit log grew by {audit_growth} bytes");
     let r = c.pg.records().into_iter().last().ok_or("no audit record")?;
-    ensure!(r.decision == "deny" && r.image.starts_with(&format!("{reg}/demo/aaaa")) && r.image.len() <= 2048, "{}", &r.image[..r.image.len().min(3000)]);
+    ensure!(
+        r.decision == "deny" && r.image.starts_with(&format!("{reg}/demo/aaaa")) && r.image.len() <= 2048,
+        "{}",
+        &r.image[..r.image.len().min(3000)]
+    );
     // pullgate still serves.
     c.rt.block_on(pull_in(&c.pg.sock, &format!("{reg}/demo/app@{}", c.tb.get("DEMO_DIGEST")), "team"))?;
     Ok(())
@@ -411,30 +419,32 @@ fn metric_series(c: &Ctx) -> TestResult {
     let count = |text: &str| text.lines().filter(|l| l.starts_with("pullgate_mirror_requests_total{")).count();
     let before = scrape(c.wide.admin)?;
     // Loopback addresses on a closed port: each pull is refused at once (connection refused).
-    let pulls = |range: std::ops::Range<usize>| c.rt.block_on(async {
-        let mut tasks = Vec::new();
-        for worker in 0..8 {
-            let sock = sock.clone();
-            let range = range.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut refused = 0;
-                for i in range.skip(worker).step_by(8) {
-                    let image = format!("127.0.{}.{}:9/x:1", i / 250, i % 250 + 1);
-                    if let Err(s) = pull_in(&sock, &image, "team").await {
-                        if s.message().starts_with("SignatureValidationFailed: ") {
-                            refused += 1;
+    let pulls = |range: std::ops::Range<usize>| {
+        c.rt.block_on(async {
+            let mut tasks = Vec::new();
+            for worker in 0..8 {
+                let sock = sock.clone();
+                let range = range.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut refused = 0;
+                    for i in range.skip(worker).step_by(8) {
+                        let image = format!("127.0.{}.{}:9/x:1", i / 250, i % 250 + 1);
+                        if let Err(s) = pull_in(&sock, &image, "team").await {
+                            if s.message().starts_with("SignatureValidationFailed: ") {
+                                refused += 1;
+                            }
                         }
                     }
-                }
-                refused
-            }));
-        }
-        let mut refused = 0;
-        for t in tasks {
-            refused += t.await.unwrap_or(0);
-        }
-        refused
-    });
+                    refused
+                }));
+            }
+            let mut refused = 0;
+            for t in tasks {
+                refused += t.await.unwrap_or(0);
+            }
+            refused
+        })
+    };
     // Memory per distinct name is bounded: the second half of the names adds nothing.
     let first = pulls(0..PULLS / 2);
     let rss_half = proc_status_kb(c.wide.pid(), "VmRSS:")?;
@@ -443,7 +453,13 @@ fn metric_series(c: &Ctx) -> TestResult {
     ensure!(first + second == PULLS, "{} of {PULLS} pulls refused", first + second);
     let after = scrape(c.wide.admin)?;
     let series: Vec<&str> = after.lines().filter(|l| l.starts_with("pullgate_mirror_requests_total{")).collect();
-    ensure!(count(&after) <= count(&before) + 2, "mirror request series grew from {} to {}:\n{}", count(&before), count(&after), series.join("\n"));
+    ensure!(
+        count(&after) <= count(&before) + 2,
+        "mirror request series grew from {} to {}:\n{}",
+        count(&before),
+        count(&after),
+        series.join("\n")
+    );
     ensure!(series.iter().any(|l| l.contains("registry=\"other\"")), "{}", series.join("\n"));
     ensure!(!after.contains("127.0.1."), "a request's registry became a label");
     ensure!(rss_end < rss_half + 4 * 1024, "RSS grew from {rss_half} kB to {rss_end} kB over the last {} distinct registries", PULLS / 2);
@@ -483,7 +499,13 @@ fn buffer_budget(c: &Ctx) -> TestResult {
     for r in &results {
         match r {
             Ok(()) => return Err("a 15 MiB image string was pulled".into()),
-            Err(s) if s.code() == tonic::Code::Unknown && s.message().starts_with("SignatureValidationFailed: ") && s.message().len() <= 1024 => refused += 1,
+            Err(s)
+                if s.code() == tonic::Code::Unknown
+                    && s.message().starts_with("SignatureValidationFailed: ")
+                    && s.message().len() <= 1024 =>
+            {
+                refused += 1
+            }
             Err(s) if s.code() == tonic::Code::ResourceExhausted && s.message().contains("cri.max_buffered_bytes") => exhausted += 1,
             Err(s) => return Err(format!("unexpected answer {:?}: {}", s.code(), &s.message()[..s.message().len().min(500)]).into()),
         }

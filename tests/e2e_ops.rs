@@ -234,7 +234,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 
 fn pod(namespace: &str, name: &str) -> k8s::PodSandboxConfig {
     k8s::PodSandboxConfig {
-        metadata: Some(k8s::PodSandboxMetadata { name: name.into(), uid: format!("{name}-{}", std::process::id()), namespace: namespace.into(), attempt: 0 }),
+        metadata: Some(k8s::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("{name}-{}", std::process::id()),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
         ..Default::default()
     }
 }
@@ -247,7 +252,11 @@ async fn pull(socket: &Path, image: &str) -> Result<String, tonic::Status> {
 /// Runs a pullgate subcommand: (exit code, stdout, stderr).
 fn pullgate(args: &[&str]) -> Result<(i32, String, String), Failed> {
     let out = Command::new(daemon::binary()).args(args).output()?;
-    Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 // --- trials ------------------------------------------------------------------------------------
@@ -298,15 +307,29 @@ fn metrics_change(c: &Ctx) -> TestResult {
         "no Version latencies:\n{after}"
     );
     ensure!(get("pullgate_cri_calls_total", &[("method", "ContainerStatus"), ("code", "NotFound")]) >= Some(1.0), "{after}");
-    ensure!(get("pullgate_cri_calls_total", &[("service", "other"), ("method", "other")]) >= Some(1.0), "unknown methods are not counted:\n{after}");
+    ensure!(
+        get("pullgate_cri_calls_total", &[("service", "other"), ("method", "other")]) >= Some(1.0),
+        "unknown methods are not counted:\n{after}"
+    );
     ensure!(get("pullgate_cri_calls_total", &[("method", "PullImage"), ("code", "OK")]) >= Some(1.0), "{after}");
-    ensure!(get("pullgate_cri_calls_total", &[("method", "PullImage"), ("code", "Unknown")]) >= Some(1.0), "the refusal is not counted:\n{after}");
-    let decision = |result: &str, reason: &str| get("pullgate_decisions_total", &[("call", "PullImage"), ("policy", "demo"), ("mode", "enforce"), ("result", result), ("reason", reason)]);
+    ensure!(
+        get("pullgate_cri_calls_total", &[("method", "PullImage"), ("code", "Unknown")]) >= Some(1.0),
+        "the refusal is not counted:\n{after}"
+    );
+    let decision = |result: &str, reason: &str| {
+        get(
+            "pullgate_decisions_total",
+            &[("call", "PullImage"), ("policy", "demo"), ("mode", "enforce"), ("result", result), ("reason", reason)],
+        )
+    };
     ensure!(decision("allow", "verified") >= Some(1.0), "{after}");
     ensure!(decision("deny", "no_signatures") >= Some(1.0), "{after}");
     ensure!(get("pullgate_decision_cache_lookups_total", &[("result", "miss")]) >= Some(2.0), "{after}");
     ensure!(get("pullgate_decision_cache_entries", &[]) >= Some(2.0), "{after}");
-    ensure!(get("pullgate_mirror_requests_total", &[("registry", &c.registry), ("operation", "resolve"), ("outcome", "ok")]) >= Some(2.0), "{after}");
+    ensure!(
+        get("pullgate_mirror_requests_total", &[("registry", &c.registry), ("operation", "resolve"), ("outcome", "ok")]) >= Some(2.0),
+        "{after}"
+    );
     ensure!(get("pullgate_mirror_requests_total", &[("registry", &c.registry), ("operation", "discover")]) >= Some(1.0), "{after}");
     ensure!(get("pullgate_verifications_total", &[("result", "verified")]) >= Some(1.0), "{after}");
     ensure!(get("pullgate_verification_duration_seconds_count", &[]) >= Some(2.0), "{after}");
@@ -343,7 +366,13 @@ fn findings(json: &str) -> Result<Vec<(String, String, String)>, Failed> {
         .as_array()
         .ok_or("no findings")?
         .iter()
-        .map(|f| (f["check"].as_str().unwrap_or("").to_string(), f["status"].as_str().unwrap_or("").to_string(), f["message"].as_str().unwrap_or("").to_string()))
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap_or("").to_string(),
+                f["status"].as_str().unwrap_or("").to_string(),
+                f["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
         .collect())
 }
 
@@ -484,7 +513,9 @@ fn doctor_broken(c: &Ctx) -> TestResult {
     std::fs::write(&bad, "policy:\n  unmatched: sometimes\n")?;
     let (code, human, _) = pullgate(&["doctor", "--config", bad.to_str().unwrap(), "--kubelet-config", kubelet.to_str().unwrap()])?;
     ensure!(code == 1 && human.contains("FAIL config") && human.contains("policy.unmatched"), "{human}");
-    c.rt.block_on(async { cri::images(&c.tb.containerd_sock()).remove_image(k8s::RemoveImageRequest { image: spec(&unsigned) }).await.ok() });
+    c.rt.block_on(async {
+        cri::images(&c.tb.containerd_sock()).remove_image(k8s::RemoveImageRequest { image: spec(&unsigned) }).await.ok()
+    });
     Ok(())
 }
 
@@ -534,7 +565,10 @@ fn report_on_audit_log(c: &Ctx) -> TestResult {
     ensure!(demo["images"].as_array().map(Vec::len) == Some(1), "the signed image is listed: {demo:#}");
 
     let (code, human, _) = pullgate(&["report", "--audit-log", audit.to_str().unwrap(), "--since", "1h"])?;
-    ensure!(code == 1 && human.contains("policy demo (audit): 3 decisions, 2 would be refused") && human.contains(&format!("2x {unsigned}")), "{human}");
+    ensure!(
+        code == 1 && human.contains("policy demo (audit): 3 decisions, 2 would be refused") && human.contains(&format!("2x {unsigned}")),
+        "{human}"
+    );
     eprintln!("{human}");
 
     // Format 2 says what happened: the unsigned pulls were let through, enforce would refuse them.
@@ -565,7 +599,9 @@ fn report_on_audit_log(c: &Ctx) -> TestResult {
     ensure!(code == 0 && human.contains("would refuse nothing"), "{human}");
     let (code, _, err) = pullgate(&["report", "--audit-log", "/nonexistent/audit.log"])?;
     ensure!(code == 66 && err.contains("cannot read audit log"), "{err}");
-    c.rt.block_on(async { cri::images(&c.tb.containerd_sock()).remove_image(k8s::RemoveImageRequest { image: spec(&unsigned) }).await.ok() });
+    c.rt.block_on(async {
+        cri::images(&c.tb.containerd_sock()).remove_image(k8s::RemoveImageRequest { image: spec(&unsigned) }).await.ok()
+    });
     Ok(())
 }
 
@@ -654,7 +690,10 @@ fn sync_script(c: &Ctx) -> TestResult {
     let rules = std::fs::read_to_string(testbed::repo_root().join("packaging/prometheus/pullgate-alerts.yaml"))?;
     let re = regex::Regex::new(r"pullgate_[a-z_]+")?;
     for name in re.find_iter(&rules).map(|m| m.as_str()).collect::<std::collections::BTreeSet<_>>() {
-        ensure!(metrics.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))), "alert rules use {name}, which /metrics does not have:\n{metrics}");
+        ensure!(
+            metrics.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "alert rules use {name}, which /metrics does not have:\n{metrics}"
+        );
     }
     d.terminate(Duration::from_secs(10));
     Ok(())

@@ -61,10 +61,8 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let pg_sock = tb.dir.join("pullgate.sock");
     let direct = tb.containerd_sock();
-    let pg = Daemon::start(
-        &pg_sock,
-        &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"],
-    )?;
+    let pg =
+        Daemon::start(&pg_sock, &["--listen", pg_sock.to_str().unwrap(), "--upstream", direct.to_str().unwrap(), "--log-level", "debug"])?;
     Ok(Ctx { rt, tb, pg: Mutex::new(pg), pg_sock })
 }
 
@@ -140,10 +138,7 @@ fn image_calls_match_direct(c: &Ctx) -> TestResult {
         }
 
         // Pull by tag through pullgate.
-        let pulled = via
-            .pull_image(k8s::PullImageRequest { image: image_spec(&demo), ..Default::default() })
-            .await?
-            .into_inner();
+        let pulled = via.pull_image(k8s::PullImageRequest { image: image_spec(&demo), ..Default::default() }).await?.into_inner();
         ensure!(pulled.image_ref.starts_with("sha256:"), "image_ref {:?}", pulled.image_ref);
 
         let status_req = k8s::ImageStatusRequest { image: image_spec(&demo), verbose: false };
@@ -155,10 +150,7 @@ fn image_calls_match_direct(c: &Ctx) -> TestResult {
 
         // Pull by digest: same image.
         let by_digest = format!("{repo}@{digest}");
-        let pulled2 = via
-            .pull_image(k8s::PullImageRequest { image: image_spec(&by_digest), ..Default::default() })
-            .await?
-            .into_inner();
+        let pulled2 = via.pull_image(k8s::PullImageRequest { image: image_spec(&by_digest), ..Default::default() }).await?.into_inner();
         assert_eq!(pulled2.image_ref, pulled.image_ref);
 
         let list_via = via.list_images(k8s::ListImagesRequest::default()).await?.into_inner();
@@ -167,10 +159,7 @@ fn image_calls_match_direct(c: &Ctx) -> TestResult {
         ensure!(list_via.images.iter().any(|i| i.id == pulled.image_ref), "pulled image not listed");
 
         via.remove_image(k8s::RemoveImageRequest { image: image_spec(&pulled.image_ref) }).await?;
-        let gone = direct
-            .image_status(k8s::ImageStatusRequest { image: image_spec(&demo), verbose: false })
-            .await?
-            .into_inner();
+        let gone = direct.image_status(k8s::ImageStatusRequest { image: image_spec(&demo), verbose: false }).await?.into_inner();
         ensure!(gone.image.is_none(), "image still present after RemoveImage: {gone:?}");
         Ok(())
     })
@@ -186,10 +175,7 @@ fn pod_config(c: &Ctx, name: &str) -> k8s::PodSandboxConfig {
         log_directory: log_dir.to_string_lossy().into_owned(),
         linux: Some(k8s::LinuxPodSandboxConfig {
             security_context: Some(k8s::LinuxSandboxSecurityContext {
-                namespace_options: Some(k8s::NamespaceOption {
-                    network: k8s::NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(k8s::NamespaceOption { network: k8s::NamespaceMode::Node as i32, ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -248,7 +234,11 @@ fn pod_lifecycle_matches_direct(c: &Ctx) -> TestResult {
         let mut direct = cri::runtime(&c.direct());
 
         let exec = via
-            .exec_sync(k8s::ExecSyncRequest { container_id: container.clone(), cmd: vec!["/hello".into(), "echo".into(), "hi".into()], timeout: 10 })
+            .exec_sync(k8s::ExecSyncRequest {
+                container_id: container.clone(),
+                cmd: vec!["/hello".into(), "echo".into(), "hi".into()],
+                timeout: 10,
+            })
             .await?
             .into_inner();
         assert_eq!(exec.exit_code, 0);
@@ -375,10 +365,7 @@ async fn version(socket: &Path) -> Result<k8s::VersionResponse, tonic::Status> {
 }
 
 fn python() -> PathBuf {
-    std::env::var_os("PULLGATE_PYVENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| testbed::repo_root().join("target/pyvenv"))
-        .join("bin/python")
+    std::env::var_os("PULLGATE_PYVENV").map(PathBuf::from).unwrap_or_else(|| testbed::repo_root().join("target/pyvenv")).join("bin/python")
 }
 
 fn py_client(socket: &Path, uid: Option<u32>) -> std::process::Output {
@@ -417,11 +404,7 @@ fn peer_credentials_are_checked(c: &Ctx) -> TestResult {
     let nobody = 65534;
     let sock = c.sock("peer");
     // Socket open to everyone at the file level, so only the SO_PEERCRED check can refuse.
-    let cfg = format!(
-        "listen: {}\nupstream: {}\nsocket_mode: \"0666\"\n",
-        sock.display(),
-        c.direct().display()
-    );
+    let cfg = format!("listen: {}\nupstream: {}\nsocket_mode: \"0666\"\n", sock.display(), c.direct().display());
     let cfg_path = write_config(c, "peer", &cfg);
     let mut pg = Daemon::start(&sock, &["--config", cfg_path.to_str().unwrap()])?;
     let out = py_client(&sock, Some(nobody));
@@ -504,9 +487,13 @@ fn sigterm_drains(c: &Ctx) -> TestResult {
         // An ExecSync that takes a second is in flight when SIGTERM arrives.
         let mut rt = cri::runtime(&sock);
         let call = tokio::spawn(async move {
-            rt.exec_sync(k8s::ExecSyncRequest { container_id: container.clone(), cmd: vec!["/hello".into(), "sleep".into(), "1".into()], timeout: 10 })
-                .await
-                .map(|r| (r.into_inner(), container))
+            rt.exec_sync(k8s::ExecSyncRequest {
+                container_id: container.clone(),
+                cmd: vec!["/hello".into(), "sleep".into(), "1".into()],
+                timeout: 10,
+            })
+            .await
+            .map(|r| (r.into_inner(), container))
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         pg.signal(nix::sys::signal::Signal::SIGTERM);
@@ -634,7 +621,8 @@ async fn raw_h2(socket: &Path, path: &str, extra: &[(&str, &str)], message: &[u8
     let (client, conn) = h2::client::handshake(stream).await?;
     tokio::spawn(conn);
     let mut client = client.ready().await?;
-    let mut req = http::Request::post(format!("http://localhost{path}")).header("content-type", "application/grpc").header("te", "trailers");
+    let mut req =
+        http::Request::post(format!("http://localhost{path}")).header("content-type", "application/grpc").header("te", "trailers");
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
@@ -834,7 +822,11 @@ fn container_events_counted_to_the_end(c: &Ctx) -> TestResult {
                 other => return Err(format!("{name}: {other:?}").into()),
             }
         }
-        eprintln!("events after the warm-up, counted to the sandbox's removal: through pullgate {}, directly {}", counted[0].len(), counted[1].len());
+        eprintln!(
+            "events after the warm-up, counted to the sandbox's removal: through pullgate {}, directly {}",
+            counted[0].len(),
+            counted[1].len()
+        );
         ensure!(counted[0] == counted[1], "through pullgate {:?}\ndirectly {:?}", counted[0], counted[1]);
         // Two containers: created, started, stopped, deleted each; the sandbox: stopped, deleted.
         ensure!(counted[0].len() >= 10, "only {} events: {:?}", counted[0].len(), counted[0]);

@@ -96,7 +96,11 @@ fn setup(generation: Generation) -> Result<Ctx, String> {
     // pull) and pullgate: no fallback to the registry itself around a refused redirect.
     let hosts = PathBuf::from(tb.get("HOSTS_DIR")).join(&registry);
     std::fs::create_dir_all(&hosts).map_err(|e| e.to_string())?;
-    std::fs::write(hosts.join("hosts.toml"), format!("server = \"http://{}\"\n\n# containerd 1.6 ignores a hosts.toml without this table\n[host]\n", front.mirror)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!("server = \"http://{}\"\n\n# containerd 1.6 ignores a hosts.toml without this table\n[host]\n", front.mirror),
+    )
+    .map_err(|e| e.to_string())?;
     let image = tb.get("DEMO_IMAGE").to_string();
     Ok(Ctx { rt, tb, front, image, digest, runs: Mutex::new(0), pusher, stack: Mutex::new(stack) })
 }
@@ -256,7 +260,10 @@ fn signed_image_is_pulled(c: &Ctx) -> TestResult {
         "pullgate never authenticated at the mirror: {seen:#?}"
     );
     let log = pg.logs();
-    ensure!(log.contains("following redirect") && log.contains(&c.front.storage.to_string()), "no debug line names the redirect target:\n{log}");
+    ensure!(
+        log.contains("following redirect") && log.contains(&c.front.storage.to_string()),
+        "no debug line names the redirect target:\n{log}"
+    );
     ensure!(!log.contains("s3cr3t-sig"), "the signed URL's query was logged:\n{log}");
     eprintln!(
         "pulled {image} ({image_ref}) through the redirecting mirror; storage host {} saw {} requests, none with credentials",

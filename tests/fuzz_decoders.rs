@@ -24,9 +24,9 @@
 //! picks other inputs. A failure prints the seed, the case and the command that replays it, and
 //! keeps the input under `target/fuzz-failures/`.
 
-mod support;
 #[path = "support/fuzz.rs"]
 mod fuzz;
+mod support;
 #[path = "support/tuf/mod.rs"]
 mod tuf;
 
@@ -75,9 +75,13 @@ fn harness_catches_believed_lengths_and_panics() {
         out
     }
     let believed = std::panic::catch_unwind(|| {
-        run("harness_believed_length", 1, SMALL, |_| [&[0u8][..], &(64u32 << 20).to_be_bytes(), b"abc"].concat(), |input| {
-            Ok(if naive(input).is_empty() { "empty" } else { "decoded" })
-        })
+        run(
+            "harness_believed_length",
+            1,
+            SMALL,
+            |_| [&[0u8][..], &(64u32 << 20).to_be_bytes(), b"abc"].concat(),
+            |input| Ok(if naive(input).is_empty() { "empty" } else { "decoded" }),
+        )
     });
     let message = believed.expect_err("a 64 MiB allocation for an 8-byte input must fail the budget");
     let message = message.downcast_ref::<String>().cloned().unwrap_or_default();
@@ -122,7 +126,12 @@ fn spec(image: &str) -> Option<k8s::ImageSpec> {
 fn cri_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let pull = k8s::PullImageRequest {
         image: spec("registry.internal/team/app:1"),
-        auth: Some(k8s::AuthConfig { username: "robot".into(), password: "s3cret".into(), server_address: "registry.internal".into(), ..Default::default() }),
+        auth: Some(k8s::AuthConfig {
+            username: "robot".into(),
+            password: "s3cret".into(),
+            server_address: "registry.internal".into(),
+            ..Default::default()
+        }),
         sandbox_config: Some(sandbox_config()),
     };
     let create = k8s::CreateContainerRequest {
@@ -135,8 +144,17 @@ fn cri_seeds() -> Vec<(&'static str, Vec<u8>)> {
             working_dir: "/".into(),
             envs: vec![k8s::KeyValue { key: "A".into(), value: "b".into() }],
             mounts: vec![
-                k8s::Mount { container_path: "/data".into(), host_path: String::new(), image: spec("registry.internal/team/data:1"), ..Default::default() },
-                k8s::Mount { container_path: "/etc/hosts".into(), host_path: "/var/lib/kubelet/pods/x/etc-hosts".into(), ..Default::default() },
+                k8s::Mount {
+                    container_path: "/data".into(),
+                    host_path: String::new(),
+                    image: spec("registry.internal/team/data:1"),
+                    ..Default::default()
+                },
+                k8s::Mount {
+                    container_path: "/etc/hosts".into(),
+                    host_path: "/var/lib/kubelet/pods/x/etc-hosts".into(),
+                    ..Default::default()
+                },
             ],
             labels: [("io.kubernetes.container.name".to_string(), "app".to_string())].into(),
             log_path: "app/0.log".into(),
@@ -156,10 +174,15 @@ fn cri_seeds() -> Vec<(&'static str, Vec<u8>)> {
         pinned: true,
         ..Default::default()
     };
-    let status_resp = k8s::ImageStatusResponse { image: Some(image.clone()), info: [("info".to_string(), "{\"chainID\":\"sha256:1\"}".to_string())].into() };
+    let status_resp = k8s::ImageStatusResponse {
+        image: Some(image.clone()),
+        info: [("info".to_string(), "{\"chainID\":\"sha256:1\"}".to_string())].into(),
+    };
     let list_resp = k8s::ListImagesResponse { images: vec![image.clone(), image] };
     let runtime_status = k8s::StatusResponse {
-        status: Some(k8s::RuntimeStatus { conditions: vec![k8s::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() }] }),
+        status: Some(k8s::RuntimeStatus {
+            conditions: vec![k8s::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, ..Default::default() }],
+        }),
         info: [("config".to_string(), "{\"sandboxImage\":\"registry.internal/pause:3.9\",\"containerd\":{}}".to_string())].into(),
         ..Default::default()
     };
@@ -224,7 +247,11 @@ fn grpc_unary_framing() {
                 Ok(msg) => {
                     let claimed = u32::from_be_bytes(input[1..5].try_into().unwrap()) as usize;
                     if input[0] != 0 || msg.len() != claimed || input.len() != 5 + claimed || msg[..] != input[5..] {
-                        return Err(format!("accepted a body that is not one uncompressed frame: {} bytes, message {}", input.len(), msg.len()));
+                        return Err(format!(
+                            "accepted a body that is not one uncompressed frame: {} bytes, message {}",
+                            input.len(),
+                            msg.len()
+                        ));
                     }
                     if grpc::frame(&msg)[..] != input[..] {
                         return Err("re-framing the message does not give the body back".into());
@@ -232,7 +259,8 @@ fn grpc_unary_framing() {
                     "one message"
                 }
                 Err(e) => {
-                    if input.len() >= 5 && input[0] == 0 && u32::from_be_bytes(input[1..5].try_into().unwrap()) as usize == input.len() - 5 {
+                    if input.len() >= 5 && input[0] == 0 && u32::from_be_bytes(input[1..5].try_into().unwrap()) as usize == input.len() - 5
+                    {
                         return Err("refused a well-formed uncompressed frame".into());
                     }
                     match e {
@@ -294,31 +322,25 @@ fn cri_method_routing() {
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect();
-    run(
-        "cri_method_routing",
-        1,
-        SMALL,
-        bytes_of(&seeds, &[b"/", b"//", b".", b"runtime.v1", b"ImageService", b"\xc3\xa9"]),
-        |input| {
-            let path = String::from_utf8_lossy(input);
-            let route = methods::route(&path);
-            if let Some(surface) = methods::decoded_surface(&path) {
-                let methods::Route::Known { method, .. } = route else {
-                    return Err(format!("{path:?} decoded as {surface:?} but routed as {route:?}"));
-                };
-                if !path.ends_with(&format!("/{}", method.name)) {
-                    return Err(format!("{path:?} routed to method {}", method.name));
-                }
+    run("cri_method_routing", 1, SMALL, bytes_of(&seeds, &[b"/", b"//", b".", b"runtime.v1", b"ImageService", b"\xc3\xa9"]), |input| {
+        let path = String::from_utf8_lossy(input);
+        let route = methods::route(&path);
+        if let Some(surface) = methods::decoded_surface(&path) {
+            let methods::Route::Known { method, .. } = route else {
+                return Err(format!("{path:?} decoded as {surface:?} but routed as {route:?}"));
+            };
+            if !path.ends_with(&format!("/{}", method.name)) {
+                return Err(format!("{path:?} routed to method {}", method.name));
             }
-            let _ = methods::allowable_image_method(&path);
-            Ok(match route {
-                methods::Route::Known { .. } => "known method",
-                methods::Route::UnknownImageMethod { .. } => "unknown image method",
-                methods::Route::UnknownRuntimeMethod { .. } => "unknown runtime method",
-                methods::Route::NotCri => "not CRI",
-            })
-        },
-    );
+        }
+        let _ = methods::allowable_image_method(&path);
+        Ok(match route {
+            methods::Route::Known { .. } => "known method",
+            methods::Route::UnknownImageMethod { .. } => "unknown image method",
+            methods::Route::UnknownRuntimeMethod { .. } => "unknown runtime method",
+            methods::Route::NotCri => "not CRI",
+        })
+    });
 }
 
 /// The CRI subset pullgate decodes (requests at every intercepted surface, containerd's answers
@@ -400,21 +422,22 @@ fn cri_pull_image_in_place_edit() {
             if edited.len() > input.len() + (input.len() / 2 + 1) * (PINNED.len() + 20) {
                 return Err(format!("edit grew {} bytes into {}", input.len(), edited.len()));
             }
-            let check = |original: Result<k8s::PullImageRequest, _>, after: Result<k8s::PullImageRequest, _>| -> Result<&'static str, String> {
-                match (original, after) {
-                    (Ok(mut o), Ok(a)) => {
-                        if let Some(spec) = o.image.as_mut() {
-                            spec.image = PINNED.into();
+            let check =
+                |original: Result<k8s::PullImageRequest, _>, after: Result<k8s::PullImageRequest, _>| -> Result<&'static str, String> {
+                    match (original, after) {
+                        (Ok(mut o), Ok(a)) => {
+                            if let Some(spec) = o.image.as_mut() {
+                                spec.image = PINNED.into();
+                            }
+                            if o != a {
+                                return Err(format!("edit changed more than the image:\n  want {o:?}\n  got  {a:?}"));
+                            }
+                            Ok("edited, all else kept")
                         }
-                        if o != a {
-                            return Err(format!("edit changed more than the image:\n  want {o:?}\n  got  {a:?}"));
-                        }
-                        Ok("edited, all else kept")
+                        (Ok(_), Err(e)) => Err(format!("the original decodes but the edited message does not: {e}")),
+                        _ => Ok("edited, original undecodable"),
                     }
-                    (Ok(_), Err(e)) => Err(format!("the original decodes but the edited message does not: {e}")),
-                    _ => Ok("edited, original undecodable"),
-                }
-            };
+                };
             let label = check(k8s::PullImageRequest::decode(input), k8s::PullImageRequest::decode(&edited[..]))?;
             if let (Ok(_), Ok(a)) = (api::PullImageRequest::decode(input), api::PullImageRequest::decode(edited.clone())) {
                 if a.image.map(|i| i.image).as_deref() != Some(PINNED) {
@@ -435,7 +458,34 @@ const HOSTS_SEEDS: &[&str] = &[
     "server = \"https://[::1]:5443\"\nca = [\"a.crt\", \"b.crt\"]\nskip_verify = true\n",
 ];
 
-const TEXT_DICT: &[&str] = &["\"\"", "[]", "{}", "true", "null", "~", "-1", "99999999999999999999", "1e999", "\"http://\"", "\"https://a@b\"", "\"h:99999\"", "[[\"a\"]]", "&a [1]", "*a", "!!binary AAAA", "'", "\"\\u0000\"", "\t", "---", "...", "? complex", "[host.\"x\"]", "[[host]]", "= 1", "\"\\uD800\""];
+const TEXT_DICT: &[&str] = &[
+    "\"\"",
+    "[]",
+    "{}",
+    "true",
+    "null",
+    "~",
+    "-1",
+    "99999999999999999999",
+    "1e999",
+    "\"http://\"",
+    "\"https://a@b\"",
+    "\"h:99999\"",
+    "[[\"a\"]]",
+    "&a [1]",
+    "*a",
+    "!!binary AAAA",
+    "'",
+    "\"\\u0000\"",
+    "\t",
+    "---",
+    "...",
+    "? complex",
+    "[host.\"x\"]",
+    "[[host]]",
+    "= 1",
+    "\"\\uD800\"",
+];
 
 /// hosts.toml (containerd's registry host configuration, written by node tooling): any text
 /// parses or fails with an error, and the endpoints of a parsed file are well-formed.
@@ -443,20 +493,14 @@ const TEXT_DICT: &[&str] = &["\"\"", "[]", "{}", "true", "null", "~", "-1", "999
 fn hosts_toml() {
     let seeds: Vec<Vec<u8>> = HOSTS_SEEDS.iter().map(|s| s.as_bytes().to_vec()).collect();
     let base = Path::new("/etc/containerd/certs.d/registry.internal");
-    run(
-        "hosts_toml",
-        1,
-        TEXT,
-        lines_of(&seeds, TEXT_DICT),
-        |input| {
-            let text = String::from_utf8_lossy(input);
-            Ok(match pullgate::registry::hosts::parse_hosts_toml(&text, base, &base.join("hosts.toml")) {
-                Ok(_) => "parsed",
-                Err(pullgate::registry::HostsError::Toml { .. }) => "not TOML",
-                Err(_) => "invalid",
-            })
-        },
-    );
+    run("hosts_toml", 1, TEXT, lines_of(&seeds, TEXT_DICT), |input| {
+        let text = String::from_utf8_lossy(input);
+        Ok(match pullgate::registry::hosts::parse_hosts_toml(&text, base, &base.join("hosts.toml")) {
+            Ok(_) => "parsed",
+            Err(pullgate::registry::HostsError::Toml { .. }) => "not TOML",
+            Err(_) => "invalid",
+        })
+    });
 }
 
 /// hosts.toml read from a hosts directory the way a pull resolves a registry: mutated files
@@ -466,22 +510,16 @@ fn hosts_dir_resolution() {
     let seeds: Vec<Vec<u8>> = HOSTS_SEEDS.iter().map(|s| s.as_bytes().to_vec()).collect();
     let tmp = tempfile::tempdir().unwrap();
     let dir = HostsDirFixture::new(tmp.path());
-    run(
-        "hosts_dir_resolution",
-        5,
-        TEXT,
-        lines_of(&seeds, TEXT_DICT),
-        |input| {
-            std::fs::write(dir.file(), input).unwrap();
-            let Ok(res) = dir.hosts.resolve("registry.internal") else { return Ok("refused") };
-            for ep in &res.endpoints {
-                if ep.host_name().is_empty() || !ep.url().contains("://") {
-                    return Err(format!("resolved to a malformed endpoint {:?}", ep.url()));
-                }
+    run("hosts_dir_resolution", 5, TEXT, lines_of(&seeds, TEXT_DICT), |input| {
+        std::fs::write(dir.file(), input).unwrap();
+        let Ok(res) = dir.hosts.resolve("registry.internal") else { return Ok("refused") };
+        for ep in &res.endpoints {
+            if ep.host_name().is_empty() || !ep.url().contains("://") {
+                return Err(format!("resolved to a malformed endpoint {:?}", ep.url()));
             }
-            Ok("endpoints")
-        },
-    );
+        }
+        Ok("endpoints")
+    });
 }
 
 struct HostsDirFixture {
@@ -548,28 +586,23 @@ policy:
 fn config_yaml() {
     let seeds = config_seeds();
     for seed in seeds.iter().filter(|s| !String::from_utf8_lossy(s).contains("&a")) {
-        pullgate::config::Config::parse(std::str::from_utf8(seed).unwrap(), Path::new("seed.yaml")).unwrap_or_else(|e| panic!("seed configuration is invalid: {e}"));
+        pullgate::config::Config::parse(std::str::from_utf8(seed).unwrap(), Path::new("seed.yaml"))
+            .unwrap_or_else(|e| panic!("seed configuration is invalid: {e}"));
     }
-    run(
-        "config_yaml",
-        2,
-        POLICY,
-        lines_of(&seeds, TEXT_DICT),
-        |input| {
-            let text = String::from_utf8_lossy(input);
-            match pullgate::config::Config::parse(&text, Path::new("/etc/pullgate/config.yaml")) {
-                Ok(c) if c.policy.is_some() => Ok("valid, with a policy"),
-                Ok(_) => Ok("valid"),
-                Err(e) => {
-                    let line = e.to_string();
-                    if line.contains('\n') {
-                        return Err(format!("configuration error is not one line: {line:?}"));
-                    }
-                    Ok(if e.key.is_some() { "refused, naming a key" } else { "refused" })
+    run("config_yaml", 2, POLICY, lines_of(&seeds, TEXT_DICT), |input| {
+        let text = String::from_utf8_lossy(input);
+        match pullgate::config::Config::parse(&text, Path::new("/etc/pullgate/config.yaml")) {
+            Ok(c) if c.policy.is_some() => Ok("valid, with a policy"),
+            Ok(_) => Ok("valid"),
+            Err(e) => {
+                let line = e.to_string();
+                if line.contains('\n') {
+                    return Err(format!("configuration error is not one line: {line:?}"));
                 }
+                Ok(if e.key.is_some() { "refused, naming a key" } else { "refused" })
             }
-        },
-    );
+        }
+    });
 }
 
 /// Policies (YAML, then compiled: image and namespace globs, identity regexes, keys), and the
@@ -582,7 +615,11 @@ fn policy_yaml() {
             let text = String::from_utf8(s).ok()?;
             let at = text.find("\npolicy:")?;
             // The policy section, unindented.
-            let body: Vec<String> = text[at + 9..].lines().take_while(|l| l.is_empty() || l.starts_with(' ')).map(|l| l.strip_prefix("  ").unwrap_or(l).to_string()).collect();
+            let body: Vec<String> = text[at + 9..]
+                .lines()
+                .take_while(|l| l.is_empty() || l.starts_with(' '))
+                .map(|l| l.strip_prefix("  ").unwrap_or(l).to_string())
+                .collect();
             Some(body.join("\n").into_bytes())
         })
         .collect();
@@ -592,24 +629,25 @@ fn policy_yaml() {
             serde_saphyr::from_str(std::str::from_utf8(seed).unwrap()).unwrap_or_else(|e| panic!("seed policy does not parse: {e}"));
         cfg.compile(0).unwrap_or_else(|e| panic!("seed policy does not compile: {e:?}"));
     }
-    let names = ["registry.internal/team/app:1", "registry.internal/platform/x@sha256:00", "docker.io/library/nginx:latest", "", "registry.internal//", "*"];
-    run(
-        "policy_yaml",
-        2,
-        POLICY,
-        lines_of(&seeds, TEXT_DICT),
-        |input| {
-            let text = String::from_utf8_lossy(input);
-            let Ok(cfg) = serde_saphyr::from_str::<pullgate::enforce::policy::PolicyConfig>(&text) else { return Ok("not a policy") };
-            let _ = cfg.warnings();
-            let Ok(set) = cfg.compile(1) else { return Ok("does not compile") };
-            for n in names {
-                let _ = set.applicable(&[n.to_string(), text.chars().take(64).collect()], Some("team-a"));
-                let _ = set.exemption(&[n.to_string()]);
-            }
-            Ok("compiled and matched")
-        },
-    );
+    let names = [
+        "registry.internal/team/app:1",
+        "registry.internal/platform/x@sha256:00",
+        "docker.io/library/nginx:latest",
+        "",
+        "registry.internal//",
+        "*",
+    ];
+    run("policy_yaml", 2, POLICY, lines_of(&seeds, TEXT_DICT), |input| {
+        let text = String::from_utf8_lossy(input);
+        let Ok(cfg) = serde_saphyr::from_str::<pullgate::enforce::policy::PolicyConfig>(&text) else { return Ok("not a policy") };
+        let _ = cfg.warnings();
+        let Ok(set) = cfg.compile(1) else { return Ok("does not compile") };
+        for n in names {
+            let _ = set.applicable(&[n.to_string(), text.chars().take(64).collect()], Some("team-a"));
+            let _ = set.exemption(&[n.to_string()]);
+        }
+        Ok("compiled and matched")
+    });
 }
 
 /// Image references and digests (from kubelet, from pod specs, from mirrors' answers).
@@ -666,17 +704,11 @@ fn registry_auth_challenges() {
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect();
-    run(
-        "registry_auth_challenges",
-        1,
-        SMALL,
-        bytes_of(&seeds, &[b"\"", b"\\", b",", b"=", b" ", b"Bearer ", b"realm="]),
-        |input| {
-            let text = String::from_utf8_lossy(input);
-            let values: Vec<&str> = text.split('\n').collect();
-            Ok(if pullgate::registry::auth::parse_challenges(values).is_empty() { "no challenge" } else { "challenges" })
-        },
-    );
+    run("registry_auth_challenges", 1, SMALL, bytes_of(&seeds, &[b"\"", b"\\", b",", b"=", b" ", b"Bearer ", b"realm="]), |input| {
+        let text = String::from_utf8_lossy(input);
+        let values: Vec<&str> = text.split('\n').collect();
+        Ok(if pullgate::registry::auth::parse_challenges(values).is_empty() { "no challenge" } else { "challenges" })
+    });
 }
 
 // --- OCI manifests, indexes and referrer lists, from a (fake) mirror ------------------------------
@@ -784,7 +816,9 @@ fn oci_manifests_and_indexes() {
                 m.fake.put_manifest("team/app", Some("1"), media_types[mt], body)
             };
             match m.inspect("mirror.internal/team/app:1") {
-                Ok(report) if report.image.digest != served => Err(format!("resolved {} but the mirror served {served}", report.image.digest)),
+                Ok(report) if report.image.digest != served => {
+                    Err(format!("resolved {} but the mirror served {served}", report.image.digest))
+                }
                 Ok(report) => {
                     let _ = report.to_string();
                     Ok(match (&report.image.platform, &report.image.config) {
@@ -901,7 +935,10 @@ fn oci_referrer_lists() {
                 }
             }
             let _ = report.to_string();
-            let problems = report.discovery.steps.iter().any(|s| !s.problems.is_empty() || !matches!(s.outcome, pullgate::registry::Outcome::Found { .. } | pullgate::registry::Outcome::NotFound));
+            let problems = report.discovery.steps.iter().any(|s| {
+                !s.problems.is_empty()
+                    || !matches!(s.outcome, pullgate::registry::Outcome::Found { .. } | pullgate::registry::Outcome::NotFound)
+            });
             Ok(match (report.discovery.materials.is_empty(), problems) {
                 (false, false) => "candidates",
                 (false, true) => "candidates, problems reported",
@@ -951,7 +988,8 @@ fn bundle_seeds() -> Vec<BundleSeed> {
                 None => production.clone(),
             };
             let Some(artifact) = c["digest"].as_str().and_then(|d| d.parse().ok()) else { continue };
-            let key = c["key"].as_str().and_then(|p| std::fs::read_to_string(dir.join(p)).ok()).and_then(|pem| PublicKey::from_pem(&pem).ok());
+            let key =
+                c["key"].as_str().and_then(|p| std::fs::read_to_string(dir.join(p)).ok()).and_then(|pem| PublicKey::from_pem(&pem).ok());
             out.push(BundleSeed { json: bundle, doc, trust, artifact, key });
         }
     }
@@ -1017,9 +1055,11 @@ fn legacy_signature_layers() {
     }
     if let Some(dir) = fuzz::shared("vectors") {
         let d = dir.join("cosign-legacy-image-keyless");
-        if let (Ok(desc), Ok(payload), Ok(root)) =
-            (std::fs::read(d.join("layer_descriptor.json")), std::fs::read(d.join("payload.json")), std::fs::read_to_string(d.join("trusted_root.json")))
-        {
+        if let (Ok(desc), Ok(payload), Ok(root)) = (
+            std::fs::read(d.join("layer_descriptor.json")),
+            std::fs::read(d.join("payload.json")),
+            std::fs::read_to_string(d.join("trusted_root.json")),
+        ) {
             seeds.push(Seed {
                 descriptor: serde_json::from_slice(&desc).unwrap(),
                 payload,
@@ -1054,7 +1094,9 @@ fn legacy_signature_layers() {
             let seed = &seeds[input[0] as usize];
             let n = u32::from_be_bytes(input[1..5].try_into().unwrap()) as usize;
             let (desc, payload) = input[5..].split_at(n);
-            let Ok(sig) = LegacySignature::from_layer_json(&String::from_utf8_lossy(desc), payload.to_vec()) else { return Ok("not a signature layer") };
+            let Ok(sig) = LegacySignature::from_layer_json(&String::from_utf8_lossy(desc), payload.to_vec()) else {
+                return Ok("not a signature layer");
+            };
             if let Some(set) = sig.rekor_bundle.as_deref().and_then(|b| RekorSetBundle::parse(b).ok()) {
                 let _ = seed.trust.verify_rekor_set_bundle(&set);
             }
@@ -1157,7 +1199,9 @@ fn tuf_metadata() {
         read_tree(&dir, "", &mut files);
         // Roots 1-4 have keys sigstore-tuf cannot read: pin 10 and walk 11..15 (no snapshot is
         // published in the shared folder, so an import must fail: the expectation is None).
-        files.retain(|(n, _)| !n.ends_with(".root.json") || n.split('.').next().and_then(|v| v.parse::<u32>().ok()).is_some_and(|v| v >= 10));
+        files.retain(|(n, _)| {
+            !n.ends_with(".root.json") || n.split('.').next().and_then(|v| v.parse::<u32>().ok()).is_some_and(|v| v >= 10)
+        });
         seeds.push(TufSeed { files, pinned: "10.root.json".into(), now: "2026-08-22T00:00:00Z".parse().unwrap(), expect_root: None });
     }
     let work = tmp.path().join("work");
@@ -1218,7 +1262,8 @@ fn tuf_metadata() {
 /// state directory's manifest: parsed into trust material or refused.
 #[test]
 fn trusted_roots_and_state_manifest() {
-    let mut seeds: Vec<Vec<u8>> = vec![tuf::production_trusted_root(), tuf::staging_trusted_root(), Stack::new().trusted_root_json().into_bytes()];
+    let mut seeds: Vec<Vec<u8>> =
+        vec![tuf::production_trusted_root(), tuf::staging_trusted_root(), Stack::new().trusted_root_json().into_bytes()];
     if let Some(dir) = fuzz::shared("tuf/sigstore-public-good/targets") {
         for e in std::fs::read_dir(dir).unwrap().flatten() {
             if e.file_name().to_string_lossy().ends_with(".trusted_root.json") {

@@ -43,7 +43,13 @@ fn have(tool: &str) -> bool {
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{}\n{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -82,7 +88,9 @@ fn commands(path: &[String]) -> Vec<Vec<String>> {
     let Some((_, rest)) = help.split_once("\nCommands:\n") else { return all };
     for line in rest.lines().take_while(|l| !l.trim().is_empty()) {
         // Names are indented by two spaces; wrapped descriptions by more.
-        let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.split_whitespace().next()) else { continue };
+        let Some(name) = line.strip_prefix("  ").filter(|l| !l.starts_with(' ')).and_then(|l| l.split_whitespace().next()) else {
+            continue;
+        };
         if name != "help" {
             all.extend(commands(&[path, &[name.to_string()]].concat()));
         }
@@ -161,19 +169,30 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
     if have("readelf") {
         let sections = run(Command::new("readelf").arg("-SW").arg(extracted.path().join("usr/bin/pullgate")));
         // (.debug_gdb_scripts is loaded data, Rust's pretty-printer hook, not debug information.)
-        assert!(!sections.contains(".symtab") && !sections.contains(".debug_info") && !sections.contains(".debug_line"), "not stripped:\n{sections}");
+        assert!(
+            !sections.contains(".symtab") && !sections.contains(".debug_info") && !sections.contains(".debug_line"),
+            "not stripped:\n{sections}"
+        );
         assert!(sections.contains(".gnu_debuglink"), "{sections}");
     }
     let dbg = run(Command::new("dpkg-deb").arg("-c").arg(&ddeb));
     assert!(dbg.lines().any(|l| l.contains("./usr/lib/debug/") && l.ends_with(".debug")), "{dbg}");
-    assert_eq!(run(Command::new("dpkg-deb").arg("-f").arg(&ddeb).arg("Depends")).trim(), format!("pullgate (= {})", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        run(Command::new("dpkg-deb").arg("-f").arg(&ddeb).arg("Depends")).trim(),
+        format!("pullgate (= {})", env!("CARGO_PKG_VERSION"))
+    );
 
     // lintian, as image pipelines run it: no errors, no warnings.
     if have("lintian") {
         for package in [&deb, &ddeb] {
             let out = Command::new("lintian").args(["--fail-on", "error,warning"]).arg(package).output().unwrap();
             let tags = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success() && tags.trim().is_empty(), "lintian {}:\n{tags}{}", package.display(), String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success() && tags.trim().is_empty(),
+                "lintian {}:\n{tags}{}",
+                package.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     } else {
         eprintln!("lintian not installed (scripts/setup.sh installs it): package not linted");
@@ -203,7 +222,11 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
     // `man pullgate-verify` and friends find the installed pages.
     if have("man") {
         let manpath = r.join("usr/share/man");
-        for (command, want) in [("pullgate", "pullgate serve --listen"), ("pullgate-verify", "Check an image on the registry mirror"), ("pullgate-trust-root-import", "Verify a mirrored Sigstore TUF repository")] {
+        for (command, want) in [
+            ("pullgate", "pullgate serve --listen"),
+            ("pullgate-verify", "Check an image on the registry mirror"),
+            ("pullgate-trust-root-import", "Verify a mirrored Sigstore TUF repository"),
+        ] {
             let page = run(Command::new("man").arg("-M").arg(&manpath).arg(command).env("MANWIDTH", "200").env("PAGER", "cat"));
             assert!(page.contains(&format!("{command}(1)")) && page.contains("SYNOPSIS") && page.contains(want), "man {command}:\n{page}");
         }
@@ -236,7 +259,9 @@ fn systemd_units_verify_and_reload_with_sighup() {
     let service = read("packaging/systemd/pullgate.service");
     let socket = read("packaging/systemd/pullgate.socket");
     let lines: Vec<&str> = service.lines().map(str::trim).collect();
-    for want in ["ExecReload=/bin/kill -HUP $MAINPID", "Restart=always", "Requires=pullgate.socket", "NoNewPrivileges=yes", "ProtectSystem=strict"] {
+    for want in
+        ["ExecReload=/bin/kill -HUP $MAINPID", "Restart=always", "Requires=pullgate.socket", "NoNewPrivileges=yes", "ProtectSystem=strict"]
+    {
         assert!(lines.contains(&want), "pullgate.service lacks {want}");
     }
     // The socket systemd owns is the one the default configuration (and the kubelet drop-in) names.
@@ -249,7 +274,12 @@ fn systemd_units_verify_and_reload_with_sighup() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pullgate.service"), service.replace("/usr/bin/pullgate", env!("CARGO_BIN_EXE_pullgate"))).unwrap();
     std::fs::write(dir.path().join("pullgate.socket"), socket).unwrap();
-    let out = Command::new("systemd-analyze").arg("verify").arg(dir.path().join("pullgate.service")).arg(dir.path().join("pullgate.socket")).output().unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("pullgate.service"))
+        .arg(dir.path().join("pullgate.socket"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Only complaints about our units count (the host's own units may have their own).
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("pullgate.")).collect();
@@ -271,9 +301,7 @@ fn policy_example_is_valid_and_starts_in_audit_mode() {
 // --- Kubernetes manifests ----------------------------------------------------------------------
 
 fn by_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+    docs.iter().find(|d| d["kind"] == kind && d["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 #[test]
@@ -302,7 +330,14 @@ fn daemonset_manifest_is_off_the_pull_path_and_reloads_pullgate() {
         assert!(mounts.contains(m), "no mount at {m}: {mounts:?}");
     }
     let env = |name: &str| {
-        c["env"].as_array().unwrap().iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str()).unwrap_or_else(|| panic!("no env {name}")).to_string()
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("no env {name}"))
+            .to_string()
     };
     // The reload mechanism: the host's systemctl reload, which the unit turns into SIGHUP.
     assert_eq!(env("PULLGATE_RELOAD"), "systemctl reload pullgate.service");
@@ -327,7 +362,12 @@ fn daemonset_manifest_is_off_the_pull_path_and_reloads_pullgate() {
     let reference = Reference::parse(image).unwrap();
     assert!(matches!(set.applicable(&match_names(&reference), Some("pullgate-system")), Applicable::Exempt(_)), "{image} is not exempt");
     // So does the node image's example configuration.
-    let example = Config::parse(&read("packaging/policy-example.yaml"), Path::new("policy-example.yaml")).unwrap().policy.unwrap().compile(1).unwrap();
+    let example = Config::parse(&read("packaging/policy-example.yaml"), Path::new("policy-example.yaml"))
+        .unwrap()
+        .policy
+        .unwrap()
+        .compile(1)
+        .unwrap();
     assert!(matches!(example.applicable(&match_names(&reference), Some("pullgate-system")), Applicable::Exempt(_)));
 }
 
@@ -396,7 +436,11 @@ fn helm_chart_renders_to_the_plain_manifests() {
     assert_eq!(meta["name"], "pullgate");
     assert_eq!(meta["appVersion"], env!("CARGO_PKG_VERSION"));
     let values = &yaml_docs(&read("packaging/helm/pullgate/values.yaml"))[0];
-    assert_eq!(read("packaging/helm/pullgate/files/pullgate-sync.sh"), read("packaging/kubernetes/pullgate-sync.sh"), "the chart's copy of the script drifted");
+    assert_eq!(
+        read("packaging/helm/pullgate/files/pullgate-sync.sh"),
+        read("packaging/kubernetes/pullgate-sync.sh"),
+        "the chart's copy of the script drifted"
+    );
     let mut rendered = Vec::new();
     let mut templates: Vec<PathBuf> = std::fs::read_dir(chart.join("templates")).unwrap().map(|e| e.unwrap().path()).collect();
     templates.sort();
@@ -404,7 +448,8 @@ fn helm_chart_renders_to_the_plain_manifests() {
         let text = render(&std::fs::read_to_string(&t).unwrap(), values, &chart, "pullgate-system");
         rendered.extend(yaml_docs(&text));
     }
-    let plain: Vec<Value> = yaml_docs(&read("packaging/kubernetes/daemonset.yaml")).into_iter().filter(|d| d["kind"] != "Namespace").collect();
+    let plain: Vec<Value> =
+        yaml_docs(&read("packaging/kubernetes/daemonset.yaml")).into_iter().filter(|d| d["kind"] != "Namespace").collect();
     let key = |d: &Value| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap());
     let mut a: Vec<(String, &Value)> = rendered.iter().map(|d| (key(d), d)).collect();
     let mut b: Vec<(String, &Value)> = plain.iter().map(|d| (key(d), d)).collect();
@@ -435,7 +480,9 @@ fn alert_rules_cover_the_operational_cases() {
     let text = read("packaging/prometheus/pullgate-alerts.yaml");
     let doc = &yaml_docs(&text)[0];
     let rules: Vec<&Value> = doc["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
-    let expr = |alert: &str| rules.iter().find(|r| r["alert"] == alert).unwrap_or_else(|| panic!("no alert {alert}"))["expr"].as_str().unwrap().to_string();
+    let expr = |alert: &str| {
+        rules.iter().find(|r| r["alert"] == alert).unwrap_or_else(|| panic!("no alert {alert}"))["expr"].as_str().unwrap().to_string()
+    };
     assert!(expr("PullgateTrustRootStaleSoon").contains("pullgate_trust_root_seconds_until_stale < 7 * 86400"));
     assert!(expr("PullgateTrustRootStale").contains("pullgate_trust_root_seconds_until_stale <= 0"));
     assert!(expr("PullgateTrustRootReloadFailed").contains("pullgate_trust_root_last_reload_success == 0"));

@@ -140,7 +140,8 @@ async fn oversized_manifests_are_refused() {
         fake.fault(&format!("/manifests/{digest}"), fault.clone());
         mirror_hosts(dir.path(), "ghcr.io", &fake);
         // the chunked variant really comes without a length: the reader's bound is what stops it
-        let probe = support::http::request(fake.addr, "GET", &format!("/v2/team/app/manifests/{digest}"), &[], bytes::Bytes::new()).await.unwrap();
+        let probe =
+            support::http::request(fake.addr, "GET", &format!("/v2/team/app/manifests/{digest}"), &[], bytes::Bytes::new()).await.unwrap();
         assert_eq!(probe.header("content-length").is_none(), matches!(fault, Fault::OversizeChunked(_)), "{fault:?}");
         let e = Registry::new(config(dir.path())).inspect("ghcr.io/team/app:1", None).await.unwrap_err().to_string();
         assert!(e.contains("over the 4194304-byte limit (registry.max_manifest_bytes)"), "{fault:?}: {e}");
@@ -153,7 +154,8 @@ async fn bad_bundle_blobs_are_problems_not_candidates() {
     let fake = FakeRegistry::start(true).await;
     let (digest, size) = fake.put_image("team/app", "1", "app");
     let p = Pusher::new(fake.addr);
-    let (desc, bundle) = push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    let (desc, bundle) =
+        push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
     let _ = desc;
     let blob = Digest::sha256(&bundle);
     fake.fault(&format!("/blobs/{blob}"), Fault::Body(bytes::Bytes::from_static(b"{\"tampered\":true}")));
@@ -374,7 +376,9 @@ async fn bundle_directory_on_the_node() {
     c.bundle_dir = Some(bundles.path().to_owned());
     let report = Registry::new(c.clone()).inspect("ghcr.io/team/app:1", None).await.unwrap();
     assert_eq!(outcome(&report, &digest, Step::BundleDir), Outcome::Found { candidates: 2 });
-    assert!(matches!(report.discovery.materials[0].source(), Source::BundleFile { path } if path.ends_with(format!("{}.json", digest.file_stem()))));
+    assert!(
+        matches!(report.discovery.materials[0].source(), Source::BundleFile { path } if path.ends_with(format!("{}.json", digest.file_stem())))
+    );
     c.max_blob_bytes = 10;
     let report = Registry::new(c).inspect("ghcr.io/team/app:1", None).await.unwrap();
     assert_eq!(outcome(&report, &digest, Step::BundleDir), Outcome::NotFound);
@@ -455,7 +459,9 @@ async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
     }))
     .unwrap();
     let idx = fake.put_manifest("team/app", Some("multi"), push::OCI_INDEX, &index);
-    for (subject, size, mt) in [(&single, single_size, OCI_MANIFEST), (&plat, plat_size, OCI_MANIFEST), (&idx, index.len(), push::OCI_INDEX)] {
+    for (subject, size, mt) in
+        [(&single, single_size, OCI_MANIFEST), (&plat, plat_size, OCI_MANIFEST), (&idx, index.len(), push::OCI_INDEX)]
+    {
         push::push_bundle_referrer(&p, "team/app", subject, size, mt, COSIGN_SIGN_PREDICATE, "api").await.unwrap();
         push::push_bundle_referrer(&p, "team/app", subject, size, mt, SLSA, "provenance").await.unwrap();
         let (tagged, _) = push::push_bundle_referrer(&p, "team/app", subject, size, mt, COSIGN_SIGN_PREDICATE, "tag").await.unwrap();
@@ -475,10 +481,8 @@ async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
         assert!(discovery.materials.len() >= 4 && discovery.errors().is_empty(), "{discovery:?}");
         for _ in 0..5 {
             let told = std::sync::atomic::AtomicBool::new(false);
-            let (i, d) = registry
-                .resolve_and_discover(&reference, None, |ok| told.store(ok, std::sync::atomic::Ordering::SeqCst))
-                .await
-                .unwrap();
+            let (i, d) =
+                registry.resolve_and_discover(&reference, None, |ok| told.store(ok, std::sync::atomic::Ordering::SeqCst)).await.unwrap();
             assert!(told.load(std::sync::atomic::Ordering::SeqCst));
             assert_eq!((serde_json::to_value(&i).unwrap(), serde_json::to_value(&d).unwrap()), want);
         }

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use pullgate::registry::{
-    Credentials, Digest, Material, Outcome, Platform, Registry, RegistryConfig, Report, Source, Step, SubjectRole,
-};
+use pullgate::registry::{Credentials, Digest, Material, Outcome, Platform, Registry, RegistryConfig, Report, Source, Step, SubjectRole};
 use support::push::{self, Pusher, COSIGN_SIGN_PREDICATE, OCI_MANIFEST};
 use support::{closed_port, write_hosts, RecordingDialer};
 use testbed::Testbed;
@@ -137,9 +135,13 @@ fn main() {
 }
 
 fn step(report: &Report, subject: &Digest, step: Step) -> Outcome {
-    report.discovery.steps.iter().find(|s| &s.subject == subject && s.step == step).map(|s| s.outcome.clone()).unwrap_or(Outcome::Skipped {
-        reason: "not reported".into(),
-    })
+    report
+        .discovery
+        .steps
+        .iter()
+        .find(|s| &s.subject == subject && s.step == step)
+        .map(|s| s.outcome.clone())
+        .unwrap_or(Outcome::Skipped { reason: "not reported".into() })
 }
 
 fn digest(s: &str) -> Digest {
@@ -205,7 +207,11 @@ fn multi_arch_index(c: &Ctx) -> TestResult {
     ensure!(p.digest != amd64 && p.platform == "linux/arm64", "{p:?}");
     cfg.platform = "linux/s390x".parse::<Platform>().unwrap();
     let r = c.inspect(cfg, image, None)?;
-    ensure!(r.image.platform.is_none() && r.image.notes.iter().any(|n| n.contains("no manifest for platform linux/s390x")), "{:?}", r.image.notes);
+    ensure!(
+        r.image.platform.is_none() && r.image.notes.iter().any(|n| n.contains("no manifest for platform linux/s390x")),
+        "{:?}",
+        r.image.notes
+    );
     ensure!(r.discovery.subjects.len() == 1, "index only");
     Ok(())
 }
@@ -217,7 +223,8 @@ fn sig_tag_and_referrers_tag_schema(c: &Ctx) -> TestResult {
     let size = c.rt.block_on(manifest_size(&p, "demo/app", &d))?;
     let (sig_manifest, layers) = c.rt.block_on(push::push_legacy_signature(&p, "demo/app", image, &d, &["MEUCsig1", "MEUCsig2"]))?;
     let (sign, bundle) = c.rt.block_on(push::push_bundle_referrer(&p, "demo/app", &d, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "v3"))?;
-    let (att, _) = c.rt.block_on(push::push_bundle_referrer(&p, "demo/app", &d, size, OCI_MANIFEST, "https://slsa.dev/provenance/v1", "slsa"))?;
+    let (att, _) =
+        c.rt.block_on(push::push_bundle_referrer(&p, "demo/app", &d, size, OCI_MANIFEST, "https://slsa.dev/provenance/v1", "slsa"))?;
     c.rt.block_on(push::push_referrers_tag(&p, "demo/app", &d, vec![sign, att]))?;
 
     let r = c.inspect(c.config(), image, None)?;
@@ -240,15 +247,28 @@ fn sig_tag_and_referrers_tag_schema(c: &Ctx) -> TestResult {
         let Material::LegacySignature { payload, annotations, source, subject, .. } = m else { unreachable!() };
         ensure!(subject == &d, "subject");
         ensure!(annotations.get("dev.cosignproject.cosign/signature").map(String::as_str) == Some(want), "{annotations:?}");
-        ensure!(annotations.contains_key("dev.sigstore.cosign/certificate") && annotations.contains_key("dev.sigstore.cosign/bundle"), "{annotations:?}");
+        ensure!(
+            annotations.contains_key("dev.sigstore.cosign/certificate") && annotations.contains_key("dev.sigstore.cosign/bundle"),
+            "{annotations:?}"
+        );
         ensure!(payload.as_ref() == push::simple_signing_payload(image, &d).as_slice(), "payload bytes");
         ensure!(
-            *source == Source::SignatureTag { endpoint: endpoint.clone(), tag: d.cosign_signature_tag(), manifest: sig_manifest.clone(), layer: layers[0].clone() },
+            *source
+                == Source::SignatureTag {
+                    endpoint: endpoint.clone(),
+                    tag: d.cosign_signature_tag(),
+                    manifest: sig_manifest.clone(),
+                    layer: layers[0].clone()
+                },
             "{source:?}"
         );
     }
     ensure!(r.discovery.side_artifacts.len() == 1, "attestation kept aside: {r}");
-    ensure!(r.discovery.side_artifacts[0].predicate_type.as_deref() == Some("https://slsa.dev/provenance/v1"), "{:?}", r.discovery.side_artifacts);
+    ensure!(
+        r.discovery.side_artifacts[0].predicate_type.as_deref() == Some("https://slsa.dev/provenance/v1"),
+        "{:?}",
+        r.discovery.side_artifacts
+    );
     Ok(())
 }
 
@@ -259,14 +279,23 @@ fn signatures_on_index_and_platform(c: &Ctx) -> TestResult {
     let amd64 = digest(c.tb.get("MULTI_AMD64_DIGEST"));
     c.rt.block_on(push::push_legacy_signature(&p, "demo/multi", image, &amd64, &["MEUCplatform"]))?;
     let size = c.rt.block_on(manifest_size(&p, "demo/multi", &index))?;
-    let (desc, _) = c.rt.block_on(push::push_bundle_referrer(&p, "demo/multi", &index, size, push::OCI_INDEX, COSIGN_SIGN_PREDICATE, "index"))?;
+    let (desc, _) =
+        c.rt.block_on(push::push_bundle_referrer(&p, "demo/multi", &index, size, push::OCI_INDEX, COSIGN_SIGN_PREDICATE, "index"))?;
     c.rt.block_on(push::push_referrers_tag(&p, "demo/multi", &index, vec![desc]))?;
     let r = c.inspect(c.config(), image, None)?;
     let subjects: Vec<(String, &Digest)> = r
         .discovery
         .materials
         .iter()
-        .map(|m| (match m { Material::Bundle { .. } => "bundle".to_string(), _ => "legacy".to_string() }, m.subject()))
+        .map(|m| {
+            (
+                match m {
+                    Material::Bundle { .. } => "bundle".to_string(),
+                    _ => "legacy".to_string(),
+                },
+                m.subject(),
+            )
+        })
         .collect();
     ensure!(subjects == [("bundle".to_string(), &index), ("legacy".to_string(), &amd64)], "{subjects:?}");
     Ok(())
@@ -345,7 +374,8 @@ fn basic_auth_htpasswd(c: &Ctx) -> TestResult {
     // kubelet's `auth` field (base64 user:password), and its server_address scoping
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    let kubelet = Credentials { auth: Some(pullgate::registry::Secret::new(auth)), server_address: Some(reg.clone()), ..Credentials::default() };
+    let kubelet =
+        Credentials { auth: Some(pullgate::registry::Secret::new(auth)), server_address: Some(reg.clone()), ..Credentials::default() };
     c.inspect(cfg.clone(), image, Some(&kubelet))?;
     let elsewhere = Credentials { server_address: Some("ghcr.io".into()), ..creds.clone() };
     ensure!(c.inspect(cfg.clone(), image, Some(&elsewhere)).is_err(), "credentials for another server must not be sent");

@@ -130,11 +130,8 @@ async fn setup() -> Setup {
     // Allow non-root callers: the test may run unprivileged.
     let cfg = dir.path().join("config.yaml");
     let uid = nix::unistd::Uid::effective().as_raw();
-    std::fs::write(
-        &cfg,
-        format!("listen: {}\nupstream: {}\naccess:\n  allowed_uids: [{uid}]\n", socket.display(), up_sock.display()),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("listen: {}\nupstream: {}\naccess:\n  allowed_uids: [{uid}]\n", socket.display(), up_sock.display()))
+        .unwrap();
     let pg = daemon::Daemon::start(&socket, &["--config", cfg.to_str().unwrap()]).unwrap();
     Setup { _dir: dir, pg, socket, seen: Mutex::new(rx), up }
 }
@@ -178,7 +175,9 @@ async fn unary_request_and_response_pass_byte_for_byte() {
     let seen = s.seen.lock().await.recv().await.unwrap();
     assert_eq!(seen.path, "/example.v2.Future/Method");
     assert_eq!(seen.body, msg);
-    for (k, v) in [("grpc-timeout", "5S"), ("x-custom", "value"), ("x-bin-bin", "AQID"), ("user-agent", "grpc-go/1.60.0"), ("te", "trailers")] {
+    for (k, v) in
+        [("grpc-timeout", "5S"), ("x-custom", "value"), ("x-bin-bin", "AQID"), ("user-agent", "grpc-go/1.60.0"), ("te", "trailers")]
+    {
         assert_eq!(seen.headers.get(k).map(|v| v.to_str().unwrap()), Some(v), "header {k}: {:?}", seen.headers);
     }
 }
@@ -194,7 +193,8 @@ async fn intercepted_calls_forward_original_bytes() {
     msg.extend_from_slice(image_spec);
     msg.extend_from_slice(b"\x98\x06\x07");
     let body = grpc_frame(&msg);
-    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus", "/runtime.v1.RuntimeService/CreateContainer"] {
+    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus", "/runtime.v1.RuntimeService/CreateContainer"]
+    {
         let resp = c.send_request(grpc_request(path, body.clone())).await.unwrap();
         let collected = resp.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-trailer"], "kept");
@@ -212,7 +212,8 @@ async fn intercepted_calls_forward_original_bytes() {
 async fn intercepted_calls_add_no_content_length() {
     let s = setup().await;
     let mut c = client(&s.socket).await;
-    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus", "/runtime.v1.RuntimeService/CreateContainer"] {
+    for path in ["/runtime.v1.ImageService/PullImage", "/runtime.v1.ImageService/ImageStatus", "/runtime.v1.RuntimeService/CreateContainer"]
+    {
         // A streamed body, so the client sends no content-length (as gRPC clients do).
         let mut req = grpc_request(path, Bytes::new());
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![Ok(Frame::data(grpc_frame(b"\x0a\x03\x0a\x01x")))];

@@ -70,18 +70,11 @@ impl Fixture {
 #[test]
 fn arguments_parse_as_mounted() {
     Cli::command().debug_assert();
-    let TrustRootCommand::Import(a) = parse(&["import", "--from", "/mirror", "--root", "/r.json", "--state-dir", "/s"])
-    else {
-        panic!()
-    };
+    let TrustRootCommand::Import(a) = parse(&["import", "--from", "/mirror", "--root", "/r.json", "--state-dir", "/s"]) else { panic!() };
     assert_eq!(a.from.as_deref(), Some(Path::new("/mirror")));
     assert_eq!(a.root.as_deref(), Some(Path::new("/r.json")));
     assert_eq!(a.state.state_dir.as_deref(), Some(Path::new("/s")));
-    let TrustRootCommand::Import(a) =
-        parse(&["import", "--trusted-root", "/t.json", "--accept-unverified-trusted-root"])
-    else {
-        panic!()
-    };
+    let TrustRootCommand::Import(a) = parse(&["import", "--trusted-root", "/t.json", "--accept-unverified-trusted-root"]) else { panic!() };
     assert!(a.accept_unverified_trusted_root && a.trusted_root.is_some());
     let TrustRootCommand::Status(s) = parse(&["status", "--output", "json", "--max-age", "45d"]) else { panic!() };
     assert_eq!((s.output, s.max_age.as_deref()), (Output::Json, Some("45d")));
@@ -181,20 +174,12 @@ fn status_exit_codes_tell_the_verdict() {
 fn config_section_supplies_the_state_dir() {
     let f = fixture();
     let config = f.tmp.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!("listen: /run/x.sock\ntrust_root:\n  state_dir: {}\n  max_age: 60d\n", f.state.display()),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("listen: /run/x.sock\ntrust_root:\n  state_dir: {}\n  max_age: 60d\n", f.state.display())).unwrap();
     let mut args = import_import_from_config(&f, &config);
     assert_eq!(run_import(&args), 0);
     args.state.state_dir = None;
-    let status = StatusArgs {
-        output: Output::Json,
-        max_age: None,
-        warn_before: None,
-        state: StateArgs { config: Some(config), state_dir: None },
-    };
+    let status =
+        StatusArgs { output: Output::Json, max_age: None, warn_before: None, state: StateArgs { config: Some(config), state_dir: None } };
     assert_eq!(run_status(&status), 0);
     assert!(StateDir::new(&f.state).load_current().unwrap().is_some());
 }

@@ -42,8 +42,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn import_at(&self, now: Timestamp) {
-        import_tuf(&self.repo.dir, &PinnedRoot::File(self.repo.root_path(1)), &ImportOptions::new(&self.state, now))
-            .unwrap();
+        import_tuf(&self.repo.dir, &PinnedRoot::File(self.repo.root_path(1)), &ImportOptions::new(&self.state, now)).unwrap();
     }
 
     fn handle(&self) -> TrustHandle {
@@ -96,10 +95,7 @@ impl Logs {
 fn with_logs<T>(f: impl FnOnce(&Logs) -> T) -> T {
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(|| ThreadWriter)
-            .with_ansi(false)
-            .finish();
+        let subscriber = tracing_subscriber::fmt().with_writer(|| ThreadWriter).with_ansi(false).finish();
         tracing::subscriber::set_global_default(subscriber).unwrap();
     });
     let logs = Logs;
@@ -147,10 +143,7 @@ fn crossing_warn_before_then_max_age_fails_closed_with_the_stale_message() {
         assert!(matches!(handle.check_freshness(), Some(Freshness::Expiring { .. })));
         let warning = logs.take();
         assert!(warning.contains("WARN"), "{warning}");
-        assert!(
-            warning.contains("trust root expiring in 7 days: import a fresh mirror before 2026-03-31T00:00:00Z"),
-            "{warning}"
-        );
+        assert!(warning.contains("trust root expiring in 7 days: import a fresh mirror before 2026-03-31T00:00:00Z"), "{warning}");
         f.clock.advance(SignedDuration::from_hours(1));
         handle.check_freshness();
         assert_eq!(logs.take(), "", "the warning is logged once per transition");
@@ -255,8 +248,7 @@ fn hot_reload_swaps_good_roots_and_refuses_bad_ones_while_readers_verify() {
     tuf::copy_dir(&f.current_dir(), &forged);
     let bad = br#"{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","tlogs":[{"x":1}]}"#;
     std::fs::write(forged.join("trusted_root.json"), bad).unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(forged.join("manifest.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(forged.join("manifest.json")).unwrap()).unwrap();
     manifest["files"]["trusted_root.json"] = serde_json::json!({ "sha256": sha256_hex(bad), "length": bad.len() });
     manifest["generation"] = 99.into();
     std::fs::write(forged.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
@@ -308,10 +300,7 @@ fn reload_refuses_an_older_generation() {
     handle.reload().unwrap();
     f.repoint(&first);
     let e = handle.reload().unwrap_err();
-    assert!(
-        matches!(e, ReloadError::Rollback { role: "timestamp", loaded: 2, offered: 1 }),
-        "{e}"
-    );
+    assert!(matches!(e, ReloadError::Rollback { role: "timestamp", loaded: 2, offered: 1 }), "{e}");
     assert_eq!(handle.current().unwrap().manifest.roles.as_ref().unwrap().timestamp.version, 2);
 }
 

@@ -104,10 +104,7 @@ fn valid_import_installs_root_and_manifest() {
 #[test]
 fn signing_config_is_installed_when_published() {
     let mut f = fixture();
-    f.repo.targets.insert(
-        "signing_config.v0.2.json".into(),
-        sigstore_trust_root::SIGSTORE_PRODUCTION_SIGNING_CONFIG.as_bytes().to_vec(),
-    );
+    f.repo.targets.insert("signing_config.v0.2.json".into(), sigstore_trust_root::SIGSTORE_PRODUCTION_SIGNING_CONFIG.as_bytes().to_vec());
     f.repo.publish();
     let m = f.import().unwrap().manifest;
     let installed = std::fs::read(f.store().path().join("current").join(SIGNING_CONFIG_FILE)).unwrap();
@@ -161,10 +158,7 @@ fn rotation_not_signed_by_the_old_root_threshold_is_refused() {
     f.repo.rotate_signed_by(|r| r.root = new_root.clone(), &signers);
     f.repo.publish();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::ThresholdNotMet { role, found: 0, threshold: 2 } if role == "root"),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::ThresholdNotMet { role, found: 0, threshold: 2 } if role == "root"), "{e}");
     assert_eq!(f.installed(), before);
 }
 
@@ -236,10 +230,7 @@ fn rollback_to_an_older_timestamp_is_refused() {
     assert_eq!(imported.manifest.roles.as_ref().unwrap().timestamp.version, 2);
     let before = f.installed();
     let e = f.import_at(&old_mirror, ts(T0)).unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role == "timestamp"),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role == "timestamp"), "{e}");
     assert_eq!(f.installed(), before);
     let last = f.store().last_import().unwrap().unwrap();
     assert!(!last.ok && last.error.as_deref().unwrap().contains("rollback detected for timestamp"), "{last:?}");
@@ -262,10 +253,7 @@ fn rollback_of_snapshot_and_targets_through_newer_parents_is_refused() {
     f.repo.snapshot_version = 1;
     f.repo.write_timestamp();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role.starts_with("snapshot")),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role.starts_with("snapshot")), "{e}");
 
     // A new snapshot (and timestamp) pinning an older targets.
     let mut f = fixture();
@@ -276,10 +264,7 @@ fn rollback_of_snapshot_and_targets_through_newer_parents_is_refused() {
     f.repo.targets_version = 1;
     f.repo.write_snapshot_and_timestamp();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role.starts_with("targets.json")),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::Rollback { role, trusted: 2, new: 1 } if role.starts_with("targets.json")), "{e}");
     assert_eq!(f.installed().unwrap().0, 1);
 }
 
@@ -293,8 +278,11 @@ fn mix_and_match_snapshot_is_refused() {
     f.repo.write_snapshot_and_timestamp();
     std::fs::write(f.repo.dir.join("timestamp.json"), pinned_ts).unwrap();
     let e = f.import().unwrap_err();
-    assert!(matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m.contains("snapshot.json: length")
-        || m.contains("snapshot.json: sha256")), "{e}");
+    assert!(
+        matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m.contains("snapshot.json: length")
+        || m.contains("snapshot.json: sha256")),
+        "{e}"
+    );
 
     // (b) Version pins only (as Sigstore publishes): an old snapshot served under the new name.
     let mut f = fixture();
@@ -303,10 +291,7 @@ fn mix_and_match_snapshot_is_refused() {
     f.repo.publish();
     std::fs::copy(f.repo.dir.join("1.snapshot.json"), f.repo.dir.join("3.snapshot.json")).unwrap();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "snapshot version 1 does not match timestamp pin 3"),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "snapshot version 1 does not match timestamp pin 3"), "{e}");
 
     // (c) The snapshot pins targets v3; the mirror serves targets v1 under that name.
     let mut f = fixture();
@@ -315,10 +300,7 @@ fn mix_and_match_snapshot_is_refused() {
     f.repo.publish();
     std::fs::copy(f.repo.dir.join("1.targets.json"), f.repo.dir.join("3.targets.json")).unwrap();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "targets.json version 1 does not match snapshot pin 3"),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "targets.json version 1 does not match snapshot pin 3"), "{e}");
     assert_eq!(f.installed(), None);
 }
 
@@ -346,10 +328,7 @@ fn target_whose_length_or_hash_differs_is_refused() {
     flipped[i] = b'y';
     std::fs::write(&path, &flipped).unwrap();
     let e = f.import().unwrap_err();
-    assert!(
-        matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "trusted_root.json: sha256 mismatch"),
-        "{e}"
-    );
+    assert!(matches!(tuf_error(&e), TufError::IntegrityMismatch(m) if m == "trusted_root.json: sha256 mismatch"), "{e}");
 
     std::fs::remove_file(&path).unwrap();
     let e = f.import().unwrap_err();
@@ -375,10 +354,7 @@ fn expired_roles_are_refused_at_import() {
         }
         f.repo.publish();
         let e = f.import_at(&f.repo.dir, now).unwrap_err();
-        assert!(
-            matches!(tuf_error(&e), TufError::Expired { role: r, expires } if r == role && *expires == expired),
-            "{role}: {e}"
-        );
+        assert!(matches!(tuf_error(&e), TufError::Expired { role: r, expires } if r == role && *expires == expired), "{role}: {e}");
         assert!(e.to_string().contains(&format!("{role} metadata expired at 2026-03-02T00:00:00Z")), "{e}");
         assert_eq!(f.installed(), None);
     }
@@ -395,10 +371,7 @@ fn state_dir_whose_root_is_newer_than_the_mirror_refuses_it() {
     f.import().unwrap();
     let before = f.installed();
     let e = f.import_at(&v1_mirror, ts(T0)).unwrap_err();
-    assert!(
-        matches!(e, ImportError::Tuf(TufImportError::StaleMirror { mirror: 1, trusted: 3 })),
-        "{e}"
-    );
+    assert!(matches!(e, ImportError::Tuf(TufImportError::StaleMirror { mirror: 1, trusted: 3 })), "{e}");
     assert!(e.to_string().contains("stale or rolled back"), "{e}");
     assert_eq!(f.installed(), before);
 
@@ -536,8 +509,7 @@ fn unverified_trusted_root_is_recorded_as_such_and_keeps_tuf_floors() {
     assert!(m.roles.is_none() && m.pinned_root.is_none());
     assert_eq!(m.fresh_since, ts(T0) + DAY);
     assert_eq!(f.installed().unwrap(), (2, sha256_hex(&tuf::staging_trusted_root())));
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(f.store().path().join("current/manifest.json")).unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(f.store().path().join("current/manifest.json")).unwrap()).unwrap();
     assert_eq!(json["kind"], "unverified-trusted-root");
 
     // Re-importing the same file later keeps the anchor.

@@ -26,9 +26,7 @@ const TIMESTAMP_EXPIRES: &str = "2026-08-28T19:25:56Z";
 fn shared() -> Option<PathBuf> {
     let dir = tuf::shared_public_good();
     if dir.is_none() {
-        eprintln!(
-            "skipping: shared/tuf/sigstore-public-good not found (set PULLGATE_SHARED to the shared folder)"
-        );
+        eprintln!("skipping: shared/tuf/sigstore-public-good not found (set PULLGATE_SHARED to the shared folder)");
     }
     dir
 }
@@ -89,8 +87,7 @@ fn real_root_chain_walks_from_1_to_15_and_on_to_the_embedded_16() {
         r["signed"]["roles"]["root"]["keyids"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().into()).collect()
     };
     assert!(root_keys(&roots[0]).is_disjoint(&root_keys(&roots[14])), "root keys of v1 and v15 differ entirely");
-    let timestamp_thresholds: Vec<u64> =
-        roots.iter().map(|r| r["signed"]["roles"]["timestamp"]["threshold"].as_u64().unwrap()).collect();
+    let timestamp_thresholds: Vec<u64> = roots.iter().map(|r| r["signed"]["roles"]["timestamp"]["threshold"].as_u64().unwrap()).collect();
     assert_eq!(timestamp_thresholds[0], 3, "v1 had a 3-of-5 timestamp role");
     assert_eq!(timestamp_thresholds[14], 1);
 
@@ -181,10 +178,7 @@ fn real_trusted_root_target_parses_with_the_verification_engine() {
     assert_eq!(kinds, BTreeSet::from(["ct-log", "fulcio-ca", "rekor-log", "tsa"]));
     assert!(windows.iter().any(|w| w.kind == "rekor-log" && w.name.contains("rekor.sigstore.dev")));
     assert!(windows.iter().all(|w| w.valid_from.is_some()), "every real key has a validFor start");
-    assert!(
-        windows.iter().any(|w| w.valid_until.is_some()),
-        "the real root lists retired keys with an end of validity"
-    );
+    assert!(windows.iter().any(|w| w.valid_until.is_some()), "the real root lists retired keys with an end of validity");
 
     let signing_config = signing_config.expect("the signing config target");
     sigstore_trust_root::SigningConfig::from_json(std::str::from_utf8(&signing_config).unwrap()).unwrap();

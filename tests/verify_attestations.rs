@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pullgate::policy::{
-    AttestationRequirement, Authority, AuthoritySigners, Condition, IdentityPolicy, JsonPath,
-    KeylessIdentity, StringMatcher, Test,
+    AttestationRequirement, Authority, AuthoritySigners, Condition, IdentityPolicy, JsonPath, KeylessIdentity, StringMatcher, Test,
 };
-use pullgate::verify::image::verify_image_at;
 use pullgate::verify::attestation::STATEMENT_V01;
+use pullgate::verify::image::verify_image_at;
 use pullgate::verify::legacy_attestation::DSSE_ENVELOPE_MEDIA_TYPE;
 use pullgate::verify::{verify_image, Digest, ImageDecision, LegacyAttestation, PublicKey, SignatureMaterial};
 use serde_json::{json, Value};
@@ -80,7 +79,10 @@ fn policy() -> IdentityPolicy {
                 "buildDefinition.externalParameters.workflow.repository",
                 Test::Matches(StringMatcher::regex(r"https://github\.com/pullgate/.*").unwrap()),
             ),
-            condition("buildDefinition.resolvedDependencies[0].digest.gitCommit", Test::Matches(StringMatcher::regex("[0-9a-f]{40}").unwrap())),
+            condition(
+                "buildDefinition.resolvedDependencies[0].digest.gitCommit",
+                Test::Matches(StringMatcher::regex("[0-9a-f]{40}").unwrap()),
+            ),
         ],
     };
     let scanned = AttestationRequirement {
@@ -159,11 +161,17 @@ fn signature_and_every_attestation_allow() {
 #[test]
 fn missing_attestation_is_named() {
     let mut f = Fixture::new(41);
-    let d = { let c = [f.signature(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     assert_eq!(d.reason(), format!("attestation {SLSA}: not found"));
     // No signature at all: the signature is the reason, as before.
-    let d = { let c = [f.provenance("refs/heads/main"), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.provenance("refs/heads/main"), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     assert_eq!(d.reason(), "no signatures found");
 }
@@ -175,14 +183,20 @@ fn wrong_signer_is_refused() {
     // scanner the requirement names.
     let opts = signed_by(&f.stack, "https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main");
     let forged = material("forged", f.stack.attest_image(&f.image, &opts, SLSA, provenance("refs/heads/main")).json());
-    let d = { let c = [f.signature(), forged, f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), forged, f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
     assert!(r.starts_with(&format!("attestation {SLSA}: identity mismatch")) && r.contains("evil/fork"), "{r}");
 
     let opts = f.stack.options();
     let by_release = material("scan-by-release", f.stack.attest_image(&f.image, &opts, VULN, scan(f.stack.now, 0)).json());
-    let d = { let c = [f.signature(), f.provenance("refs/heads/main"), by_release]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/main"), by_release];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     assert!(d.reason().starts_with(&format!("attestation {VULN}: identity mismatch")), "{}", d.reason());
 }
@@ -190,29 +204,44 @@ fn wrong_signer_is_refused() {
 #[test]
 fn failing_condition_names_the_field() {
     let mut f = Fixture::new(43);
-    let d = { let c = [f.signature(), f.provenance("refs/heads/evil"), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/evil"), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     assert_eq!(
         d.reason(),
         format!(r#"attestation {SLSA}: buildDefinition.externalParameters.workflow.ref = "refs/heads/evil", want "refs/heads/main""#)
     );
     // A second, good provenance satisfies the requirement: any one suffices.
-    let d = { let c = [f.signature(), f.provenance("refs/heads/evil"), f.provenance("refs/heads/main"), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/evil"), f.provenance("refs/heads/main"), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(d.allowed, "{}", d.reason());
     // A critical finding fails `oneOf`.
     let opts = signed_by(&f.stack, SCANNER);
     let bad = material("scan", f.stack.attest_image(&f.image, &opts, VULN, scan(f.stack.now, 3)).json());
-    let d = { let c = [f.signature(), f.provenance("refs/heads/main"), bad]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/main"), bad];
+        f.decide(&c)
+    };
     assert_eq!(d.reason(), format!(r#"attestation {VULN}: scanner.result.summary.critical = 3, want one of ["0"]"#));
 }
 
 #[test]
 fn stale_scan_is_refused() {
     let mut f = Fixture::new(44);
-    let d = { let c = [f.signature(), f.provenance("refs/heads/main"), f.scan(30 * 86400)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/main"), f.scan(30 * 86400)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
-    assert!(r.starts_with(&format!("attestation {VULN}: metadata.scanFinishedOn = \"")) && r.ends_with("want a time no older than 7d"), "{r}");
+    assert!(
+        r.starts_with(&format!("attestation {VULN}: metadata.scanFinishedOn = \"")) && r.ends_with("want a time no older than 7d"),
+        "{r}"
+    );
     // The same scan, judged at its time, passes: the clock is the only difference.
     let now = jiff::Timestamp::from_second(f.stack.now - 30 * 86400 + 60).unwrap();
     let candidates = [f.signature(), f.provenance("refs/heads/main"), f.scan(30 * 86400)];
@@ -230,7 +259,10 @@ fn tampered_or_misbound_attestations_are_refused() {
     let payload = b64.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
     let edited = String::from_utf8(payload).unwrap().replace("refs/heads/evil", "refs/heads/main");
     bundle["dsseEnvelope"]["payload"] = json!(b64.encode(edited));
-    let d = { let c = [f.signature(), material("tampered", bundle.to_string()), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), material("tampered", bundle.to_string()), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
     assert!(r.starts_with(&format!("attestation {SLSA}: ")) && !r.contains("want \"refs/heads/main\""), "{r}");
@@ -239,7 +271,10 @@ fn tampered_or_misbound_attestations_are_refused() {
     // Provenance of another image.
     let other = image_digest(99);
     let about_other = material("other", f.stack.attest_image(&other, &opts, SLSA, provenance("refs/heads/main")).json());
-    let d = { let c = [f.signature(), about_other, f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), about_other, f.scan(60)];
+        f.decide(&c)
+    };
     assert!(d.reason().contains("subject digest mismatch"), "{}", d.reason());
 }
 
@@ -252,13 +287,22 @@ fn key_signed_attestation_with_a_named_key() {
     opts.predicate_type = SLSA.into();
     opts.predicate = Some(provenance("refs/heads/main"));
     let keyed = material("keyed", f.stack.sign_image_v3_with_key(&f.image, &opts, &key).json());
-    let requirement = AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
-    let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap().with_attestations(vec![requirement]);
+    let requirement =
+        AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
+    let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)])
+        .unwrap()
+        .with_attestations(vec![requirement]);
     let policy = IdentityPolicy::any_of(vec![authority]).unwrap();
-    let d = { let c = [f.signature(), keyed]; verify_image(&f.stack.trust(), &f.image, &c, &policy) };
+    let d = {
+        let c = [f.signature(), keyed];
+        verify_image(&f.stack.trust(), &f.image, &c, &policy)
+    };
     assert!(d.allowed, "{}", d.reason());
     // The builder's keyless provenance does not satisfy a key requirement.
-    let d = { let c = [f.signature(), f.provenance("refs/heads/main")]; verify_image(&f.stack.trust(), &f.image, &c, &policy) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/main")];
+        verify_image(&f.stack.trust(), &f.image, &c, &policy)
+    };
     assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: ")), "{}", d.reason());
 }
 
@@ -266,11 +310,19 @@ fn key_signed_attestation_with_a_named_key() {
 fn without_requirements_attestations_stay_signature_candidates() {
     // Unchanged behaviour: a policy without attestations judges every bundle as a signature.
     let mut f = Fixture::new(47);
-    let plain = IdentityPolicy::any_of(vec![Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap()]).unwrap();
-    let d = { let c = [f.provenance("refs/heads/main")]; verify_image(&f.stack.trust(), &f.image, &c, &plain) };
+    let plain =
+        IdentityPolicy::any_of(vec![Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap()])
+            .unwrap();
+    let d = {
+        let c = [f.provenance("refs/heads/main")];
+        verify_image(&f.stack.trust(), &f.image, &c, &plain)
+    };
     assert!(!d.allowed && d.attestations.is_empty() && d.requirements.is_empty());
     assert!(d.reason().contains("predicate type is"), "{}", d.reason());
-    let d = { let c = [f.signature(), f.provenance("refs/heads/main")]; verify_image(&f.stack.trust(), &f.image, &c, &plain) };
+    let d = {
+        let c = [f.signature(), f.provenance("refs/heads/main")];
+        verify_image(&f.stack.trust(), &f.image, &c, &plain)
+    };
     assert!(d.allowed && !d.reason().contains("attested"), "{}", d.reason());
 }
 
@@ -319,7 +371,10 @@ fn cosign_on_wire_attestation_vector() {
     assert!(d.requirements[0].reason.as_deref().unwrap().contains("identity mismatch"), "{:?}", d.requirements);
     let d = decide("cody@soyland.com", "2025-04-01T00:00:00Z");
     let why = d.requirements[0].reason.clone().unwrap();
-    assert_eq!(why, "attestation https://cosign.sigstore.dev/attestation/v1: Timestamp = \"2025-02-28T19:18:11Z\", want a time no older than 1d");
+    assert_eq!(
+        why,
+        "attestation https://cosign.sigstore.dev/attestation/v1: Timestamp = \"2025-02-28T19:18:11Z\", want a time no older than 1d"
+    );
 }
 
 // --- cosign's legacy `.att` tag -----------------------------------------------------------------
@@ -373,7 +428,8 @@ fn legacy_att_layers_are_judged_like_bundles() {
     assert!(f.stack.trust().verify_rekor_set_bundle(&set).is_ok());
 
     for entry in [INTOTO, DSSE] {
-        let candidates = [f.signature(), from_att(".att provenance", &provenance).unwrap(), from_att(".att scan", &f.legacy_scan(3600, entry)).unwrap()];
+        let candidates =
+            [f.signature(), from_att(".att provenance", &provenance).unwrap(), from_att(".att scan", &f.legacy_scan(3600, entry)).unwrap()];
         let d = f.decide(&candidates);
         assert!(d.allowed, "{entry:?}: {}", d.reason());
         assert!(d.reason().contains(&format!("attested: {SLSA}, {VULN}")), "{}", d.reason());
@@ -386,7 +442,10 @@ fn legacy_att_layers_are_judged_like_bundles() {
     assert!(f.decide(&candidates).allowed);
     // A failing condition is reported as for a bundle.
     let evil = f.legacy_provenance("refs/heads/evil", BUILDER);
-    let d = { let c = [f.signature(), from_att(".att", &evil).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &evil).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert_eq!(
         d.reason(),
         format!(r#"attestation {SLSA}: buildDefinition.externalParameters.workflow.ref = "refs/heads/evil", want "refs/heads/main""#)
@@ -404,7 +463,10 @@ fn legacy_att_tampered_payload_is_refused() {
     let edited = String::from_utf8(payload).unwrap().replace("refs/heads/evil", "refs/heads/main");
     envelope["payload"] = json!(b64.encode(edited));
     let tampered = with_envelope(&att, envelope);
-    let d = { let c = [f.signature(), from_att(".att", &tampered).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &tampered).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
     assert!(r.starts_with(&format!("attestation {SLSA}: invalid signature")) && !r.contains("want \"refs/heads/main\""), "{r}");
@@ -424,7 +486,10 @@ fn legacy_att_set_must_be_over_this_envelope() {
     // A valid SET, but over another attestation's entry (another signature and key).
     let mut borrowed = good.clone();
     borrowed.rekor_bundle = other.rekor_bundle.clone();
-    let d = { let c = [f.signature(), from_att(".att", &borrowed).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &borrowed).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
     assert!(r.starts_with(&format!("attestation {SLSA}: log entry does not match")) && d.attestations[0].signer.is_none(), "{r}");
@@ -434,7 +499,10 @@ fn legacy_att_set_must_be_over_this_envelope() {
     spliced["Payload"]["body"] = own["Payload"]["body"].clone();
     let mut forged = good.clone();
     forged.rekor_bundle = Some(spliced.to_string());
-    let d = { let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: invalid signed entry timestamp")), "{}", d.reason());
     // No SET at all: no proof the attestation was logged.
     let mut no_set = good.clone();
@@ -446,7 +514,10 @@ fn legacy_att_set_must_be_over_this_envelope() {
 fn legacy_att_wrong_signer_or_subject_is_refused() {
     let mut f = Fixture::new(53);
     let forged = f.legacy_provenance("refs/heads/main", "https://github.com/evil/fork/.github/workflows/release.yml@refs/heads/main");
-    let d = { let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &forged).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(!d.allowed);
     let r = d.reason();
     assert!(r.starts_with(&format!("attestation {SLSA}: identity mismatch")) && r.contains("evil/fork"), "{r}");
@@ -455,7 +526,10 @@ fn legacy_att_wrong_signer_or_subject_is_refused() {
     let mut opts = signed_by(&f.stack, BUILDER);
     opts.statement_type = STATEMENT_V01.into();
     let about_other = f.stack.attest_image_legacy(&image_digest(98), &opts, SLSA, provenance("refs/heads/main"), INTOTO);
-    let d = { let c = [f.signature(), from_att(".att", &about_other).unwrap(), f.scan(60)]; f.decide(&c) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &about_other).unwrap(), f.scan(60)];
+        f.decide(&c)
+    };
     assert!(d.reason().contains("subject digest mismatch"), "{}", d.reason());
 }
 
@@ -465,7 +539,13 @@ fn legacy_att_malformed_layers_are_refused_with_a_reason() {
     let att = f.legacy_provenance("refs/heads/main", BUILDER);
     let digest = att.layer_digest.as_ref().unwrap().to_string();
     // A `.sig` layer media type is not an attestation.
-    let err = LegacyAttestation::from_layer("application/vnd.dev.cosign.simplesigning.v1+json", &digest, &att.annotations(), att.envelope.clone()).unwrap_err();
+    let err = LegacyAttestation::from_layer(
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        &digest,
+        &att.annotations(),
+        att.envelope.clone(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("application/vnd.dsse.envelope.v1+json"), "{err}");
     // Not an envelope, two signatures, an unsupported entry kind.
     let not_json = with_envelope(&att, json!("nope"));
@@ -475,7 +555,8 @@ fn legacy_att_malformed_layers_are_refused_with_a_reason() {
     envelope["signatures"] = json!([sig.clone(), sig]);
     assert!(from_att(".att", &with_envelope(&att, envelope)).unwrap_err().contains("2 signatures"));
     let mut old: Value = serde_json::from_str(att.rekor_bundle.as_deref().unwrap()).unwrap();
-    old["Payload"]["body"] = json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"{"kind":"intoto","apiVersion":"0.0.1","spec":{}}"#));
+    old["Payload"]["body"] =
+        json!(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, r#"{"kind":"intoto","apiVersion":"0.0.1","spec":{}}"#));
     let mut v001 = att.clone();
     v001.rekor_bundle = Some(old.to_string());
     let err = from_att(".att", &v001).unwrap_err();
@@ -494,15 +575,24 @@ fn legacy_att_signed_with_a_key() {
     let keyed = f.stack.attest_image_legacy_with_key(&f.image, &opts, SLSA, provenance("refs/heads/main"), &key);
     assert!(keyed.certificate.is_none() && keyed.chain.is_none());
     let policy = |public: PublicKey| {
-        let requirement = AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
-        let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap().with_attestations(vec![requirement]);
+        let requirement =
+            AttestationRequirement { predicate_type: SLSA.into(), signers: Some(AuthoritySigners::Keys(vec![public])), conditions: vec![] };
+        let authority = Authority::keyless("release", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)])
+            .unwrap()
+            .with_attestations(vec![requirement]);
         IdentityPolicy::any_of(vec![authority]).unwrap()
     };
-    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(public)) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &keyed).unwrap()];
+        verify_image(&f.stack.trust(), &f.image, &c, &policy(public))
+    };
     assert!(d.allowed, "{}", d.reason());
     // Another key does not verify it.
     let other = PublicKey::from_pem(&TestKey::generate(KeyAlg::P256).public_pem()).unwrap();
-    let d = { let c = [f.signature(), from_att(".att", &keyed).unwrap()]; verify_image(&f.stack.trust(), &f.image, &c, &policy(other)) };
+    let d = {
+        let c = [f.signature(), from_att(".att", &keyed).unwrap()];
+        verify_image(&f.stack.trust(), &f.image, &c, &policy(other))
+    };
     assert!(!d.allowed && d.reason().starts_with(&format!("attestation {SLSA}: ")), "{}", d.reason());
 }
 

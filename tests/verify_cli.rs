@@ -6,9 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use pullgate::verify::cli::{
-    run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs,
-};
+use pullgate::verify::cli::{run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs};
 use support::sigstore::keys::{KeyAlg, TestKey};
 use support::sigstore::{image_digest, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 
@@ -48,16 +46,12 @@ struct ImageCli {
 }
 
 fn verify_bundle(argv: &[&str]) -> i32 {
-    let cli =
-        BundleCli::try_parse_from(std::iter::once("verify-bundle").chain(argv.iter().copied()))
-            .expect("conformance flags parse");
+    let cli = BundleCli::try_parse_from(std::iter::once("verify-bundle").chain(argv.iter().copied())).expect("conformance flags parse");
     run_verify_bundle(cli.args)
 }
 
 fn verify_image_files(argv: &[&str]) -> i32 {
-    match ImageCli::try_parse_from(
-        std::iter::once("verify-image-files").chain(argv.iter().copied()),
-    ) {
+    match ImageCli::try_parse_from(std::iter::once("verify-image-files").chain(argv.iter().copied())) {
         Ok(cli) => run_verify_image_files(cli.args),
         Err(_) => 2,
     }
@@ -111,23 +105,9 @@ fn conformance_protocol_with_digest_and_file() {
     assert_eq!(verify_bundle(&wrong_digest), 1);
     // Key-signed bundle, verified with --key; and the key flag is required for it.
     let key = TestKey::generate(KeyAlg::P256);
-    let keyed = dir.write(
-        "keyed.json",
-        stack.sign_image_v3_with_key(&image, &opts, &key).json(),
-    );
+    let keyed = dir.write("keyed.json", stack.sign_image_v3_with_key(&image, &opts, &key).json());
     let pem = dir.write("key.pub", key.public_pem());
-    assert_eq!(
-        verify_bundle(&[
-            "--bundle",
-            &keyed,
-            "--key",
-            &pem,
-            "--trusted-root",
-            &root,
-            &digest
-        ]),
-        0
-    );
+    assert_eq!(verify_bundle(&["--bundle", &keyed, "--key", &pem, "--trusted-root", &root, &digest]), 0);
     assert_eq!(
         verify_bundle(&[
             "--bundle",
@@ -143,30 +123,8 @@ fn conformance_protocol_with_digest_and_file() {
         1
     );
     // Unreadable inputs are usage errors, not crashes.
-    assert_eq!(
-        verify_bundle(&[
-            "--bundle",
-            "/nonexistent",
-            "--key",
-            &pem,
-            "--trusted-root",
-            &root,
-            &digest
-        ]),
-        2
-    );
-    assert_eq!(
-        verify_bundle(&[
-            "--bundle",
-            &bundle,
-            "--key",
-            &pem,
-            "--trusted-root",
-            "/nonexistent",
-            &digest
-        ]),
-        2
-    );
+    assert_eq!(verify_bundle(&["--bundle", "/nonexistent", "--key", &pem, "--trusted-root", &root, &digest]), 2);
+    assert_eq!(verify_bundle(&["--bundle", &bundle, "--key", &pem, "--trusted-root", "/nonexistent", &digest]), 2);
 }
 
 #[test]
@@ -193,38 +151,17 @@ fn image_files_bundles_layers_and_policies() {
     let rekor = dir.write("rekor.json", legacy.rekor_bundle.as_ref().unwrap());
 
     let base = |extra: &[&str]| {
-        let mut v: Vec<String> = vec![
-            "--digest".into(),
-            digest.clone(),
-            "--trusted-root".into(),
-            root.clone(),
-        ];
+        let mut v: Vec<String> = vec!["--digest".into(), digest.clone(), "--trusted-root".into(), root.clone()];
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
-    let run = |argv: Vec<String>| {
-        verify_image_files(&argv.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let run = |argv: Vec<String>| verify_image_files(&argv.iter().map(String::as_str).collect::<Vec<_>>());
 
-    let identity = [
-        "--certificate-identity",
-        DEFAULT_SAN,
-        "--certificate-oidc-issuer",
-        DEFAULT_ISSUER,
-    ];
+    let identity = ["--certificate-identity", DEFAULT_SAN, "--certificate-oidc-issuer", DEFAULT_ISSUER];
     for material in [
         vec!["--bundle", &bundle],
         vec!["--signature-layer", &layer],
-        vec![
-            "--payload",
-            &payload,
-            "--signature",
-            &signature,
-            "--certificate",
-            &certificate,
-            "--rekor-bundle",
-            &rekor,
-        ],
+        vec!["--payload", &payload, "--signature", &signature, "--certificate", &certificate, "--rekor-bundle", &rekor],
     ] {
         let mut argv = material.clone();
         argv.extend(identity);
@@ -251,14 +188,7 @@ fn image_files_bundles_layers_and_policies() {
     );
     // Rejections: identity, claim, another image.
     assert_eq!(
-        run(base(&[
-            "--bundle",
-            &bundle,
-            "--certificate-identity",
-            "x@example.com",
-            "--certificate-oidc-issuer",
-            DEFAULT_ISSUER
-        ])),
+        run(base(&["--bundle", &bundle, "--certificate-identity", "x@example.com", "--certificate-oidc-issuer", DEFAULT_ISSUER])),
         1
     );
     assert_eq!(
@@ -294,25 +224,7 @@ fn image_files_bundles_layers_and_policies() {
         ])),
         2
     );
-    assert_eq!(
-        run(base(&[
-            "--bundle",
-            &bundle,
-            "--certificate-identity-regexp",
-            "(",
-            "--certificate-oidc-issuer",
-            DEFAULT_ISSUER
-        ])),
-        2
-    );
-    assert_eq!(
-        run(base(&[
-            "--bundle",
-            &bundle,
-            "--certificate-identity",
-            DEFAULT_SAN
-        ])),
-        2
-    );
+    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity-regexp", "(", "--certificate-oidc-issuer", DEFAULT_ISSUER])), 2);
+    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity", DEFAULT_SAN])), 2);
     assert!(Path::new(&root).exists());
 }

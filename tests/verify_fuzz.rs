@@ -10,8 +10,7 @@ mod support;
 
 use base64::Engine as _;
 use pullgate::verify::{
-    parse_bundle, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, RekorSetBundle,
-    TrustMaterial, VerifyError,
+    parse_bundle, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, RekorSetBundle, TrustMaterial, VerifyError,
 };
 use serde_json::Value;
 use support::sigstore::{image_digest, Stack};
@@ -48,10 +47,7 @@ impl Rng {
 }
 
 fn iterations() -> usize {
-    std::env::var("PULLGATE_FUZZ_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400)
+    std::env::var("PULLGATE_FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(400)
 }
 
 /// Paths to every string and number leaf of a JSON value.
@@ -90,10 +86,7 @@ fn flip(rng: &mut Rng, bytes: &mut [u8]) {
     }
     let i = rng.below(bytes.len());
     let bit = rng.below(8);
-    LAST.with(|l| {
-        l.borrow_mut()
-            .push_str(&format!(" byte {i}/{} bit {bit}", bytes.len()))
-    });
+    LAST.with(|l| l.borrow_mut().push_str(&format!(" byte {i}/{} bit {bit}", bytes.len())));
     bytes[i] ^= 1 << bit;
 }
 
@@ -109,11 +102,7 @@ fn mutate_json(rng: &mut Rng, doc: &Value) -> Value {
             for _ in 0..8 {
                 let path = &paths[rng.below(paths.len())];
                 let leaf = at(&mut doc, path);
-                if let Some(mut bytes) = leaf
-                    .as_str()
-                    .and_then(|s| B64.decode(s).ok())
-                    .filter(|b| !b.is_empty())
-                {
+                if let Some(mut bytes) = leaf.as_str().and_then(|s| B64.decode(s).ok()).filter(|b| !b.is_empty()) {
                     note(format!("flip decoded {path:?}"));
                     flip(rng, &mut bytes);
                     *leaf = B64.encode(bytes).into();
@@ -217,10 +206,7 @@ fn tsa_signed_parts(token: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Whether `mutated` differs from `original` only in unauthenticated CMS fields.
-fn same_but_unsigned_tsa_fields(
-    mutated: &sigstore_verify::types::Bundle,
-    original: &sigstore_verify::types::Bundle,
-) -> bool {
+fn same_but_unsigned_tsa_fields(mutated: &sigstore_verify::types::Bundle, original: &sigstore_verify::types::Bundle) -> bool {
     let tokens = |b: &sigstore_verify::types::Bundle| {
         b.verification_material
             .timestamp_verification_data
@@ -231,17 +217,12 @@ fn same_but_unsigned_tsa_fields(
     };
     let (m, o) = (tokens(mutated), tokens(original));
     if m.len() != o.len()
-        || m.iter().zip(&o).any(|(a, b)| {
-            a != b && (tsa_signed_parts(a).is_none() || tsa_signed_parts(a) != tsa_signed_parts(b))
-        })
+        || m.iter().zip(&o).any(|(a, b)| a != b && (tsa_signed_parts(a).is_none() || tsa_signed_parts(a) != tsa_signed_parts(b)))
     {
         return false;
     }
     let mut normalized = mutated.clone();
-    normalized.verification_material.timestamp_verification_data = original
-        .verification_material
-        .timestamp_verification_data
-        .clone();
+    normalized.verification_material.timestamp_verification_data = original.verification_material.timestamp_verification_data.clone();
     &normalized == original
 }
 
@@ -250,10 +231,7 @@ fn same_but_unsigned_tsa_fields(
 /// verified under v0.1 rules, a subset of v0.3's (this bundle still carries
 /// its inclusion proof, and the proof is still checked), so acceptance is
 /// correct. A v0.1 bundle must still carry a SET.
-fn only_media_type_downgraded(
-    mutated: &sigstore_verify::types::Bundle,
-    original: &sigstore_verify::types::Bundle,
-) -> bool {
+fn only_media_type_downgraded(mutated: &sigstore_verify::types::Bundle, original: &sigstore_verify::types::Bundle) -> bool {
     let mut normalized = mutated.clone();
     normalized.media_type = original.media_type;
     mutated.media_type == sigstore_verify::types::MediaType::Bundle0_1 && &normalized == original
@@ -263,31 +241,17 @@ fn only_media_type_downgraded(
 /// signature line. A signed note's signature covers the note body; the name
 /// after the em dash is a label (Rekor keys are found by the 4-byte hint), so
 /// the same key's signature over the same tree head is the same evidence.
-fn only_checkpoint_signer_name_changed(
-    mutated: &sigstore_verify::types::Bundle,
-    original: &sigstore_verify::types::Bundle,
-) -> bool {
+fn only_checkpoint_signer_name_changed(mutated: &sigstore_verify::types::Bundle, original: &sigstore_verify::types::Bundle) -> bool {
     let evidence = |b: &sigstore_verify::types::Bundle| {
         b.verification_material
             .tlog_entries
             .iter()
             .map(|e| {
-                e.inclusion_proof
-                    .as_ref()
-                    .and_then(|p| p.checkpoint.checkpoint())
-                    .map(|c| {
-                        let sigs: Vec<_> = c
-                            .signatures()
-                            .iter()
-                            .map(|s| {
-                                (
-                                    s.key_id.as_bytes().to_vec(),
-                                    s.signature.as_bytes().to_vec(),
-                                )
-                            })
-                            .collect();
-                        (c.signed_data().to_vec(), sigs)
-                    })
+                e.inclusion_proof.as_ref().and_then(|p| p.checkpoint.checkpoint()).map(|c| {
+                    let sigs: Vec<_> =
+                        c.signatures().iter().map(|s| (s.key_id.as_bytes().to_vec(), s.signature.as_bytes().to_vec())).collect();
+                    (c.signed_data().to_vec(), sigs)
+                })
             })
             .collect::<Vec<_>>()
     };
@@ -295,12 +259,7 @@ fn only_checkpoint_signer_name_changed(
         return false;
     }
     let mut normalized = mutated.clone();
-    for (n, o) in normalized
-        .verification_material
-        .tlog_entries
-        .iter_mut()
-        .zip(&original.verification_material.tlog_entries)
-    {
+    for (n, o) in normalized.verification_material.tlog_entries.iter_mut().zip(&original.verification_material.tlog_entries) {
         if let (Some(np), Some(op)) = (n.inclusion_proof.as_mut(), o.inclusion_proof.as_ref()) {
             np.checkpoint = op.checkpoint.clone();
         }
@@ -315,44 +274,23 @@ fn only_checkpoint_signer_name_changed(
 /// own right (cosign v3 with a TSA, or with Rekor v1 alone), so accepting it
 /// is correct; the tests in verify_tamper.rs cover removing evidence that is
 /// *not* redundant.
-fn only_redundant_evidence_removed(
-    mutated: &sigstore_verify::types::Bundle,
-    original: &sigstore_verify::types::Bundle,
-) -> bool {
+fn only_redundant_evidence_removed(mutated: &sigstore_verify::types::Bundle, original: &sigstore_verify::types::Bundle) -> bool {
     let mut reduced = original.clone();
-    if mutated.verification_material.tlog_entries.len()
-        != reduced.verification_material.tlog_entries.len()
-    {
+    if mutated.verification_material.tlog_entries.len() != reduced.verification_material.tlog_entries.len() {
         return false;
     }
-    for (r, m) in reduced
-        .verification_material
-        .tlog_entries
-        .iter_mut()
-        .zip(&mutated.verification_material.tlog_entries)
-    {
+    for (r, m) in reduced.verification_material.tlog_entries.iter_mut().zip(&mutated.verification_material.tlog_entries) {
         if m.inclusion_promise.is_none() {
             r.inclusion_promise = None;
         }
     }
-    if mutated
-        .verification_material
-        .timestamp_verification_data
-        .rfc3161_timestamps
-        .is_empty()
-    {
-        reduced
-            .verification_material
-            .timestamp_verification_data
-            .rfc3161_timestamps
-            .clear();
+    if mutated.verification_material.timestamp_verification_data.rfc3161_timestamps.is_empty() {
+        reduced.verification_material.timestamp_verification_data.rfc3161_timestamps.clear();
     }
     // `messageDigest` is an unsigned hint: the signature is checked over the
     // artifact itself either way.
-    if let (
-        sigstore_verify::types::SignatureContent::MessageSignature(r),
-        sigstore_verify::types::SignatureContent::MessageSignature(m),
-    ) = (&mut reduced.content, &mutated.content)
+    if let (sigstore_verify::types::SignatureContent::MessageSignature(r), sigstore_verify::types::SignatureContent::MessageSignature(m)) =
+        (&mut reduced.content, &mutated.content)
     {
         if m.message_digest.is_none() {
             r.message_digest = None;
@@ -364,17 +302,9 @@ fn only_redundant_evidence_removed(
 /// Rekor v2 proofs duplicate index, size and root from the signed checkpoint;
 /// those copies are unauthenticated and ignored by design, so changing them
 /// changes nothing that is verified.
-fn only_rekor_v2_proof_copies_changed(
-    mutated: &sigstore_verify::types::Bundle,
-    original: &sigstore_verify::types::Bundle,
-) -> bool {
+fn only_rekor_v2_proof_copies_changed(mutated: &sigstore_verify::types::Bundle, original: &sigstore_verify::types::Bundle) -> bool {
     let mut normalized = mutated.clone();
-    for (n, o) in normalized
-        .verification_material
-        .tlog_entries
-        .iter_mut()
-        .zip(&original.verification_material.tlog_entries)
-    {
+    for (n, o) in normalized.verification_material.tlog_entries.iter_mut().zip(&original.verification_material.tlog_entries) {
         if n.kind_version != sigstore_verify::types::KindVersion::HashedRekordV002 {
             continue;
         }
@@ -387,11 +317,7 @@ fn only_rekor_v2_proof_copies_changed(
     &normalized == original
 }
 
-fn both_modes(
-    trust: &TrustMaterial,
-    json: &[u8],
-    image: &Digest,
-) -> (Result<usize, VerifyError>, Result<usize, VerifyError>) {
+fn both_modes(trust: &TrustMaterial, json: &[u8], image: &Digest) -> (Result<usize, VerifyError>, Result<usize, VerifyError>) {
     let bundle = match parse_bundle(json) {
         Ok(b) => b,
         Err(e) => return (Err(e.clone().into()), Err(e.into())),
@@ -399,14 +325,7 @@ fn both_modes(
     let run = |mode| {
         pullgate::verify::image::check_image_statement(&bundle, image)
             .map_err(VerifyError::from)
-            .and_then(|()| {
-                trust.verify_bundle_with_mode(
-                    &bundle,
-                    ArtifactRef::Digest(image),
-                    ExpectedSigner::Certificate,
-                    mode,
-                )
-            })
+            .and_then(|()| trust.verify_bundle_with_mode(&bundle, ArtifactRef::Digest(image), ExpectedSigner::Certificate, mode))
             // How many RFC 3161 tokens were skipped as unlisted (step 3a).
             .map(|v| v.skipped_timestamps.len())
     };
@@ -427,15 +346,9 @@ fn mutated_v3_bundles_are_never_accepted() {
     }
     for v in &variants {
         let (fast, reference) = both_modes(&trust, v.to_string().as_bytes(), &image);
-        assert!(
-            fast.is_ok() && reference.is_ok(),
-            "baseline must verify: {fast:?} {reference:?}"
-        );
+        assert!(fast.is_ok() && reference.is_ok(), "baseline must verify: {fast:?} {reference:?}");
     }
-    let originals: Vec<_> = variants
-        .iter()
-        .map(|v| parse_bundle(v.to_string().as_bytes()).unwrap())
-        .collect();
+    let originals: Vec<_> = variants.iter().map(|v| parse_bundle(v.to_string().as_bytes()).unwrap()).collect();
     let (mut rejected, mut equivalent) = (0, 0);
     for i in 0..iterations() {
         let which = rng.below(variants.len());
@@ -453,9 +366,7 @@ fn mutated_v3_bundles_are_never_accepted() {
             }
             m
         } else {
-            mutate_json(&mut rng, &variants[which])
-                .to_string()
-                .into_bytes()
+            mutate_json(&mut rng, &variants[which]).to_string().into_bytes()
         };
         // A mutation the parser normalizes away (an unknown field renamed,
         // say) leaves the same bundle: acceptance is then correct.
@@ -503,10 +414,7 @@ fn mutate_legacy(rng: &mut Rng, sig: &LegacySignature) -> Option<LegacySignature
             // Keep the layer digest consistent half the time, so the
             // signature check (not just the digest check) is exercised.
             if rng.below(2) == 0 {
-                m.layer_digest = Some(Digest::compute(
-                    pullgate::verify::DigestAlgorithm::Sha256,
-                    &m.payload,
-                ));
+                m.layer_digest = Some(Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &m.payload));
             }
         }
         1 => {
@@ -515,8 +423,7 @@ fn mutate_legacy(rng: &mut Rng, sig: &LegacySignature) -> Option<LegacySignature
             m.signature = B64.encode(bytes);
         }
         2 => {
-            let der =
-                sigstore_verify::types::DerCertificate::from_pem(m.certificate.as_deref()?).ok()?;
+            let der = sigstore_verify::types::DerCertificate::from_pem(m.certificate.as_deref()?).ok()?;
             let mut bytes = der.as_bytes().to_vec();
             flip(rng, &mut bytes);
             m.certificate = Some(support::sigstore::keys::pem("CERTIFICATE", &bytes));
@@ -535,13 +442,10 @@ fn mutate_legacy(rng: &mut Rng, sig: &LegacySignature) -> Option<LegacySignature
             let original = B64.decode(doc["SignedRFC3161Timestamp"].as_str()?).ok()?;
             let mut token = original.clone();
             flip(rng, &mut token);
-            if tsa_signed_parts(&token).is_some()
-                && tsa_signed_parts(&token) == tsa_signed_parts(&original)
-            {
+            if tsa_signed_parts(&token).is_some() && tsa_signed_parts(&token) == tsa_signed_parts(&original) {
                 return None;
             }
-            m.rfc3161_timestamp =
-                Some(serde_json::json!({"SignedRFC3161Timestamp": B64.encode(token)}).to_string());
+            m.rfc3161_timestamp = Some(serde_json::json!({"SignedRFC3161Timestamp": B64.encode(token)}).to_string());
         }
     }
     Some(m)
@@ -554,10 +458,7 @@ fn mutated_legacy_signatures_are_never_accepted() {
     let trust = stack.trust();
     let image = image_digest(2);
     let mut variants = Vec::new();
-    for (tsa, kind) in [
-        (true, support::sigstore::LegacyKind::HashedRekord),
-        (false, support::sigstore::LegacyKind::Rekord),
-    ] {
+    for (tsa, kind) in [(true, support::sigstore::LegacyKind::HashedRekord), (false, support::sigstore::LegacyKind::Rekord)] {
         let mut opts = stack.options();
         opts.tsa = tsa;
         opts.legacy_kind = kind;
@@ -567,9 +468,7 @@ fn mutated_legacy_signatures_are_never_accepted() {
         variants.push(stack.sign_image_legacy(&image, &opts));
     }
     for v in &variants {
-        trust
-            .verify_legacy(v, &image, ExpectedSigner::Certificate)
-            .expect("baseline");
+        trust.verify_legacy(v, &image, ExpectedSigner::Certificate).expect("baseline");
     }
     let mut rejected = 0;
     for i in 0..iterations() {
@@ -582,11 +481,7 @@ fn mutated_legacy_signatures_are_never_accepted() {
         if result.as_ref().is_ok_and(|v| !v.skipped_timestamps.is_empty()) {
             continue;
         }
-        assert!(
-            result.is_err(),
-            "iteration {i}: mutated legacy signature accepted ({}): {mutated:?}",
-            last()
-        );
+        assert!(result.is_err(), "iteration {i}: mutated legacy signature accepted ({}): {mutated:?}", last());
         rejected += 1;
     }
     println!("legacy: {rejected} mutations rejected");
@@ -603,56 +498,32 @@ fn mutated_real_bundles_are_never_accepted() {
     };
     let vectors = shared.join("vectors");
     if !vectors.join("cases.json").is_file() {
-        eprintln!(
-            "SKIP: shared vectors not found (set PULLGATE_SHARED or place them at ../shared)"
-        );
+        eprintln!("SKIP: shared vectors not found (set PULLGATE_SHARED or place them at ../shared)");
         return;
     }
     let mut rng = Rng(0x5EED_0000_0000_0005);
     let mut rejected = 0;
     // A cosign v3 image bundle (Rekor v1 + TSA) and a message-signature bundle.
-    for name in [
-        "rs_kubewarden-v1.34.0",
-        "happy-path-v0.3",
-        "rekor2-happy-path",
-    ] {
+    for name in ["rs_kubewarden-v1.34.0", "happy-path-v0.3", "rekor2-happy-path"] {
         let dir = vectors.join(name);
         let trust = TrustMaterial::from_file(dir.join("trusted_root.json")).unwrap();
         let text = std::fs::read_to_string(dir.join("bundle.sigstore.json")).unwrap();
         let doc: Value = serde_json::from_str(&text).unwrap();
         let original = parse_bundle(text.as_bytes()).unwrap();
-        let cases: Value =
-            serde_json::from_str(&std::fs::read_to_string(vectors.join("cases.json")).unwrap())
-                .unwrap();
-        let digest: Digest = cases
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()["digest"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let cases: Value = serde_json::from_str(&std::fs::read_to_string(vectors.join("cases.json")).unwrap()).unwrap();
+        let digest: Digest =
+            cases.as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["digest"].as_str().unwrap().parse().unwrap();
         let verify = |json: &[u8]| -> Result<(), VerifyError> {
             let bundle = parse_bundle(json)?;
             for mode in [Mode::Fast, Mode::Reference] {
-                trust.verify_bundle_with_mode(
-                    &bundle,
-                    ArtifactRef::Digest(&digest),
-                    ExpectedSigner::Certificate,
-                    mode,
-                )?;
+                trust.verify_bundle_with_mode(&bundle, ArtifactRef::Digest(&digest), ExpectedSigner::Certificate, mode)?;
             }
             Ok(())
         };
         verify(text.as_bytes()).expect("baseline");
         for i in 0..iterations() / 2 {
-            let mutated = if rng.below(3) == 0 {
-                mutate_bytes(&mut rng, &text)
-            } else {
-                mutate_json(&mut rng, &doc).to_string().into_bytes()
-            };
+            let mutated =
+                if rng.below(3) == 0 { mutate_bytes(&mut rng, &text) } else { mutate_json(&mut rng, &doc).to_string().into_bytes() };
             if parse_bundle(&mutated).is_ok_and(|b| {
                 b == original
                     || same_but_unsigned_tsa_fields(&b, &original)
@@ -667,30 +538,12 @@ fn mutated_real_bundles_are_never_accepted() {
             let fast = bundle
                 .as_ref()
                 .map_err(|e| VerifyError::from(e.clone()))
-                .and_then(|b| {
-                    trust.verify_bundle_with_mode(
-                        b,
-                        ArtifactRef::Digest(&digest),
-                        ExpectedSigner::Certificate,
-                        Mode::Fast,
-                    )
-                });
+                .and_then(|b| trust.verify_bundle_with_mode(b, ArtifactRef::Digest(&digest), ExpectedSigner::Certificate, Mode::Fast));
             let reference = bundle
                 .as_ref()
                 .map_err(|e| VerifyError::from(e.clone()))
-                .and_then(|b| {
-                    trust.verify_bundle_with_mode(
-                        b,
-                        ArtifactRef::Digest(&digest),
-                        ExpectedSigner::Certificate,
-                        Mode::Reference,
-                    )
-                });
-            assert!(
-                fast.is_err() && reference.is_err(),
-                "{name} iteration {i}: mutated bundle accepted ({})",
-                last()
-            );
+                .and_then(|b| trust.verify_bundle_with_mode(b, ArtifactRef::Digest(&digest), ExpectedSigner::Certificate, Mode::Reference));
+            assert!(fast.is_err() && reference.is_err(), "{name} iteration {i}: mutated bundle accepted ({})", last());
             rejected += 1;
         }
     }

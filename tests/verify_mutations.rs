@@ -24,8 +24,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use pullgate::verify::{
-    parse_bundle, AllowedEdit, ArtifactRef, Digest, ExpectedSigner, Mode, PublicKey,
-    TrustMaterial, VerifiedSignature, ALLOWED_EDITS,
+    parse_bundle, AllowedEdit, ArtifactRef, Digest, ExpectedSigner, Mode, PublicKey, TrustMaterial, VerifiedSignature, ALLOWED_EDITS,
 };
 use serde_json::Value;
 use support::sigstore::keys::{KeyAlg, TestKey};
@@ -34,10 +33,7 @@ use support::sigstore::{image_digest, Stack};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 fn positions() -> usize {
-    std::env::var("PULLGATE_MUTATION_POSITIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
+    std::env::var("PULLGATE_MUTATION_POSITIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
 }
 
 /// One valid bundle and what it must verify against.
@@ -65,9 +61,7 @@ impl Case {
             Some(key) => ExpectedSigner::Key(key),
             None => ExpectedSigner::Certificate,
         };
-        self.trust
-            .verify_bundle_with_mode(&parsed, artifact, signer, Mode::Fast)
-            .ok()
+        self.trust.verify_bundle_with_mode(&parsed, artifact, signer, Mode::Fast).ok()
     }
 }
 
@@ -83,11 +77,7 @@ fn production_root_json(shared: &Path) -> String {
     let targets = shared.join("tuf/sigstore-public-good/targets");
     if let Ok(entries) = std::fs::read_dir(&targets) {
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".trusted_root.json")
-            {
+            if entry.file_name().to_string_lossy().ends_with(".trusted_root.json") {
                 return std::fs::read_to_string(entry.path()).expect("TUF target");
             }
         }
@@ -97,17 +87,13 @@ fn production_root_json(shared: &Path) -> String {
 
 fn shared_cases(shared: &Path) -> Vec<Case> {
     let dir = shared.join("vectors");
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let mut out = Vec::new();
     for c in cases {
         if c["expect"] != "pass" || c["format"] != "sigstore-bundle" {
             continue;
         }
-        let read = |k: &str| {
-            c[k].as_str()
-                .map(|p| std::fs::read_to_string(dir.join(p)).unwrap())
-        };
+        let read = |k: &str| c[k].as_str().map(|p| std::fs::read_to_string(dir.join(p)).unwrap());
         let root = read("trusted_root").unwrap_or_else(|| production_root_json(shared));
         let artifact = match c["artifact"].as_str() {
             Some(p) if dir.join(p).is_file() => Artifact::Bytes(std::fs::read(dir.join(p)).unwrap()),
@@ -150,20 +136,10 @@ fn stack_cases() -> Vec<Case> {
     for (name, bundle, key) in [
         ("stack-v3", plain.bundle, None),
         ("stack-v3-tsa", tsa.bundle, None),
-        (
-            "stack-v3-key",
-            keyed.bundle,
-            Some(PublicKey::from_pem(&key.public_pem()).unwrap()),
-        ),
+        ("stack-v3-key", keyed.bundle, Some(PublicKey::from_pem(&key.public_pem()).unwrap())),
         ("stack-v0.1-chain", chain, None),
     ] {
-        out.push(Case {
-            name: name.into(),
-            bundle,
-            trust: stack.trust(),
-            artifact: Artifact::Digest(image.clone()),
-            key,
-        });
+        out.push(Case { name: name.into(), bundle, trust: stack.trust(), artifact: Artifact::Digest(image.clone()), key });
     }
     out
 }
@@ -242,14 +218,7 @@ fn mutants(doc: &Value) -> Vec<Mutant> {
     walk(doc, &mut Vec::new(), &mut leaves, &mut keys);
     let n = positions();
     let mut out = Vec::new();
-    let mut push = |doc: Value, path: &JsonPath, kind, offset| {
-        out.push(Mutant {
-            doc,
-            path: path.clone(),
-            kind,
-            offset,
-        })
-    };
+    let mut push = |doc: Value, path: &JsonPath, kind, offset| out.push(Mutant { doc, path: path.clone(), kind, offset });
     for path in &leaves {
         let mut probe = doc.clone();
         let leaf = at(&mut probe, path).unwrap().clone();
@@ -271,10 +240,7 @@ fn mutants(doc: &Value) -> Vec<Mutant> {
                 }
             }
             Value::String(s) => {
-                let decoded = (s.len() >= 4)
-                    .then(|| B64.decode(s).ok())
-                    .flatten()
-                    .filter(|b| !b.is_empty());
+                let decoded = (s.len() >= 4).then(|| B64.decode(s).ok()).flatten().filter(|b| !b.is_empty());
                 if let Some(bytes) = decoded {
                     for i in spots(path, bytes.len(), n) {
                         let bit = (i * 7 + path.len()) % 8;
@@ -368,15 +334,10 @@ fn explain(case: &Case, m: &Mutant, verified: &VerifiedSignature) -> Option<&'st
     if m.kind == "key deletion" && last == "messageDigest" {
         return label("messageSignature.messageDigest");
     }
-    if m.kind == "key deletion"
-        && last == "inclusionProof"
-        && (media_type.ends_with("version=0.1") || media_type.ends_with("v0.1+json"))
-    {
+    if m.kind == "key deletion" && last == "inclusionProof" && (media_type.ends_with("version=0.1") || media_type.ends_with("v0.1+json")) {
         return label("tlogEntries[].inclusionProof (v0.1)");
     }
-    if field.iter().any(|k| k == "x509CertificateChain")
-        && m.path.iter().any(|k| k != "0" && k.parse::<usize>().is_ok())
-    {
+    if field.iter().any(|k| k == "x509CertificateChain") && m.path.iter().any(|k| k != "0" && k.parse::<usize>().is_ok()) {
         return label("x509CertificateChain.certificates[1..]");
     }
     if last == "envelope" {
@@ -407,20 +368,12 @@ fn explain(case: &Case, m: &Mutant, verified: &VerifiedSignature) -> Option<&'st
     if field.iter().any(|k| k == "rfc3161Timestamps") && m.kind == "bit flip" {
         let token = B64.decode(at(&mut original.clone(), &m.path)?.as_str()?).ok()?;
         let offset = m.offset?;
-        if embedded_certificates(&token)
-            .iter()
-            .any(|range| range.contains(&offset))
-        {
+        if embedded_certificates(&token).iter().any(|range| range.contains(&offset)) {
             return label("rfc3161Timestamps[] embedded certificates");
         }
         return None;
     }
-    if m.kind == "key deletion"
-        && matches!(
-            last,
-            "inclusionPromise" | "timestampVerificationData" | "rfc3161Timestamps"
-        )
-    {
+    if m.kind == "key deletion" && matches!(last, "inclusionPromise" | "timestampVerificationData" | "rfc3161Timestamps") {
         return label("redundant time source");
     }
     None
@@ -437,19 +390,16 @@ fn embedded_certificates(token: &[u8]) -> Vec<std::ops::Range<usize>> {
         return Vec::new();
     };
     // Back up to the ContentInfo SEQUENCE header (4 bytes for long lengths).
-    let info = (start.saturating_sub(4)..start)
-        .find_map(|s| cms::content_info::ContentInfo::from_der(&token[s..]).ok().or_else(|| {
+    let info = (start.saturating_sub(4)..start).find_map(|s| {
+        cms::content_info::ContentInfo::from_der(&token[s..]).ok().or_else(|| {
             let any = x509_cert::der::Any::from_der(&token[s..]).ok()?;
             cms::content_info::ContentInfo::from_der(&any.to_der().ok()?).ok()
-        }));
+        })
+    });
     let Some(info) = info else {
         return Vec::new();
     };
-    let Ok(signed) = info
-        .content
-        .to_der()
-        .and_then(|der| cms::signed_data::SignedData::from_der(&der))
-    else {
+    let Ok(signed) = info.content.to_der().and_then(|der| cms::signed_data::SignedData::from_der(&der)) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -469,20 +419,14 @@ fn single_field_mutations_are_refused_unless_allow_listed() {
     let mut cases = stack_cases();
     match shared_dir() {
         Some(shared) => cases.extend(shared_cases(&shared)),
-        None => eprintln!(
-            "../shared/vectors not found (set PULLGATE_SHARED): mutating the stack's bundles only"
-        ),
+        None => eprintln!("../shared/vectors not found (set PULLGATE_SHARED): mutating the stack's bundles only"),
     }
     let mut tried = 0usize;
     let mut refused = 0usize;
     let mut allowed: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut unexplained = Vec::new();
     for case in &cases {
-        assert!(
-            case.verify(&case.bundle).is_some(),
-            "{}: the unmutated bundle must verify",
-            case.name
-        );
+        assert!(case.verify(&case.bundle).is_some(), "{}: the unmutated bundle must verify", case.name);
         for m in mutants(&case.bundle) {
             if m.doc == case.bundle {
                 continue;
@@ -495,14 +439,7 @@ fn single_field_mutations_are_refused_unless_allow_listed() {
             match explain(case, &m, &verified) {
                 Some(entry) => {
                     if std::env::var_os("PULLGATE_MUTATION_VERBOSE").is_some() {
-                        println!(
-                            "allowed {}: {} at {} (offset {:?}) as {:?}",
-                            case.name,
-                            m.kind,
-                            m.path.join("."),
-                            m.offset,
-                            entry.field
-                        );
+                        println!("allowed {}: {} at {} (offset {:?}) as {:?}", case.name, m.kind, m.path.join("."), m.offset, entry.field);
                     }
                     *allowed.entry(entry.field).or_default() += 1
                 }
@@ -513,13 +450,8 @@ fn single_field_mutations_are_refused_unless_allow_listed() {
                             eprintln!("DUMP {} {}", m.offset.unwrap_or(0), hex::encode(B64.decode(&*s).unwrap_or_default()));
                         }
                     }
-                    unexplained.push(format!(
-                    "{}: {} at {} (offset {:?})",
-                    case.name,
-                    m.kind,
-                    m.path.join("."),
-                    m.offset
-                ))},
+                    unexplained.push(format!("{}: {} at {} (offset {:?})", case.name, m.kind, m.path.join("."), m.offset))
+                }
             }
         }
     }
@@ -532,10 +464,5 @@ fn single_field_mutations_are_refused_unless_allow_listed() {
     for (field, count) in &allowed {
         println!("  allowed {count:5}  {field}");
     }
-    assert!(
-        unexplained.is_empty(),
-        "{} mutants accepted outside the allow-list:\n{}",
-        unexplained.len(),
-        unexplained.join("\n")
-    );
+    assert!(unexplained.is_empty(), "{} mutants accepted outside the allow-list:\n{}", unexplained.len(), unexplained.join("\n"));
 }

@@ -8,92 +8,54 @@ mod support;
 
 use base64::Engine as _;
 use pullgate::policy::{Authority, ExtensionClaim, IdentityPolicy, KeylessIdentity, StringMatcher};
-use pullgate::verify::error::{
-    BindingError, CertificateError, MaterialError, SignatureError, TimestampError, TlogError,
-};
+use pullgate::verify::error::{BindingError, CertificateError, MaterialError, SignatureError, TimestampError, TlogError};
 use pullgate::verify::{
-    parse_bundle, verify_image, Digest, ExpectedSigner, LegacySignature, Mode, PublicKey,
-    SignatureMaterial, TrustMaterial, VerifiedSignature, VerifyError,
+    parse_bundle, verify_image, Digest, ExpectedSigner, LegacySignature, Mode, PublicKey, SignatureMaterial, TrustMaterial,
+    VerifiedSignature, VerifyError,
 };
 use serde_json::Value;
 use support::sigstore::keys::{KeyAlg, TestKey};
 use support::sigstore::rekor::Rekor;
-use support::sigstore::{
-    image_digest, LegacyKind, RootOptions, SctMode, SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN,
-};
+use support::sigstore::{image_digest, LegacyKind, RootOptions, SctMode, SignOptions, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Verify a v3 bundle for `image` in both modes; they must agree.
-fn verify_v3(
-    trust: &TrustMaterial,
-    bundle: &Value,
-    image: &Digest,
-) -> Result<VerifiedSignature, VerifyError> {
+fn verify_v3(trust: &TrustMaterial, bundle: &Value, image: &Digest) -> Result<VerifiedSignature, VerifyError> {
     let parsed = parse_bundle(bundle.to_string().as_bytes())?;
     let fast = trust.verify_image_bundle(&parsed, image, ExpectedSigner::Certificate);
     // The reference path (library unmodified) must reach the same verdict.
-    let reference = pullgate::verify::image::check_image_statement(&parsed, image)
-        .map_err(VerifyError::from)
-        .and_then(|()| {
-            trust.verify_bundle_with_mode(
-                &parsed,
-                pullgate::verify::ArtifactRef::Digest(image),
-                ExpectedSigner::Certificate,
-                Mode::Reference,
-            )
-        });
-    assert_eq!(
-        fast.is_ok(),
-        reference.is_ok(),
-        "fast {fast:?} vs reference {reference:?}"
-    );
+    let reference = pullgate::verify::image::check_image_statement(&parsed, image).map_err(VerifyError::from).and_then(|()| {
+        trust.verify_bundle_with_mode(&parsed, pullgate::verify::ArtifactRef::Digest(image), ExpectedSigner::Certificate, Mode::Reference)
+    });
+    assert_eq!(fast.is_ok(), reference.is_ok(), "fast {fast:?} vs reference {reference:?}");
     fast
 }
 
-fn verify_legacy(
-    trust: &TrustMaterial,
-    sig: &LegacySignature,
-    image: &Digest,
-) -> Result<VerifiedSignature, VerifyError> {
-    let signer = if sig.certificate.is_some() {
-        ExpectedSigner::Certificate
-    } else {
-        panic!("use verify_legacy_key")
-    };
+fn verify_legacy(trust: &TrustMaterial, sig: &LegacySignature, image: &Digest) -> Result<VerifiedSignature, VerifyError> {
+    let signer = if sig.certificate.is_some() { ExpectedSigner::Certificate } else { panic!("use verify_legacy_key") };
     trust.verify_legacy(sig, image, signer)
 }
 
 /// Assert the error is `matches` and its text contains `text`.
 #[track_caller]
-fn assert_reason(
-    result: Result<VerifiedSignature, VerifyError>,
-    matches: impl Fn(&VerifyError) -> bool,
-    text: &str,
-) {
+fn assert_reason(result: Result<VerifiedSignature, VerifyError>, matches: impl Fn(&VerifyError) -> bool, text: &str) {
     let err = result.expect_err("tampered material must not verify");
     let line = err.to_string();
     assert!(matches(&err), "unexpected error variant: {err:?}");
-    assert!(
-        line.contains(text),
-        "reason {line:?} does not mention {text:?}"
-    );
+    assert!(line.contains(text), "reason {line:?} does not mention {text:?}");
     assert!(!line.contains('\n'), "reason is not one line: {line:?}");
 }
 
 fn flip_b64(v: &mut Value) {
-    let mut bytes = B64
-        .decode(v.as_str().expect("base64 string"))
-        .expect("base64");
+    let mut bytes = B64.decode(v.as_str().expect("base64 string")).expect("base64");
     let i = bytes.len() / 2;
     bytes[i] ^= 0x01;
     *v = B64.encode(bytes).into();
 }
 
 fn flip_last_b64(v: &mut Value) {
-    let mut bytes = B64
-        .decode(v.as_str().expect("base64 string"))
-        .expect("base64");
+    let mut bytes = B64.decode(v.as_str().expect("base64 string")).expect("base64");
     let i = bytes.len() - 3;
     bytes[i] ^= 0x01;
     *v = B64.encode(bytes).into();
@@ -112,11 +74,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let stack = Stack::new();
     let trust = stack.trust();
-    Fixture {
-        stack,
-        trust,
-        image: image_digest(42),
-    }
+    Fixture { stack, trust, image: image_digest(42) }
 }
 
 impl Fixture {
@@ -162,21 +120,10 @@ fn dsse_payload() {
     // Re-encode the statement with one more subject: signature no longer covers it.
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let mut statement: Value = serde_json::from_slice(
-        &B64.decode(b["dsseEnvelope"]["payload"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
-    statement["subject"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"digest": {"sha256": "00".repeat(32)}}));
+    let mut statement: Value = serde_json::from_slice(&B64.decode(b["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap()).unwrap();
+    statement["subject"].as_array_mut().unwrap().push(serde_json::json!({"digest": {"sha256": "00".repeat(32)}}));
     b["dsseEnvelope"]["payload"] = B64.encode(statement.to_string()).into();
-    assert_reason(
-        verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Signature(_) | VerifyError::Tlog(_)),
-        "",
-    );
+    assert_reason(verify_v3(&fx.trust, &b, &fx.image), |e| matches!(e, VerifyError::Signature(_) | VerifyError::Tlog(_)), "");
 }
 
 #[test]
@@ -223,13 +170,7 @@ fn certificate_signature_bytes() {
 fn certificate_truncated() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let der = B64
-        .decode(
-            b["verificationMaterial"]["certificate"]["rawBytes"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
+    let der = B64.decode(b["verificationMaterial"]["certificate"]["rawBytes"].as_str().unwrap()).unwrap();
     b["verificationMaterial"]["certificate"]["rawBytes"] = B64.encode(&der[..der.len() / 2]).into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
@@ -247,12 +188,7 @@ fn certificate_swapped_for_another_valid_leaf() {
     b["verificationMaterial"]["certificate"] = other["verificationMaterial"]["certificate"].clone();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))
-            )
-        },
+        |e| matches!(e, VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))),
         "",
     );
 }
@@ -289,13 +225,7 @@ fn chain_annotation_garbage() {
     l.chain = Some("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into());
     assert_reason(
         verify_legacy(&fx.trust, &l, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Material(MaterialError::MalformedLegacy(_))
-                    | VerifyError::Certificate(_)
-            )
-        },
+        |e| matches!(e, VerifyError::Material(MaterialError::MalformedLegacy(_)) | VerifyError::Certificate(_)),
         "",
     );
 }
@@ -309,12 +239,7 @@ fn expired_certificate() {
     });
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Certificate(CertificateError::Expired { .. })
-            )
-        },
+        |e| matches!(e, VerifyError::Certificate(CertificateError::Expired { .. })),
         "certificate not valid at signing time",
     );
 }
@@ -328,12 +253,7 @@ fn not_yet_valid_certificate() {
     });
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Certificate(CertificateError::NotYetValid { .. })
-            )
-        },
+        |e| matches!(e, VerifyError::Certificate(CertificateError::NotYetValid { .. })),
         "not before",
     );
 }
@@ -349,12 +269,7 @@ fn expired_certificate_legacy_rekord() {
     });
     assert_reason(
         verify_legacy(&fx.trust, &l, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Certificate(CertificateError::Expired { .. })
-            )
-        },
+        |e| matches!(e, VerifyError::Certificate(CertificateError::Expired { .. })),
         "certificate not valid at signing time",
     );
 }
@@ -365,22 +280,14 @@ fn expired_certificate_legacy_rekord() {
 fn sct_from_untrusted_log() {
     let mut fx = fixture();
     let b = fx.v3(|o| o.sct = SctMode::UntrustedLog);
-    assert_reason(
-        verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))),
-        "SCT",
-    );
+    assert_reason(verify_v3(&fx.trust, &b, &fx.image), |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))), "SCT");
 }
 
 #[test]
 fn sct_missing() {
     let mut fx = fixture();
     let b = fx.v3(|o| o.sct = SctMode::Missing);
-    assert_reason(
-        verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))),
-        "SCT",
-    );
+    assert_reason(verify_v3(&fx.trust, &b, &fx.image), |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))), "SCT");
 }
 
 #[test]
@@ -388,15 +295,8 @@ fn sct_key_outside_validity_window() {
     let mut fx = fixture();
     let b = fx.v3(|_| {});
     let now = fx.stack.now;
-    let trust = fx.stack.trust_with(&RootOptions {
-        ct_window: Some((now - 100, None)),
-        ..Default::default()
-    });
-    assert_reason(
-        verify_v3(&trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))),
-        "SCT",
-    );
+    let trust = fx.stack.trust_with(&RootOptions { ct_window: Some((now - 100, None)), ..Default::default() });
+    assert_reason(verify_v3(&trust, &b, &fx.image), |e| matches!(e, VerifyError::Certificate(CertificateError::Sct(_))), "SCT");
 }
 
 // ---- transparency log ---------------------------------------------------------
@@ -405,11 +305,7 @@ fn sct_key_outside_validity_window() {
 fn log_entry_body() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let mut body: Value = serde_json::from_slice(
-        &B64.decode(entry(&mut b)["canonicalizedBody"].as_str().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let mut body: Value = serde_json::from_slice(&B64.decode(entry(&mut b)["canonicalizedBody"].as_str().unwrap()).unwrap()).unwrap();
     body["spec"]["payloadHash"]["value"] = "00".repeat(32).into();
     entry(&mut b)["canonicalizedBody"] = B64.encode(body.to_string()).into();
     // The SET covers the body: it is the first check to notice.
@@ -438,9 +334,7 @@ fn log_entry_of_another_signature() {
 fn legacy_log_entry_of_another_payload() {
     let mut fx = fixture();
     let mut l = fx.legacy(|_| {});
-    let other = fx
-        .stack
-        .sign_image_legacy(&image_digest(43), &fx.stack.options());
+    let other = fx.stack.sign_image_legacy(&image_digest(43), &fx.stack.options());
     l.rekor_bundle = other.rekor_bundle;
     assert_reason(
         verify_legacy(&fx.trust, &l, &fx.image),
@@ -483,11 +377,7 @@ fn inclusion_proof_hash() {
 fn inclusion_proof_index() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let index: u64 = entry(&mut b)["inclusionProof"]["logIndex"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let index: u64 = entry(&mut b)["inclusionProof"]["logIndex"].as_str().unwrap().parse().unwrap();
     entry(&mut b)["inclusionProof"]["logIndex"] = (index - 1).to_string().into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
@@ -532,17 +422,13 @@ fn no_log_entry_at_all() {
 fn checkpoint_signature() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let envelope = entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let envelope = entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"].as_str().unwrap().to_string();
     let (body, sig_line) = envelope.split_once("\n\n").unwrap();
     let (prefix, sig_b64) = sig_line.trim_end().rsplit_once(' ').unwrap();
     let mut sig = B64.decode(sig_b64).unwrap();
     let last = sig.len() - 3;
     sig[last] ^= 1;
-    entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"] =
-        format!("{body}\n\n{prefix} {}\n", B64.encode(sig)).into();
+    entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"] = format!("{body}\n\n{prefix} {}\n", B64.encode(sig)).into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Tlog(TlogError::CheckpointSigner(_))),
@@ -555,22 +441,9 @@ fn checkpoint_by_another_log() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
     let rogue = Rekor::new(TestKey::generate(KeyAlg::P256), 0);
-    let size: u64 = entry(&mut b)["inclusionProof"]["treeSize"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let root: [u8; 32] = B64
-        .decode(
-            entry(&mut b)["inclusionProof"]["rootHash"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap()
-        .try_into()
-        .unwrap();
-    entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"] =
-        rogue.checkpoint(size, &root).into();
+    let size: u64 = entry(&mut b)["inclusionProof"]["treeSize"].as_str().unwrap().parse().unwrap();
+    let root: [u8; 32] = B64.decode(entry(&mut b)["inclusionProof"]["rootHash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"] = rogue.checkpoint(size, &root).into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Tlog(TlogError::CheckpointSigner(_))),
@@ -582,19 +455,11 @@ fn checkpoint_by_another_log() {
 fn checkpoint_root_differs_from_proof() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let size: u64 = entry(&mut b)["inclusionProof"]["treeSize"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let size: u64 = entry(&mut b)["inclusionProof"]["treeSize"].as_str().unwrap().parse().unwrap();
     // A validly signed checkpoint, but for another tree.
     let checkpoint = fx.stack.rekor.checkpoint(size, &[7u8; 32]);
     entry(&mut b)["inclusionProof"]["checkpoint"]["envelope"] = checkpoint.into();
-    assert_reason(
-        verify_v3(&fx.trust, &b, &fx.image),
-        |e| matches!(e, VerifyError::Tlog(TlogError::Checkpoint(_))),
-        "invalid checkpoint",
-    );
+    assert_reason(verify_v3(&fx.trust, &b, &fx.image), |e| matches!(e, VerifyError::Tlog(TlogError::Checkpoint(_))), "invalid checkpoint");
 }
 
 #[test]
@@ -640,10 +505,7 @@ fn signed_entry_timestamp_removed() {
     // Without the SET (and without a TSA) there is no verified signing time.
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    entry(&mut b)
-        .as_object_mut()
-        .unwrap()
-        .remove("inclusionPromise");
+    entry(&mut b).as_object_mut().unwrap().remove("inclusionPromise");
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Timestamp(TimestampError::NoVerifiedTime(_))),
@@ -655,11 +517,7 @@ fn signed_entry_timestamp_removed() {
 fn integrated_time() {
     let mut fx = fixture();
     let mut b = fx.v3(|_| {});
-    let t: i64 = entry(&mut b)["integratedTime"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let t: i64 = entry(&mut b)["integratedTime"].as_str().unwrap().parse().unwrap();
     entry(&mut b)["integratedTime"] = (t + 60).to_string().into();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
@@ -673,10 +531,7 @@ fn rekor_key_outside_validity_window() {
     let mut fx = fixture();
     let b = fx.v3(|_| {});
     let now = fx.stack.now;
-    let trust = fx.stack.trust_with(&RootOptions {
-        rekor_window: Some((now - 100, None)),
-        ..Default::default()
-    });
+    let trust = fx.stack.trust_with(&RootOptions { rekor_window: Some((now - 100, None)), ..Default::default() });
     assert_reason(
         verify_v3(&trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Tlog(TlogError::Set(_))),
@@ -698,18 +553,10 @@ fn ca_outside_validity_window() {
     let mut fx = fixture();
     let b = fx.v3(|_| {});
     let now = fx.stack.now;
-    let trust = fx.stack.trust_with(&RootOptions {
-        ca_window: Some((now - 3 * 86400, Some(now - 86400))),
-        ..Default::default()
-    });
+    let trust = fx.stack.trust_with(&RootOptions { ca_window: Some((now - 3 * 86400, Some(now - 86400))), ..Default::default() });
     assert_reason(
         verify_v3(&trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Certificate(CertificateError::NoValidAuthority { .. })
-            )
-        },
+        |e| matches!(e, VerifyError::Certificate(CertificateError::NoValidAuthority { .. })),
         "no trusted certificate authority",
     );
 }
@@ -720,10 +567,7 @@ fn ca_outside_validity_window() {
 fn timestamp_token_bytes() {
     let mut fx = fixture();
     let mut b = fx.v3(|o| o.tsa = true);
-    flip_last_b64(
-        &mut b["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]
-            ["signedTimestamp"],
-    );
+    flip_last_b64(&mut b["verificationMaterial"]["timestampVerificationData"]["rfc3161Timestamps"][0]["signedTimestamp"]);
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Timestamp(TimestampError::Invalid(_))),
@@ -736,8 +580,7 @@ fn timestamp_over_another_signature() {
     let mut fx = fixture();
     let mut b = fx.v3(|o| o.tsa = true);
     let other = fx.v3(|o| o.tsa = true);
-    b["verificationMaterial"]["timestampVerificationData"] =
-        other["verificationMaterial"]["timestampVerificationData"].clone();
+    b["verificationMaterial"]["timestampVerificationData"] = other["verificationMaterial"]["timestampVerificationData"].clone();
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
         |e| matches!(e, VerifyError::Timestamp(TimestampError::Invalid(_))),
@@ -754,12 +597,7 @@ fn timestamp_outside_certificate_validity() {
     });
     assert_reason(
         verify_v3(&fx.trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Certificate(CertificateError::Expired { .. })
-            )
-        },
+        |e| matches!(e, VerifyError::Certificate(CertificateError::Expired { .. })),
         "certificate not valid at signing time",
     );
 }
@@ -769,18 +607,10 @@ fn timestamp_authority_outside_validity_window() {
     let mut fx = fixture();
     let b = fx.v3(|o| o.tsa = true);
     let now = fx.stack.now;
-    let trust = fx.stack.trust_with(&RootOptions {
-        tsa_window: Some((now - 3 * 86400, Some(now - 86400))),
-        ..Default::default()
-    });
+    let trust = fx.stack.trust_with(&RootOptions { tsa_window: Some((now - 3 * 86400, Some(now - 86400))), ..Default::default() });
     assert_reason(
         verify_v3(&trust, &b, &fx.image),
-        |e| {
-            matches!(
-                e,
-                VerifyError::Timestamp(TimestampError::OutsideAuthorityValidity(_))
-            )
-        },
+        |e| matches!(e, VerifyError::Timestamp(TimestampError::OutsideAuthorityValidity(_))),
         "outside its authority's validity window",
     );
 }
@@ -890,15 +720,11 @@ fn legacy_critical_type() {
 
 fn decide(fx: &mut Fixture, identity: KeylessIdentity) -> String {
     let b = fx.v3(|_| {});
-    let policy =
-        IdentityPolicy::any_of(vec![Authority::keyless("ci", vec![identity]).unwrap()]).unwrap();
+    let policy = IdentityPolicy::any_of(vec![Authority::keyless("ci", vec![identity]).unwrap()]).unwrap();
     let decision = verify_image(
         &fx.trust,
         &fx.image,
-        &[SignatureMaterial::Bundle {
-            source: "bundle".into(),
-            json: b.to_string().into_bytes(),
-        }],
+        &[SignatureMaterial::Bundle { source: "bundle".into(), json: b.to_string().into_bytes() }],
         &policy,
     );
     assert!(!decision.allowed);
@@ -912,36 +738,19 @@ fn identity() {
     let mut fx = fixture();
     let want = "https://github.com/pullgate/demo/.github/workflows/release.yml@refs/heads/dev";
     let reason = decide(&mut fx, KeylessIdentity::exact(want, DEFAULT_ISSUER));
-    assert_eq!(
-        reason,
-        format!("bundle: identity mismatch: got {DEFAULT_SAN}, want {want}")
-    );
+    assert_eq!(reason, format!("bundle: identity mismatch: got {DEFAULT_SAN}, want {want}"));
     let reason = decide(
         &mut fx,
-        KeylessIdentity {
-            subject: StringMatcher::regex("https://github.com/other/.*").unwrap(),
-            issuer: None,
-            claims: vec![],
-        },
+        KeylessIdentity { subject: StringMatcher::regex("https://github.com/other/.*").unwrap(), issuer: None, claims: vec![] },
     );
-    assert!(
-        reason.contains("identity mismatch")
-            && reason.contains("want regex https://github.com/other/.*"),
-        "{reason}"
-    );
+    assert!(reason.contains("identity mismatch") && reason.contains("want regex https://github.com/other/.*"), "{reason}");
 }
 
 #[test]
 fn issuer() {
     let mut fx = fixture();
-    let reason = decide(
-        &mut fx,
-        KeylessIdentity::exact(DEFAULT_SAN, "https://accounts.google.com"),
-    );
-    assert_eq!(
-        reason,
-        format!("bundle: issuer mismatch: got {DEFAULT_ISSUER}, want https://accounts.google.com")
-    );
+    let reason = decide(&mut fx, KeylessIdentity::exact(DEFAULT_SAN, "https://accounts.google.com"));
+    assert_eq!(reason, format!("bundle: issuer mismatch: got {DEFAULT_ISSUER}, want https://accounts.google.com"));
 }
 
 #[test]
@@ -952,16 +761,16 @@ fn extension_claims() {
         KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)
             .with_claim(ExtensionClaim::new("source-repository-ref", "refs/tags/v1").unwrap()),
     );
-    assert_eq!(reason, "bundle: certificate extension source-repository-ref (1.3.6.1.4.1.57264.1.14) mismatch: got refs/heads/main, want refs/tags/v1");
+    assert_eq!(
+        reason,
+        "bundle: certificate extension source-repository-ref (1.3.6.1.4.1.57264.1.14) mismatch: got refs/heads/main, want refs/tags/v1"
+    );
     let reason = decide(
         &mut fx,
         KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)
             .with_claim(ExtensionClaim::new("1.3.6.1.4.1.57264.1.23", "production").unwrap()),
     );
-    assert!(
-        reason.contains("deployment-environment") && reason.contains("got none"),
-        "{reason}"
-    );
+    assert!(reason.contains("deployment-environment") && reason.contains("got none"), "{reason}");
 }
 
 #[test]
@@ -973,9 +782,7 @@ fn issuer_v1_only_is_still_read() {
     opts.identity.claims.push((1, DEFAULT_ISSUER.into()));
     let b = fx.stack.sign_image_v3(&fx.image, &opts).bundle;
     let v = verify_v3(&fx.trust, &b, &fx.image).unwrap();
-    let pullgate::verify::Signer::Certificate(id) = v.signer else {
-        panic!()
-    };
+    let pullgate::verify::Signer::Certificate(id) = v.signer else { panic!() };
     assert_eq!(id.issuer.as_deref(), Some(DEFAULT_ISSUER));
 }
 
@@ -989,49 +796,19 @@ fn key_based_wrong_key_and_kind_confusion() {
     let opts = fx.stack.options();
     let b = fx.stack.sign_image_v3_with_key(&fx.image, &opts, &key);
     let parsed = parse_bundle(b.json().as_bytes()).unwrap();
-    let err = fx
-        .trust
-        .verify_image_bundle(&parsed, &fx.image, ExpectedSigner::Key(&other))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))
-        ),
-        "{err:?}"
-    );
+    let err = fx.trust.verify_image_bundle(&parsed, &fx.image, ExpectedSigner::Key(&other)).unwrap_err();
+    assert!(matches!(err, VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))), "{err:?}");
     // A key-signed bundle cannot satisfy a keyless identity...
-    let err = fx
-        .trust
-        .verify_image_bundle(&parsed, &fx.image, ExpectedSigner::Certificate)
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "signed with a public key, not a Fulcio certificate"
-    );
+    let err = fx.trust.verify_image_bundle(&parsed, &fx.image, ExpectedSigner::Certificate).unwrap_err();
+    assert_eq!(err.to_string(), "signed with a public key, not a Fulcio certificate");
     // ...and a keyless one cannot satisfy a key.
     let keyless = parse_bundle(fx.v3(|_| {}).to_string().as_bytes()).unwrap();
-    let err = fx
-        .trust
-        .verify_image_bundle(&keyless, &fx.image, ExpectedSigner::Key(&other))
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "signed with a Fulcio certificate, not a public key"
-    );
+    let err = fx.trust.verify_image_bundle(&keyless, &fx.image, ExpectedSigner::Key(&other)).unwrap_err();
+    assert_eq!(err.to_string(), "signed with a Fulcio certificate, not a public key");
     // Legacy, wrong key.
     let l = fx.stack.sign_image_legacy_with_key(&fx.image, &opts, &key);
-    let err = fx
-        .trust
-        .verify_legacy(&l, &fx.image, ExpectedSigner::Key(&other))
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))
-        ),
-        "{err:?}"
-    );
+    let err = fx.trust.verify_legacy(&l, &fx.image, ExpectedSigner::Key(&other)).unwrap_err();
+    assert!(matches!(err, VerifyError::Signature(_) | VerifyError::Tlog(TlogError::EntryMismatch(_))), "{err:?}");
 }
 
 // ---- malformed input never panics -------------------------------------------------------
@@ -1050,31 +827,18 @@ fn malformed_inputs_are_reasons_not_panics() {
         vec![b' '; pullgate::verify::bundle::MAX_BUNDLE_BYTES + 1],
     ];
     for input in inputs {
-        let candidates = [SignatureMaterial::Bundle {
-            source: "x".into(),
-            json: input,
-        }];
-        let policy = IdentityPolicy::any_of(vec![Authority::keyless(
-            "ci",
-            vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)],
-        )
-        .unwrap()])
-        .unwrap();
+        let candidates = [SignatureMaterial::Bundle { source: "x".into(), json: input }];
+        let policy =
+            IdentityPolicy::any_of(vec![Authority::keyless("ci", vec![KeylessIdentity::exact(DEFAULT_SAN, DEFAULT_ISSUER)]).unwrap()])
+                .unwrap();
         let decision = verify_image(&fx.trust, &fx.image, &candidates, &policy);
         assert!(!decision.allowed);
         assert!(!decision.reason().contains('\n'));
     }
-    for garbage in [
-        "",
-        "{}",
-        "not json",
-        r#"{"SignedEntryTimestamp":"!!","Payload":{}}"#,
-    ] {
+    for garbage in ["", "{}", "not json", r#"{"SignedEntryTimestamp":"!!","Payload":{}}"#] {
         assert!(pullgate::verify::RekorSetBundle::parse(garbage).is_err());
     }
     assert!(LegacySignature::from_layer_json("{}", vec![]).is_err());
     assert!(TrustMaterial::from_json("{}").is_err());
-    assert!(
-        PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err()
-    );
+    assert!(PublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
 }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use pullgate::policy::{Authority, IdentityPolicy, KeylessIdentity, StringMatcher};
 use pullgate::verify::cli::{run_verify_bundle, VerifyBundleArgs};
 use pullgate::verify::{
-    parse_bundle, verify_image, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode,
-    PublicKey, RekorSetBundle, SignatureMaterial, Signer, TrustMaterial,
+    parse_bundle, verify_image, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, PublicKey, RekorSetBundle, SignatureMaterial,
+    Signer, TrustMaterial,
 };
 use serde_json::Value;
 
@@ -39,8 +39,7 @@ impl Case {
         self.str(key).map(|p| self.dir.join(p))
     }
     fn read(&self, key: &str) -> Option<String> {
-        self.path(key)
-            .map(|p| std::fs::read_to_string(p).expect("vector file"))
+        self.path(key).map(|p| std::fs::read_to_string(p).expect("vector file"))
     }
     fn expect_pass(&self) -> bool {
         self.str("expect") == Some("pass")
@@ -52,11 +51,7 @@ fn production_root_json(shared: &Path) -> String {
     let targets = shared.join("tuf/sigstore-public-good/targets");
     if let Ok(entries) = std::fs::read_dir(&targets) {
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".trusted_root.json")
-            {
+            if entry.file_name().to_string_lossy().ends_with(".trusted_root.json") {
                 return std::fs::read_to_string(entry.path()).expect("TUF target");
             }
         }
@@ -96,28 +91,15 @@ fn verify_bundle_case(case: &Case, shared: &Path, use_digest: bool) -> Result<()
     verify_bundle_case_mode(case, shared, use_digest, Mode::Fast)
 }
 
-fn verify_bundle_case_mode(
-    case: &Case,
-    shared: &Path,
-    use_digest: bool,
-    mode: Mode,
-) -> Result<(), String> {
+fn verify_bundle_case_mode(case: &Case, shared: &Path, use_digest: bool, mode: Mode) -> Result<(), String> {
     let trust = trust_for(case, shared)?;
     let json = std::fs::read(case.path("bundle").unwrap()).unwrap();
     let bundle = parse_bundle(&json).map_err(|e| e.to_string())?;
-    let key = case
-        .read("key")
-        .map(|pem| PublicKey::from_pem(&pem))
-        .transpose()
-        .map_err(|e| e.to_string())?;
+    let key = case.read("key").map(|pem| PublicKey::from_pem(&pem)).transpose().map_err(|e| e.to_string())?;
     let artifact_bytes;
     let digest: Digest;
     let artifact = if use_digest {
-        digest = case
-            .str("digest")
-            .unwrap()
-            .parse()
-            .map_err(|e: pullgate::digest::DigestError| e.to_string())?;
+        digest = case.str("digest").unwrap().parse().map_err(|e: pullgate::digest::DigestError| e.to_string())?;
         ArtifactRef::Digest(&digest)
     } else {
         artifact_bytes = std::fs::read(case.path("artifact").unwrap()).unwrap();
@@ -127,9 +109,7 @@ fn verify_bundle_case_mode(
         Some(key) => ExpectedSigner::Key(key),
         None => ExpectedSigner::Certificate,
     };
-    let verified = trust
-        .verify_bundle_with_mode(&bundle, artifact, signer, mode)
-        .map_err(|e| e.to_string())?;
+    let verified = trust.verify_bundle_with_mode(&bundle, artifact, signer, mode).map_err(|e| e.to_string())?;
     if let Signer::Certificate(identity) = &verified.signer {
         let id = KeylessIdentity::exact(case.str("identity").unwrap(), case.str("issuer").unwrap());
         id.check(identity).map_err(|e| e.to_string())?;
@@ -140,11 +120,7 @@ fn verify_bundle_case_mode(
 }
 
 fn verify_bundle_cli(case: &Case, use_digest: bool) -> i32 {
-    let artifact = if use_digest {
-        case.str("digest").unwrap().to_string()
-    } else {
-        case.path("artifact").unwrap().display().to_string()
-    };
+    let artifact = if use_digest { case.str("digest").unwrap().to_string() } else { case.path("artifact").unwrap().display().to_string() };
     run_verify_bundle(VerifyBundleArgs {
         staging: false,
         bundle: case.path("bundle").unwrap(),
@@ -183,14 +159,8 @@ fn verify_legacy_case(case: &Case, shared: &Path) -> Vec<(String, Result<(), Str
         }
     };
 
-    let from_layer =
-        LegacySignature::from_layer_json(&case.read("layer_descriptor").unwrap(), payload.clone())
-            .map_err(|e| e.to_string());
-    results.push((
-        "layer".into(),
-        from_layer
-            .and_then(|sig| check(trust.verify_legacy(&sig, &image, ExpectedSigner::Certificate))),
-    ));
+    let from_layer = LegacySignature::from_layer_json(&case.read("layer_descriptor").unwrap(), payload.clone()).map_err(|e| e.to_string());
+    results.push(("layer".into(), from_layer.and_then(|sig| check(trust.verify_legacy(&sig, &image, ExpectedSigner::Certificate)))));
 
     let files = LegacySignature {
         payload: payload.clone(),
@@ -201,43 +171,18 @@ fn verify_legacy_case(case: &Case, shared: &Path) -> Vec<(String, Result<(), Str
         rekor_bundle: case.read("rekor_bundle"),
         rfc3161_timestamp: None,
     };
-    results.push((
-        "files".into(),
-        check(trust.verify_legacy(&files, &image, ExpectedSigner::Certificate)),
-    ));
+    results.push(("files".into(), check(trust.verify_legacy(&files, &image, ExpectedSigner::Certificate))));
 
-    let policy = IdentityPolicy::any_of(vec![
-        Authority::keyless("case", vec![identity.clone()]).unwrap()
-    ])
-    .unwrap();
-    let decision = verify_image(
-        &trust,
-        &image,
-        &[SignatureMaterial::Legacy {
-            source: "files".into(),
-            signature: files,
-        }],
-        &policy,
-    );
-    results.push((
-        "decision".into(),
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(decision.reason())
-        },
-    ));
+    let policy = IdentityPolicy::any_of(vec![Authority::keyless("case", vec![identity.clone()]).unwrap()]).unwrap();
+    let decision = verify_image(&trust, &image, &[SignatureMaterial::Legacy { source: "files".into(), signature: files }], &policy);
+    results.push(("decision".into(), if decision.allowed { Ok(()) } else { Err(decision.reason()) }));
     results
 }
 
 fn verify_set_case(case: &Case, shared: &Path) -> Result<(), String> {
     let trust = trust_for(case, shared)?;
-    let set =
-        RekorSetBundle::parse(&case.read("rekor_bundle").unwrap()).map_err(|e| e.to_string())?;
-    trust
-        .verify_rekor_set_bundle(&set)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    let set = RekorSetBundle::parse(&case.read("rekor_bundle").unwrap()).map_err(|e| e.to_string())?;
+    trust.verify_rekor_set_bundle(&set).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Whether the case's bundle is a cosign v3 image signature (DSSE statement
@@ -257,27 +202,15 @@ fn is_cosign_image_bundle(case: &Case) -> bool {
     let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(payload) else {
         return false;
     };
-    serde_json::from_slice::<Value>(&payload)
-        .is_ok_and(|s| s["predicateType"] == "https://sigstore.dev/cosign/sign/v1")
+    serde_json::from_slice::<Value>(&payload).is_ok_and(|s| s["predicateType"] == "https://sigstore.dev/cosign/sign/v1")
 }
 
 fn verify_image_case(case: &Case, shared: &Path) -> Result<(), String> {
     let trust = trust_for(case, shared)?;
-    let image: Digest = case
-        .str("digest")
-        .unwrap()
-        .parse()
-        .map_err(|e: pullgate::digest::DigestError| e.to_string())?;
-    let policy = IdentityPolicy::any_of(vec![Authority::keyless(
-        "case",
-        vec![keyless_identity(case)],
-    )
-    .unwrap()])
-    .unwrap();
-    let candidates = [SignatureMaterial::Bundle {
-        source: case.name().to_string(),
-        json: std::fs::read(case.path("bundle").unwrap()).unwrap(),
-    }];
+    let image: Digest = case.str("digest").unwrap().parse().map_err(|e: pullgate::digest::DigestError| e.to_string())?;
+    let policy = IdentityPolicy::any_of(vec![Authority::keyless("case", vec![keyless_identity(case)]).unwrap()]).unwrap();
+    let candidates =
+        [SignatureMaterial::Bundle { source: case.name().to_string(), json: std::fs::read(case.path("bundle").unwrap()).unwrap() }];
     let decision = verify_image(&trust, &image, &candidates, &policy);
     if decision.allowed {
         Ok(())
@@ -289,15 +222,11 @@ fn verify_image_case(case: &Case, shared: &Path) -> Result<(), String> {
 #[test]
 fn every_vector_matches_expectation() {
     let Some(shared) = shared_dir() else {
-        eprintln!(
-            "SKIP: shared vectors not found (set PULLGATE_SHARED or place them at ../shared)"
-        );
+        eprintln!("SKIP: shared vectors not found (set PULLGATE_SHARED or place them at ../shared)");
         return;
     };
     let vectors = shared.join("vectors");
-    let cases: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(vectors.join("cases.json")).unwrap())
-            .unwrap();
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(vectors.join("cases.json")).unwrap()).unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
     let mut unknown = Vec::new();
@@ -305,17 +234,9 @@ fn every_vector_matches_expectation() {
         checked += 1;
         let passed = result.is_ok();
         if let Err(reason) = &result {
-            assert!(
-                !reason.contains('\n'),
-                "{} {mode}: reason is not one line: {reason:?}",
-                case.name()
-            );
+            assert!(!reason.contains('\n'), "{} {mode}: reason is not one line: {reason:?}", case.name());
         }
-        let status = if passed == case.expect_pass() {
-            "ok "
-        } else {
-            "BAD"
-        };
+        let status = if passed == case.expect_pass() { "ok " } else { "BAD" };
         println!(
             "{status} {:<55} {:<8} expect {:<4} {}",
             case.name(),
@@ -328,10 +249,7 @@ fn every_vector_matches_expectation() {
         }
     };
     for v in cases {
-        let case = Case {
-            dir: vectors.clone(),
-            v,
-        };
+        let case = Case { dir: vectors.clone(), v };
         let format = case.str("format").unwrap_or_default();
         if format == "sigstore-bundle" {
             if case.str("artifact").is_some() {
@@ -339,35 +257,15 @@ fn every_vector_matches_expectation() {
             }
             record(&case, "digest", verify_bundle_case(&case, &shared, true));
             // The library's unmodified path must agree on every vector.
-            record(
-                &case,
-                "ref",
-                verify_bundle_case_mode(&case, &shared, true, Mode::Reference),
-            );
+            record(&case, "ref", verify_bundle_case_mode(&case, &shared, true, Mode::Reference));
             if is_cosign_image_bundle(&case) {
                 record(&case, "image", verify_image_case(&case, &shared));
             }
             let code = verify_bundle_cli(&case, true);
-            record(
-                &case,
-                "cli",
-                if code == 0 {
-                    Ok(())
-                } else {
-                    Err(format!("exit {code}"))
-                },
-            );
+            record(&case, "cli", if code == 0 { Ok(()) } else { Err(format!("exit {code}")) });
             if case.str("artifact").is_some() {
                 let code = verify_bundle_cli(&case, false);
-                record(
-                    &case,
-                    "cli-file",
-                    if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(format!("exit {code}"))
-                    },
-                );
+                record(&case, "cli-file", if code == 0 { Ok(()) } else { Err(format!("exit {code}")) });
             }
         } else if case.str("payload").is_some() {
             for (mode, result) in verify_legacy_case(&case, &shared) {
@@ -381,8 +279,5 @@ fn every_vector_matches_expectation() {
     }
     println!("{checked} checks");
     assert!(unknown.is_empty(), "{unknown:#?}");
-    assert!(
-        failures.is_empty(),
-        "vectors not matching expect: {failures:#?}"
-    );
+    assert!(failures.is_empty(), "vectors not matching expect: {failures:#?}");
 }

@@ -85,8 +85,24 @@ const INVALID_STATUS: usize = 17;
 const STREAM_ERROR: usize = 18;
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is +Inf).
-const BUCKETS_US: [u64; 16] =
-    [500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 120_000_000];
+const BUCKETS_US: [u64; 16] = [
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    120_000_000,
+];
 
 /// One method's counters: every field is only ever added to.
 #[derive(Default)]
@@ -163,7 +179,8 @@ impl CallObserver for CallMetrics {
 impl Collector for CallMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
-            let mut calls = encoder.encode_descriptor("cri_calls", "CRI calls served, by method and gRPC status code", None, MetricType::Counter)?;
+            let mut calls =
+                encoder.encode_descriptor("cri_calls", "CRI calls served, by method and gRPC status code", None, MetricType::Counter)?;
             for (i, row) in self.rows.iter().enumerate() {
                 let (service, method) = labels_of(i);
                 for (c, count) in row.codes.iter().enumerate() {

@@ -51,9 +51,19 @@ impl Health {
             Ok(v) => Check {
                 name: "containerd",
                 ok: true,
-                detail: format!("{} {} answers on {} (CRI {})", v.runtime_name, v.runtime_version, self.containerd.socket().display(), v.runtime_api_version),
+                detail: format!(
+                    "{} {} answers on {} (CRI {})",
+                    v.runtime_name,
+                    v.runtime_version,
+                    self.containerd.socket().display(),
+                    v.runtime_api_version
+                ),
             },
-            Err(e) => Check { name: "containerd", ok: false, detail: format!("containerd at {} does not answer: {e}", self.containerd.socket().display()) },
+            Err(e) => Check {
+                name: "containerd",
+                ok: false,
+                detail: format!("containerd at {} does not answer: {e}", self.containerd.socket().display()),
+            },
         }
     }
 
@@ -77,7 +87,9 @@ impl Health {
         });
         match &self.policy {
             Some(summary) => checks.push(Check { name: "policy", ok: true, detail: summary() }),
-            None => checks.push(Check { name: "policy", ok: true, detail: "no policy configured: pass-through, nothing is checked".into() }),
+            None => {
+                checks.push(Check { name: "policy", ok: true, detail: "no policy configured: pass-through, nothing is checked".into() })
+            }
         }
         if let Some(trust) = &self.trust {
             checks.push(match trust.material() {

@@ -71,7 +71,12 @@ impl std::fmt::Debug for StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        bool_gauge(&mut e, "enforcement_enabled", "1 when a policy is configured (0: pure pass-through, nothing is checked)", self.enforcement)?;
+        bool_gauge(
+            &mut e,
+            "enforcement_enabled",
+            "1 when a policy is configured (0: pure pass-through, nothing is checked)",
+            self.enforcement,
+        )?;
         bool_gauge(&mut e, "upstream_connected", "1 while the proxy holds an HTTP/2 connection to containerd", (self.upstream)())?;
         if let Some(up) = self.probe.up() {
             bool_gauge(&mut e, "upstream_up", "1 when containerd answered the last CRI Version probe (made on /ready and on scrapes)", up)?;
@@ -79,26 +84,66 @@ impl Collector for StateCollector {
         if let Some(trust) = &self.trust {
             let facts = trust.facts();
             bool_gauge(&mut e, "trust_root_installed", "1 when a trust root is loaded", facts.installed)?;
-            gauge(&mut e, "trust_root_generation", "Generation of the loaded trust root (+1 per swap; 0: none)", None, facts.generation as f64)?;
+            gauge(
+                &mut e,
+                "trust_root_generation",
+                "Generation of the loaded trust root (+1 per swap; 0: none)",
+                None,
+                facts.generation as f64,
+            )?;
             {
-                let mut m = e.encode_descriptor("trust_root_state", "The loaded trust root's freshness: 1 for the current state", None, MetricType::Gauge)?;
+                let mut m = e.encode_descriptor(
+                    "trust_root_state",
+                    "The loaded trust root's freshness: 1 for the current state",
+                    None,
+                    MetricType::Gauge,
+                )?;
                 for state in ["fresh", "expiring", "stale", "none"] {
                     ConstGauge::new(if facts.verdict == state { 1i64 } else { 0 }).encode(m.encode_family(&[("state", state)])?)?;
                 }
             }
             if let Some(s) = facts.seconds_until_stale {
-                gauge(&mut e, "trust_root_seconds_until_stale", "Seconds until the loaded trust root goes stale and enforce-mode decisions fail closed (negative: stale)", None, s as f64)?;
+                gauge(
+                    &mut e,
+                    "trust_root_seconds_until_stale",
+                    "Seconds until the loaded trust root goes stale and enforce-mode decisions fail closed (negative: stale)",
+                    None,
+                    s as f64,
+                )?;
             }
             if let Some(t) = facts.imported_at {
-                gauge(&mut e, "trust_root_imported_timestamp", "When the loaded trust root was imported", Some(Unit::Seconds), t.as_second() as f64)?;
+                gauge(
+                    &mut e,
+                    "trust_root_imported_timestamp",
+                    "When the loaded trust root was imported",
+                    Some(Unit::Seconds),
+                    t.as_second() as f64,
+                )?;
             }
             if let Some(r) = &facts.last_reload {
-                bool_gauge(&mut e, "trust_root_last_reload_success", "1 when the last trust-root reload succeeded (0: refused, the previous root stays)", r.ok)?;
-                gauge(&mut e, "trust_root_last_reload_timestamp", "When the trust root was last (re)loaded", Some(Unit::Seconds), r.at.as_second() as f64)?;
+                bool_gauge(
+                    &mut e,
+                    "trust_root_last_reload_success",
+                    "1 when the last trust-root reload succeeded (0: refused, the previous root stays)",
+                    r.ok,
+                )?;
+                gauge(
+                    &mut e,
+                    "trust_root_last_reload_timestamp",
+                    "When the trust root was last (re)loaded",
+                    Some(Unit::Seconds),
+                    r.at.as_second() as f64,
+                )?;
             }
             if let Some(i) = &facts.last_import {
                 bool_gauge(&mut e, "trust_root_last_import_success", "1 when the last `pullgate trust-root import` succeeded", i.ok)?;
-                gauge(&mut e, "trust_root_last_import_timestamp", "When `pullgate trust-root import` last ran", Some(Unit::Seconds), i.at.as_second() as f64)?;
+                gauge(
+                    &mut e,
+                    "trust_root_last_import_timestamp",
+                    "When `pullgate trust-root import` last ran",
+                    Some(Unit::Seconds),
+                    i.at.as_second() as f64,
+                )?;
             }
         }
         Ok(())

@@ -31,7 +31,9 @@ pub struct Budget {
 
 /// The budget could not give a call its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("pullgate is buffering its limit of intercepted requests ({total} bytes, cri.max_buffered_bytes); this call needs {wanted} more: retry")]
+#[error(
+    "pullgate is buffering its limit of intercepted requests ({total} bytes, cri.max_buffered_bytes); this call needs {wanted} more: retry"
+)]
 pub struct Exhausted {
     pub wanted: u64,
     pub total: u64,

@@ -15,8 +15,8 @@ use prost::Message;
 
 use super::api;
 use super::grpc::{self, Code};
-use super::upstream::{Upstream, UpstreamError};
 use super::settings::UpstreamConnection;
+use super::upstream::{Upstream, UpstreamError};
 
 /// Why a call made by pullgate itself failed; one line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,24 +55,36 @@ impl CriClient {
 
     /// `ImageService/ListImages`: every image containerd's CRI plugin knows.
     pub async fn list_images(&self) -> Result<Vec<api::Image>, CallError> {
-        let resp: api::ListImagesResponse = self.unary("/runtime.v1.ImageService/ListImages", "ListImages", &api::ListImagesRequest {}).await?;
+        let resp: api::ListImagesResponse =
+            self.unary("/runtime.v1.ImageService/ListImages", "ListImages", &api::ListImagesRequest {}).await?;
         Ok(resp.images)
     }
 
     /// `RuntimeService/Status` with `verbose`: containerd's `info` map (its CRI configuration).
     pub async fn status_info(&self) -> Result<std::collections::HashMap<String, String>, CallError> {
-        let resp: api::StatusResponse = self.unary("/runtime.v1.RuntimeService/Status", "Status", &api::StatusRequest { verbose: true }).await?;
+        let resp: api::StatusResponse =
+            self.unary("/runtime.v1.RuntimeService/Status", "Status", &api::StatusRequest { verbose: true }).await?;
         Ok(resp.info)
     }
 
-    async fn unary<Req: Message, Resp: Message + Default>(&self, path: &'static str, method: &'static str, req: &Req) -> Result<Resp, CallError> {
+    async fn unary<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &'static str,
+        method: &'static str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
         match tokio::time::timeout(self.timeout, self.unary_unbounded(path, method, req)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Timeout(self.timeout)),
         }
     }
 
-    async fn unary_unbounded<Req: Message, Resp: Message + Default>(&self, path: &'static str, method: &'static str, req: &Req) -> Result<Resp, CallError> {
+    async fn unary_unbounded<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &'static str,
+        method: &'static str,
+        req: &Req,
+    ) -> Result<Resp, CallError> {
         let sender = self.upstream.sender().await.map_err(|e| {
             // `UpstreamError` speaks of containerd; this client also calls pullgate itself.
             let (UpstreamError::Connect { path, reason } | UpstreamError::BackingOff { path, reason, .. }) = e;
@@ -97,7 +109,8 @@ impl CriClient {
         let header_msg = resp.headers().get("grpc-message").map(|v| grpc::decode_message(v.as_bytes()));
         let collected = resp.into_body().collect().await.map_err(|e| CallError::Unreachable(format!("answer cut short: {e}")))?;
         let trailers = collected.trailers().cloned();
-        let code = header_code.or_else(|| trailers.as_ref().and_then(|t| Code::from_header(t.get("grpc-status")))).unwrap_or(Code::Unknown as i32);
+        let code =
+            header_code.or_else(|| trailers.as_ref().and_then(|t| Code::from_header(t.get("grpc-status")))).unwrap_or(Code::Unknown as i32);
         if code != 0 {
             let message = header_msg
                 .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-message")).map(|v| grpc::decode_message(v.as_bytes())))

@@ -39,10 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 
+use super::calls::{CallObserver, CallProbe, Metered};
 use super::frames::{self, BlockError, Head, Settings, HEADER_LEN};
 use super::proxy::{CallerBody, Peer, Proxy};
 use super::quiet::QuietStream;
-use super::calls::{CallObserver, CallProbe, Metered};
 
 /// Extra connection window pullgate gives containerd at once, beyond the 64 KiB default: the
 /// most of containerd's data that can wait in pullgate for the caller's window.
@@ -171,7 +171,12 @@ enum Queued {
     Raw(Bytes),
     /// Unpadded DATA; `upstream` when it came from containerd (its bytes are credited to
     /// containerd once written).
-    Data { stream: u32, end: bool, payload: Bytes, upstream: bool },
+    Data {
+        stream: u32,
+        end: bool,
+        payload: Bytes,
+        upstream: bool,
+    },
 }
 
 /// A call pullgate serves itself.
@@ -290,7 +295,13 @@ struct Relay {
 type Fatal = Reason;
 
 impl Relay {
-    fn new(proxy: Arc<Proxy>, peer: Peer, calls: Option<&'static dyn CallObserver>, tx: mpsc::UnboundedSender<(u32, Msg)>, rx: mpsc::UnboundedReceiver<(u32, Msg)>) -> Self {
+    fn new(
+        proxy: Arc<Proxy>,
+        peer: Peer,
+        calls: Option<&'static dyn CallObserver>,
+        tx: mpsc::UnboundedSender<(u32, Msg)>,
+        rx: mpsc::UnboundedReceiver<(u32, Msg)>,
+    ) -> Self {
         Relay {
             proxy,
             peer,
@@ -369,10 +380,13 @@ impl Relay {
     }
 
     fn queued_len(&self) -> usize {
-        self.c_queue.iter().map(|q| match q {
-            Queued::Raw(b) => b.len(),
-            Queued::Data { payload, .. } => payload.len() + HEADER_LEN,
-        }).sum()
+        self.c_queue
+            .iter()
+            .map(|q| match q {
+                Queued::Raw(b) => b.len(),
+                Queued::Data { payload, .. } => payload.len() + HEADER_LEN,
+            })
+            .sum()
     }
 
     /// Sends GOAWAY with `reason` to the caller (best effort) and ends.
@@ -530,7 +544,13 @@ impl Relay {
                     return Err(Reason::PROTOCOL_ERROR);
                 }
                 let (fragment, prio) = frames::headers_fragment(head.flags, payload)?;
-                let block = PendingBlock { stream: s, end_stream: head.flags & frames::END_STREAM != 0, prio, fragment: fragment.to_vec(), raw: Vec::new() };
+                let block = PendingBlock {
+                    stream: s,
+                    end_stream: head.flags & frames::END_STREAM != 0,
+                    prio,
+                    fragment: fragment.to_vec(),
+                    raw: Vec::new(),
+                };
                 if head.flags & frames::END_HEADERS != 0 {
                     self.client_block(block)?;
                 } else {
@@ -783,7 +803,13 @@ impl Relay {
             }
             frames::HEADERS => {
                 let (fragment, _) = frames::headers_fragment(head.flags, payload).map_err(|_| Reason::INTERNAL_ERROR)?;
-                let block = PendingBlock { stream: s, end_stream: head.flags & frames::END_STREAM != 0, prio: None, fragment: fragment.to_vec(), raw: whole.to_vec() };
+                let block = PendingBlock {
+                    stream: s,
+                    end_stream: head.flags & frames::END_STREAM != 0,
+                    prio: None,
+                    fragment: fragment.to_vec(),
+                    raw: whole.to_vec(),
+                };
                 if head.flags & frames::END_HEADERS != 0 {
                     self.upstream_block(block)?;
                 } else {
@@ -1120,7 +1146,15 @@ mod tests {
         let (client, relay_client) = tokio::net::UnixStream::pair().unwrap();
         let (relay_up, upstream) = tokio::net::UnixStream::pair().unwrap();
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        tokio::spawn(serve(QuietStream::new(relay_client).unwrap(), QuietStream::new(relay_up).unwrap(), Vec::new(), proxy(), PEER, None, stop));
+        tokio::spawn(serve(
+            QuietStream::new(relay_client).unwrap(),
+            QuietStream::new(relay_up).unwrap(),
+            Vec::new(),
+            proxy(),
+            PEER,
+            None,
+            stop,
+        ));
         (client, upstream, stop_tx)
     }
 
@@ -1149,7 +1183,11 @@ mod tests {
 
     async fn call(client: &h2::client::SendRequest<Bytes>, path: &str, body: Bytes) -> (http::HeaderMap, Vec<u8>, Option<http::HeaderMap>) {
         let mut client = client.clone().ready().await.unwrap();
-        let req = http::Request::post(format!("http://localhost{path}")).header("content-type", "application/grpc").header("te", "trailers").body(()).unwrap();
+        let req = http::Request::post(format!("http://localhost{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
         let (resp, mut send) = client.send_request(req, false).unwrap();
         let mut rest = body;
         if rest.is_empty() {

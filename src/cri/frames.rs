@@ -110,7 +110,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { header_table_size: DEFAULT_TABLE, initial_window: DEFAULT_WINDOW, max_frame: DEFAULT_MAX_FRAME, max_frame_ever: DEFAULT_MAX_FRAME }
+        Settings {
+            header_table_size: DEFAULT_TABLE,
+            initial_window: DEFAULT_WINDOW,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_frame_ever: DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -294,8 +299,10 @@ impl Block {
             parts.scheme = Some(scheme);
         }
         let path = path.filter(|p| !p.is_empty()).ok_or(BlockError::Malformed)?;
-        parts.path_and_query = Some(uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).map_err(|_| BlockError::Malformed)?);
-        let mut req = Request::builder().version(http::Version::HTTP_2).method(method).uri(parts).body(()).map_err(|_| BlockError::Malformed)?;
+        parts.path_and_query =
+            Some(uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())).map_err(|_| BlockError::Malformed)?);
+        let mut req =
+            Request::builder().version(http::Version::HTTP_2).method(method).uri(parts).body(()).map_err(|_| BlockError::Malformed)?;
         *req.headers_mut() = self.header_map();
         Ok(req)
     }
@@ -323,7 +330,13 @@ pub fn decode_block(decoder: &mut Decoder, block: &[u8]) -> Result<Block, BlockE
         let pseudo = match &h {
             Header::Field { name, value } => {
                 use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-                if name == CONNECTION || name == TRANSFER_ENCODING || name == UPGRADE || name == "keep-alive" || name == "proxy-connection" || (name == TE && value != "trailers") {
+                if name == CONNECTION
+                    || name == TRANSFER_ENCODING
+                    || name == UPGRADE
+                    || name == "keep-alive"
+                    || name == "proxy-connection"
+                    || (name == TE && value != "trailers")
+                {
                     out.malformed = true;
                 }
                 regular = true;
@@ -518,7 +531,11 @@ mod tests {
     fn bad_hpack_and_bombs_end_the_connection() {
         // An index past both tables; a truncated literal; a size update above the limit.
         for bad in [&[0xff, 0xff, 0x7f][..], &[0x00, 0x05, b'a'], &[0x3f, 0xe1, 0xff, 0x03]] {
-            assert_eq!(decode_block(&mut Decoder::new(DEFAULT_TABLE), bad).err(), Some(BlockError::Connection(Reason::COMPRESSION_ERROR)), "{bad:?}");
+            assert_eq!(
+                decode_block(&mut Decoder::new(DEFAULT_TABLE), bad).err(),
+                Some(BlockError::Connection(Reason::COMPRESSION_ERROR)),
+                "{bad:?}"
+            );
         }
         // One 4000-byte entry indexed once, then referenced 100 000 times: 400 MB decoded.
         let mut dec = Decoder::new(DEFAULT_TABLE);
@@ -528,7 +545,10 @@ mod tests {
         string(&mut block, &[b'v'; 4000]);
         block.put_slice(&[0xbe; 100_000]);
         assert_eq!(decode_block(&mut dec, &block).err(), Some(BlockError::Connection(Reason::ENHANCE_YOUR_CALM)));
-        assert_eq!(decode_block(&mut dec, &vec![0x82; MAX_HEADER_BLOCK + 1]).err(), Some(BlockError::Connection(Reason::ENHANCE_YOUR_CALM)));
+        assert_eq!(
+            decode_block(&mut dec, &vec![0x82; MAX_HEADER_BLOCK + 1]).err(),
+            Some(BlockError::Connection(Reason::ENHANCE_YOUR_CALM))
+        );
     }
 
     #[test]

@@ -222,7 +222,9 @@ impl Proxy {
     /// its gRPC message header declares are reserved before the message is read. Error: the
     /// response to send instead (`RESOURCE_EXHAUSTED` when the budget stays short).
     async fn read_request(&self, mut body: CallerBody) -> Result<(Bytes, Reservation), Response<ResponseBody>> {
-        let too_large = || grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: larger than {MAX_BUFFERED_BODY} bytes"));
+        let too_large = || {
+            grpc::status_response(Code::InvalidArgument, &format!("pullgate: cannot read request: larger than {MAX_BUFFERED_BODY} bytes"))
+        };
         let mut buf = BytesMut::new();
         let mut reservation = None;
         let mut limit = MAX_BUFFERED_BODY;
@@ -265,7 +267,13 @@ impl Proxy {
         self.forward(Request::from_parts(parts, Either::Right(Full::new(body)))).await
     }
 
-    async fn pull_image(&self, parts: http::request::Parts, body: Bytes, msg: &Bytes, req: api::PullImageRequest) -> (Response<ResponseBody>, CallLog) {
+    async fn pull_image(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        msg: &Bytes,
+        req: api::PullImageRequest,
+    ) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
         let image = req.image.map(|i| i.image).unwrap_or_default();
         let mut log = CallLog { image: crate::bounded::field(&image).into_owned(), pod: pod.clone(), ..Default::default() };
@@ -307,13 +315,23 @@ impl Proxy {
         }
     }
 
-    async fn create_container(&self, parts: http::request::Parts, body: Bytes, req: api::CreateContainerRequest) -> (Response<ResponseBody>, CallLog) {
+    async fn create_container(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        req: api::CreateContainerRequest,
+    ) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.sandbox_config.as_ref());
         let config = req.config.unwrap_or_default();
         let image = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         let user_specified = config.image.as_ref().map(|i| i.user_specified_image.clone()).filter(|s| !s.is_empty());
         let container = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-        let mut log = CallLog { image: crate::bounded::field(&image).into_owned(), pod: pod.clone(), container: container.clone(), ..Default::default() };
+        let mut log = CallLog {
+            image: crate::bounded::field(&image).into_owned(),
+            pod: pod.clone(),
+            container: container.clone(),
+            ..Default::default()
+        };
         let Some(gate) = self.gate() else {
             return (self.forward_buffered(parts, body).await, log);
         };
@@ -335,7 +353,10 @@ impl Proxy {
                 Ok(s) => s,
                 Err(e) => {
                     log.verdict = Some("refused".into());
-                    return (refusal(&format!("image volume {container_path}: cannot look up image {image} in containerd to check it: {e}")), log);
+                    return (
+                        refusal(&format!("image volume {container_path}: cannot look up image {image} in containerd to check it: {e}")),
+                        log,
+                    );
                 }
             };
             mounts.push(MountImage { container_path, image, status });
@@ -376,7 +397,11 @@ impl Proxy {
     }
 
     /// One unary CRI call pullgate makes to containerd itself, on the proxy's connection.
-    pub(super) async fn unary_upstream<Req: Message, Resp: Message + Default>(&self, path: &'static str, req: &Req) -> Result<Resp, String> {
+    pub(super) async fn unary_upstream<Req: Message, Resp: Message + Default>(
+        &self,
+        path: &'static str,
+        req: &Req,
+    ) -> Result<Resp, String> {
         let http_req = Request::builder()
             .method("POST")
             .uri(path)
@@ -492,7 +517,11 @@ mod tests {
         let mounts = decoded.config.unwrap().mounts;
         assert_eq!(
             image_volumes(&mounts),
-            [("/data".to_string(), "sha256:bbbb".to_string()), ("/models".into(), "reg/models@sha256:cccc".into()), ("/x".into(), "i".into())]
+            [
+                ("/data".to_string(), "sha256:bbbb".to_string()),
+                ("/models".into(), "reg/models@sha256:cccc".into()),
+                ("/x".into(), "i".into())
+            ]
         );
         assert!(image_volumes(&[]).is_empty());
     }

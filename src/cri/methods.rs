@@ -159,7 +159,9 @@ pub fn allowable_image_method(name: &str) -> Result<String, String> {
         Route::UnknownImageMethod { name: method, .. } if method.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => Ok(path),
         Route::UnknownImageMethod { .. } => Err(format!("{name:?} is not a valid gRPC method name")),
         Route::Known { method, .. } => Err(format!("{name:?} is a method pullgate knows ({}), it needs no entry", method.check)),
-        Route::UnknownRuntimeMethod { .. } => Err(format!("{name:?} is a RuntimeService method: unknown RuntimeService methods are forwarded already")),
+        Route::UnknownRuntimeMethod { .. } => {
+            Err(format!("{name:?} is a RuntimeService method: unknown RuntimeService methods are forwarded already"))
+        }
         Route::NotCri => Err(format!(
             "{name:?} is not an ImageService method: expected runtime.v1.ImageService/<Method> or runtime.v1alpha2.ImageService/<Method>"
         )),

@@ -29,8 +29,8 @@ use super::images::ContainerdImages;
 use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
 use super::methods::{self, Route, Surface};
 use super::relay::UpstreamBody;
-use super::upstream::Upstream;
 use super::settings::Access;
+use super::upstream::Upstream;
 
 /// A request as sent to containerd: the caller's own stream, or bytes pullgate buffered.
 pub type RequestBody = Either<CallerBody, Full<Bytes>>;
@@ -46,7 +46,10 @@ impl http_body::Body for CallerBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             CallerBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             CallerBody::Relay(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
@@ -230,12 +233,23 @@ impl Proxy {
         let call = UncheckedCall { path: req.uri().path().to_string(), kind, uid: peer.uid, pid: peer.pid };
         match gate.unchecked(&call).await {
             CreateVerdict::Forward => {
-                tracing::info!(method = crate::bounded::field(&call.path).as_ref(), uid = peer.uid, pid = peer.pid, "forwarding a call pullgate does not check");
+                tracing::info!(
+                    method = crate::bounded::field(&call.path).as_ref(),
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    "forwarding a call pullgate does not check"
+                );
                 self.forward(req.map(Either::Left)).await
             }
             CreateVerdict::Refuse(reason) => {
                 let (method, why) = (crate::bounded::field(&call.path), crate::bounded::field(&reason));
-                tracing::warn!(method = method.as_ref(), uid = peer.uid, pid = peer.pid, reason = why.as_ref(), "refused a call outside the CRI methods pullgate checks");
+                tracing::warn!(
+                    method = method.as_ref(),
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    reason = why.as_ref(),
+                    "refused a call outside the CRI methods pullgate checks"
+                );
                 grpc::status_response(Code::PermissionDenied, &format!("pullgate: {reason}"))
             }
         }
@@ -320,13 +334,20 @@ mod tests {
     /// A gate that never gets asked anything here: routing is decided before any gate call.
     struct NoGate;
     impl Gate for NoGate {
-        fn pull<'a>(&'a self, _: &'a super::super::intercept::PullCall) -> super::super::intercept::BoxFuture<'a, super::super::intercept::PullVerdict> {
+        fn pull<'a>(
+            &'a self,
+            _: &'a super::super::intercept::PullCall,
+        ) -> super::super::intercept::BoxFuture<'a, super::super::intercept::PullVerdict> {
             unreachable!()
         }
         fn create<'a>(&'a self, _: &'a super::super::intercept::CreateCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
             unreachable!()
         }
-        fn mounts<'a>(&'a self, _: &'a super::super::intercept::CreateCall, _: &'a [super::super::intercept::MountImage]) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
+        fn mounts<'a>(
+            &'a self,
+            _: &'a super::super::intercept::CreateCall,
+            _: &'a [super::super::intercept::MountImage],
+        ) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
             unreachable!()
         }
         fn sandbox<'a>(&'a self, _: &'a super::super::intercept::SandboxCall) -> super::super::intercept::BoxFuture<'a, CreateVerdict> {
@@ -375,19 +396,29 @@ mod tests {
             assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/Version"), false), Dispatch::Forward);
             assert_eq!(p.route(&format!("/runtime.{v}.ImageService/StreamImages"), false), Dispatch::Forward);
             assert_eq!(p.route(&format!("/runtime.{v}.RuntimeService/SomethingNew"), false), Dispatch::Forward);
-            assert_eq!(p.route(&format!("/runtime.{v}.ImageService/FetchImage"), false), Dispatch::Unchecked(Unchecked::UnknownImageMethod));
+            assert_eq!(
+                p.route(&format!("/runtime.{v}.ImageService/FetchImage"), false),
+                Dispatch::Unchecked(Unchecked::UnknownImageMethod)
+            );
         }
-        for path in ["/containerd.services.images.v1.Images/Create", "/containerd.services.transfer.v1.Transfer/Transfer", "/grpc.health.v1.Health/Check", "/"] {
+        for path in [
+            "/containerd.services.images.v1.Images/Create",
+            "/containerd.services.transfer.v1.Transfer/Transfer",
+            "/grpc.health.v1.Health/Check",
+            "/",
+        ] {
             assert_eq!(p.route(path, false), Dispatch::Unchecked(Unchecked::NotCri), "{path}");
         }
     }
 
     #[test]
     fn upstream_uri_keeps_path_and_authority() {
-        assert_eq!(upstream_uri(&Uri::from_static("/runtime.v1.RuntimeService/Version")), "http://localhost/runtime.v1.RuntimeService/Version");
+        assert_eq!(
+            upstream_uri(&Uri::from_static("/runtime.v1.RuntimeService/Version")),
+            "http://localhost/runtime.v1.RuntimeService/Version"
+        );
         assert_eq!(upstream_uri(&Uri::from_static("http://foo:1/a.B/C")), "http://foo:1/a.B/C");
     }
-
 }
 
 #[cfg(test)]

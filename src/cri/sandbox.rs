@@ -36,7 +36,12 @@ impl Proxy {
         Ok(reported_sandbox_image(&status.info).or_else(|| self.configured_sandbox_image().map(str::to_string)))
     }
 
-    pub(super) async fn run_pod_sandbox(&self, parts: http::request::Parts, body: Bytes, req: api::RunPodSandboxRequest) -> (Response<ResponseBody>, CallLog) {
+    pub(super) async fn run_pod_sandbox(
+        &self,
+        parts: http::request::Parts,
+        body: Bytes,
+        req: api::RunPodSandboxRequest,
+    ) -> (Response<ResponseBody>, CallLog) {
         let (namespace, pod) = pod_of(req.config.as_ref());
         let mut log = CallLog { pod: pod.clone(), ..Default::default() };
         let Some(gate) = self.gate() else {
@@ -99,7 +104,11 @@ impl Proxy {
 
     /// Has containerd pull exactly `reference` (a verified digest), then points `tag_as` at it.
     async fn pull_pinned(&self, reference: &str, tag_as: Option<&str>) -> Result<(), String> {
-        let req = api::PullImageRequest { image: Some(api::ImageSpec { image: reference.into(), ..Default::default() }), auth: None, sandbox_config: None };
+        let req = api::PullImageRequest {
+            image: Some(api::ImageSpec { image: reference.into(), ..Default::default() }),
+            auth: None,
+            sandbox_config: None,
+        };
         let _: api::PullImageResponse = self.unary_upstream(PULL_IMAGE, &req).await?;
         if let Some(tag) = tag_as {
             self.images().tag(reference, tag).await.map_err(|e| format!("pulled, but cannot tag it {tag}: {e}"))?;
@@ -114,7 +123,9 @@ mod tests {
 
     #[test]
     fn sandbox_image_from_containerd_1_6_status() {
-        let info = [("config".to_string(), r#"{"containerd":{},"sandboxImage":"registry.k8s.io/pause:3.6","stateDir":"/run"}"#.to_string())].into();
+        let info =
+            [("config".to_string(), r#"{"containerd":{},"sandboxImage":"registry.k8s.io/pause:3.6","stateDir":"/run"}"#.to_string())]
+                .into();
         assert_eq!(reported_sandbox_image(&info).as_deref(), Some("registry.k8s.io/pause:3.6"));
     }
 

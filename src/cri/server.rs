@@ -8,10 +8,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 
-use super::listener::Listener;
-use super::quiet::QuietStream;
-use super::proxy::{Peer, Proxy};
 use super::calls::{CallObserver, Metered};
+use super::listener::Listener;
+use super::proxy::{Peer, Proxy};
+use super::quiet::QuietStream;
 
 /// Serves CRI on `listener` until `shutdown` resolves, telling `calls` of every call; then stops
 /// accepting, lets in-flight calls finish for at most `drain`, and removes the socket if

@@ -125,12 +125,7 @@ impl ConnState {
 
 impl Upstream {
     pub fn new(path: &Path, settings: UpstreamConnection) -> Self {
-        Upstream {
-            path: path.to_owned(),
-            settings,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(Backoff::default()),
-        }
+        Upstream { path: path.to_owned(), settings, current: Mutex::new(None), connecting: tokio::sync::Mutex::new(Backoff::default()) }
     }
 
     pub fn path(&self) -> &Path {

@@ -81,7 +81,8 @@ fn fields(buf: &[u8]) -> impl Iterator<Item = Result<Field, WireError>> + '_ {
                 LEN => {
                     let len = usize::try_from(read_varint(buf, &mut pos)?).map_err(|_| WireError::Malformed("length out of range"))?;
                     payload_start = pos;
-                    pos = pos.checked_add(len).filter(|p| *p <= buf.len()).ok_or(WireError::Malformed("truncated length-delimited field"))?;
+                    pos =
+                        pos.checked_add(len).filter(|p| *p <= buf.len()).ok_or(WireError::Malformed("truncated length-delimited field"))?;
                 }
                 SGROUP | EGROUP => return Err(WireError::Malformed("groups are not used by CRI")),
                 _ => return Err(WireError::Malformed("unknown wire type")),

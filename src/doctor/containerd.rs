@@ -83,12 +83,16 @@ pub fn check(text: &str, file: &Path, running: Option<Running>, hosts_dir: &[Pat
     // 2. config_path where this version keeps it, or somewhere containerd ignores.
     let registry = |path: &[&str]| lookup(&table, path).and_then(|t| t.get("registry")).and_then(toml::Value::as_table);
     let config_path = registry(cri).and_then(|r| r.get("config_path")).and_then(toml::Value::as_str).filter(|s| !s.is_empty());
-    let misplaced: Vec<&str> = [(CRI_V1, "[plugins.cri.registry]"), (CRI_V2, "[plugins.\"io.containerd.grpc.v1.cri\".registry]"), (CRI_V3, "[plugins.\"io.containerd.cri.v1.images\".registry]")]
-        .into_iter()
-        .filter(|(p, _)| *p != cri)
-        .filter(|(p, _)| registry(p).and_then(|r| r.get("config_path")).is_some())
-        .map(|(_, name)| name)
-        .collect();
+    let misplaced: Vec<&str> = [
+        (CRI_V1, "[plugins.cri.registry]"),
+        (CRI_V2, "[plugins.\"io.containerd.grpc.v1.cri\".registry]"),
+        (CRI_V3, "[plugins.\"io.containerd.cri.v1.images\".registry]"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| *p != cri)
+    .filter(|(p, _)| registry(p).and_then(|r| r.get("config_path")).is_some())
+    .map(|(_, name)| name)
+    .collect();
     let pullgate_dirs = hosts_dir.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     match config_path {
         Some(cp) => {
@@ -116,9 +120,14 @@ pub fn check(text: &str, file: &Path, running: Option<Running>, hosts_dir: &[Pat
     }
 
     // 3. Mirrors the deprecated way (pullgate reads hosts.toml only).
-    for (path, name) in [(CRI_V1, "plugins.cri"), (CRI_V2, "plugins.\"io.containerd.grpc.v1.cri\""), (CRI_V3, "plugins.\"io.containerd.cri.v1.images\"")] {
+    for (path, name) in
+        [(CRI_V1, "plugins.cri"), (CRI_V2, "plugins.\"io.containerd.grpc.v1.cri\""), (CRI_V3, "plugins.\"io.containerd.cri.v1.images\"")]
+    {
         let Some(r) = registry(path) else { continue };
-        let legacy: Vec<&str> = ["mirrors", "configs"].into_iter().filter(|k| r.get(*k).and_then(toml::Value::as_table).is_some_and(|t| !t.is_empty())).collect();
+        let legacy: Vec<&str> = ["mirrors", "configs"]
+            .into_iter()
+            .filter(|k| r.get(*k).and_then(toml::Value::as_table).is_some_and(|t| !t.is_empty()))
+            .collect();
         if !legacy.is_empty() {
             let status = if config_path.is_some() { Status::Warn } else { Status::Fail };
             out.push((

@@ -16,7 +16,8 @@ pub const DEFAULT_CONFIG_DIR: &str = "/etc/kubernetes/kubelet.conf.d";
 
 /// Files that hold kubelet flags when kubelet is not running.
 const FLAG_FILES: &[&str] = &["/etc/default/kubelet", "/etc/sysconfig/kubelet", "/var/lib/kubelet/kubeadm-flags.env"];
-const UNIT_DROPIN_DIRS: &[&str] = &["/etc/systemd/system/kubelet.service.d", "/usr/lib/systemd/system/kubelet.service.d", "/lib/systemd/system/kubelet.service.d"];
+const UNIT_DROPIN_DIRS: &[&str] =
+    &["/etc/systemd/system/kubelet.service.d", "/usr/lib/systemd/system/kubelet.service.d", "/lib/systemd/system/kubelet.service.d"];
 
 /// A value and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +47,8 @@ impl KubeletView {
 
     /// The endpoints kubelet uses: (runtime, image), defaults applied.
     pub fn effective(&self) -> (Setting, Setting) {
-        let runtime = self.runtime_endpoint.clone().unwrap_or(Setting { value: DEFAULT_RUNTIME_ENDPOINT.into(), source: "kubelet's default".into() });
+        let runtime =
+            self.runtime_endpoint.clone().unwrap_or(Setting { value: DEFAULT_RUNTIME_ENDPOINT.into(), source: "kubelet's default".into() });
         let image = match &self.image_endpoint {
             Some(s) if !s.value.is_empty() => s.clone(),
             _ => Setting { value: runtime.value.clone(), source: format!("containerRuntimeEndpoint ({})", runtime.source) },
@@ -252,7 +254,13 @@ mod tests {
     #[test]
     fn flags_from_env_and_unit_files() {
         let env = "# kubeadm\nKUBELET_KUBEADM_ARGS=\"--container-runtime-endpoint=unix:///run/containerd/containerd.sock --pod-infra-container-image=registry.k8s.io/pause:3.9\"\n";
-        assert_eq!(flags_in_file(env), s(&["--container-runtime-endpoint=unix:///run/containerd/containerd.sock", "--pod-infra-container-image=registry.k8s.io/pause:3.9"]));
+        assert_eq!(
+            flags_in_file(env),
+            s(&[
+                "--container-runtime-endpoint=unix:///run/containerd/containerd.sock",
+                "--pod-infra-container-image=registry.k8s.io/pause:3.9"
+            ])
+        );
         let unit = "[Service]\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"\nExecStart=\nExecStart=/usr/bin/kubelet $KUBELET_CONFIG_ARGS --config-dir=/etc/kubernetes/kubelet.conf.d\n";
         assert_eq!(flags_in_file(unit), s(&["--config=/var/lib/kubelet/config.yaml", "--config-dir=/etc/kubernetes/kubelet.conf.d"]));
     }
@@ -264,11 +272,16 @@ mod tests {
         std::fs::write(&cfg, "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncontainerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n").unwrap();
         let d = dir.path().join("conf.d");
         std::fs::create_dir(&d).unwrap();
-        std::fs::write(d.join("20-pullgate.conf"), "containerRuntimeEndpoint: unix:///run/pullgate/pullgate.sock\nimageServiceEndpoint: unix:///run/pullgate/pullgate.sock\n").unwrap();
+        std::fs::write(
+            d.join("20-pullgate.conf"),
+            "containerRuntimeEndpoint: unix:///run/pullgate/pullgate.sock\nimageServiceEndpoint: unix:///run/pullgate/pullgate.sock\n",
+        )
+        .unwrap();
         std::fs::write(d.join("10-other.conf"), "imageServiceEndpoint: unix:///elsewhere.sock\n").unwrap();
         let empty_proc = dir.path().join("proc");
         std::fs::create_dir(&empty_proc).unwrap();
-        let inputs = Inputs { config: Some(cfg.clone()), config_dir: Some(d.clone()), proc_root: Some(empty_proc.clone()), read_flag_files: false };
+        let inputs =
+            Inputs { config: Some(cfg.clone()), config_dir: Some(d.clone()), proc_root: Some(empty_proc.clone()), read_flag_files: false };
         let view = inspect(&inputs);
         let (runtime, image) = view.effective();
         assert_eq!(endpoint_path(&runtime.value), PathBuf::from("/run/pullgate/pullgate.sock"));

@@ -33,8 +33,8 @@ use crate::cri::client::CriClient;
 use crate::cri::intercept::{CreateCall, CreateVerdict};
 use crate::enforce::audit::{AuditConfig, AuditLog};
 use crate::enforce::policy::{Mode, PolicyConfig};
-use crate::trust::status::{self, Verdict};
 use crate::registry::Registry;
+use crate::trust::status::{self, Verdict};
 use crate::trust::{StateDir, TrustHandle};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,7 +141,11 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
             };
             f.add("config", Status::Ok, detail);
             if c.policy.is_none() {
-                f.add("policy", Status::Warn, "no `policy` section: pullgate forwards everything and checks nothing (add a policy, in audit mode first)");
+                f.add(
+                    "policy",
+                    Status::Warn,
+                    "no `policy` section: pullgate forwards everything and checks nothing (add a policy, in audit mode first)",
+                );
             }
             Some(c)
         }
@@ -150,13 +154,21 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
             None
         }
     };
-    let listen = args.socket.clone().or_else(|| config.as_ref().map(|c| c.listen.clone())).unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_LISTEN));
+    let listen = args
+        .socket
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.listen.clone()))
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_LISTEN));
     check_kubelet(&mut f, args, &listen);
     let settings = config.as_ref().map(|c| c.upstream_connection.clone()).unwrap_or_default();
     let timeout = Duration::from_secs(5);
     let pg = CriClient::new(&listen, settings.clone(), timeout);
     match pg.version().await {
-        Ok(v) => f.add("pullgate", Status::Ok, format!("pullgate answers on {} ({} {} behind it)", listen.display(), v.runtime_name, v.runtime_version)),
+        Ok(v) => f.add(
+            "pullgate",
+            Status::Ok,
+            format!("pullgate answers on {} ({} {} behind it)", listen.display(), v.runtime_name, v.runtime_version),
+        ),
         Err(e) => f.add(
             "pullgate",
             Status::Fail,
@@ -171,11 +183,28 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
     let running = version.as_ref().ok().and_then(|v| containerd::Running::parse(&v.runtime_version));
     let containerd_ok = match version {
         Ok(v) if v.runtime_api_version == "v1" => {
-            f.add("containerd", Status::Ok, format!("{} {} answers on {} (CRI {})", v.runtime_name, v.runtime_version, config.upstream.display(), v.runtime_api_version));
+            f.add(
+                "containerd",
+                Status::Ok,
+                format!(
+                    "{} {} answers on {} (CRI {})",
+                    v.runtime_name,
+                    v.runtime_version,
+                    config.upstream.display(),
+                    v.runtime_api_version
+                ),
+            );
             true
         }
         Ok(v) => {
-            f.add("containerd", Status::Fail, format!("{} {} speaks CRI {:?}, pullgate needs v1 (containerd 1.6 or later)", v.runtime_name, v.runtime_version, v.runtime_api_version));
+            f.add(
+                "containerd",
+                Status::Fail,
+                format!(
+                    "{} {} speaks CRI {:?}, pullgate needs v1 (containerd 1.6 or later)",
+                    v.runtime_name, v.runtime_version, v.runtime_api_version
+                ),
+            );
             false
         }
         Err(e) => {
@@ -212,7 +241,11 @@ fn check_containerd_config(f: &mut Findings, args: &DoctorArgs, running: Option<
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) if args.containerd_config.is_none() && e.kind() == std::io::ErrorKind::NotFound => {
-            f.add("containerd", Status::Skip, format!("no {}: containerd's config format and mirrors not checked; pass --containerd-config", file.display()));
+            f.add(
+                "containerd",
+                Status::Skip,
+                format!("no {}: containerd's config format and mirrors not checked; pass --containerd-config", file.display()),
+            );
             return;
         }
         Err(e) => {
@@ -296,7 +329,9 @@ async fn check_mirrors(f: &mut Findings, registry: &Registry, policy: &PolicyCon
                 // hosts.toml's `server` is often also a `[host]`: one line per endpoint.
                 for (endpoint, answer) in answers.into_iter().filter(|(e, _)| seen.insert(e.clone())) {
                     match answer {
-                        Ok(status) if status < 500 => f.add("mirror", Status::Ok, format!("{name}: {endpoint} answers /v2/ (HTTP {status})")),
+                        Ok(status) if status < 500 => {
+                            f.add("mirror", Status::Ok, format!("{name}: {endpoint} answers /v2/ (HTTP {status})"))
+                        }
                         Ok(status) => f.add("mirror", Status::Fail, format!("{name}: {endpoint} answers /v2/ with HTTP {status}")),
                         Err(e) if e.is_unreachable() => f.add("mirror", Status::Fail, format!("{name}: {e}")),
                         // Reachable; what failed is auth or the answer, which pulls will tell.
@@ -323,8 +358,16 @@ fn check_trust_root(f: &mut Findings, config: &Config) -> Option<Arc<TrustHandle
             Status::Warn,
             format!("trust root in {dir} goes stale in {days} day(s): import a fresh mirror (pullgate trust-root import) before then"),
         ),
-        Verdict::Stale { since } => f.add("trust-root", Status::Fail, format!("trust root in {dir} is stale since {since}: enforce-mode pulls are refused; import a fresh mirror")),
-        Verdict::NoneInstalled => f.add("trust-root", Status::Fail, format!("no trust root installed in {dir}: enforce-mode pulls are refused; run pullgate trust-root import")),
+        Verdict::Stale { since } => f.add(
+            "trust-root",
+            Status::Fail,
+            format!("trust root in {dir} is stale since {since}: enforce-mode pulls are refused; import a fresh mirror"),
+        ),
+        Verdict::NoneInstalled => f.add(
+            "trust-root",
+            Status::Fail,
+            format!("no trust root installed in {dir}: enforce-mode pulls are refused; run pullgate trust-root import"),
+        ),
         Verdict::Invalid { reason } => f.add("trust-root", Status::Fail, format!("trust root in {dir} is unusable: {reason}")),
     }
     let handle = Arc::new(crate::app::trust_root(config));
@@ -390,7 +433,14 @@ async fn check_images(
     let (mut allowed, mut refused, mut audit_only, mut checked) = (0, 0, 0, 0);
     for image in images.iter().take(args.max_images) {
         let name = image.repo_tags.first().or(image.repo_digests.first()).cloned().unwrap_or_else(|| image.id.clone());
-        let call = CreateCall { image: image.id.clone(), user_specified: None, namespace: None, pod: String::new(), container: String::new(), status: Some(image.clone()) };
+        let call = CreateCall {
+            image: image.id.clone(),
+            user_specified: None,
+            namespace: None,
+            pod: String::new(),
+            container: String::new(),
+            status: Some(image.clone()),
+        };
         let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
         let Ok((verdict, record)) = tokio::time::timeout(left, enforcer.dry_run_create(&call)).await else { break };
         checked += 1;

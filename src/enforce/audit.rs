@@ -85,8 +85,24 @@ impl AuditRecord {
     /// string), and one call must not write megabytes of audit log. JSON escapes control
     /// characters, so a line cannot be forged; they are kept as sent.
     pub fn bound(mut self) -> AuditRecord {
-        let AuditRecord { time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, category, identity, source, .. } =
-            &mut self;
+        let AuditRecord {
+            time,
+            node,
+            call,
+            namespace,
+            pod,
+            image,
+            surface,
+            digest,
+            policy,
+            mode,
+            decision,
+            reason,
+            category,
+            identity,
+            source,
+            ..
+        } = &mut self;
         for f in [time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, category, identity, source] {
             if let std::borrow::Cow::Owned(short) = crate::bounded::field(f) {
                 *f = short;
@@ -210,7 +226,14 @@ impl AuditLog {
                 }
                 let file = open_append(path)?;
                 let size = file.metadata()?.len();
-                Sink::File { path: path.clone(), file: Some(file), size, max: max_size_mb.saturating_mul(1 << 20), keep: *keep, torn: false }
+                Sink::File {
+                    path: path.clone(),
+                    file: Some(file),
+                    size,
+                    max: max_size_mb.saturating_mul(1 << 20),
+                    keep: *keep,
+                    torn: false,
+                }
             }
         };
         Ok(AuditLog { sink: Mutex::new(sink) })
@@ -280,11 +303,8 @@ fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
 pub fn read_records(path: &Path) -> std::io::Result<(Vec<AuditRecord>, usize)> {
     let text = std::fs::read_to_string(path)?;
     let mut bad = 0;
-    let records = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok())
-        .collect();
+    let records =
+        text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok()).collect();
     Ok((records, bad))
 }
 
@@ -313,7 +333,8 @@ mod tests {
     #[test]
     fn bound_shortens_every_long_field() {
         let long = format!("reg/{}\n", "a".repeat(1 << 20));
-        let r = AuditRecord { image: long.clone(), reason: long.clone(), pod: long.clone(), node: "n".into(), ..Default::default() }.bound();
+        let r =
+            AuditRecord { image: long.clone(), reason: long.clone(), pod: long.clone(), node: "n".into(), ..Default::default() }.bound();
         for f in [&r.image, &r.reason, &r.pod] {
             assert!(f.len() <= crate::bounded::FIELD_MAX && f.starts_with("reg/aaa") && f.contains("sha256:"), "{f}");
         }

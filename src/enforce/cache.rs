@@ -153,12 +153,8 @@ impl<K: Hash + Eq + Clone, V> DecisionCache<K, V> {
     fn insert(&self, inner: &mut Inner<K, V>, key: K, now: Instant) -> Arc<OnceCell<Entry<V>>> {
         if !inner.map.contains_key(&key) && inner.map.len() >= self.capacity {
             // Expired entries go first; then the oldest.
-            let expired: Vec<K> = inner
-                .map
-                .iter()
-                .filter(|(_, s)| s.cell.get().is_some_and(|e| !self.fresh(e, now)))
-                .map(|(k, _)| k.clone())
-                .collect();
+            let expired: Vec<K> =
+                inner.map.iter().filter(|(_, s)| s.cell.get().is_some_and(|e| !self.fresh(e, now))).map(|(k, _)| k.clone()).collect();
             for k in expired {
                 inner.map.remove(&k);
             }

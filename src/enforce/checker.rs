@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use super::decision::Reason;
 use super::gate::{Checker, Outcome, Resolved, TrustStatus};
-use super::policy::{ImagePolicy, MultiArch};
 use super::metrics::EnforceMetrics;
+use super::policy::{ImagePolicy, MultiArch};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::BoxFuture;
 use crate::registry::{self, Credentials, Discovery, Material, Reference, Registry, ResolvedImage, Secret};
@@ -171,10 +171,9 @@ pub async fn decide(
     let subjects: Vec<(registry::Digest, registry::Digest, registry::Digest)> = match (&image.platform, &image.config) {
         (Some(p), _) => match policy.multi_arch {
             // The platform manifest is pinned either way: containerd never picks from the index.
-            MultiArch::Either => vec![
-                (image.digest.clone(), p.digest.clone(), p.config.clone()),
-                (p.digest.clone(), p.digest.clone(), p.config.clone()),
-            ],
+            MultiArch::Either => {
+                vec![(image.digest.clone(), p.digest.clone(), p.config.clone()), (p.digest.clone(), p.digest.clone(), p.config.clone())]
+            }
             MultiArch::Platform => vec![(p.digest.clone(), p.digest.clone(), p.config.clone())],
             // The index is pinned; containerd picks the entry pullgate picked (same rules).
             MultiArch::Index => vec![(image.digest.clone(), image.digest.clone(), p.config.clone())],
@@ -203,7 +202,8 @@ pub async fn decide(
             outcome.pin = Some(pin.clone());
             outcome.configs = vec![config.clone()];
             if subject != pin {
-                outcome.reason = std::mem::take(&mut outcome.reason).noted(format!(" (on index {subject}; pinned to its entry for this node, {pin})"));
+                outcome.reason =
+                    std::mem::take(&mut outcome.reason).noted(format!(" (on index {subject}; pinned to its entry for this node, {pin})"));
             }
             return (outcome, decisions);
         }

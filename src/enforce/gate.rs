@@ -261,7 +261,8 @@ impl Enforcer {
         if picked.len() >= self.picked_capacity {
             picked.clear();
         }
-        picked.insert(format!("{}@{}", self.aliases.name(pinned), pinned.digest().map(|d| d.to_string()).unwrap_or_default()), index.clone());
+        picked
+            .insert(format!("{}@{}", self.aliases.name(pinned), pinned.digest().map(|d| d.to_string()).unwrap_or_default()), index.clone());
     }
 
     fn picked_from(&self, reference: &Reference) -> Option<Digest> {
@@ -306,7 +307,14 @@ impl Enforcer {
     }
 
     /// Checks one image (whose digest is known) against the applicable policies.
-    async fn check(&self, reference: &Reference, resolved: &Resolved, policies: &[Arc<ImagePolicy>], generation: u64, auth: Option<&AuthConfig>) -> Vec<(Arc<ImagePolicy>, Arc<Outcome>, bool)> {
+    async fn check(
+        &self,
+        reference: &Reference,
+        resolved: &Resolved,
+        policies: &[Arc<ImagePolicy>],
+        generation: u64,
+        auth: Option<&AuthConfig>,
+    ) -> Vec<(Arc<ImagePolicy>, Arc<Outcome>, bool)> {
         let trust = self.checker.trust();
         let mut results = Vec::new();
         for policy in policies {
@@ -333,10 +341,8 @@ impl Enforcer {
             let (outcome, lookup) = match approved {
                 Some(o) => (o, Lookup::Hit),
                 None => {
-                    let (outcome, lookup) = self
-                        .cache
-                        .get_or_compute(key.clone(), || self.checker.verify(reference, resolved, policy, auth))
-                        .await;
+                    let (outcome, lookup) =
+                        self.cache.get_or_compute(key.clone(), || self.checker.verify(reference, resolved, policy, auth)).await;
                     if outcome.allowed && key.credentials.is_some() {
                         self.cache.put(shared, outcome.clone());
                     }
@@ -453,7 +459,8 @@ impl Enforcer {
         // What was verified is what containerd pulls: the platform manifest when that (or an
         // index covering it) verified; the index only when every policy verified the index.
         let pins: Vec<&Digest> = results.iter().filter(|(_, o, _)| o.allowed).filter_map(|(_, o, _)| o.pin.as_ref()).collect();
-        let pin = pins.iter().find(|d| ***d != resolved.digest).or(pins.first()).map(|d| (*d).clone()).unwrap_or_else(|| resolved.digest.clone());
+        let pin =
+            pins.iter().find(|d| ***d != resolved.digest).or(pins.first()).map(|d| (*d).clone()).unwrap_or_else(|| resolved.digest.clone());
         let pinned = reference.with_digest(pin.clone());
         if pin != resolved.digest {
             self.remember_pick(&pinned, &resolved.digest);
@@ -519,11 +526,18 @@ impl Enforcer {
         };
         let policy = self.policy();
         let ns = call.namespace.as_deref();
-        let tags: Vec<Reference> = image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
-        let digests: Vec<Reference> = image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
+        let tags: Vec<Reference> =
+            image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
+        let digests: Vec<Reference> =
+            image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
         let id = match Digest::parse(&image.id) {
             Ok(d) => d,
-            Err(e) => return refuse(record, Reason::Uncheckable(format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image))),
+            Err(e) => {
+                return refuse(
+                    record,
+                    Reason::Uncheckable(format!("containerd reports image ID {:?} for {}: not a digest ({e})", image.id, call.image)),
+                )
+            }
         };
         let asked = self.asked_name(call, &tags, &digests);
         let scope: Vec<&Reference> = match &asked {
@@ -544,7 +558,8 @@ impl Enforcer {
         // The registry digests to verify: those in the asked repository (unknown: all).
         let candidates: Vec<&Reference> =
             digests.iter().filter(|d| asked.as_ref().is_none_or(|a| self.aliases.same_repository(a, d))).collect();
-        let mut names: Vec<String> = scope.iter().flat_map(|r| self.names(r)).chain(candidates.iter().flat_map(|r| self.names(r))).collect();
+        let mut names: Vec<String> =
+            scope.iter().flat_map(|r| self.names(r)).chain(candidates.iter().flat_map(|r| self.names(r))).collect();
         names.sort();
         names.dedup();
         let policies = match policy.applicable_policies(&names, ns) {
@@ -556,8 +571,15 @@ impl Enforcer {
             }
             Applicable::Unmatched(Unmatched::Deny) => {
                 record.policy = "unmatched".into();
-                let shown = asked.as_ref().map(|r| r.to_string()).or(image.repo_tags.first().or(image.repo_digests.first()).cloned()).unwrap_or_else(|| image.id.clone());
-                return refuse(record, Reason::Unmatched(format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id)));
+                let shown = asked
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .or(image.repo_tags.first().or(image.repo_digests.first()).cloned())
+                    .unwrap_or_else(|| image.id.clone());
+                return refuse(
+                    record,
+                    Reason::Unmatched(format!("image {shown} ({}) matches no policy and policy.unmatched is deny", image.id)),
+                );
             }
         };
         record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
@@ -576,7 +598,9 @@ impl Enforcer {
             // image's tag in this repository, else the repository.
             let shown = match &asked {
                 Some(_) => record.image.clone(),
-                None => tags.iter().find(|t| self.aliases.same_repository(t, reference)).map_or_else(|| reference.name(), |t| t.to_string()),
+                None => {
+                    tags.iter().find(|t| self.aliases.same_repository(t, reference)).map_or_else(|| reference.name(), |t| t.to_string())
+                }
             };
             // The digest itself; then the signed index it was pinned from, if known; then what
             // the image's tags in this repository point to on the mirror now.
@@ -759,7 +783,13 @@ mod tests {
                 Ok(Resolved { digest, platform_digest: None, image: None })
             })
         }
-        fn verify<'a>(&'a self, reference: &'a Reference, resolved: &'a Resolved, _: &'a ImagePolicy, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Outcome> {
+        fn verify<'a>(
+            &'a self,
+            reference: &'a Reference,
+            resolved: &'a Resolved,
+            _: &'a ImagePolicy,
+            auth: Option<&'a AuthConfig>,
+        ) -> BoxFuture<'a, Outcome> {
             self.verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::pin(async move {
                 let deny = |reason: &str| Outcome { allowed: false, reason: Reason::Mirror(reason.into()), ..Default::default() };
@@ -769,10 +799,11 @@ mod tests {
                 if auth.is_some_and(|a| Some(&a.password) == self.wrong_password.as_ref()) {
                     return deny("cannot fetch: unauthorized");
                 }
-                self.outcomes
-                    .get(&resolved.digest.to_string())
-                    .cloned()
-                    .unwrap_or(Outcome { allowed: false, reason: Reason::NoSignatures("no signatures found".into()), ..Default::default() })
+                self.outcomes.get(&resolved.digest.to_string()).cloned().unwrap_or(Outcome {
+                    allowed: false,
+                    reason: Reason::NoSignatures("no signatures found".into()),
+                    ..Default::default()
+                })
             })
         }
         fn trust(&self) -> TrustStatus {
@@ -802,8 +833,14 @@ mod tests {
 
     fn enforcer_in(fake: Arc<Fake>, unmatched: &str, multi_arch: &str, mode: &str) -> Enforcer {
         let aliases = Aliases::new(&BTreeMap::from([(REG.to_string(), vec!["localhost:5000".to_string()])])).unwrap();
-        Enforcer::new(policy_set(unmatched, multi_arch, mode, 1), &CacheConfig::default(), fake, AuditLog::new(&AuditConfig::Off).unwrap(), "node".into())
-            .with_aliases(aliases)
+        Enforcer::new(
+            policy_set(unmatched, multi_arch, mode, 1),
+            &CacheConfig::default(),
+            fake,
+            AuditLog::new(&AuditConfig::Off).unwrap(),
+            "node".into(),
+        )
+        .with_aliases(aliases)
     }
 
     fn pull(image: &str) -> PullCall {
@@ -839,7 +876,13 @@ mod tests {
         let (v, _) = e.decide_pull(&pull(&format!("{REG}/demo/app:1"))).await;
         assert_eq!(v, PullVerdict::Pin { reference: format!("{REG}/demo/app@{p}"), tag_as: Some(format!("{REG}/demo/app:1")) });
         // CreateContainer of what containerd then holds: P's record, picked from the signed index.
-        let call = create(&c.to_string(), Some(&format!("{REG}/demo/app:1")), &c, &[&format!("{REG}/demo/app:1")], &[format!("{REG}/demo/app@{p}")]);
+        let call = create(
+            &c.to_string(),
+            Some(&format!("{REG}/demo/app:1")),
+            &c,
+            &[&format!("{REG}/demo/app:1")],
+            &[format!("{REG}/demo/app@{p}")],
+        );
         let (v, r) = e.decide_create(&call).await;
         assert_eq!(v, CreateVerdict::Forward, "{}", r.reason);
     }
@@ -998,9 +1041,17 @@ mod tests {
         let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
         let (v, r) = e.decide_pull(&pull(&format!("{REG}/pause:3.9"))).await;
         assert_eq!(v, PullVerdict::Forward);
-        assert_eq!((r.decision.as_str(), r.category.as_str(), r.policy.as_str(), r.reason.as_str()), ("allow", "exempt", "exempt:sandbox", "exempt by exemption sandbox"));
+        assert_eq!(
+            (r.decision.as_str(), r.category.as_str(), r.policy.as_str(), r.reason.as_str()),
+            ("allow", "exempt", "exempt:sandbox", "exempt by exemption sandbox")
+        );
         let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
-        assert_eq!(v, PullVerdict::Refuse("image other.example/x:1 matches no policy and policy.unmatched is deny: add a policy for it, or an exemption".into()));
+        assert_eq!(
+            v,
+            PullVerdict::Refuse(
+                "image other.example/x:1 matches no policy and policy.unmatched is deny: add a policy for it, or an exemption".into()
+            )
+        );
         assert_eq!((r.decision.as_str(), r.mode.as_str(), r.category.as_str()), ("deny", "enforce", "unmatched"));
         let e = enforcer_in(fake.clone(), "allow", "either", "enforce");
         let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
@@ -1038,7 +1089,10 @@ mod tests {
         let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
         let image = format!("{REG}/demo/app@{}", d(2));
         let (v, r) = e.decide_pull(&pull(&image)).await;
-        assert_eq!(v, PullVerdict::Refuse(format!("image {image} denied by policy demo: the trust root is stale: run `pullgate trust-root import`")));
+        assert_eq!(
+            v,
+            PullVerdict::Refuse(format!("image {image} denied by policy demo: the trust root is stale: run `pullgate trust-root import`"))
+        );
         assert_eq!(r.category, "trust_root");
         assert_eq!(verifications(&fake), 0);
         // Usable again (a new generation): verified, nothing stale reused.
@@ -1098,10 +1152,12 @@ mod tests {
         fake.outcomes.insert(p.to_string(), signed(p.clone(), c.clone()));
         let e = enforcer(fake, "deny", "either");
         let container = create(&c.to_string(), None, &c, &[], &[format!("{REG}/demo/app@{p}")]);
-        let signed_volume = MountImage { container_path: "/models".into(), image: format!("{REG}/demo/app@{p}"), status: container.status.clone() };
+        let signed_volume =
+            MountImage { container_path: "/models".into(), image: format!("{REG}/demo/app@{p}"), status: container.status.clone() };
         let u = d(4);
         let unsigned = api::Image { id: u.to_string(), repo_digests: vec![format!("{REG}/demo/unsigned@{}", d(9))], ..Default::default() };
-        let unsigned_volume = MountImage { container_path: "/data".into(), image: format!("{REG}/demo/unsigned@{}", d(9)), status: Some(unsigned) };
+        let unsigned_volume =
+            MountImage { container_path: "/data".into(), image: format!("{REG}/demo/unsigned@{}", d(9)), status: Some(unsigned) };
         assert_eq!(e.gate_mounts(&container, std::slice::from_ref(&signed_volume)).await, CreateVerdict::Forward);
         let v = e.gate_mounts(&container, &[signed_volume, unsigned_volume]).await;
         let CreateVerdict::Refuse(reason) = v else { panic!("an unsigned volume went through") };

@@ -104,7 +104,11 @@ impl EnforceMetrics {
 
     /// Notes one request to a registry mirror (resolving a tag, or discovering signatures).
     pub fn mirror_request(&self, registry: &str, operation: &'static str, ok: bool, took: Duration) {
-        let labels = [("registry", registry.to_string()), ("operation", operation.to_string()), ("outcome", if ok { "ok" } else { "error" }.to_string())];
+        let labels = [
+            ("registry", registry.to_string()),
+            ("operation", operation.to_string()),
+            ("outcome", if ok { "ok" } else { "error" }.to_string()),
+        ];
         self.mirror_requests.get_or_create(&labels).inc();
         self.mirror_duration.get_or_create(&[("operation", operation)]).observe(took.as_secs_f64());
     }
@@ -132,14 +136,40 @@ impl EnforceMetrics {
     }
 
     fn register(&self, registry: &mut Registry) {
-        registry.register("decisions", "PullImage and CreateContainer decisions, by policy, mode, result and reason category", self.decisions.clone());
-        registry.register("decision_cache_lookups", "Decision cache lookups (joined: waited for a concurrent identical check)", self.cache_lookups.clone());
-        registry.register("mirror_requests", "Requests to the registry mirror: resolving a reference, discovering signatures", self.mirror_requests.clone());
-        registry.register_with_unit("mirror_request_duration", "Time to resolve a reference or discover signatures on the mirror", Unit::Seconds, self.mirror_duration.clone());
+        registry.register(
+            "decisions",
+            "PullImage and CreateContainer decisions, by policy, mode, result and reason category",
+            self.decisions.clone(),
+        );
+        registry.register(
+            "decision_cache_lookups",
+            "Decision cache lookups (joined: waited for a concurrent identical check)",
+            self.cache_lookups.clone(),
+        );
+        registry.register(
+            "mirror_requests",
+            "Requests to the registry mirror: resolving a reference, discovering signatures",
+            self.mirror_requests.clone(),
+        );
+        registry.register_with_unit(
+            "mirror_request_duration",
+            "Time to resolve a reference or discover signatures on the mirror",
+            Unit::Seconds,
+            self.mirror_duration.clone(),
+        );
         registry.register("verifications", "Signature verifications of one image against one policy", self.verifications.clone());
-        registry.register_with_unit("verification_duration", "Time to verify the discovered signatures of one image against one policy", Unit::Seconds, self.verification_duration.clone());
+        registry.register_with_unit(
+            "verification_duration",
+            "Time to verify the discovered signatures of one image against one policy",
+            Unit::Seconds,
+            self.verification_duration.clone(),
+        );
         registry.register("policy_reloads", "Policy reloads (SIGHUP), by result", self.policy_reloads.clone());
-        registry.register("audit_write_errors", "Audit records that could not be written (the decision was made and logged anyway)", self.audit_write_errors.clone());
+        registry.register(
+            "audit_write_errors",
+            "Audit records that could not be written (the decision was made and logged anyway)",
+            self.audit_write_errors.clone(),
+        );
     }
 }
 
@@ -183,7 +213,13 @@ impl std::fmt::Debug for EnforcerState {
 impl Collector for EnforcerState {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         gauge(&mut e, "decision_cache_entries", "Decisions held in the decision cache", None, self.enforcer.cache_len() as f64)?;
-        gauge(&mut e, "policy_generation", "Generation of the policy in force (increases with every successful reload)", None, self.enforcer.policy().generation as f64)?;
+        gauge(
+            &mut e,
+            "policy_generation",
+            "Generation of the policy in force (increases with every successful reload)",
+            None,
+            self.enforcer.policy().generation as f64,
+        )?;
         bool_gauge(&mut e, "policy_last_reload_success", "1 when the last policy load or reload succeeded", self.policy_reload.last_ok())?;
         gauge(
             &mut e,
@@ -193,10 +229,21 @@ impl Collector for EnforcerState {
             self.policy_reload.last_at.load(Ordering::Relaxed) as f64,
         )?;
         let bg = self.enforcer.break_glass().facts(jiff::Timestamp::now());
-        bool_gauge(&mut e, "break_glass_active", "1 while a break-glass window (`pullgate break-glass`) lets named digests through refusals", bg.active)?;
+        bool_gauge(
+            &mut e,
+            "break_glass_active",
+            "1 while a break-glass window (`pullgate break-glass`) lets named digests through refusals",
+            bg.active,
+        )?;
         gauge(&mut e, "break_glass_images", "Image digests in open break-glass windows", None, bg.images as f64)?;
         let expiry = bg.expires_at.map_or(0.0, |t| t.as_second() as f64);
-        gauge(&mut e, "break_glass_expiry_timestamp", "When the last open break-glass window ends (0: none open)", Some(Unit::Seconds), expiry)?;
+        gauge(
+            &mut e,
+            "break_glass_expiry_timestamp",
+            "When the last open break-glass window ends (0: none open)",
+            Some(Unit::Seconds),
+            expiry,
+        )?;
         Ok(())
     }
 }
@@ -223,8 +270,18 @@ mod tests {
         m.cache_lookup(Lookup::Miss);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"pullgate_decisions_total{call="PullImage",policy="demo",mode="enforce",result="deny",reason="no_signatures"} 1"#), "{text}");
-        assert!(text.contains(r#"pullgate_decisions_total{call="PullImage",policy="demo",mode="audit",result="audit_deny",reason="no_signatures"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"pullgate_decisions_total{call="PullImage",policy="demo",mode="enforce",result="deny",reason="no_signatures"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"pullgate_decisions_total{call="PullImage",policy="demo",mode="audit",result="audit_deny",reason="no_signatures"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"pullgate_decision_cache_lookups_total{result="miss"} 1"#), "{text}");
     }
 }

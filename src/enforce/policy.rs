@@ -49,7 +49,10 @@ use std::sync::Arc;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::policy::{AttestationRequirement, Authority, AuthoritySigners, Condition, ExtensionClaim, IdentityPolicy, JsonPath, KeylessIdentity, StringMatcher, Test};
+use crate::policy::{
+    AttestationRequirement, Authority, AuthoritySigners, Condition, ExtensionClaim, IdentityPolicy, JsonPath, KeylessIdentity,
+    StringMatcher, Test,
+};
 use crate::verify::keys::PublicKey;
 
 /// What happens to images that no policy matches.
@@ -397,7 +400,9 @@ fn compile_signers(
                     .ok_or_else(|| err(key.clone(), "set `issuer` or `issuer_regexp` (the OIDC issuer is part of the identity)"))?;
                 let mut claims = Vec::new();
                 for (name, value) in &id.extensions {
-                    claims.push(ExtensionClaim::new(name, value.clone()).map_err(|e| err(format!("{key}.extensions.{name}"), e.to_string()))?);
+                    claims.push(
+                        ExtensionClaim::new(name, value.clone()).map_err(|e| err(format!("{key}.extensions.{name}"), e.to_string()))?,
+                    );
                 }
                 identities.push(KeylessIdentity { subject, issuer: Some(issuer), claims });
             }
@@ -406,7 +411,9 @@ fn compile_signers(
         (None, Some(k)) => {
             let pem = match (&k.data, &k.path) {
                 (Some(d), None) => d.clone(),
-                (None, Some(p)) => std::fs::read_to_string(p).map_err(|e| err(format!("{key}.key.path"), format!("cannot read {}: {e}", p.display())))?,
+                (None, Some(p)) => {
+                    std::fs::read_to_string(p).map_err(|e| err(format!("{key}.key.path"), format!("cannot read {}: {e}", p.display())))?
+                }
                 _ => return Err(err(format!("{key}.key"), "set exactly one of `data` (PEM) or `path`")),
             };
             let keys = split_pem(&pem)
@@ -423,14 +430,26 @@ fn compile_signers(
 fn compile_attestation(authority: &str, a: &AttestationConfig, key: &str) -> Result<AttestationRequirement, PolicyConfigError> {
     let predicate_type = a.predicate_type.trim();
     if predicate_type.is_empty() || predicate_type.chars().any(char::is_whitespace) || !predicate_type.contains(':') {
-        return Err(err(format!("{key}.predicateType"), format!("{:?} is not a predicate type URI (e.g. https://slsa.dev/provenance/v1)", a.predicate_type)));
+        return Err(err(
+            format!("{key}.predicateType"),
+            format!("{:?} is not a predicate type URI (e.g. https://slsa.dev/provenance/v1)", a.predicate_type),
+        ));
     }
     if predicate_type == crate::verify::image::COSIGN_SIGN_PREDICATE {
-        return Err(err(format!("{key}.predicateType"), "that is cosign's signature predicate: the authority's signature is already required"));
+        return Err(err(
+            format!("{key}.predicateType"),
+            "that is cosign's signature predicate: the authority's signature is already required",
+        ));
     }
     let signers = match &a.signer {
         None => None,
-        Some(s) => Some(compile_signers(authority, &s.keyless, &s.key, &format!("{key}.signer"), "a signer has exactly one of `keyless` or `key`")?),
+        Some(s) => Some(compile_signers(
+            authority,
+            &s.keyless,
+            &s.key,
+            &format!("{key}.signer"),
+            "a signer has exactly one of `keyless` or `key`",
+        )?),
     };
     let mut conditions = Vec::new();
     for (i, c) in a.conditions.iter().enumerate() {
@@ -674,7 +693,11 @@ policies:
         let a = &set.policies()[0].identity.authorities()[0];
         assert!(matches!(&a.attestations[0].conditions[0].test, Test::Equals(v) if v == "3"));
         let want: Vec<String> = ["0", "false", "x", "1.5"].map(String::from).to_vec();
-        assert!(matches!(&a.attestations[1].conditions[1].test, Test::OneOf(v) if *v == want), "{:?}", a.attestations[1].conditions[1].test);
+        assert!(
+            matches!(&a.attestations[1].conditions[1].test, Test::OneOf(v) if *v == want),
+            "{:?}",
+            a.attestations[1].conditions[1].test
+        );
         let p = serde_json::json!({"metadata": {"scanFinishedOn": "2026-12-06T00:00:00Z"}, "scanner": {"result": {"summary": {"critical": 0}}}});
         assert!(a.attestations[1].conditions[1].check(&p, jiff::Timestamp::now()).is_ok());
     }
@@ -697,9 +720,15 @@ policies:
         let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         assert!(matches!(set.applicable(&names(&["registry.internal/pause", "registry.internal/pause:3.9"]), None), Applicable::Exempt(_)));
         // `pause:1@sha256:...` is matched as `pause@sha256:...`: not exempt by `pause:*`.
-        assert!(matches!(set.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None), Applicable::Policies(_)));
+        assert!(matches!(
+            set.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None),
+            Applicable::Policies(_)
+        ));
         let by_digest = parse(&BASE.replace("registry.internal/pause:*", &format!("registry.internal/pause@{d}"))).unwrap();
-        assert!(matches!(by_digest.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None), Applicable::Exempt(_)));
+        assert!(matches!(
+            by_digest.applicable(&names(&["registry.internal/pause", &format!("registry.internal/pause@{d}")]), None),
+            Applicable::Exempt(_)
+        ));
         let cfg: PolicyConfig = serde_saphyr::from_str(BASE).unwrap();
         let w = cfg.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
@@ -740,17 +769,35 @@ policies:
         let attestation_cases = [
             ("            conditions:\n              - path: a..b\n                equals: x\n", format!("{a}.conditions[0].path")),
             ("            conditions:\n              - path: a\n", format!("{a}.conditions[0]")),
-            ("            conditions:\n              - path: a\n                equals: x\n                matches: y\n", format!("{a}.conditions[0]")),
-            ("            conditions:\n              - path: a\n              - path: b\n                matches: \"(\"\n", format!("{a}.conditions[0]")),
+            (
+                "            conditions:\n              - path: a\n                equals: x\n                matches: y\n",
+                format!("{a}.conditions[0]"),
+            ),
+            (
+                "            conditions:\n              - path: a\n              - path: b\n                matches: \"(\"\n",
+                format!("{a}.conditions[0]"),
+            ),
             ("            conditions:\n              - path: b\n                matches: \"(\"\n", format!("{a}.conditions[0].matches")),
-            ("            conditions:\n              - path: b\n                notOlderThan: soon\n", format!("{a}.conditions[0].notOlderThan")),
-            ("            conditions:\n              - path: b\n                notOlderThan: 0s\n", format!("{a}.conditions[0].notOlderThan")),
+            (
+                "            conditions:\n              - path: b\n                notOlderThan: soon\n",
+                format!("{a}.conditions[0].notOlderThan"),
+            ),
+            (
+                "            conditions:\n              - path: b\n                notOlderThan: 0s\n",
+                format!("{a}.conditions[0].notOlderThan"),
+            ),
             ("            conditions:\n              - path: b\n                oneOf: []\n", format!("{a}.conditions[0].oneOf")),
             ("            conditions:\n              - path: b\n                equals: [1]\n", format!("{a}.conditions[0].equals")),
             ("            conditions:\n              - path: b\n                equals: {x: 1}\n", format!("{a}.conditions[0].equals")),
-            ("            conditions:\n              - path: b\n                oneOf: [0, {x: 1}]\n", format!("{a}.conditions[0].oneOf[1]")),
+            (
+                "            conditions:\n              - path: b\n                oneOf: [0, {x: 1}]\n",
+                format!("{a}.conditions[0].oneOf[1]"),
+            ),
             ("            conditions:\n              - path: b\n                equals: null\n", format!("{a}.conditions[0]")),
-            ("            signer:\n              keyless:\n                identities:\n                  - subject: s\n", format!("{a}.signer.keyless.identities[0]")),
+            (
+                "            signer:\n              keyless:\n                identities:\n                  - subject: s\n",
+                format!("{a}.signer.keyless.identities[0]"),
+            ),
             ("            signer: {}\n", format!("{a}.signer")),
         ];
         for (conditions, key) in attestation_cases {

@@ -207,7 +207,13 @@ fn print_human(out: &VerifyReport) {
             for a in &d.attestations {
                 let ok = a.judgments.iter().any(|j| j.satisfied);
                 let signer = a.signer.as_deref().map(|s| format!(" signed by {s}")).unwrap_or_default();
-                println!("  {}  attestation {} from {}{signer}: {}", if ok { "ok    " } else { "failed" }, a.predicate_type, a.source, a.verdict());
+                println!(
+                    "  {}  attestation {} from {}{signer}: {}",
+                    if ok { "ok    " } else { "failed" },
+                    a.predicate_type,
+                    a.source,
+                    a.verdict()
+                );
             }
             for r in d.requirements.iter().filter(|r| !r.satisfied) {
                 println!("  missing attestation for authority {}: {}", r.authority, r.reason.as_deref().unwrap_or("not satisfied"));

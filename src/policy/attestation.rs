@@ -273,9 +273,12 @@ mod tests {
         let m = StringMatcher::regex(r"https://github\.com/org/builder/.*@refs/tags/v.*").unwrap();
         assert!(cond("runDetails.builder.id", Test::Matches(m.clone())).check(&p, now).is_ok());
         assert!(cond("buildDefinition", Test::Matches(m)).check(&p, now).is_err(), "objects never match");
-        let e = cond("buildDefinition.externalParameters.workflow.ref", Test::OneOf(vec!["refs/heads/main".into(), "refs/heads/release".into()]))
-            .check(&p, now)
-            .unwrap_err();
+        let e = cond(
+            "buildDefinition.externalParameters.workflow.ref",
+            Test::OneOf(vec!["refs/heads/main".into(), "refs/heads/release".into()]),
+        )
+        .check(&p, now)
+        .unwrap_err();
         assert!(e.contains(r#"want one of ["refs/heads/main","refs/heads/release"]"#), "{e}");
         let week = Test::NotOlderThan(Duration::from_secs(7 * 86400), "7d".into());
         assert!(cond("scan.finished", week.clone()).check(&p, now).is_ok());
@@ -289,7 +292,8 @@ mod tests {
         // When the freshness conditions turn false: the earliest of them; none without one.
         let req = |conditions| AttestationRequirement { predicate_type: "x:y".into(), signers: None, conditions };
         let three_days = Test::NotOlderThan(Duration::from_secs(3 * 86400), "3d".into());
-        let r = req(vec![cond("scan.finished", week.clone()), cond("scan.finished", three_days), cond("scan.count", Test::Equals("3".into()))]);
+        let r =
+            req(vec![cond("scan.finished", week.clone()), cond("scan.finished", three_days), cond("scan.count", Test::Equals("3".into()))]);
         assert_eq!(r.fresh_until(&p), Some("2026-12-04T00:00:00Z".parse().unwrap()));
         assert_eq!(req(vec![cond("scan.count", Test::Equals("3".into()))]).fresh_until(&p), None);
         assert_eq!(req(vec![cond("scan.missing", week)]).fresh_until(&p), Some(jiff::Timestamp::UNIX_EPOCH));

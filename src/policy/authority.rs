@@ -33,19 +33,12 @@ pub struct Authority {
 
 impl Authority {
     /// A keyless authority.
-    pub fn keyless(
-        name: impl Into<String>,
-        identities: Vec<KeylessIdentity>,
-    ) -> Result<Self, PolicyError> {
+    pub fn keyless(name: impl Into<String>, identities: Vec<KeylessIdentity>) -> Result<Self, PolicyError> {
         let name = name.into();
         if identities.is_empty() {
             return Err(PolicyError::EmptyAuthority(name));
         }
-        Ok(Self {
-            name,
-            signers: AuthoritySigners::Keyless(identities),
-            attestations: Vec::new(),
-        })
+        Ok(Self { name, signers: AuthoritySigners::Keyless(identities), attestations: Vec::new() })
     }
 
     /// A key-based authority.
@@ -54,11 +47,7 @@ impl Authority {
         if keys.is_empty() {
             return Err(PolicyError::EmptyAuthority(name));
         }
-        Ok(Self {
-            name,
-            signers: AuthoritySigners::Keys(keys),
-            attestations: Vec::new(),
-        })
+        Ok(Self { name, signers: AuthoritySigners::Keys(keys), attestations: Vec::new() })
     }
 
     /// This authority, also requiring `attestations`.
@@ -93,15 +82,9 @@ impl IdentityPolicy {
     /// Require `threshold` (1 ..= len) of `authorities`.
     pub fn new(authorities: Vec<Authority>, threshold: usize) -> Result<Self, PolicyError> {
         if threshold == 0 || threshold > authorities.len() {
-            return Err(PolicyError::Threshold {
-                threshold,
-                authorities: authorities.len(),
-            });
+            return Err(PolicyError::Threshold { threshold, authorities: authorities.len() });
         }
-        Ok(Self {
-            authorities,
-            threshold,
-        })
+        Ok(Self { authorities, threshold })
     }
 
     /// Any one of `authorities`.
@@ -142,9 +125,6 @@ impl IdentityPolicy {
 
     /// A serializable summary.
     pub fn summary(&self) -> PolicySummary {
-        PolicySummary {
-            authorities: self.authorities.iter().map(|a| a.name.clone()).collect(),
-            threshold: self.threshold,
-        }
+        PolicySummary { authorities: self.authorities.iter().map(|a| a.name.clone()).collect(), threshold: self.threshold }
     }
 }

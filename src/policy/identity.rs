@@ -68,19 +68,12 @@ impl StringMatcher {
     /// `https://evil.example/?https://github.com/org/x`.
     pub fn regex(pattern: impl Into<String>) -> Result<Self, PolicyError> {
         let pattern = pattern.into();
-        let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| PolicyError::InvalidRegex {
+        let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| {
+            PolicyError::InvalidRegex {
                 pattern: pattern.clone(),
-                reason: e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-            })?;
+                reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+            }
+        })?;
         Ok(Self::Regex { pattern, compiled })
     }
 
@@ -130,12 +123,8 @@ pub struct ExtensionClaim {
 impl ExtensionClaim {
     /// A claim given by OID or by name (`source-repository-ref`, `github-workflow-trigger`, ...).
     pub fn new(name_or_oid: &str, value: impl Into<String>) -> Result<Self, PolicyError> {
-        let oid = claim_oid(name_or_oid)
-            .ok_or_else(|| PolicyError::UnknownClaim(name_or_oid.to_string()))?;
-        Ok(Self {
-            oid,
-            value: value.into(),
-        })
+        let oid = claim_oid(name_or_oid).ok_or_else(|| PolicyError::UnknownClaim(name_or_oid.to_string()))?;
+        Ok(Self { oid, value: value.into() })
     }
 
     fn label(&self) -> String {
@@ -198,11 +187,7 @@ pub enum IdentityMismatch {
 impl KeylessIdentity {
     /// SAN and issuer matched exactly (cosign's `--certificate-identity`/`--certificate-oidc-issuer`).
     pub fn exact(subject: impl Into<String>, issuer: impl Into<String>) -> Self {
-        Self {
-            subject: StringMatcher::exact(subject),
-            issuer: Some(StringMatcher::exact(issuer)),
-            claims: Vec::new(),
-        }
+        Self { subject: StringMatcher::exact(subject), issuer: Some(StringMatcher::exact(issuer)), claims: Vec::new() }
     }
 
     /// Require a Fulcio claim as well.
@@ -215,28 +200,18 @@ impl KeylessIdentity {
     pub fn check(&self, identity: &CertificateIdentity) -> Result<(), IdentityMismatch> {
         let subject = identity.subject.as_deref();
         if !subject.is_some_and(|s| self.subject.matches(s)) {
-            return Err(IdentityMismatch::Subject {
-                got: quote_opt(subject),
-                want: self.subject.to_string(),
-            });
+            return Err(IdentityMismatch::Subject { got: quote_opt(subject), want: self.subject.to_string() });
         }
         if let Some(issuer) = &self.issuer {
             let got = identity.issuer.as_deref();
             if !got.is_some_and(|g| issuer.matches(g)) {
-                return Err(IdentityMismatch::Issuer {
-                    got: quote_opt(got),
-                    want: issuer.to_string(),
-                });
+                return Err(IdentityMismatch::Issuer { got: quote_opt(got), want: issuer.to_string() });
             }
         }
         for claim in &self.claims {
             let got = identity.extensions.get(&claim.oid).map(String::as_str);
             if got != Some(claim.value.as_str()) {
-                return Err(IdentityMismatch::Extension {
-                    claim: claim.label(),
-                    got: quote_opt(got),
-                    want: claim.value.clone(),
-                });
+                return Err(IdentityMismatch::Extension { claim: claim.label(), got: quote_opt(got), want: claim.value.clone() });
             }
         }
         Ok(())
@@ -257,10 +232,7 @@ mod tests {
 
     fn cert(subject: &str, issuer: &str) -> CertificateIdentity {
         let mut extensions = BTreeMap::new();
-        extensions.insert(
-            "1.3.6.1.4.1.57264.1.14".to_string(),
-            "refs/heads/main".to_string(),
-        );
+        extensions.insert("1.3.6.1.4.1.57264.1.14".to_string(), "refs/heads/main".to_string());
         CertificateIdentity {
             subject: Some(subject.into()),
             issuer: Some(issuer.into()),
@@ -285,23 +257,11 @@ mod tests {
         let id = KeylessIdentity::exact("me@example.com", "https://issuer")
             .with_claim(ExtensionClaim::new("source-repository-ref", "refs/heads/main").unwrap());
         assert!(id.check(&cert("me@example.com", "https://issuer")).is_ok());
-        let err = id
-            .check(&cert("you@example.com", "https://issuer"))
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "identity mismatch: got you@example.com, want me@example.com"
-        );
-        assert!(matches!(
-            id.check(&cert("me@example.com", "https://issuer/")),
-            Err(IdentityMismatch::Issuer { .. })
-        ));
+        let err = id.check(&cert("you@example.com", "https://issuer")).unwrap_err();
+        assert_eq!(err.to_string(), "identity mismatch: got you@example.com, want me@example.com");
+        assert!(matches!(id.check(&cert("me@example.com", "https://issuer/")), Err(IdentityMismatch::Issuer { .. })));
         let id = id.with_claim(ExtensionClaim::new("build-trigger", "push").unwrap());
-        let err = id
-            .check(&cert("me@example.com", "https://issuer"))
-            .unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("certificate extension build-trigger"));
+        let err = id.check(&cert("me@example.com", "https://issuer")).unwrap_err();
+        assert!(err.to_string().starts_with("certificate extension build-trigger"));
     }
 }

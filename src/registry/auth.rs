@@ -138,9 +138,7 @@ impl Credentials {
             return Ok(AuthMaterial::RefreshToken(t.clone()));
         }
         if let Some(a) = self.auth.as_ref().filter(|a| !a.0.is_empty()) {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(a.0.trim())
-                .map_err(|_| CredentialsError::AuthNotBase64)?;
+            let decoded = base64::engine::general_purpose::STANDARD.decode(a.0.trim()).map_err(|_| CredentialsError::AuthNotBase64)?;
             let decoded = String::from_utf8(decoded).map_err(|_| CredentialsError::AuthNoColon)?;
             let (user, pass) = decoded.split_once(':').ok_or(CredentialsError::AuthNoColon)?;
             return Ok(AuthMaterial::Basic { username: user.to_string(), password: Secret::new(pass.trim_matches('\0')) });
@@ -295,17 +293,10 @@ mod tests {
         let m = |c: Credentials| c.material().unwrap();
         assert_eq!(m(Credentials::default()), AuthMaterial::Anonymous);
         assert!(Credentials::default().is_empty());
-        assert_eq!(
-            m(Credentials::basic("u", "p")),
-            AuthMaterial::Basic { username: "u".into(), password: Secret::new("p") }
-        );
+        assert_eq!(m(Credentials::basic("u", "p")), AuthMaterial::Basic { username: "u".into(), password: Secret::new("p") });
         let auth = Credentials { auth: Some(Secret::new("dTpwOmFzcw==")), ..Default::default() }; // u:p:ass
         assert_eq!(m(auth), AuthMaterial::Basic { username: "u".into(), password: Secret::new("p:ass") });
-        let both = Credentials {
-            identity_token: Some(Secret::new("refresh")),
-            auth: Some(Secret::new("dTpw")),
-            ..Default::default()
-        };
+        let both = Credentials { identity_token: Some(Secret::new("refresh")), auth: Some(Secret::new("dTpw")), ..Default::default() };
         assert_eq!(m(both), AuthMaterial::RefreshToken(Secret::new("refresh")));
         let reg = Credentials { registry_token: Some(Secret::new("t")), ..Default::default() };
         assert_eq!(m(reg), AuthMaterial::Bearer(Secret::new("t")));

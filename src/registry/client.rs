@@ -268,10 +268,8 @@ impl Transport {
             connect_timeout: ep.dial_timeout.unwrap_or(self.connect_timeout),
             fallback: ep.http_fallback.then(|| (ep.host.to_ascii_lowercase(), Arc::new(AtomicU8::new(FALLBACK_UNKNOWN)))),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(4)
-            .build(connector);
+        let client =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).pool_max_idle_per_host(4).build(connector);
         let c = Arc::new(EndpointClient { client });
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
@@ -323,7 +321,9 @@ impl Transport {
         self.forget_auth(&auth_key);
         let challenges = parse_challenges(resp.headers.get_all(http::header::WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()));
         let who = match &material {
-            AuthMaterial::Anonymous => "anonymous access refused; the registry needs credentials (kubelet's, or registry.credentials for this host)",
+            AuthMaterial::Anonymous => {
+                "anonymous access refused; the registry needs credentials (kubelet's, or registry.credentials for this host)"
+            }
             _ => "the registry refused the credentials",
         };
         let bearer = challenges.iter().find(|c| matches!(c, Challenge::Bearer { .. }));
@@ -404,9 +404,11 @@ impl Transport {
             resp = self.round_trip(op, ep, call, &next.to_string(), auth, same_origin).await.map_err(|mut e| {
                 // Name the host that could not be reached; limits and digests keep their kind.
                 e.kind = match e.kind {
-                    k @ (ErrorKind::Connect(_) | ErrorKind::ConnectTimeout(_) | ErrorKind::Tls(_) | ErrorKind::Timeout(_) | ErrorKind::Http(_)) => {
-                        ErrorKind::Redirect(format!("redirect target {host}: {k}"))
-                    }
+                    k @ (ErrorKind::Connect(_)
+                    | ErrorKind::ConnectTimeout(_)
+                    | ErrorKind::Tls(_)
+                    | ErrorKind::Timeout(_)
+                    | ErrorKind::Http(_)) => ErrorKind::Redirect(format!("redirect target {host}: {k}")),
                     other => other,
                 };
                 e
@@ -652,8 +654,12 @@ impl Transport {
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         match &result {
-            Ok(r) => tracing::debug!(endpoint = %ep.url(), method = %call.method, path = %call.path, status = r.status.as_u16(), bytes = r.body.len(), ms, "registry request"),
-            Err(e) => tracing::debug!(endpoint = %ep.url(), method = %call.method, path = %call.path, error = %e, ms, "registry request failed"),
+            Ok(r) => {
+                tracing::debug!(endpoint = %ep.url(), method = %call.method, path = %call.path, status = r.status.as_u16(), bytes = r.body.len(), ms, "registry request")
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %ep.url(), method = %call.method, path = %call.path, error = %e, ms, "registry request failed")
+            }
         }
         let result = result.map_err(err);
         if let Err(e) = &result {

@@ -277,11 +277,7 @@ impl RegistryArgs {
     /// The credentials given on the command line, like kubelet's for a pull.
     pub fn credentials(&self) -> Option<Credentials> {
         let username = self.username.clone()?;
-        Some(Credentials {
-            username: Some(username),
-            password: self.password.clone().map(Secret::new),
-            ..Credentials::default()
-        })
+        Some(Credentials { username: Some(username), password: self.password.clone().map(Secret::new), ..Credentials::default() })
     }
 }
 

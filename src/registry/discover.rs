@@ -39,8 +39,10 @@ use serde::Serialize;
 
 use super::client::{Call, ErrorKind, Op, RequestError, Transport};
 use super::hosts::Endpoint;
+use super::resolve::{
+    fetch_verified, manifest_limit_setting, FetchError, ResolvedImage, Store, SubjectRole, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+};
 use crate::digest::Digest;
-use super::resolve::{fetch_verified, manifest_limit_setting, FetchError, ResolvedImage, Store, SubjectRole, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 
 /// Sigstore bundle media types, newest first (cosign v3 writes v0.3).
 pub const BUNDLE_MEDIA_TYPES: &[&str] = &[
@@ -159,13 +161,17 @@ pub enum Material {
 impl Material {
     pub fn subject(&self) -> &Digest {
         match self {
-            Material::Bundle { subject, .. } | Material::LegacySignature { subject, .. } | Material::LegacyAttestation { subject, .. } => subject,
+            Material::Bundle { subject, .. } | Material::LegacySignature { subject, .. } | Material::LegacyAttestation { subject, .. } => {
+                subject
+            }
         }
     }
 
     pub fn source(&self) -> &Source {
         match self {
-            Material::Bundle { source, .. } | Material::LegacySignature { source, .. } | Material::LegacyAttestation { source, .. } => source,
+            Material::Bundle { source, .. } | Material::LegacySignature { source, .. } | Material::LegacyAttestation { source, .. } => {
+                source
+            }
         }
     }
 }
@@ -188,14 +194,22 @@ pub struct SideArtifact {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
-    Found { candidates: usize },
+    Found {
+        candidates: usize,
+    },
     /// Looked, and there is nothing.
     NotFound,
     /// The mirror does not offer this kind of lookup (referrers API).
-    Unsupported { reason: String },
+    Unsupported {
+        reason: String,
+    },
     /// The lookup failed: there may be material that could not be seen.
-    Failed { error: String },
-    Skipped { reason: String },
+    Failed {
+        error: String,
+    },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// One step for one subject.
@@ -302,10 +316,7 @@ pub(crate) async fn discover_while<E>(
     let (early, (image, added)) = tokio::try_join!(early, rest)?;
     let subjects = image.subjects();
     let (mut early, mut added) = (Some(early), added.into_iter());
-    let results = subjects
-        .iter()
-        .filter_map(|(d, _)| if d == digest { early.take() } else { added.next() })
-        .collect();
+    let results = subjects.iter().filter_map(|(d, _)| if d == digest { early.take() } else { added.next() }).collect();
     let discovery = assemble(subjects, results);
     Ok((image, discovery))
 }
@@ -451,11 +462,7 @@ impl Ctx<'_> {
                         break;
                     }
                 };
-                let index = if resp.status == StatusCode::OK {
-                    serde_json::from_slice::<ImageIndex>(&resp.body).ok()
-                } else {
-                    None
-                };
+                let index = if resp.status == StatusCode::OK { serde_json::from_slice::<ImageIndex>(&resp.body).ok() } else { None };
                 let Some(index) = index else {
                     if page == 0 {
                         let why = if resp.status == StatusCode::OK {
@@ -474,7 +481,11 @@ impl Ctx<'_> {
                 match next_link(resp.header("link"), &ep.path) {
                     Some(Ok(path)) if page + 1 < MAX_REFERRER_PAGES && descriptors.len() < MAX_REFERRERS => call.path = path,
                     Some(Ok(_)) => {
-                        problems.push(format!("{}: more referrers than the {} considered; the rest were not examined", ep.url(), descriptors.len()));
+                        problems.push(format!(
+                            "{}: more referrers than the {} considered; the rest were not examined",
+                            ep.url(),
+                            descriptors.len()
+                        ));
                         break;
                     }
                     Some(Err(why)) => {
@@ -604,7 +615,10 @@ impl Ctx<'_> {
             problems.push(format!("{endpoint}: tag {tag}: {skipped} layer(s) that are not {what} were ignored"));
         }
         if layers.len() > MAX_SIGNATURE_LAYERS {
-            problems.push(format!("{endpoint}: tag {tag} has {} signatures; only the first {MAX_SIGNATURE_LAYERS} were examined", layers.len()));
+            problems.push(format!(
+                "{endpoint}: tag {tag} has {} signatures; only the first {MAX_SIGNATURE_LAYERS} were examined",
+                layers.len()
+            ));
         }
         let eps = self.endpoints_from(&endpoint);
         let fetches = layers.iter().take(MAX_SIGNATURE_LAYERS).map(|layer| {
@@ -615,8 +629,7 @@ impl Ctx<'_> {
             async move {
                 let layer_digest = Digest::parse(layer.digest().as_ref()).map_err(|e| format!("layer digest: {e}"))?;
                 let body = self.blob(&eps, &layer_digest, layer.size()).await?;
-                let annotations: BTreeMap<String, String> =
-                    layer.annotations().clone().unwrap_or_default().into_iter().collect();
+                let annotations: BTreeMap<String, String> = layer.annotations().clone().unwrap_or_default().into_iter().collect();
                 let source = Source::SignatureTag { endpoint, tag, manifest: manifest_digest, layer: layer_digest.clone() };
                 let subject = self.subject.clone();
                 Ok::<_, String>(if layer_type == SIMPLE_SIGNING {
@@ -725,7 +738,10 @@ impl Ctx<'_> {
         let manifest = match serde_json::from_slice::<ImageManifest>(&body) {
             Ok(m) if m.media_type().as_ref().map(|m| m.to_string()).is_none_or(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST) => m,
             Ok(m) => {
-                out.problems.push(format!("{endpoint}: referrer {manifest_digest} has media type {:?}, not an image manifest", m.media_type().as_ref().map(|m| m.to_string())));
+                out.problems.push(format!(
+                    "{endpoint}: referrer {manifest_digest} has media type {:?}, not an image manifest",
+                    m.media_type().as_ref().map(|m| m.to_string())
+                ));
                 return out;
             }
             Err(e) => {
@@ -794,12 +810,9 @@ impl Ctx<'_> {
 
     fn source(&self, step: Step, endpoint: &str, tag: Option<&str>, manifest: &Digest, blob: &Digest) -> Source {
         match (step, tag) {
-            (Step::ReferrersTag, Some(tag)) => Source::ReferrersTag {
-                endpoint: endpoint.into(),
-                tag: tag.into(),
-                manifest: manifest.clone(),
-                blob: blob.clone(),
-            },
+            (Step::ReferrersTag, Some(tag)) => {
+                Source::ReferrersTag { endpoint: endpoint.into(), tag: tag.into(), manifest: manifest.clone(), blob: blob.clone() }
+            }
             _ => Source::ReferrersApi { endpoint: endpoint.into(), manifest: manifest.clone(), blob: blob.clone() },
         }
     }
@@ -891,7 +904,11 @@ async fn attestation_files(dir: &std::path::Path, stem: &str, problems: &mut Vec
     }
     names.sort();
     if names.len() > MAX_ATTESTATION_FILES {
-        problems.push(format!("{}: {} attestation files for {stem}; only the first {MAX_ATTESTATION_FILES} were read", dir.display(), names.len()));
+        problems.push(format!(
+            "{}: {} attestation files for {stem}; only the first {MAX_ATTESTATION_FILES} were read",
+            dir.display(),
+            names.len()
+        ));
         names.truncate(MAX_ATTESTATION_FILES);
     }
     names

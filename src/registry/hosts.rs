@@ -484,7 +484,11 @@ fn clean_path(path: &str) -> String {
         }
     }
     if parts.is_empty() {
-        if path.is_empty() { String::new() } else { "/".into() }
+        if path.is_empty() {
+            String::new()
+        } else {
+            "/".into()
+        }
     } else {
         format!("/{}", parts.join("/"))
     }
@@ -577,7 +581,10 @@ fn parse_host_table(
     }
     if let Some(v) = t.get("dial_timeout") {
         let s = v.as_str().ok_or_else(|| invalid("dial_timeout", "expected a duration string like \"3s\"".into()))?;
-        entry.dial_timeout = Some(parse_go_duration(s).ok_or_else(|| invalid("dial_timeout", format!("invalid duration {s:?} (like \"500ms\", \"3s\", \"1m30s\")")))?);
+        entry.dial_timeout = Some(
+            parse_go_duration(s)
+                .ok_or_else(|| invalid("dial_timeout", format!("invalid duration {s:?} (like \"500ms\", \"3s\", \"1m30s\")")))?,
+        );
     }
     Ok(entry)
 }
@@ -586,7 +593,9 @@ fn bool_key(t: &toml::Table, key: &str, at: &str, file: &Path) -> Result<Option<
     match t.get(key) {
         None => Ok(None),
         Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
-        Some(_) => Err(HostsError::Invalid { file: file.to_owned(), at: format!("{at}: `{key}`"), message: "expected true or false".into() }),
+        Some(_) => {
+            Err(HostsError::Invalid { file: file.to_owned(), at: format!("{at}: `{key}`"), message: "expected true or false".into() })
+        }
     }
 }
 
@@ -727,18 +736,11 @@ ca = "/abs/root.pem"
         assert_eq!(eps[0].tls.ca_files, [base.join("ca1.pem"), PathBuf::from("/etc/ca2.pem")]);
         assert_eq!(
             eps[0].tls.client_pairs,
-            [
-                (base.join("client.cert"), Some(base.join("client.key"))),
-                (base.join("combined.pem"), None),
-                (base.join("other.pem"), None)
-            ]
+            [(base.join("client.cert"), Some(base.join("client.key"))), (base.join("combined.pem"), None), (base.join("other.pem"), None)]
         );
         assert_eq!(eps[0].tls.skip_verify, Some(true));
         assert_eq!(eps[0].dial_timeout, Some(Duration::from_secs(90)));
-        assert_eq!(
-            eps[0].headers,
-            [("x-custom".into(), "1".into()), ("x-multi".into(), "a".into()), ("x-multi".into(), "b".into())]
-        );
+        assert_eq!(eps[0].headers, [("x-custom".into(), "1".into()), ("x-multi".into(), "a".into()), ("x-multi".into(), "b".into())]);
         assert_eq!(eps[1].tls.client_pairs, [(base.join("both.pem"), None)]);
         // top-level ca applies to the server entry (here: the registry itself)
         assert_eq!(eps[2].tls.ca_files, [PathBuf::from("/abs/root.pem")]);

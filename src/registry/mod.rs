@@ -35,12 +35,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+pub use crate::digest::{Digest, DigestError};
 pub use auth::{Credentials, Secret};
 pub use client::{Dialer, ErrorKind, RequestError, TcpDialer};
 pub use config::{Platform, RegistryArgs, RegistryConfig};
 pub use discover::{Discovery, Material, Outcome, SideArtifact, Source, Step, StepReport};
 pub use hosts::{Endpoint, HostsDir, HostsError, HostsResolution};
-pub use crate::digest::{Digest, DigestError};
 pub use reference::{Reference, ReferenceError};
 pub use resolve::{PlatformImage, ResolveError, ResolvedImage, SubjectRole};
 
@@ -172,7 +172,12 @@ impl Registry {
 
     /// [`Registry::discover`], also fetching attestation bundles when `attestations` (a policy
     /// that applies requires them).
-    pub async fn discover_with(&self, image: &ResolvedImage, credentials: Option<&Credentials>, attestations: bool) -> Result<Discovery, Error> {
+    pub async fn discover_with(
+        &self,
+        image: &ResolvedImage,
+        credentials: Option<&Credentials>,
+        attestations: bool,
+    ) -> Result<Discovery, Error> {
         let hosts = self.endpoints(image.reference.registry())?;
         let op = self.op(&hosts, credentials);
         let settings = self.settings(attestations);

@@ -263,12 +263,41 @@ mod tests {
     #[test]
     fn only_accepts_what_containerd_accepts() {
         let cases: &[(&str, &[&str], &[&str])] = &[
-            ("linux/amd64", &["linux/amd64", "linux/x86_64", "linux/amd64/v1", "linux/386", "linux/i386"], &["linux/amd64/v2", "linux/amd64/v9", "linux/arm64", "windows/amd64", "linux/arm/v7"]),
+            (
+                "linux/amd64",
+                &["linux/amd64", "linux/x86_64", "linux/amd64/v1", "linux/386", "linux/i386"],
+                &["linux/amd64/v2", "linux/amd64/v9", "linux/arm64", "windows/amd64", "linux/arm/v7"],
+            ),
             ("linux/amd64/v3", &["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"], &["linux/amd64/v4"]),
-            ("linux/arm64", &["linux/arm64", "linux/arm64/v8", "linux/aarch64", "linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5", "linux/arm"], &["linux/arm64/v8.1", "linux/arm64/v9", "linux/amd64"]),
-            ("linux/arm64/v8.2", &["linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64", "linux/arm/v7"], &["linux/arm64/v8.3", "linux/arm64/v9"]),
-            ("linux/arm64/v9", &["linux/arm64/v9", "linux/arm64/v8.5", "linux/arm64", "linux/arm/v8"], &["linux/arm64/v9.1", "linux/arm64/v8.6"]),
-            ("linux/arm/v7", &["linux/arm", "linux/arm/v7", "linux/armhf", "linux/arm/v6", "linux/armel", "linux/arm/v5"], &["linux/arm/v8", "linux/arm64"]),
+            (
+                "linux/arm64",
+                &[
+                    "linux/arm64",
+                    "linux/arm64/v8",
+                    "linux/aarch64",
+                    "linux/arm/v8",
+                    "linux/arm/v7",
+                    "linux/arm/v6",
+                    "linux/arm/v5",
+                    "linux/arm",
+                ],
+                &["linux/arm64/v8.1", "linux/arm64/v9", "linux/amd64"],
+            ),
+            (
+                "linux/arm64/v8.2",
+                &["linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64", "linux/arm/v7"],
+                &["linux/arm64/v8.3", "linux/arm64/v9"],
+            ),
+            (
+                "linux/arm64/v9",
+                &["linux/arm64/v9", "linux/arm64/v8.5", "linux/arm64", "linux/arm/v8"],
+                &["linux/arm64/v9.1", "linux/arm64/v8.6"],
+            ),
+            (
+                "linux/arm/v7",
+                &["linux/arm", "linux/arm/v7", "linux/armhf", "linux/arm/v6", "linux/armel", "linux/arm/v5"],
+                &["linux/arm/v8", "linux/arm64"],
+            ),
             ("linux/arm/v6", &["linux/arm/v6", "linux/arm/v5", "linux/armel"], &["linux/arm/v7", "linux/armhf", "linux/arm"]),
         ];
         for (node, yes, no) in cases {

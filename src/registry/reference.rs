@@ -75,9 +75,7 @@ impl Reference {
         // distribution's splitDockerDomain: the first component is a registry when it has a
         // `.` or `:`, is `localhost`, or has uppercase letters (registry names are not lowercased).
         let (registry, remainder) = match name_tag.split_once('/') {
-            Some((first, rest))
-                if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first =>
-            {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first => {
                 (first, rest.to_string())
             }
             _ => (DEFAULT_REGISTRY, name_tag.to_string()),
@@ -309,10 +307,7 @@ fn validate_registry(registry: &str) -> Result<(), &'static str> {
     }
     if let Some(host) = host {
         let ok_label = |l: &str| {
-            !l.is_empty()
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
+            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-')
         };
         if !host.split('.').all(ok_label) {
             return Err("invalid registry host name");
@@ -473,8 +468,13 @@ mod tests {
         assert_eq!(canonical_registry("registry.example:5000"), "registry.example:5000");
         assert_eq!(canonical_registry("[::1]:443"), "[::1]");
         assert_eq!(canonical_registry("LOCALHOST:5000"), "localhost:5000");
-        let map = |pairs: &[(&str, &[&str])]| pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect();
-        let a = Aliases::new(&map(&[("127.0.0.1:5000", &["localhost:5000", "[::1]:5000"]), ("mirror.internal", &["Mirror-Alias.internal:443"])])).unwrap();
+        let map =
+            |pairs: &[(&str, &[&str])]| pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect();
+        let a = Aliases::new(&map(&[
+            ("127.0.0.1:5000", &["localhost:5000", "[::1]:5000"]),
+            ("mirror.internal", &["Mirror-Alias.internal:443"]),
+        ]))
+        .unwrap();
         for (spelling, want) in [
             ("localhost:5000/demo/app:1", "127.0.0.1:5000/demo/app"),
             ("LocalHost:5000/demo/app:1", "127.0.0.1:5000/demo/app"),

@@ -279,10 +279,9 @@ pub(crate) async fn resolve_digest(
     }
     match first_err {
         Some(error) => Err(ResolveError::Request { reference: refname, error }),
-        None => Err(ResolveError::NotFound {
-            reference: refname,
-            endpoints: resolvers.iter().map(|e| e.url()).collect::<Vec<_>>().join(", "),
-        }),
+        None => {
+            Err(ResolveError::NotFound { reference: refname, endpoints: resolvers.iter().map(|e| e.url()).collect::<Vec<_>>().join(", ") })
+        }
     }
 }
 
@@ -305,7 +304,19 @@ pub(crate) async fn resolve(
     let (body, content_type, served_by) = match prefetched {
         Some((body, ct)) => (body, ct, resolved_by.clone().unwrap_or_default()),
         None => {
-            match fetch_verified(transport, op, &pullers, repo, Store::Manifests, &digest, max_manifest, manifest_limit_setting(), MANIFEST_ACCEPT).await {
+            match fetch_verified(
+                transport,
+                op,
+                &pullers,
+                repo,
+                Store::Manifests,
+                &digest,
+                max_manifest,
+                manifest_limit_setting(),
+                MANIFEST_ACCEPT,
+            )
+            .await
+            {
                 Ok(f) => (f.body, f.content_type, f.endpoint),
                 Err(FetchError::Request(error)) => return Err(ResolveError::Request { reference: refname, error }),
                 Err(FetchError::NoEndpoint) => {
@@ -323,8 +334,8 @@ pub(crate) async fn resolve(
         digest: digest.to_string(),
         message,
     };
-    let media_type = manifest_media_type(&body, content_type.as_deref())
-        .ok_or_else(|| bad(&served_by, "not a JSON manifest or index".into()))?;
+    let media_type =
+        manifest_media_type(&body, content_type.as_deref()).ok_or_else(|| bad(&served_by, "not a JSON manifest or index".into()))?;
     let mut image = ResolvedImage {
         reference: reference.clone(),
         digest: digest.clone(),
@@ -353,22 +364,49 @@ pub(crate) async fn resolve(
         let matcher = Matcher::only(platform);
         match select(&matcher, &entries).and_then(|i| index.manifests().get(i).map(|d| (d, entries.get(i).cloned().flatten()))) {
             Some((_, None)) => {
-                return Err(bad(&served_by, format!("the index entry containerd would pick for {platform} has no platform (not supported: its config would decide)")))
+                return Err(bad(
+                    &served_by,
+                    format!(
+                        "the index entry containerd would pick for {platform} has no platform (not supported: its config would decide)"
+                    ),
+                ))
             }
             Some((d, Some(entry))) => {
-                let what = format!("index entry {}/{}{}", entry.os, entry.architecture, if entry.variant.is_empty() { String::new() } else { format!("/{}", entry.variant) });
+                let what = format!(
+                    "index entry {}/{}{}",
+                    entry.os,
+                    entry.architecture,
+                    if entry.variant.is_empty() { String::new() } else { format!("/{}", entry.variant) }
+                );
                 let pd = Digest::parse(d.digest().as_ref()).map_err(|e| bad(&served_by, format!("{what}: {e}")))?;
                 let mt = d.media_type().to_string();
                 if is_index(&mt) {
                     return Err(bad(&served_by, format!("{what} is itself an index (nested indexes are not supported)")));
                 }
-                let fetched = fetch_verified(transport, op, &pullers, repo, Store::Manifests, &pd, max_manifest, manifest_limit_setting(), MANIFEST_ACCEPT)
-                    .await
-                    .map_err(|e| bad(&served_by, format!("{what} ({pd}): {e}")))?;
-                let manifest: ImageManifest =
-                    serde_json::from_slice(&fetched.body).map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): invalid manifest: {e}")))?;
-                let config = Digest::parse(manifest.config().digest().as_ref()).map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): config: {e}")))?;
-                image.platform = Some(PlatformImage { platform: what.trim_start_matches("index entry ").to_string(), digest: pd, media_type: mt, size: d.size(), config });
+                let fetched = fetch_verified(
+                    transport,
+                    op,
+                    &pullers,
+                    repo,
+                    Store::Manifests,
+                    &pd,
+                    max_manifest,
+                    manifest_limit_setting(),
+                    MANIFEST_ACCEPT,
+                )
+                .await
+                .map_err(|e| bad(&served_by, format!("{what} ({pd}): {e}")))?;
+                let manifest: ImageManifest = serde_json::from_slice(&fetched.body)
+                    .map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): invalid manifest: {e}")))?;
+                let config = Digest::parse(manifest.config().digest().as_ref())
+                    .map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): config: {e}")))?;
+                image.platform = Some(PlatformImage {
+                    platform: what.trim_start_matches("index entry ").to_string(),
+                    digest: pd,
+                    media_type: mt,
+                    size: d.size(),
+                    config,
+                });
             }
             None => image.notes.push(format!("index has no manifest for platform {platform}")),
         }

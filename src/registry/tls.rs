@@ -82,9 +82,8 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, TlsErr
 
 fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), TlsError> {
     let bytes = std::fs::read(file).map_err(|e| TlsError::ReadCa(file.to_owned(), e))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::BadCa(file.to_owned(), e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&bytes).collect::<Result<_, _>>().map_err(|e| TlsError::BadCa(file.to_owned(), e.to_string()))?;
     if certs.is_empty() {
         return Err(TlsError::NoCa(file.to_owned()));
     }

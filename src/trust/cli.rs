@@ -157,26 +157,14 @@ pub fn run_import(args: &ImportArgs) -> i32 {
             let policy = config.policy();
             let freshness = policy.evaluate(m, options.now);
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(
-                out,
-                "installed trust root generation {} ({}) from {}",
-                m.generation,
-                m.kind.as_str(),
-                m.source
-            );
+            let _ = writeln!(out, "installed trust root generation {} ({}) from {}", m.generation, m.kind.as_str(), m.source);
             if let Some(roles) = &m.roles {
                 for (name, r) in roles.iter() {
                     let _ = writeln!(out, "  {name:<10} version {:<6} expires {}", r.version, r.expires);
                 }
             }
             let stale_at = policy.stale_at(m);
-            let _ = writeln!(
-                out,
-                "stale at {} ({}); verdict: {}",
-                stale_at.at,
-                stale_at.limit.describe(),
-                freshness.verdict(options.now)
-            );
+            let _ = writeln!(out, "stale at {} ({}); verdict: {}", stale_at.at, stale_at.limit.describe(), freshness.verdict(options.now));
             let installed = StateDir::new(&config.state_dir).load_current();
             if let Ok(Some(files)) = installed {
                 if let Ok(material) = super::tuf_import::check_trusted_root(&files.trusted_root) {
@@ -212,10 +200,9 @@ pub fn run_status(args: &StatusArgs) -> i32 {
         Err(e) => return usage(e),
     };
     let mut policy: FreshnessPolicy = config.policy();
-    for (flag, value, slot) in [
-        ("--max-age", &args.max_age, &mut policy.max_age),
-        ("--warn-before", &args.warn_before, &mut policy.warn_before),
-    ] {
+    for (flag, value, slot) in
+        [("--max-age", &args.max_age, &mut policy.max_age), ("--warn-before", &args.warn_before, &mut policy.warn_before)]
+    {
         if let Some(v) = value {
             match parse_duration(v) {
                 Ok(d) => *slot = d,

@@ -65,19 +65,13 @@ impl TrustRootConfig {
     /// validation can report it as is.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !self.state_dir.is_absolute() {
-            return Err((
-                "trust_root.state_dir",
-                format!("expected an absolute directory, got {:?}", self.state_dir.display()),
-            ));
+            return Err(("trust_root.state_dir", format!("expected an absolute directory, got {:?}", self.state_dir.display())));
         }
         if self.max_age.is_zero() {
             return Err(("trust_root.max_age", "must be greater than zero".into()));
         }
         if self.max_age > MAX_MAX_AGE {
-            return Err((
-                "trust_root.max_age",
-                "must be at most 3650d (root and targets expiry apply anyway)".into(),
-            ));
+            return Err(("trust_root.max_age", "must be at most 3650d (root and targets expiry apply anyway)".into()));
         }
         if self.warn_before >= self.max_age {
             return Err(("trust_root.warn_before", "must be shorter than `max_age`".into()));
@@ -119,7 +113,6 @@ impl TrustRootConfig {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,8 +132,7 @@ mod tests {
 
     #[test]
     fn section_parses() {
-        let c = parse("trust_root:\n  state_dir: /srv/pg\n  max_age: 45d\n  warn_before: 10d\n  watch_interval: 5s\n")
-            .unwrap();
+        let c = parse("trust_root:\n  state_dir: /srv/pg\n  max_age: 45d\n  warn_before: 10d\n  watch_interval: 5s\n").unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/srv/pg"));
         assert_eq!(c.max_age, Duration::from_secs(45 * 86400));
         assert_eq!(c.policy().warn_before, Duration::from_secs(10 * 86400));

@@ -41,10 +41,7 @@ pub struct FreshnessPolicy {
 
 impl Default for FreshnessPolicy {
     fn default() -> Self {
-        FreshnessPolicy {
-            max_age: super::config::DEFAULT_MAX_AGE,
-            warn_before: super::config::DEFAULT_WARN_BEFORE,
-        }
+        FreshnessPolicy { max_age: super::config::DEFAULT_MAX_AGE, warn_before: super::config::DEFAULT_WARN_BEFORE }
     }
 }
 
@@ -247,10 +244,7 @@ mod tests {
         assert_eq!(f.seconds_until_stale(ts("2026-01-24T00:00:00Z")), 7 * 86400);
         let f = p.evaluate(&m, ts("2026-01-31T00:00:00Z"));
         assert_eq!(f, Freshness::Stale { since: ts("2026-01-31T00:00:00Z"), limit: Limit::MaxAge });
-        assert_eq!(
-            f.stale_error().unwrap().to_string(),
-            "trust root stale since 2026-01-31T00:00:00Z: import a fresh mirror"
-        );
+        assert_eq!(f.stale_error().unwrap().to_string(), "trust root stale since 2026-01-31T00:00:00Z: import a fresh mirror");
     }
 
     #[test]

@@ -133,10 +133,7 @@ pub struct TrustHandle {
 
 impl fmt::Debug for TrustHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustHandle")
-            .field("state", &self.state.path())
-            .field("generation", &self.generation())
-            .finish()
+        f.debug_struct("TrustHandle").field("state", &self.state.path()).field("generation", &self.generation()).finish()
     }
 }
 
@@ -194,12 +191,8 @@ impl TrustHandle {
         let _serialized = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let result = self.reload_locked();
         let at = self.clock.now();
-        let record = ReloadRecord {
-            at,
-            ok: result.is_ok(),
-            generation: self.generation(),
-            error: result.as_ref().err().map(|e| e.to_string()),
-        };
+        let record =
+            ReloadRecord { at, ok: result.is_ok(), generation: self.generation(), error: result.as_ref().err().map(|e| e.to_string()) };
         match &result {
             Ok(ReloadOutcome::Swapped { generation }) => {
                 let root = self.current().expect("just swapped in");
@@ -237,9 +230,7 @@ impl TrustHandle {
         match (&fingerprint, &loaded) {
             (None, None) => return Ok(ReloadOutcome::NothingInstalled),
             (None, Some(root)) => return Err(ReloadError::Disappeared(root.generation)),
-            (Some(fp), Some(root)) if *fp == root.fingerprint => {
-                return Ok(ReloadOutcome::Unchanged { generation: root.generation })
-            }
+            (Some(fp), Some(root)) if *fp == root.fingerprint => return Ok(ReloadOutcome::Unchanged { generation: root.generation }),
             _ => {}
         }
         let Some(files) = self.state.load_current()? else {
@@ -268,12 +259,8 @@ impl TrustHandle {
         }
 
         let generation = self.generation() + 1;
-        let new = Arc::new(InstalledRoot {
-            material: Arc::new(material),
-            manifest: files.manifest,
-            fingerprint: files.fingerprint,
-            generation,
-        });
+        let new =
+            Arc::new(InstalledRoot { material: Arc::new(material), manifest: files.manifest, fingerprint: files.fingerprint, generation });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
         self.generation.store(generation, Ordering::Release);
         Ok(ReloadOutcome::Swapped { generation })
@@ -300,11 +287,9 @@ impl TrustHandle {
                     f.verdict(now),
                     stale_at.at
                 ),
-                Some(f @ Freshness::Stale { limit, .. }) => tracing::error!(
-                    limit = limit.describe(),
-                    "{}; enforce-mode decisions fail closed",
-                    f.stale_error().expect("stale")
-                ),
+                Some(f @ Freshness::Stale { limit, .. }) => {
+                    tracing::error!(limit = limit.describe(), "{}; enforce-mode decisions fail closed", f.stale_error().expect("stale"))
+                }
                 Some(Freshness::Fresh { stale_at }) if *reported != Reported::Nothing => {
                     tracing::info!(stale_at = %stale_at.at, "trust root fresh")
                 }

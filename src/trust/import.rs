@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 
-use super::manifest::{
-    Manifest, RootKind, TufRoles, MANIFEST_FORMAT, SIGNING_CONFIG_FILE, TRUSTED_ROOT_FILE, TUF_DIR,
-};
+use super::manifest::{Manifest, RootKind, TufRoles, MANIFEST_FORMAT, SIGNING_CONFIG_FILE, TRUSTED_ROOT_FILE, TUF_DIR};
 use super::state::{ImportLock, InstallOptions, InstalledFiles, LastImport, Staged, StateDir, StateError};
 use super::tuf_import::{check_trusted_root, verify_mirror, PinnedRoot, TufImportError, VerifyRequest};
 use crate::verify::trust::MAX_TRUSTED_ROOT_BYTES;
@@ -32,12 +30,7 @@ pub struct ImportOptions {
 
 impl ImportOptions {
     pub fn new(state_dir: impl Into<PathBuf>, now: Timestamp) -> Self {
-        ImportOptions {
-            state_dir: state_dir.into(),
-            now,
-            reset_rollback_protection: false,
-            install: InstallOptions::default(),
-        }
+        ImportOptions { state_dir: state_dir.into(), now, reset_rollback_protection: false, install: InstallOptions::default() }
     }
 }
 

@@ -93,12 +93,7 @@ pub struct TufRoles {
 impl TufRoles {
     /// `(name, record)` in the order the TUF workflow verifies them.
     pub fn iter(&self) -> [(&'static str, &RoleRecord); 4] {
-        [
-            ("root", &self.root),
-            ("timestamp", &self.timestamp),
-            ("snapshot", &self.snapshot),
-            ("targets", &self.targets),
-        ]
+        [("root", &self.root), ("timestamp", &self.timestamp), ("snapshot", &self.snapshot), ("targets", &self.targets)]
     }
 }
 
@@ -139,10 +134,7 @@ impl Manifest {
     pub fn from_json(bytes: &[u8]) -> Result<Manifest, String> {
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
         if manifest.format != MANIFEST_FORMAT {
-            return Err(format!(
-                "manifest format {} is not the supported {MANIFEST_FORMAT}",
-                manifest.format
-            ));
+            return Err(format!("manifest format {} is not the supported {MANIFEST_FORMAT}", manifest.format));
         }
         if !manifest.files.contains_key(TRUSTED_ROOT_FILE) {
             return Err(format!("manifest lists no {TRUSTED_ROOT_FILE}"));

@@ -89,10 +89,7 @@ pub struct FileStamp {
 fn stamps(dir: &Path) -> Vec<FileStamp> {
     [MANIFEST, TRUSTED_ROOT_FILE, SIGNING_CONFIG_FILE]
         .into_iter()
-        .map(|name| FileStamp {
-            name,
-            stat: fs::metadata(dir.join(name)).ok().and_then(|m| Some((m.len(), m.modified().ok()?))),
-        })
+        .map(|name| FileStamp { name, stat: fs::metadata(dir.join(name)).ok().and_then(|m| Some((m.len(), m.modified().ok()?))) })
         .collect()
 }
 
@@ -157,12 +154,7 @@ impl StateDir {
         let generations = self.generations();
         fs::create_dir_all(&generations).map_err(io_err(&generations))?;
         let path = self.root.join(LOCK);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(ImportLock { _lock: lock }),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError::Locked(path)),
@@ -212,16 +204,13 @@ impl StateDir {
         let stamps = stamps(dir);
         let manifest_path = dir.join(MANIFEST);
         let manifest_bytes = read_bounded(&manifest_path)?;
-        let manifest = Manifest::from_json(&manifest_bytes)
-            .map_err(|reason| StateError::Corrupt { path: manifest_path.clone(), reason })?;
+        let manifest =
+            Manifest::from_json(&manifest_bytes).map_err(|reason| StateError::Corrupt { path: manifest_path.clone(), reason })?;
         let read_checked = |name: &str| -> Result<Vec<u8>, StateError> {
             let path = dir.join(name);
             let bytes = read_bounded(&path)?;
             if !manifest.files[name].matches(&bytes) {
-                return Err(StateError::Corrupt {
-                    path,
-                    reason: "content does not match the sha256 in manifest.json".into(),
-                });
+                return Err(StateError::Corrupt { path, reason: "content does not match the sha256 in manifest.json".into() });
             }
             Ok(bytes)
         };
@@ -253,10 +242,7 @@ impl StateDir {
             let path = installed.dir.join(name);
             let bytes = read_bounded(&path)?;
             if !record.matches(&bytes) {
-                return Err(StateError::Corrupt {
-                    path,
-                    reason: "content does not match the sha256 in manifest.json".into(),
-                });
+                return Err(StateError::Corrupt { path, reason: "content does not match the sha256 in manifest.json".into() });
             }
             out.insert(rel.to_string(), bytes);
         }
@@ -375,9 +361,7 @@ impl StateDir {
     pub fn last_import(&self) -> Result<Option<LastImport>, StateError> {
         let path = self.root.join(LAST_IMPORT);
         match read_bounded(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt { path, reason: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StateError::Corrupt { path, reason: e.to_string() }),
             Err(StateError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -385,12 +369,8 @@ impl StateDir {
 }
 
 fn staged_dirs(staging: &Path, staged: &Staged) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = staged
-        .files
-        .keys()
-        .filter_map(|rel| staging.join(rel).parent().map(Path::to_owned))
-        .filter(|d| d != staging)
-        .collect();
+    let mut dirs: Vec<PathBuf> =
+        staged.files.keys().filter_map(|rel| staging.join(rel).parent().map(Path::to_owned)).filter(|d| d != staging).collect();
     dirs.sort();
     dirs.dedup();
     dirs

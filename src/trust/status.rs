@@ -157,10 +157,7 @@ pub const ESSENTIAL_KINDS: [&str; 3] = ["fulcio-ca", "rekor-log", "ct-log"];
 /// The essential kinds with no key active at the report's instant (for an import-time warning:
 /// such a root only verifies signatures made in the past).
 pub fn inactive_kinds(keys: &[KeyWindow]) -> Vec<&'static str> {
-    ESSENTIAL_KINDS
-        .into_iter()
-        .filter(|kind| !keys.iter().any(|k| k.kind == *kind && k.state == WindowState::Active))
-        .collect()
+    ESSENTIAL_KINDS.into_iter().filter(|kind| !keys.iter().any(|k| k.kind == *kind && k.state == WindowState::Active)).collect()
 }
 
 /// The keys and CAs of a trusted root with their validity windows.
@@ -252,11 +249,8 @@ pub fn render_human(report: &StatusReport) -> String {
     };
     let _ = writeln!(w, "verdict:      {verdict}");
     if let Some(digest) = &report.trusted_root_digest {
-        let _ = writeln!(
-            w,
-            "keys ({} {digest}; each is used only for signing times inside its window):",
-            super::manifest::TRUSTED_ROOT_FILE
-        );
+        let _ =
+            writeln!(w, "keys ({} {digest}; each is used only for signing times inside its window):", super::manifest::TRUSTED_ROOT_FILE);
     }
     for k in &report.keys {
         let from = k.valid_from.map(|t| t.to_string()).unwrap_or_else(|| "-".into());

@@ -179,17 +179,14 @@ pub fn verify_mirror(dir: &Path, request: &VerifyRequest) -> Result<VerifiedMirr
         Err(sigstore_tuf::Error::TargetNotFound(name)) => return Err(TufImportError::MissingTarget(name)),
         Err(e) => return Err(TufImportError::Tuf(e)),
     };
-    check_trusted_root(&trusted_root)
-        .map_err(|reason| TufImportError::InvalidTarget { name: TRUSTED_ROOT_TARGET.into(), reason })?;
+    check_trusted_root(&trusted_root).map_err(|reason| TufImportError::InvalidTarget { name: TRUSTED_ROOT_TARGET.into(), reason })?;
 
     let mut signing_config = None;
     for name in SIGNING_CONFIG_TARGETS {
         match ready(updater.get_target(name, now)) {
             Ok(bytes) => {
-                let text = std::str::from_utf8(&bytes).map_err(|e| TufImportError::InvalidTarget {
-                    name: name.into(),
-                    reason: e.to_string(),
-                })?;
+                let text =
+                    std::str::from_utf8(&bytes).map_err(|e| TufImportError::InvalidTarget { name: name.into(), reason: e.to_string() })?;
                 sigstore_trust_root::SigningConfig::from_json(text)
                     .map_err(|e| TufImportError::InvalidTarget { name: name.into(), reason: e.to_string() })?;
                 signing_config = Some((name.to_string(), bytes));
@@ -207,8 +204,7 @@ pub fn verify_mirror(dir: &Path, request: &VerifyRequest) -> Result<VerifiedMirr
         expires,
         sha256: metadata.get(name).map(|b| sha256_hex(b)).unwrap_or_default(),
     };
-    let (Some(timestamp), Some(snapshot), Some(targets)) =
-        (trusted.timestamp(), trusted.snapshot(), trusted.targets_role("targets"))
+    let (Some(timestamp), Some(snapshot), Some(targets)) = (trusted.timestamp(), trusted.snapshot(), trusted.targets_role("targets"))
     else {
         return Err(TufImportError::Tuf(sigstore_tuf::Error::NotRefreshed));
     };
@@ -281,8 +277,7 @@ impl DirRepository {
             return Err(sigstore_tuf::Error::transport(format!("refusing unsafe path {rel:?}")));
         }
         let path = self.dir.join(rel);
-        read_limited(&path, max_length)
-            .map_err(|e| sigstore_tuf::Error::transport(format!("{}: {e}", path.display())))
+        read_limited(&path, max_length).map_err(|e| sigstore_tuf::Error::transport(format!("{}: {e}", path.display())))
     }
 }
 
@@ -335,11 +330,7 @@ struct RecordingStore {
 impl RecordingStore {
     fn verified_metadata(&self) -> BTreeMap<String, Vec<u8>> {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        files
-            .iter()
-            .filter(|(name, _)| is_floor_metadata(name))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        files.iter().filter(|(name, _)| is_floor_metadata(name)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

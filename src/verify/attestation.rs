@@ -23,13 +23,10 @@ use serde_json::Value;
 use sigstore_verify::types::Bundle;
 
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
-use crate::digest::Digest;
 use super::error::{one_line, VerifyError};
-use super::image::{
-    check_statement_subject, in_toto_statement, signer_label, SignatureMaterial,
-    COSIGN_SIGN_PREDICATE, STATEMENT_V1,
-};
+use super::image::{check_statement_subject, in_toto_statement, signer_label, SignatureMaterial, COSIGN_SIGN_PREDICATE, STATEMENT_V1};
 use super::trust::TrustMaterial;
+use crate::digest::Digest;
 use crate::policy::attestation::AttestationRequirement;
 use crate::policy::authority::{AuthoritySigners, IdentityPolicy};
 
@@ -204,11 +201,7 @@ pub fn judge(
                         Some(seen) => seen.zip(until).map(|(a, b)| a.max(b)),
                     });
                 }
-                outcome.judgments.push(Judgment {
-                    authority: authority.name.clone(),
-                    satisfied: reason.is_none(),
-                    reason,
-                });
+                outcome.judgments.push(Judgment { authority: authority.name.clone(), satisfied: reason.is_none(), reason });
             }
             let reason = (!satisfied).then(|| {
                 let why = match best {
@@ -241,20 +234,13 @@ fn check(
     now: jiff::Timestamp,
 ) -> Result<VerifiedSignature, Failure> {
     // (2) The statement is about the image being decided.
-    check_statement_subject(&c.statement, image)
-        .map_err(|e| (Stage::Verify, e.to_string(), None))?;
+    check_statement_subject(&c.statement, image).map_err(|e| (Stage::Verify, e.to_string(), None))?;
     // (1), (3)-(8) and (9): verified by an accepted signer.
     let verified = match signers {
         AuthoritySigners::Keyless(identities) => {
             let verified = c
                 .keyless
-                .get_or_init(|| {
-                    trust.verify_bundle(
-                        &c.bundle,
-                        ArtifactRef::Digest(image),
-                        ExpectedSigner::Certificate,
-                    )
-                })
+                .get_or_init(|| trust.verify_bundle(&c.bundle, ArtifactRef::Digest(image), ExpectedSigner::Certificate))
                 .as_ref()
                 .map_err(|e| (Stage::Verify, e.to_string(), None))?;
             let Signer::Certificate(identity) = &verified.signer else {
@@ -297,7 +283,6 @@ fn check(
     };
     // Conditions on the predicate (absent predicate: every path is missing).
     let predicate = c.statement.get("predicate").unwrap_or(&Value::Null);
-    req.check_conditions(predicate, now)
-        .map_err(|why| (Stage::Condition, why, Some(verified.clone())))?;
+    req.check_conditions(predicate, now).map_err(|why| (Stage::Condition, why, Some(verified.clone())))?;
     Ok(verified)
 }

@@ -7,7 +7,9 @@
 //! how many authorities a policy lists.
 
 use serde::Serialize;
-use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, HashAlgorithm, Sha256Hash, TransparencyLogEntry, VerificationMaterialContent};
+use sigstore_verify::types::{
+    Artifact, ArtifactDigest, Bundle, HashAlgorithm, Sha256Hash, TransparencyLogEntry, VerificationMaterialContent,
+};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy};
 
 use crate::digest::{Digest, DigestAlgorithm};
@@ -114,14 +116,9 @@ pub struct VerifiedSignature {
 /// Parse bundle JSON, refusing oversized input. Never panics.
 pub fn parse_bundle(json: &[u8]) -> Result<Bundle, MaterialError> {
     if json.len() > MAX_BUNDLE_BYTES {
-        return Err(MaterialError::TooLarge {
-            what: "bundle",
-            size: json.len(),
-            limit: MAX_BUNDLE_BYTES,
-        });
+        return Err(MaterialError::TooLarge { what: "bundle", size: json.len(), limit: MAX_BUNDLE_BYTES });
     }
-    let text = std::str::from_utf8(json)
-        .map_err(|_| MaterialError::MalformedBundle("not UTF-8".into()))?;
+    let text = std::str::from_utf8(json).map_err(|_| MaterialError::MalformedBundle("not UTF-8".into()))?;
     // The library reads a bundle without `mediaType` as v0.1 (the laxest
     // version, which needs no inclusion proof). The bundle spec requires the
     // field, so a bundle without it is refused rather than downgraded.
@@ -130,8 +127,7 @@ pub fn parse_bundle(json: &[u8]) -> Result<Bundle, MaterialError> {
         #[serde(rename = "mediaType")]
         media_type: Option<serde::de::IgnoredAny>,
     }
-    let probe: MediaTypeProbe = serde_json::from_str(text)
-        .map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))?;
+    let probe: MediaTypeProbe = serde_json::from_str(text).map_err(|e| MaterialError::MalformedBundle(one_line(&e.to_string())))?;
     if probe.media_type.is_none() {
         return Err(MaterialError::MalformedBundle("no mediaType".into()));
     }
@@ -224,11 +220,7 @@ impl TrustMaterial {
     /// listed TSA but does not verify still refuses the bundle.
     /// `parsed` holds the bundle's tokens decoded, in order; what is
     /// returned holds those of the tokens kept.
-    fn without_unlisted_timestamps(
-        &self,
-        bundle: &Bundle,
-        parsed: Vec<ParsedToken>,
-    ) -> (Option<Bundle>, Vec<String>, Vec<ParsedToken>) {
+    fn without_unlisted_timestamps(&self, bundle: &Bundle, parsed: Vec<ParsedToken>) -> (Option<Bundle>, Vec<String>, Vec<ParsedToken>) {
         let unlisted: Vec<usize> = parsed
             .iter()
             .enumerate()
@@ -238,31 +230,19 @@ impl TrustMaterial {
         if unlisted.is_empty() {
             return (None, Vec::new(), parsed);
         }
-        let notes: Vec<String> = unlisted
-            .iter()
-            .map(|i| {
-                format!("RFC 3161 timestamp {i} skipped: signed by a TSA the trust root does not list")
-            })
-            .collect();
+        let notes: Vec<String> =
+            unlisted.iter().map(|i| format!("RFC 3161 timestamp {i} skipped: signed by a TSA the trust root does not list")).collect();
         for note in &notes {
             tracing::debug!(target: "pullgate::verify", "{note}");
         }
         let mut copy = bundle.clone();
         let mut index = 0;
-        copy.verification_material
-            .timestamp_verification_data
-            .rfc3161_timestamps
-            .retain(|_| {
-                let keep = !unlisted.contains(&index);
-                index += 1;
-                keep
-            });
-        let kept = parsed
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !unlisted.contains(i))
-            .map(|(_, t)| t)
-            .collect();
+        copy.verification_material.timestamp_verification_data.rfc3161_timestamps.retain(|_| {
+            let keep = !unlisted.contains(&index);
+            index += 1;
+            keep
+        });
+        let kept = parsed.into_iter().enumerate().filter(|(i, _)| !unlisted.contains(i)).map(|(_, t)| t).collect();
         (Some(copy), notes, kept)
     }
 
@@ -278,23 +258,14 @@ impl TrustMaterial {
         //     cannot satisfy a keyless identity.
         let leaf = match &bundle.verification_material.content {
             VerificationMaterialContent::PublicKey(_) => {
-                return Err(CertificateError::WrongKind(
-                    "signed with a public key, not a Fulcio certificate".into(),
-                )
-                .into())
+                return Err(CertificateError::WrongKind("signed with a public key, not a Fulcio certificate".into()).into())
             }
-            _ => bundle
-                .signing_certificate()
-                .ok_or_else(|| CertificateError::Malformed("empty certificate chain".into()))?,
+            _ => bundle.signing_certificate().ok_or_else(|| CertificateError::Malformed("empty certificate chain".into()))?,
         };
         let result = match mode {
             Mode::Reference => self
                 .verifier
-                .verify(
-                    artifact.to_library(),
-                    bundle,
-                    &VerificationPolicy::any_identity(),
-                )
+                .verify(artifact.to_library(), bundle, &VerificationPolicy::any_identity())
                 .map_err(VerifyError::from_library)?,
             Mode::Fast => {
                 // (1) The log evidence the bundle version requires: the same
@@ -302,18 +273,13 @@ impl TrustMaterial {
                 //     the log itself, which `skip_tlog_unsafe` would relax.
                 sigstore_verify::bundle::validate_bundle_with_options(
                     bundle,
-                    &sigstore_verify::bundle::ValidationOptions::new()
-                        .with_require_inclusion_proof(true)
-                        .with_require_timestamp(false),
+                    &sigstore_verify::bundle::ValidationOptions::new().with_require_inclusion_proof(true).with_require_timestamp(false),
                 )
                 .map_err(from_bundle_structure)?;
                 // (3) RFC 3161 timestamps are ours when a SET also dates the
                 //     signature: the library then runs on the bundle without
                 //     them and we verify them against the cached TSA chains.
-                let tokens = &bundle
-                    .verification_material
-                    .timestamp_verification_data
-                    .rfc3161_timestamps;
+                let tokens = &bundle.verification_material.timestamp_verification_data.rfc3161_timestamps;
                 let own_timestamps = !tokens.is_empty() && has_set_time(bundle);
                 // (3), (4), (7), (8): the library. Its step 0 verifies each
                 //     Rekor v1 SET once to trust the integrated time.
@@ -327,27 +293,17 @@ impl TrustMaterial {
                     _ => Vec::new(),
                 };
                 let sct_issuer = self.ct_keys.as_ref().and_then(|ct| {
-                    let hash = super::sct::issuer_key_hash(
-                        leaf.as_bytes(),
-                        self.fulcio_issuers.as_deref(),
-                        &carried,
-                    )?;
+                    let hash = super::sct::issuer_key_hash(leaf.as_bytes(), self.fulcio_issuers.as_deref(), &carried)?;
                     Some((hash, ct))
                 });
                 let full_policy = VerificationPolicy::any_identity().skip_tlog_unsafe();
-                let policy = if sct_issuer.is_some() {
-                    full_policy.clone().skip_sct()
-                } else {
-                    full_policy.clone()
-                };
+                let policy = if sct_issuer.is_some() { full_policy.clone().skip_sct() } else { full_policy.clone() };
                 // (3), (4), (7), (8) for the common shapes without the
                 //     library's per-call re-derivations (`direct.rs`); any
                 //     other shape, and anything that does not pass there, is
                 //     decided by the library as before.
                 let direct = match &sct_issuer {
-                    Some(_) if own_timestamps || tokens.is_empty() => {
-                        self.library_steps_direct(bundle, artifact, leaf)
-                    }
+                    Some(_) if own_timestamps || tokens.is_empty() => self.library_steps_direct(bundle, artifact, leaf),
                     _ => None,
                 };
                 let (info, library_times) = match direct {
@@ -356,41 +312,28 @@ impl TrustMaterial {
                         let stripped;
                         let library_bundle = if own_timestamps {
                             let mut copy = bundle.clone();
-                            copy.verification_material
-                                .timestamp_verification_data
-                                .rfc3161_timestamps
-                                .clear();
+                            copy.verification_material.timestamp_verification_data.rfc3161_timestamps.clear();
                             stripped = copy;
                             &stripped
                         } else {
                             bundle
                         };
-                        let result = match self.verifier.verify(
-                            artifact.to_library(),
-                            library_bundle,
-                            &policy,
-                        ) {
+                        let result = match self.verifier.verify(artifact.to_library(), library_bundle, &policy) {
                             Ok(result) => result,
                             Err(error) => {
                                 // A refusal: report what the library reports with its
                                 // own SCT check (step 5 comes before 7 and 8).
                                 if sct_issuer.is_some() {
-                                    if let Err(first) = self.verifier.verify(
-                                        artifact.to_library(),
-                                        library_bundle,
-                                        &full_policy,
-                                    ) {
+                                    if let Err(first) = self.verifier.verify(artifact.to_library(), library_bundle, &full_policy) {
                                         return Err(VerifyError::from_library(first));
                                     }
                                 }
                                 return Err(VerifyError::from_library(error));
                             }
                         };
-                        let info = result.certificate().ok_or_else(|| {
-                            CertificateError::Malformed(
-                                "verified bundle reported no certificate".into(),
-                            )
-                        })?;
+                        let info = result
+                            .certificate()
+                            .ok_or_else(|| CertificateError::Malformed("verified bundle reported no certificate".into()))?;
                         (info.clone(), result.verified_timestamps().to_vec())
                     }
                 };
@@ -416,18 +359,12 @@ impl TrustMaterial {
                             return self.verify_keyless(bundle, artifact, Mode::Reference, parsed);
                         }
                         if *time < info.not_before {
-                            return Err(CertificateError::NotYetValid {
-                                time: time.to_string(),
-                                not_before: info.not_before.to_string(),
-                            }
-                            .into());
+                            return Err(
+                                CertificateError::NotYetValid { time: time.to_string(), not_before: info.not_before.to_string() }.into()
+                            );
                         }
                         if *time > info.not_after {
-                            return Err(CertificateError::Expired {
-                                time: time.to_string(),
-                                not_after: info.not_after.to_string(),
-                            }
-                            .into());
+                            return Err(CertificateError::Expired { time: time.to_string(), not_after: info.not_after.to_string() }.into());
                         }
                     }
                     all.extend(times);
@@ -435,9 +372,7 @@ impl TrustMaterial {
                 return self.finish_keyless(bundle, leaf.as_bytes(), &info, &all);
             }
         };
-        let info = result.certificate().ok_or_else(|| {
-            CertificateError::Malformed("verified bundle reported no certificate".into())
-        })?;
+        let info = result.certificate().ok_or_else(|| CertificateError::Malformed("verified bundle reported no certificate".into()))?;
         let info = info.clone();
         self.finish_keyless(bundle, leaf.as_bytes(), &info, result.verified_timestamps())
     }
@@ -470,44 +405,22 @@ impl TrustMaterial {
         let Some(issuer) = super::certificate::issuer_name(leaf) else {
             return false;
         };
-        let mut candidates = self
-            .fulcio_subjects
-            .iter()
-            .filter(|(subject, _)| *subject == issuer)
-            .peekable();
-        candidates.peek().is_some()
-            && candidates.all(|(_, window)| window.is_none_or(|w| w.contains(time)))
+        let mut candidates = self.fulcio_subjects.iter().filter(|(subject, _)| *subject == issuer).peekable();
+        candidates.peek().is_some() && candidates.all(|(_, window)| window.is_none_or(|w| w.contains(time)))
     }
 
-    fn verify_with_key(
-        &self,
-        bundle: &Bundle,
-        artifact: ArtifactRef<'_>,
-        key: &PublicKey,
-    ) -> Result<VerifiedSignature, VerifyError> {
-        if !matches!(
-            bundle.verification_material.content,
-            VerificationMaterialContent::PublicKey(_)
-        ) {
-            return Err(CertificateError::WrongKind(
-                "signed with a Fulcio certificate, not a public key".into(),
-            )
-            .into());
+    fn verify_with_key(&self, bundle: &Bundle, artifact: ArtifactRef<'_>, key: &PublicKey) -> Result<VerifiedSignature, VerifyError> {
+        if !matches!(bundle.verification_material.content, VerificationMaterialContent::PublicKey(_)) {
+            return Err(CertificateError::WrongKind("signed with a Fulcio certificate, not a public key".into()).into());
         }
         // The library's key path verifies each SET once; nothing to optimize.
         let policy = PublicKeyVerificationPolicy::new(key.der().clone());
-        let result = self
-            .verifier
-            .verify(artifact.to_library(), bundle, &policy)
-            .map_err(VerifyError::from_library)?;
+        let result = self.verifier.verify(artifact.to_library(), bundle, &policy).map_err(VerifyError::from_library)?;
         for entry in &bundle.verification_material.tlog_entries {
             tlog::verify_log_identity(entry, &self.rekor_keys)?;
         }
         Ok(VerifiedSignature {
-            signer: Signer::Key {
-                fingerprint: key.fingerprint().to_string(),
-                algorithm: key.kind().to_string(),
-            },
+            signer: Signer::Key { fingerprint: key.fingerprint().to_string(), algorithm: key.kind().to_string() },
             signing_times: times(result.verified_timestamps()),
             tlog_entries: summarize(&bundle.verification_material.tlog_entries),
             skipped_timestamps: Vec::new(),
@@ -531,33 +444,21 @@ impl TrustMaterial {
 ///   valid.
 fn check_material_with(trust: &TrustMaterial, bundle: &Bundle) -> Result<(), VerifyError> {
     use super::error::TimestampError;
-    let tokens = &bundle
-        .verification_material
-        .timestamp_verification_data
-        .rfc3161_timestamps;
+    let tokens = &bundle.verification_material.timestamp_verification_data.rfc3161_timestamps;
     if tokens.len() > MAX_TIMESTAMPS {
         return Err(TimestampError::TooMany(tokens.len()).into());
     }
     for (i, token) in tokens.iter().enumerate() {
-        if let Some(j) = tokens[..i]
-            .iter()
-            .position(|earlier| earlier.signed_timestamp.as_bytes() == token.signed_timestamp.as_bytes())
-        {
+        if let Some(j) = tokens[..i].iter().position(|earlier| earlier.signed_timestamp.as_bytes() == token.signed_timestamp.as_bytes()) {
             return Err(TimestampError::Duplicate(j, i).into());
         }
     }
-    if let VerificationMaterialContent::X509CertificateChain { certificates } =
-        &bundle.verification_material.content
-    {
+    if let VerificationMaterialContent::X509CertificateChain { certificates } = &bundle.verification_material.content {
         use der::Decode as _;
         for (index, cert) in certificates.iter().enumerate().skip(1) {
             let der = cert.raw_bytes.as_bytes();
-            let parsed = x509_cert::Certificate::from_der(der).map_err(|e| {
-                CertificateError::ChainCertificate {
-                    index,
-                    reason: one_line(&e.to_string()),
-                }
-            })?;
+            let parsed = x509_cert::Certificate::from_der(der)
+                .map_err(|e| CertificateError::ChainCertificate { index, reason: one_line(&e.to_string()) })?;
             if parsed.tbs_certificate.subject == parsed.tbs_certificate.issuer
                 && !trust.fulcio_certs.iter().any(|known| known[..] == der[..])
             {
@@ -573,10 +474,8 @@ fn check_material_with(trust: &TrustMaterial, bundle: &Bundle) -> Result<(), Ver
 fn has_set_time(bundle: &Bundle) -> bool {
     use sigstore_verify::types::KindVersion;
     bundle.verification_material.tlog_entries.iter().any(|e| {
-        matches!(
-            e.kind_version,
-            KindVersion::HashedRekordV001 | KindVersion::DsseV001 | KindVersion::IntotoV002
-        ) && e.inclusion_promise.is_some()
+        matches!(e.kind_version, KindVersion::HashedRekordV001 | KindVersion::DsseV001 | KindVersion::IntotoV002)
+            && e.inclusion_promise.is_some()
             && e.integrated_time.is_some()
     })
 }
@@ -604,11 +503,7 @@ fn summarize(entries: &[TransparencyLogEntry]) -> Vec<LogEntrySummary> {
         .map(|entry| LogEntrySummary {
             log_id: hex::encode(entry.log_id.key_id.as_bytes()),
             log_index: entry.log_index.get(),
-            kind: format!(
-                "{}/{}",
-                entry.kind_version.kind(),
-                entry.kind_version.version()
-            ),
+            kind: format!("{}/{}", entry.kind_version.kind(), entry.kind_version.version()),
             integrated_time: entry.integrated_time.map(|t| t.to_string()),
         })
         .collect()

@@ -43,28 +43,15 @@ pub const FULCIO_CLAIMS: &[(u32, &str)] = &[
 pub fn claim_oid(name_or_oid: &str) -> Option<String> {
     if let Some(rest) = name_or_oid.strip_prefix(FULCIO_ARC) {
         let number = rest.strip_prefix('.')?;
-        return number
-            .parse::<u32>()
-            .ok()
-            .map(|n| format!("{FULCIO_ARC}.{n}"));
+        return number.parse::<u32>().ok().map(|n| format!("{FULCIO_ARC}.{n}"));
     }
-    FULCIO_CLAIMS
-        .iter()
-        .find(|(_, name)| *name == name_or_oid)
-        .map(|(n, _)| format!("{FULCIO_ARC}.{n}"))
+    FULCIO_CLAIMS.iter().find(|(_, name)| *name == name_or_oid).map(|(n, _)| format!("{FULCIO_ARC}.{n}"))
 }
 
 /// The human name of a Fulcio claim OID, if it has one.
 pub fn claim_name(oid: &str) -> Option<&'static str> {
-    let number: u32 = oid
-        .strip_prefix(FULCIO_ARC)?
-        .strip_prefix('.')?
-        .parse()
-        .ok()?;
-    FULCIO_CLAIMS
-        .iter()
-        .find(|(n, _)| *n == number)
-        .map(|(_, name)| *name)
+    let number: u32 = oid.strip_prefix(FULCIO_ARC)?.strip_prefix('.')?.parse().ok()?;
+    FULCIO_CLAIMS.iter().find(|(n, _)| *n == number).map(|(_, name)| *name)
 }
 
 /// Fulcio's otherName SAN type for usernames (`1.3.6.1.4.1.57264.1.7`),
@@ -92,11 +79,7 @@ impl CertificateIdentity {
     /// Build from the library's certificate info plus the leaf's raw DER.
     pub(crate) fn new(info: &sigstore_verify::crypto::CertificateInfo, leaf_der: &[u8]) -> Self {
         Self {
-            subject: info
-                .identity
-                .as_ref()
-                .map(|san| san.as_str().to_string())
-                .or_else(|| other_name_san(leaf_der)),
+            subject: info.identity.as_ref().map(|san| san.as_str().to_string()).or_else(|| other_name_san(leaf_der)),
             issuer: info.issuer.clone(),
             extensions: fulcio_claims(leaf_der),
             not_before: info.not_before.to_string(),
@@ -123,10 +106,7 @@ pub fn fulcio_claims(leaf_der: &[u8]) -> BTreeMap<String, String> {
         let decoded = if number <= 6 {
             // Deprecated claims hold the bare string. Fall back to DER for
             // issuers that encoded them the new way.
-            std::str::from_utf8(value)
-                .ok()
-                .map(str::to_owned)
-                .or_else(|| der_walk::utf8_string(value))
+            std::str::from_utf8(value).ok().map(str::to_owned).or_else(|| der_walk::utf8_string(value))
         } else {
             der_walk::utf8_string(value)
         };
@@ -141,10 +121,7 @@ pub fn fulcio_claims(leaf_der: &[u8]) -> BTreeMap<String, String> {
 /// ([`OTHER_NAME_SAN`], a UTF8String), if it has one.
 pub fn other_name_san(leaf_der: &[u8]) -> Option<String> {
     let view = der_walk::tbs(leaf_der)?;
-    let (_, names) = view
-        .extensions
-        .iter()
-        .find(|(oid, _)| *oid == der_walk::SUBJECT_ALT_NAME)?;
+    let (_, names) = view.extensions.iter().find(|(oid, _)| *oid == der_walk::SUBJECT_ALT_NAME)?;
     der_walk::fulcio_other_name(names)
 }
 
@@ -264,12 +241,7 @@ pub(crate) mod der_walk {
                 }
             }
         }
-        Some(TbsView {
-            issuer,
-            subject,
-            spki,
-            extensions,
-        })
+        Some(TbsView { issuer, subject, spki, extensions })
     }
 
     /// DER contents of the subjectAltName OID, 2.5.29.17.
@@ -335,20 +307,11 @@ mod tests {
 
     #[test]
     fn claim_names_resolve() {
-        assert_eq!(
-            claim_oid("source-repository-ref").as_deref(),
-            Some("1.3.6.1.4.1.57264.1.14")
-        );
-        assert_eq!(
-            claim_oid("1.3.6.1.4.1.57264.1.5").as_deref(),
-            Some("1.3.6.1.4.1.57264.1.5")
-        );
+        assert_eq!(claim_oid("source-repository-ref").as_deref(), Some("1.3.6.1.4.1.57264.1.14"));
+        assert_eq!(claim_oid("1.3.6.1.4.1.57264.1.5").as_deref(), Some("1.3.6.1.4.1.57264.1.5"));
         assert_eq!(claim_oid("1.2.3"), None);
         assert_eq!(claim_oid("nope"), None);
-        assert_eq!(
-            claim_name("1.3.6.1.4.1.57264.1.9"),
-            Some("build-signer-uri")
-        );
+        assert_eq!(claim_name("1.3.6.1.4.1.57264.1.9"), Some("build-signer-uri"));
     }
 
     #[test]

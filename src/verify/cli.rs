@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
-use crate::digest::Digest;
 use super::error::one_line;
 use super::image::{verify_image, SignatureMaterial};
 use super::keys::PublicKey;
 use super::legacy::LegacySignature;
 use super::trust::TrustMaterial;
+use crate::digest::Digest;
 use crate::policy::authority::{Authority, IdentityPolicy};
 use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
 
@@ -47,12 +47,7 @@ pub struct VerifyBundleArgs {
     #[arg(long, value_name = "FILE")]
     pub bundle: PathBuf,
     /// Required certificate SAN, matched exactly.
-    #[arg(
-        long,
-        value_name = "ID",
-        requires = "certificate_oidc_issuer",
-        conflicts_with = "key"
-    )]
+    #[arg(long, value_name = "ID", requires = "certificate_oidc_issuer", conflicts_with = "key")]
     pub certificate_identity: Option<String>,
     /// Required OIDC issuer, matched exactly.
     #[arg(long, value_name = "URL", requires = "certificate_identity")]
@@ -109,64 +104,45 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     // The artifact is a digest when it looks like one and no such file exists.
     let artifact_bytes;
     let digest;
-    let artifact =
-        if !Path::new(&args.artifact).exists() && Digest::parse(&args.artifact).is_ok() {
-            digest = super::error::parse_digest(&args.artifact).map_err(usage)?;
-            ArtifactRef::Digest(&digest)
-        } else {
-            artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
-            ArtifactRef::Bytes(&artifact_bytes)
-        };
+    let artifact = if !Path::new(&args.artifact).exists() && Digest::parse(&args.artifact).is_ok() {
+        digest = super::error::parse_digest(&args.artifact).map_err(usage)?;
+        ArtifactRef::Digest(&digest)
+    } else {
+        artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
+        ArtifactRef::Bytes(&artifact_bytes)
+    };
 
     let signer = match &key {
         Some(key) => ExpectedSigner::Key(key),
         None => ExpectedSigner::Certificate,
     };
-    let verified = trust
-        .verify_bundle(&bundle, artifact, signer)
-        .map_err(rejected)?;
+    let verified = trust.verify_bundle(&bundle, artifact, signer).map_err(rejected)?;
     // Step 3a: tokens from a TSA the trust root does not list were skipped,
     // not counted; say so next to the verdict.
     let skipped = match verified.skipped_timestamps.len() {
         0 => String::new(),
         n => format!("; {n} RFC 3161 timestamp(s) skipped: signed by a TSA the trust root does not list"),
     };
-    match (
-        &verified.signer,
-        &args.certificate_identity,
-        &args.certificate_oidc_issuer,
-    ) {
+    match (&verified.signer, &args.certificate_identity, &args.certificate_oidc_issuer) {
         (Signer::Certificate(identity), Some(subject), Some(issuer)) => {
-            KeylessIdentity::exact(subject, issuer)
-                .check(identity)
-                .map_err(rejected)?;
+            KeylessIdentity::exact(subject, issuer).check(identity).map_err(rejected)?;
             Ok(format!("signed by {subject} ({issuer}){skipped}"))
         }
-        (Signer::Key { fingerprint, .. }, None, None) => {
-            Ok(format!("signed by key {fingerprint}{skipped}"))
-        }
-        _ => Err(rejected(
-            "signer kind does not match the requested verification",
-        )),
+        (Signer::Key { fingerprint, .. }, None, None) => Ok(format!("signed by key {fingerprint}{skipped}")),
+        _ => Err(rejected("signer kind does not match the requested verification")),
     }
 }
 
 fn read_limited(path: &Path, limit: u64) -> CliResult<Vec<u8>> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
     if meta.len() > limit {
-        return Err(usage(format!(
-            "{} is {} bytes, over the {limit}-byte limit",
-            path.display(),
-            meta.len()
-        )));
+        return Err(usage(format!("{} is {} bytes, over the {limit}-byte limit", path.display(), meta.len())));
     }
     std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
 }
 
 fn read_text(path: &Path, limit: u64) -> CliResult<String> {
-    String::from_utf8(read_limited(path, limit)?)
-        .map_err(|_| usage(format!("{} is not UTF-8", path.display())))
+    String::from_utf8(read_limited(path, limit)?).map_err(|_| usage(format!("{} is not UTF-8", path.display())))
 }
 
 fn read_key(path: &Path) -> CliResult<PublicKey> {
@@ -232,21 +208,13 @@ pub struct VerifyImageFilesArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct IdentityArgs {
     /// Required certificate SAN, exact.
-    #[arg(
-        long,
-        value_name = "ID",
-        conflicts_with = "certificate_identity_regexp"
-    )]
+    #[arg(long, value_name = "ID", conflicts_with = "certificate_identity_regexp")]
     pub certificate_identity: Option<String>,
     /// Required certificate SAN, as a regular expression matching the whole SAN.
     #[arg(long, value_name = "REGEX")]
     pub certificate_identity_regexp: Option<String>,
     /// Required OIDC issuer, exact.
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "certificate_oidc_issuer_regexp"
-    )]
+    #[arg(long, value_name = "URL", conflicts_with = "certificate_oidc_issuer_regexp")]
     pub certificate_oidc_issuer: Option<String>,
     /// Required OIDC issuer, as a regular expression matching the whole issuer.
     #[arg(long, value_name = "REGEX")]
@@ -307,17 +275,10 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
             if let Some(object) = value.as_object_mut() {
                 object.insert("reason".into(), decision.reason().into());
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         }
         OutputFormat::Human => {
-            let verdict = if decision.allowed {
-                "VERIFIED"
-            } else {
-                "DENIED"
-            };
+            let verdict = if decision.allowed { "VERIFIED" } else { "DENIED" };
             println!("{verdict} {}: {}", decision.image, decision.reason());
             for c in &decision.candidates {
                 let status = match c.reason() {
@@ -338,12 +299,7 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
     }
 }
 
-type Prepared = (
-    IdentityPolicy,
-    TrustMaterial,
-    Digest,
-    Vec<SignatureMaterial>,
-);
+type Prepared = (IdentityPolicy, TrustMaterial, Digest, Vec<SignatureMaterial>);
 
 fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
     let image = super::error::parse_digest(&args.digest).map_err(usage)?;
@@ -357,24 +313,15 @@ fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
         });
     }
     for spec in &args.signature_layers {
-        let (descriptor, payload) = spec.split_once('=').ok_or_else(|| {
-            usage(format!(
-                "--signature-layer {spec:?}: want DESCRIPTOR.json=PAYLOAD"
-            ))
-        })?;
+        let (descriptor, payload) =
+            spec.split_once('=').ok_or_else(|| usage(format!("--signature-layer {spec:?}: want DESCRIPTOR.json=PAYLOAD")))?;
         let descriptor_json = read_text(Path::new(descriptor), 1 << 20)?;
         let payload = read_limited(Path::new(payload), 1 << 20)?;
-        let signature = LegacySignature::from_layer_json(&descriptor_json, payload)
-            .map_err(|e| usage(format!("{descriptor}: {e}")))?;
-        candidates.push(SignatureMaterial::Legacy {
-            source: descriptor.to_string(),
-            signature,
-        });
+        let signature = LegacySignature::from_layer_json(&descriptor_json, payload).map_err(|e| usage(format!("{descriptor}: {e}")))?;
+        candidates.push(SignatureMaterial::Legacy { source: descriptor.to_string(), signature });
     }
     if let (Some(payload), Some(signature)) = (&args.payload, &args.signature) {
-        let optional = |p: &Option<PathBuf>| -> CliResult<Option<String>> {
-            p.as_deref().map(|p| read_text(p, 1 << 20)).transpose()
-        };
+        let optional = |p: &Option<PathBuf>| -> CliResult<Option<String>> { p.as_deref().map(|p| read_text(p, 1 << 20)).transpose() };
         candidates.push(SignatureMaterial::Legacy {
             source: signature.display().to_string(),
             signature: LegacySignature {
@@ -389,9 +336,7 @@ fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
         });
     }
     if candidates.is_empty() {
-        return Err(usage(
-            "no signature material: give --bundle, --signature-layer or --payload/--signature",
-        ));
+        return Err(usage("no signature material: give --bundle, --signature-layer or --payload/--signature"));
     }
     Ok((policy, trust, image, candidates))
 }
@@ -403,43 +348,26 @@ pub fn identity_policy(args: &IdentityArgs) -> Result<IdentityPolicy, String> {
 }
 
 fn policy_from_flags(args: &IdentityArgs) -> CliResult<IdentityPolicy> {
-    let subject = match (
-        &args.certificate_identity,
-        &args.certificate_identity_regexp,
-    ) {
+    let subject = match (&args.certificate_identity, &args.certificate_identity_regexp) {
         (Some(exact), None) => Some(StringMatcher::exact(exact)),
         (None, Some(pattern)) => Some(StringMatcher::regex(pattern).map_err(usage)?),
         _ => None,
     };
-    let issuer = match (
-        &args.certificate_oidc_issuer,
-        &args.certificate_oidc_issuer_regexp,
-    ) {
+    let issuer = match (&args.certificate_oidc_issuer, &args.certificate_oidc_issuer_regexp) {
         (Some(exact), None) => Some(StringMatcher::exact(exact)),
         (None, Some(pattern)) => Some(StringMatcher::regex(pattern).map_err(usage)?),
         _ => None,
     };
     let mut claims = Vec::new();
     for spec in &args.certificate_extensions {
-        let (name, value) = spec
-            .split_once('=')
-            .ok_or_else(|| usage(format!("--certificate-extension {spec:?}: want OID=VALUE")))?;
+        let (name, value) = spec.split_once('=').ok_or_else(|| usage(format!("--certificate-extension {spec:?}: want OID=VALUE")))?;
         claims.push(ExtensionClaim::new(name, value).map_err(usage)?);
     }
     let github = [
-        (
-            "github-workflow-trigger",
-            &args.certificate_github_workflow_trigger,
-        ),
+        ("github-workflow-trigger", &args.certificate_github_workflow_trigger),
         ("github-workflow-sha", &args.certificate_github_workflow_sha),
-        (
-            "github-workflow-name",
-            &args.certificate_github_workflow_name,
-        ),
-        (
-            "github-workflow-repository",
-            &args.certificate_github_workflow_repository,
-        ),
+        ("github-workflow-name", &args.certificate_github_workflow_name),
+        ("github-workflow-repository", &args.certificate_github_workflow_repository),
         ("github-workflow-ref", &args.certificate_github_workflow_ref),
     ];
     for (name, value) in github {
@@ -449,20 +377,10 @@ fn policy_from_flags(args: &IdentityArgs) -> CliResult<IdentityPolicy> {
     }
     let keyless_requested = subject.is_some() || issuer.is_some() || !claims.is_empty();
     let authority = match (keyless_requested, args.keys.is_empty()) {
-        (true, false) => {
-            return Err(usage(
-                "give either certificate identity flags or --key, not both",
-            ))
-        }
-        (false, true) => return Err(usage(
-            "give --certificate-identity[-regexp] and --certificate-oidc-issuer[-regexp], or --key",
-        )),
+        (true, false) => return Err(usage("give either certificate identity flags or --key, not both")),
+        (false, true) => return Err(usage("give --certificate-identity[-regexp] and --certificate-oidc-issuer[-regexp], or --key")),
         (false, false) => {
-            let keys = args
-                .keys
-                .iter()
-                .map(|p| read_key(p))
-                .collect::<CliResult<Vec<_>>>()?;
+            let keys = args.keys.iter().map(|p| read_key(p)).collect::<CliResult<Vec<_>>>()?;
             Authority::keys("key", keys).map_err(usage)?
         }
         (true, true) => {
@@ -471,15 +389,7 @@ fn policy_from_flags(args: &IdentityArgs) -> CliResult<IdentityPolicy> {
                     "keyless verification needs both --certificate-identity[-regexp] and --certificate-oidc-issuer[-regexp]",
                 ));
             };
-            Authority::keyless(
-                "identity",
-                vec![KeylessIdentity {
-                    subject,
-                    issuer: Some(issuer),
-                    claims,
-                }],
-            )
-            .map_err(usage)?
+            Authority::keyless("identity", vec![KeylessIdentity { subject, issuer: Some(issuer), claims }]).map_err(usage)?
         }
     };
     IdentityPolicy::any_of(vec![authority]).map_err(usage)

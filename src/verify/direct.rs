@@ -39,13 +39,13 @@
 use sigstore_verify::crypto::CertificateInfo;
 use sigstore_verify::rekor::body::RekorEntryBody;
 use sigstore_verify::types::{
-    Bundle, DerCertificate, HashAlgorithm, KindVersion, Sha256Hash, Sha512Hash,
-    SignatureContent, Statement, TransparencyLogEntry, VerificationMaterialContent,
+    Bundle, DerCertificate, HashAlgorithm, KindVersion, Sha256Hash, Sha512Hash, SignatureContent, Statement, TransparencyLogEntry,
+    VerificationMaterialContent,
 };
 
 use super::bundle::ArtifactRef;
-use crate::digest::DigestAlgorithm;
 use super::trust::TrustMaterial;
+use crate::digest::DigestAlgorithm;
 
 /// What the library's run would have produced for a covered bundle.
 pub(super) struct Direct {
@@ -62,12 +62,7 @@ impl TrustMaterial {
     /// only for bundles without them, or whose tokens it verifies itself
     /// because a SET dates the signature (what it would hand the library
     /// is then the bundle without them).
-    pub(super) fn library_steps_direct(
-        &self,
-        bundle: &Bundle,
-        artifact: ArtifactRef<'_>,
-        leaf: &DerCertificate,
-    ) -> Option<Direct> {
+    pub(super) fn library_steps_direct(&self, bundle: &Bundle, artifact: ArtifactRef<'_>, leaf: &DerCertificate) -> Option<Direct> {
         let entries = &bundle.verification_material.tlog_entries;
         if entries.is_empty() {
             return None;
@@ -83,11 +78,9 @@ impl TrustMaterial {
             }
         }
         let carried: Vec<DerCertificate> = match &bundle.verification_material.content {
-            VerificationMaterialContent::X509CertificateChain { certificates } => certificates
-                .iter()
-                .skip(1)
-                .map(|c| c.raw_bytes.clone())
-                .collect(),
+            VerificationMaterialContent::X509CertificateChain { certificates } => {
+                certificates.iter().skip(1).map(|c| c.raw_bytes.clone()).collect()
+            }
             VerificationMaterialContent::Certificate(_) => Vec::new(),
             _ => return None,
         };
@@ -107,8 +100,7 @@ impl TrustMaterial {
                 if envelope.payload_type != "application/vnd.in-toto+json" {
                     return None;
                 }
-                let statement: Statement =
-                    serde_json::from_slice(envelope.payload.as_bytes()).ok()?;
+                let statement: Statement = serde_json::from_slice(envelope.payload.as_bytes()).ok()?;
                 if statement.subject.is_empty() || statement.subject_algorithms().is_empty() {
                     return None;
                 }
@@ -144,21 +136,10 @@ impl TrustMaterial {
         let mut digests = Digests::new(artifact);
         match (&bundle.content, statement) {
             (SignatureContent::DsseEnvelope(envelope), Some(statement)) => {
-                sigstore_verify::crypto::verify_signature(
-                    &info.public_key,
-                    &envelope.pae(),
-                    &envelope.signature.sig,
-                    scheme,
-                )
-                .ok()?;
-                let sha256 = digests
-                    .get(HashAlgorithm::Sha2256)
-                    .and_then(|d| Sha256Hash::try_from(d.as_slice()).ok());
-                let sha512 = digests
-                    .get(HashAlgorithm::Sha2512)
-                    .and_then(|d| Sha512Hash::try_from(d.as_slice()).ok());
-                let bound = sha256.is_some_and(|d| statement.matches_sha256(&d))
-                    || sha512.is_some_and(|d| statement.matches_sha512(&d));
+                sigstore_verify::crypto::verify_signature(&info.public_key, &envelope.pae(), &envelope.signature.sig, scheme).ok()?;
+                let sha256 = digests.get(HashAlgorithm::Sha2256).and_then(|d| Sha256Hash::try_from(d.as_slice()).ok());
+                let sha512 = digests.get(HashAlgorithm::Sha2512).and_then(|d| Sha512Hash::try_from(d.as_slice()).ok());
+                let bound = sha256.is_some_and(|d| statement.matches_sha256(&d)) || sha512.is_some_and(|d| statement.matches_sha512(&d));
                 if !bound {
                     return None;
                 }
@@ -170,13 +151,7 @@ impl TrustMaterial {
                     }
                 }
                 let digest = digests.get(scheme.hash_algorithm()?)?;
-                sigstore_verify::crypto::verify_signature_prehashed(
-                    &info.public_key,
-                    &digest,
-                    &m.signature,
-                    scheme,
-                )
-                .ok()?;
+                sigstore_verify::crypto::verify_signature_prehashed(&info.public_key, &digest, &m.signature, scheme).ok()?;
             }
             _ => return None,
         }
@@ -199,10 +174,7 @@ struct Digests<'a> {
 
 impl<'a> Digests<'a> {
     fn new(artifact: ArtifactRef<'a>) -> Self {
-        Self {
-            artifact,
-            computed: Vec::new(),
-        }
+        Self { artifact, computed: Vec::new() }
     }
 
     /// The digest in `algorithm`, or `None` where the library has none.
@@ -235,19 +207,13 @@ impl<'a> Digests<'a> {
 }
 
 /// Step 8 for one covered entry (see the module table).
-fn entry_matches(
-    entry: &TransparencyLogEntry,
-    bundle: &Bundle,
-    digests: &mut Digests<'_>,
-    leaf: &DerCertificate,
-) -> Option<()> {
+fn entry_matches(entry: &TransparencyLogEntry, bundle: &Bundle, digests: &mut Digests<'_>, leaf: &DerCertificate) -> Option<()> {
     let body = RekorEntryBody::parse(&entry.canonicalized_body, entry.kind_version).ok()?;
     match (&bundle.content, &body) {
         (SignatureContent::DsseEnvelope(envelope), RekorEntryBody::DsseV001(dsse)) => {
             let hash = &dsse.spec.payload_hash;
             if hash.algorithm != HashAlgorithm::Sha2256
-                || hex::encode(sigstore_verify::crypto::sha256(envelope.payload.as_bytes()))
-                    != hash.value
+                || hex::encode(sigstore_verify::crypto::sha256(envelope.payload.as_bytes())) != hash.value
             {
                 return None;
             }
@@ -255,9 +221,7 @@ fn entry_matches(
                 return None;
             };
             if envelope.signature.sig.as_bytes() != logged.signature.as_bytes()
-                || !is_leaf_pem(logged.verifier.as_bytes(), leaf, || {
-                    logged.parse_certificate().ok()
-                })
+                || !is_leaf_pem(logged.verifier.as_bytes(), leaf, || logged.parse_certificate().ok())
             {
                 return None;
             }
@@ -269,9 +233,7 @@ fn entry_matches(
                 return None;
             }
             let key = &rekord.spec.signature.public_key;
-            if !is_leaf_pem(key.content.as_bytes(), leaf, || key.parse_certificate().ok())
-                || m.signature != rekord.spec.signature.content
-            {
+            if !is_leaf_pem(key.content.as_bytes(), leaf, || key.parse_certificate().ok()) || m.signature != rekord.spec.signature.content {
                 return None;
             }
             // The integrated time within the leaf's validity: step 1 checked
@@ -286,14 +248,10 @@ fn entry_matches(
 /// canonical form Rekor writes (64-column base64, LF line ends, final LF
 /// optional) is compared byte for byte; anything else is decoded by the
 /// library's own parser (`parse`), which decides as it always did.
-fn is_leaf_pem(
-    logged: &[u8],
-    leaf: &DerCertificate,
-    parse: impl FnOnce() -> Option<DerCertificate>,
-) -> bool {
-    if canonical_pem(leaf.as_bytes()).is_some_and(|pem| {
-        logged == pem.as_bytes() || logged == pem.as_bytes().strip_suffix(b"\n").unwrap_or(b"")
-    }) {
+fn is_leaf_pem(logged: &[u8], leaf: &DerCertificate, parse: impl FnOnce() -> Option<DerCertificate>) -> bool {
+    if canonical_pem(leaf.as_bytes())
+        .is_some_and(|pem| logged == pem.as_bytes() || logged == pem.as_bytes().strip_suffix(b"\n").unwrap_or(b""))
+    {
         return true;
     }
     parse().is_some_and(|der| der.as_bytes() == leaf.as_bytes())

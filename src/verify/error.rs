@@ -47,9 +47,7 @@ pub(crate) fn parse_digest(s: &str) -> Result<crate::digest::Digest, MaterialErr
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BindingError {
     /// A cosign image signature must be a DSSE envelope, not a bare message signature.
-    #[error(
-        "not an image signature: bundle holds a message signature, want a DSSE in-toto statement"
-    )]
+    #[error("not an image signature: bundle holds a message signature, want a DSSE in-toto statement")]
     NotDsse,
     /// The DSSE payload is not an in-toto statement.
     #[error("DSSE payload type is {got:?}, want \"application/vnd.in-toto+json\"")]
@@ -301,9 +299,7 @@ impl VerifyError {
     /// This is the single place where the library's error vocabulary is
     /// translated, so an upstream change shows up here and nowhere else.
     pub fn from_library(error: sigstore_verify::Error) -> Self {
-        use sigstore_verify::error::{
-            CertificateError as LCert, TimestampError as LTime, TransparencyLogError as LTlog,
-        };
+        use sigstore_verify::error::{CertificateError as LCert, TimestampError as LTime, TransparencyLogError as LTlog};
         use sigstore_verify::Error as L;
         let text = one_line(&error.to_string());
         match error {
@@ -315,28 +311,19 @@ impl VerifyError {
             L::SignatureInvalid(d) => SignatureError::Invalid(one_line(&d)).into(),
             // The library reports a log entry that hashes another artifact as
             // an artifact mismatch; for us that is the entry not matching.
-            L::ArtifactMismatch(d) if d.contains("entry") => {
-                TlogError::EntryMismatch(one_line(&d)).into()
-            }
+            L::ArtifactMismatch(d) if d.contains("entry") => TlogError::EntryMismatch(one_line(&d)).into(),
             L::ArtifactMismatch(d) => BindingError::Artifact(one_line(&d)).into(),
             L::UnsupportedArtifact(d) => SignatureError::Unsupported(one_line(&d)).into(),
             L::Certificate(c) => match c {
                 LCert::Malformed(d) => CertificateError::Malformed(one_line(&d)).into(),
                 LCert::ChainInvalid(d) => chain_error(&d).into(),
-                LCert::NoValidAuthority { time } => CertificateError::NoValidAuthority {
-                    time: time.to_string(),
+                LCert::NoValidAuthority { time } => CertificateError::NoValidAuthority { time: time.to_string() }.into(),
+                LCert::NotYetValid { time, not_before } => {
+                    CertificateError::NotYetValid { time: time.to_string(), not_before: not_before.to_string() }.into()
                 }
-                .into(),
-                LCert::NotYetValid { time, not_before } => CertificateError::NotYetValid {
-                    time: time.to_string(),
-                    not_before: not_before.to_string(),
+                LCert::Expired { time, not_after } => {
+                    CertificateError::Expired { time: time.to_string(), not_after: not_after.to_string() }.into()
                 }
-                .into(),
-                LCert::Expired { time, not_after } => CertificateError::Expired {
-                    time: time.to_string(),
-                    not_after: not_after.to_string(),
-                }
-                .into(),
                 LCert::Sct(d) => CertificateError::Sct(one_line(&d)).into(),
                 _ => CertificateError::Untrusted(text).into(),
             },
@@ -352,12 +339,8 @@ impl VerifyError {
             },
             L::Timestamp(t) => match t {
                 LTime::Invalid(d) => TimestampError::Invalid(one_line(&d)).into(),
-                LTime::OutsideAuthorityValidity { time } => {
-                    TimestampError::OutsideAuthorityValidity(time.to_string()).into()
-                }
-                LTime::NoVerifiedTimestamp(d) => {
-                    TimestampError::NoVerifiedTime(one_line(&d)).into()
-                }
+                LTime::OutsideAuthorityValidity { time } => TimestampError::OutsideAuthorityValidity(time.to_string()).into(),
+                LTime::NoVerifiedTimestamp(d) => TimestampError::NoVerifiedTime(one_line(&d)).into(),
                 _ => TimestampError::Invalid(text).into(),
             },
             L::Bundle(b) => from_bundle_structure(b),
@@ -380,36 +363,20 @@ fn chain_error(detail: &str) -> CertificateError {
         let rest = &detail[detail.find(label)? + label.len()..];
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let seconds: i64 = digits.parse().ok()?;
-        jiff::Timestamp::from_second(seconds)
-            .ok()
-            .map(|t| t.to_string())
+        jiff::Timestamp::from_second(seconds).ok().map(|t| t.to_string())
     };
     if detail.contains("CertExpired") {
-        if let (Some(time), Some(not_after)) =
-            (time("time: UnixTime("), time("not_after: UnixTime("))
-        {
+        if let (Some(time), Some(not_after)) = (time("time: UnixTime("), time("not_after: UnixTime(")) {
             return CertificateError::Expired { time, not_after };
         }
     }
     if detail.contains("CertNotValidYet") {
-        if let (Some(time), Some(not_before)) =
-            (time("time: UnixTime("), time("not_before: UnixTime("))
-        {
+        if let (Some(time), Some(not_before)) = (time("time: UnixTime("), time("not_before: UnixTime(")) {
             return CertificateError::NotYetValid { time, not_before };
         }
     }
-    if [
-        "InvalidSignatureForPublicKey",
-        "UnknownIssuer",
-        "BadSignature",
-    ]
-    .iter()
-    .any(|marker| detail.contains(marker))
-    {
-        return CertificateError::Untrusted(format!(
-            "not issued by a trusted Fulcio CA ({})",
-            one_line(detail)
-        ));
+    if ["InvalidSignatureForPublicKey", "UnknownIssuer", "BadSignature"].iter().any(|marker| detail.contains(marker)) {
+        return CertificateError::Untrusted(format!("not issued by a trusted Fulcio CA ({})", one_line(detail)));
     }
     CertificateError::Untrusted(one_line(detail))
 }
@@ -419,9 +386,7 @@ pub(crate) fn from_bundle_structure(error: sigstore_verify::bundle::Error) -> Ve
     use sigstore_verify::bundle::Error as B;
     let text = one_line(&error.to_string());
     match error {
-        B::MissingInclusionPromise(_)
-        | B::MissingInclusionProof(_)
-        | B::MissingSigningTimeEvidence => TlogError::NoProof(text).into(),
+        B::MissingInclusionPromise(_) | B::MissingInclusionProof(_) | B::MissingSigningTimeEvidence => TlogError::NoProof(text).into(),
         B::MissingCheckpoint | B::CheckpointRootMismatch => TlogError::Checkpoint(text).into(),
         B::LogIndexOutOfRange { .. } => TlogError::InclusionProof(text).into(),
         B::MissingTimestamp => TimestampError::NoVerifiedTime(text).into(),

@@ -10,12 +10,12 @@
 use serde::Serialize;
 use sigstore_verify::types::{Bundle, SignatureContent};
 
-use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
-use crate::digest::Digest;
-use super::error::{one_line, BindingError, VerifyError};
 use super::attestation::{AttestationCandidate, AttestationOutcome, RequirementOutcome};
+use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
+use super::error::{one_line, BindingError, VerifyError};
 use super::legacy::LegacySignature;
 use super::trust::TrustMaterial;
+use crate::digest::Digest;
 use crate::policy::authority::{AuthoritySigners, IdentityPolicy, PolicySummary};
 use crate::policy::identity::IdentityMismatch;
 
@@ -103,11 +103,7 @@ impl CandidateOutcome {
         if self.authorities.iter().any(|a| a.satisfied) {
             return None;
         }
-        let reasons: Vec<&str> = self
-            .authorities
-            .iter()
-            .filter_map(|a| a.reason.as_deref())
-            .collect();
+        let reasons: Vec<&str> = self.authorities.iter().filter_map(|a| a.reason.as_deref()).collect();
         Some(match reasons.as_slice() {
             [] => "matched no authority".to_string(),
             [one] => (*one).to_string(),
@@ -143,11 +139,7 @@ impl ImageDecision {
     /// One line: why the image is allowed or denied.
     pub fn reason(&self) -> String {
         if self.allowed {
-            let who: Vec<String> = self
-                .candidates
-                .iter()
-                .filter_map(|c| c.verified.as_ref().map(|v| signer_label(&v.signer)))
-                .collect();
+            let who: Vec<String> = self.candidates.iter().filter_map(|c| c.verified.as_ref().map(|v| signer_label(&v.signer))).collect();
             let mut line = format!(
                 "verified: {} of {} required authorities ({}) signed by {}",
                 self.satisfied.len(),
@@ -167,29 +159,17 @@ impl ImageDecision {
             return line;
         }
         // An authority whose signature held but whose attestations did not: that is the reason.
-        let attestation_failures: Vec<&str> = self
-            .requirements
-            .iter()
-            .filter(|r| r.signed && !r.satisfied)
-            .filter_map(|r| r.reason.as_deref())
-            .collect();
+        let attestation_failures: Vec<&str> =
+            self.requirements.iter().filter(|r| r.signed && !r.satisfied).filter_map(|r| r.reason.as_deref()).collect();
         if !attestation_failures.is_empty() {
             return one_line(&attestation_failures.join("; "));
         }
         if self.candidates.is_empty() {
             return "no signatures found".to_string();
         }
-        let details: Vec<String> = self
-            .candidates
-            .iter()
-            .filter_map(|c| c.reason().map(|r| format!("{}: {r}", c.source)))
-            .collect();
+        let details: Vec<String> = self.candidates.iter().filter_map(|c| c.reason().map(|r| format!("{}: {r}", c.source))).collect();
         let mut line = if self.policy.threshold > 1 || !self.satisfied.is_empty() {
-            format!(
-                "{} of {} required authorities satisfied; ",
-                self.satisfied.len(),
-                self.policy.threshold
-            )
+            format!("{} of {} required authorities satisfied; ", self.satisfied.len(), self.policy.threshold)
         } else {
             String::new()
         };
@@ -200,10 +180,7 @@ impl ImageDecision {
 
 pub(crate) fn signer_label(signer: &Signer) -> String {
     match signer {
-        Signer::Certificate(c) => c
-            .subject
-            .clone()
-            .unwrap_or_else(|| "certificate without SAN".into()),
+        Signer::Certificate(c) => c.subject.clone().unwrap_or_else(|| "certificate without SAN".into()),
         Signer::Key { fingerprint, .. } => format!("key {fingerprint}"),
     }
 }
@@ -212,21 +189,12 @@ pub(crate) fn signer_label(signer: &Signer) -> String {
 /// v1 with the cosign signing predicate, one of whose subjects is the image.
 pub fn check_image_statement(bundle: &Bundle, image: &Digest) -> Result<(), BindingError> {
     let statement = in_toto_statement(bundle)?;
-    let field = |name: &str| {
-        statement
-            .get(name)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| statement.get(name).and_then(|v| v.as_str()).unwrap_or_default();
     if field("_type") != STATEMENT_V1 {
-        return Err(BindingError::StatementType {
-            got: one_line(field("_type")),
-        });
+        return Err(BindingError::StatementType { got: one_line(field("_type")) });
     }
     if field("predicateType") != COSIGN_SIGN_PREDICATE {
-        return Err(BindingError::PredicateType {
-            got: one_line(field("predicateType")),
-        });
+        return Err(BindingError::PredicateType { got: one_line(field("predicateType")) });
     }
     check_statement_subject(&statement, image)
 }
@@ -237,33 +205,19 @@ pub(crate) fn in_toto_statement(bundle: &Bundle) -> Result<serde_json::Value, Bi
         return Err(BindingError::NotDsse);
     };
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE {
-        return Err(BindingError::PayloadType {
-            got: one_line(&envelope.payload_type),
-        });
+        return Err(BindingError::PayloadType { got: one_line(&envelope.payload_type) });
     }
-    serde_json::from_slice(envelope.payload.as_bytes())
-        .map_err(|e| BindingError::MalformedStatement(one_line(&e.to_string())))
+    serde_json::from_slice(envelope.payload.as_bytes()).map_err(|e| BindingError::MalformedStatement(one_line(&e.to_string())))
 }
 
 /// One of the statement's subjects names `image` (same algorithm, exact hex).
-pub(crate) fn check_statement_subject(
-    statement: &serde_json::Value,
-    image: &Digest,
-) -> Result<(), BindingError> {
+pub(crate) fn check_statement_subject(statement: &serde_json::Value, image: &Digest) -> Result<(), BindingError> {
     let algorithm = image.algorithm().name();
     let want = image.hex();
-    let subjects = statement
-        .get("subject")
-        .and_then(|s| s.as_array())
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let subjects = statement.get("subject").and_then(|s| s.as_array()).map(Vec::as_slice).unwrap_or_default();
     let mut seen = Vec::new();
     for subject in subjects {
-        if let Some(got) = subject
-            .get("digest")
-            .and_then(|d| d.get(algorithm))
-            .and_then(|v| v.as_str())
-        {
+        if let Some(got) = subject.get("digest").and_then(|d| d.get(algorithm)).and_then(|v| v.as_str()) {
             // OCI digests are lower-case hex; compare exactly.
             if got == want {
                 return Ok(());
@@ -272,11 +226,7 @@ pub(crate) fn check_statement_subject(
         }
     }
     Err(BindingError::SubjectDigest {
-        got: if seen.is_empty() {
-            format!("no {algorithm} subject")
-        } else {
-            seen.join(", ")
-        },
+        got: if seen.is_empty() { format!("no {algorithm} subject") } else { seen.join(", ") },
         want: image.to_string(),
     })
 }
@@ -300,12 +250,7 @@ impl TrustMaterial {
 ///
 /// Never panics and never stops at the first bad candidate: every candidate
 /// gets an outcome, so the decision explains itself.
-pub fn verify_image(
-    trust: &TrustMaterial,
-    image: &Digest,
-    candidates: &[SignatureMaterial],
-    policy: &IdentityPolicy,
-) -> ImageDecision {
+pub fn verify_image(trust: &TrustMaterial, image: &Digest, candidates: &[SignatureMaterial], policy: &IdentityPolicy) -> ImageDecision {
     verify_image_at(trust, image, candidates, policy, jiff::Timestamp::now())
 }
 
@@ -322,11 +267,7 @@ pub fn verify_image_at(
     let mut attestations = Vec::new();
     let mut signatures = Vec::with_capacity(candidates.len());
     for candidate in candidates {
-        match policy
-            .has_attestations()
-            .then(|| AttestationCandidate::classify(candidate))
-            .flatten()
-        {
+        match policy.has_attestations().then(|| AttestationCandidate::classify(candidate)).flatten() {
             Some(a) => attestations.push(a),
             None => signatures.push(candidate),
         }
@@ -352,13 +293,8 @@ pub fn verify_image_at(
             satisfied[i] = false;
         }
     }
-    let satisfied_names: Vec<String> = policy
-        .authorities()
-        .iter()
-        .zip(&satisfied)
-        .filter(|(_, s)| **s)
-        .map(|(a, _)| a.name.clone())
-        .collect();
+    let satisfied_names: Vec<String> =
+        policy.authorities().iter().zip(&satisfied).filter(|(_, s)| **s).map(|(a, _)| a.name.clone()).collect();
     ImageDecision {
         image: image.to_string(),
         allowed: satisfied_names.len() >= policy.threshold(),
@@ -377,12 +313,7 @@ enum Parsed {
     Legacy(LegacySignature),
 }
 
-fn evaluate_candidate(
-    trust: &TrustMaterial,
-    image: &Digest,
-    candidate: &SignatureMaterial,
-    policy: &IdentityPolicy,
-) -> CandidateOutcome {
+fn evaluate_candidate(trust: &TrustMaterial, image: &Digest, candidate: &SignatureMaterial, policy: &IdentityPolicy) -> CandidateOutcome {
     let mut outcome = CandidateOutcome {
         source: candidate.source().to_string(),
         format: candidate.format(),
@@ -401,10 +332,7 @@ fn evaluate_candidate(
     };
     let keyless = match &parsed {
         Parsed::Bundle(b) => b.signing_certificate().is_some(),
-        Parsed::Legacy(l) => l
-            .certificate
-            .as_deref()
-            .is_some_and(|c| !c.trim().is_empty()),
+        Parsed::Legacy(l) => l.certificate.as_deref().is_some_and(|c| !c.trim().is_empty()),
     };
     let verify = |signer: ExpectedSigner<'_>| match &parsed {
         Parsed::Bundle(bundle) => trust.verify_image_bundle(bundle, image, signer),
@@ -431,10 +359,7 @@ fn evaluate_candidate(
             return failed(
                 outcome,
                 policy,
-                crate::verify::error::CertificateError::WrongKind(
-                    "expected a certificate signer".into(),
-                )
-                .into(),
+                crate::verify::error::CertificateError::WrongKind("expected a certificate signer".into()).into(),
             );
         };
         for authority in policy.authorities() {
@@ -459,14 +384,11 @@ fn evaluate_candidate(
                         Err(first_error.map(|e| e.to_string()).unwrap_or_default())
                     }
                 }
-                AuthoritySigners::Keys(_) => Err(IdentityMismatch::SignerKind(
-                    "keyless signature, authority accepts keys".into(),
-                )
-                .to_string()),
+                AuthoritySigners::Keys(_) => {
+                    Err(IdentityMismatch::SignerKind("keyless signature, authority accepts keys".into()).to_string())
+                }
             };
-            outcome
-                .authorities
-                .push(authority_outcome(&authority.name, result));
+            outcome.authorities.push(authority_outcome(&authority.name, result));
         }
         outcome.verified = Some(verified);
         return outcome;
@@ -504,52 +426,30 @@ fn evaluate_candidate(
                     }
                     None => Err(match last_error {
                         // Binding and material errors do not depend on the key: report them as such.
-                        Some(
-                            e @ (VerifyError::Binding(_)
-                            | VerifyError::Material(_)
-                            | VerifyError::Tlog(_)),
-                        ) => e.to_string(),
+                        Some(e @ (VerifyError::Binding(_) | VerifyError::Material(_) | VerifyError::Tlog(_))) => e.to_string(),
                         Some(e) if keys.len() == 1 => e.to_string(),
                         _ => IdentityMismatch::NoKey(keys.len()).to_string(),
                     }),
                 }
             }
-            AuthoritySigners::Keyless(_) => Err(IdentityMismatch::SignerKind(
-                "key signature, authority accepts Fulcio identities".into(),
-            )
-            .to_string()),
+            AuthoritySigners::Keyless(_) => {
+                Err(IdentityMismatch::SignerKind("key signature, authority accepts Fulcio identities".into()).to_string())
+            }
         };
-        outcome
-            .authorities
-            .push(authority_outcome(&authority.name, result));
+        outcome.authorities.push(authority_outcome(&authority.name, result));
     }
     outcome
 }
 
 fn authority_outcome(name: &str, result: Result<(), String>) -> AuthorityOutcome {
-    AuthorityOutcome {
-        authority: name.to_string(),
-        satisfied: result.is_ok(),
-        reason: result.err(),
-    }
+    AuthorityOutcome { authority: name.to_string(), satisfied: result.is_ok(), reason: result.err() }
 }
 
-fn failed(
-    mut outcome: CandidateOutcome,
-    policy: &IdentityPolicy,
-    error: VerifyError,
-) -> CandidateOutcome {
+fn failed(mut outcome: CandidateOutcome, policy: &IdentityPolicy, error: VerifyError) -> CandidateOutcome {
     outcome.error_category = Some(error.category());
     outcome.error = Some(error.to_string());
-    outcome.authorities = policy
-        .authorities()
-        .iter()
-        .map(|a| AuthorityOutcome {
-            authority: a.name.clone(),
-            satisfied: false,
-            reason: None,
-        })
-        .collect();
+    outcome.authorities =
+        policy.authorities().iter().map(|a| AuthorityOutcome { authority: a.name.clone(), satisfied: false, reason: None }).collect();
     outcome
 }
 

@@ -52,45 +52,27 @@ impl PublicKey {
     /// Parse a PEM-encoded SubjectPublicKeyInfo.
     pub fn from_pem(pem: &str) -> Result<Self, MaterialError> {
         if pem.len() > MAX_PEM_BYTES {
-            return Err(MaterialError::TooLarge {
-                what: "public key PEM",
-                size: pem.len(),
-                limit: MAX_PEM_BYTES,
-            });
+            return Err(MaterialError::TooLarge { what: "public key PEM", size: pem.len(), limit: MAX_PEM_BYTES });
         }
-        let der = DerPublicKey::from_pem(pem.trim())
-            .map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
+        let der = DerPublicKey::from_pem(pem.trim()).map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
         Self::from_der(der)
     }
 
     /// Wrap a DER SubjectPublicKeyInfo.
     pub fn from_der(der: DerPublicKey) -> Result<Self, MaterialError> {
-        let algorithm = KeyAlgorithm::from_spki(&der)
-            .map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
+        let algorithm = KeyAlgorithm::from_spki(&der).map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
         let kind = match algorithm {
             KeyAlgorithm::EcdsaP256 => KeyKind::EcdsaP256,
             KeyAlgorithm::EcdsaP384 => KeyKind::EcdsaP384,
             KeyAlgorithm::Ed25519 => KeyKind::Ed25519,
             KeyAlgorithm::Rsa => KeyKind::Rsa,
-            other => {
-                return Err(MaterialError::MalformedKey(format!(
-                    "unsupported key algorithm {other:?}"
-                )))
-            }
+            other => return Err(MaterialError::MalformedKey(format!("unsupported key algorithm {other:?}"))),
         };
         // Reject keys the crypto backend would refuse (compressed points,
         // out-of-range RSA moduli) now, at configuration time.
-        sigstore_verify::crypto::VerificationKey::from_spki(&der)
-            .map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
-        let fingerprint = format!(
-            "sha256:{}",
-            sigstore_verify::crypto::sha256(der.as_bytes()).to_hex()
-        );
-        Ok(Self {
-            der,
-            kind,
-            fingerprint,
-        })
+        sigstore_verify::crypto::VerificationKey::from_spki(&der).map_err(|e| MaterialError::MalformedKey(one_line(&e.to_string())))?;
+        let fingerprint = format!("sha256:{}", sigstore_verify::crypto::sha256(der.as_bytes()).to_hex());
+        Ok(Self { der, kind, fingerprint })
     }
 
     /// The DER SubjectPublicKeyInfo.

@@ -16,23 +16,20 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 use sigstore_verify::types::bundle::{
-    InclusionPromise, LogId, MessageDigest, MessageSignature, PublicKeyIdentifier,
-    Rfc3161Timestamp, TimestampVerificationData, VerificationMaterial, X509Certificate,
+    InclusionPromise, LogId, MessageDigest, MessageSignature, PublicKeyIdentifier, Rfc3161Timestamp, TimestampVerificationData,
+    VerificationMaterial, X509Certificate,
 };
 use sigstore_verify::types::{
-    Bundle, CanonicalizedBody, DerCertificate, DigestBytes, KindVersion, LogIndex, LogKeyId,
-    MediaType, SignatureBytes, SignatureContent, SignedTimestamp, TimestampToken,
-    TransparencyLogEntry, VerificationMaterialContent,
+    Bundle, CanonicalizedBody, DerCertificate, DigestBytes, KindVersion, LogIndex, LogKeyId, MediaType, SignatureBytes, SignatureContent,
+    SignedTimestamp, TimestampToken, TransparencyLogEntry, VerificationMaterialContent,
 };
 
 use super::bundle::{ArtifactRef, ExpectedSigner, LogEntrySummary, Signer, VerifiedSignature};
 use super::certificate::CertificateIdentity;
-use crate::digest::{Digest, DigestAlgorithm};
-use super::error::{
-    one_line, BindingError, CertificateError, MaterialError, SignatureError, TlogError, VerifyError,
-};
+use super::error::{one_line, BindingError, CertificateError, MaterialError, SignatureError, TlogError, VerifyError};
 use super::tlog;
 use super::trust::TrustMaterial;
+use crate::digest::{Digest, DigestAlgorithm};
 
 /// Media type of a cosign simple-signing layer.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -86,23 +83,10 @@ struct LayerDescriptor {
 impl LegacySignature {
     /// Build from a layer descriptor (JSON, as in the `.sig` manifest) and its blob.
     pub fn from_layer_json(descriptor: &str, payload: Vec<u8>) -> Result<Self, MaterialError> {
-        bounded(
-            "layer descriptor",
-            descriptor.len(),
-            MAX_ANNOTATION_BYTES * 4,
-        )?;
-        let descriptor: LayerDescriptor = serde_json::from_str(descriptor).map_err(|e| {
-            MaterialError::MalformedLegacy(format!(
-                "layer descriptor: {}",
-                one_line(&e.to_string())
-            ))
-        })?;
-        Self::from_layer(
-            &descriptor.media_type,
-            &descriptor.digest,
-            &descriptor.annotations,
-            payload,
-        )
+        bounded("layer descriptor", descriptor.len(), MAX_ANNOTATION_BYTES * 4)?;
+        let descriptor: LayerDescriptor = serde_json::from_str(descriptor)
+            .map_err(|e| MaterialError::MalformedLegacy(format!("layer descriptor: {}", one_line(&e.to_string()))))?;
+        Self::from_layer(&descriptor.media_type, &descriptor.digest, &descriptor.annotations, payload)
     }
 
     /// Build from a layer's media type, digest and annotations, and its blob.
@@ -125,9 +109,7 @@ impl LegacySignature {
         let signature = annotations
             .get(ANNOTATION_SIGNATURE)
             .cloned()
-            .ok_or_else(|| {
-                MaterialError::MalformedLegacy(format!("no {ANNOTATION_SIGNATURE} annotation"))
-            })?;
+            .ok_or_else(|| MaterialError::MalformedLegacy(format!("no {ANNOTATION_SIGNATURE} annotation")))?;
         Ok(Self {
             payload,
             layer_digest: Some(layer_digest),
@@ -202,13 +184,10 @@ impl RekorSetBundle {
     /// Parse the annotation value.
     pub fn parse(json: &str) -> Result<Self, MaterialError> {
         bounded("Rekor bundle annotation", json.len(), MAX_ANNOTATION_BYTES)?;
-        let malformed =
-            |what: &str| MaterialError::MalformedLegacy(format!("Rekor bundle: {what}"));
-        let wire: WireSetBundle =
-            serde_json::from_str(json).map_err(|e| malformed(&one_line(&e.to_string())))?;
+        let malformed = |what: &str| MaterialError::MalformedLegacy(format!("Rekor bundle: {what}"));
+        let wire: WireSetBundle = serde_json::from_str(json).map_err(|e| malformed(&one_line(&e.to_string())))?;
         let set = b64(&wire.set).ok_or_else(|| malformed("SignedEntryTimestamp is not base64"))?;
-        let log_id =
-            hex::decode(&wire.payload.log_id).map_err(|_| malformed("logID is not hex"))?;
+        let log_id = hex::decode(&wire.payload.log_id).map_err(|_| malformed("logID is not hex"))?;
         if log_id.len() != 32 {
             return Err(malformed("logID is not 32 bytes"));
         }
@@ -216,13 +195,7 @@ impl RekorSetBundle {
             return Err(malformed("negative logIndex or integratedTime"));
         }
         b64(&wire.payload.body).ok_or_else(|| malformed("body is not base64"))?;
-        Ok(Self {
-            set,
-            body: wire.payload.body,
-            integrated_time: wire.payload.integrated_time,
-            log_index: wire.payload.log_index,
-            log_id,
-        })
+        Ok(Self { set, body: wire.payload.body, integrated_time: wire.payload.integrated_time, log_index: wire.payload.log_index, log_id })
     }
 
     /// The logged entry body (JSON).
@@ -260,26 +233,16 @@ impl RekorSetBundle {
             serde_json::from_slice::<serde_json::Value>(body)
                 .map(|v| Head {
                     kind: v.get("kind").and_then(|v| v.as_str()).map(|s| Field::Text(s.into())),
-                    api_version: v
-                        .get("apiVersion")
-                        .and_then(|v| v.as_str())
-                        .map(|s| Field::Text(s.into())),
+                    api_version: v.get("apiVersion").and_then(|v| v.as_str()).map(|s| Field::Text(s.into())),
                 })
-                .map_err(|e| {
-                    MaterialError::MalformedLegacy(format!(
-                        "Rekor entry body: {}",
-                        one_line(&e.to_string())
-                    ))
-                })
+                .map_err(|e| MaterialError::MalformedLegacy(format!("Rekor entry body: {}", one_line(&e.to_string()))))
         })?;
         Ok((text(head.kind), text(head.api_version)))
     }
 }
 
 pub(crate) fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .ok()
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
 }
 
 /// The simple-signing payload fields we check.
@@ -323,72 +286,38 @@ impl TrustMaterial {
         signer: ExpectedSigner<'_>,
     ) -> Result<VerifiedSignature, VerifyError> {
         // (1) Bounds.
-        bounded(
-            "simple-signing payload",
-            sig.payload.len(),
-            MAX_PAYLOAD_BYTES,
-        )?;
+        bounded("simple-signing payload", sig.payload.len(), MAX_PAYLOAD_BYTES)?;
         // (2) Bind the payload to its layer and to the pulled image.
         if let Some(layer_digest) = &sig.layer_digest {
             let actual = Digest::compute(layer_digest.algorithm(), &sig.payload);
             if &actual != layer_digest {
-                return Err(BindingError::LayerDigest {
-                    got: actual.to_string(),
-                    want: layer_digest.to_string(),
-                }
-                .into());
+                return Err(BindingError::LayerDigest { got: actual.to_string(), want: layer_digest.to_string() }.into());
             }
         }
-        let payload: SimpleSigning = serde_json::from_slice(&sig.payload).map_err(|e| {
-            MaterialError::MalformedLegacy(format!(
-                "simple-signing payload: {}",
-                one_line(&e.to_string())
-            ))
-        })?;
+        let payload: SimpleSigning = serde_json::from_slice(&sig.payload)
+            .map_err(|e| MaterialError::MalformedLegacy(format!("simple-signing payload: {}", one_line(&e.to_string()))))?;
         if payload.critical.type_ != CRITICAL_TYPE {
-            return Err(BindingError::CriticalType {
-                got: one_line(&payload.critical.type_),
-            }
-            .into());
+            return Err(BindingError::CriticalType { got: one_line(&payload.critical.type_) }.into());
         }
-        let signed: Digest = payload
-            .critical
-            .image
-            .docker_manifest_digest
-            .parse()
-            .map_err(|_| BindingError::ManifestDigest {
-                got: one_line(&payload.critical.image.docker_manifest_digest),
-                want: image.to_string(),
-            })?;
+        let signed: Digest = payload.critical.image.docker_manifest_digest.parse().map_err(|_| BindingError::ManifestDigest {
+            got: one_line(&payload.critical.image.docker_manifest_digest),
+            want: image.to_string(),
+        })?;
         if &signed != image {
-            return Err(BindingError::ManifestDigest {
-                got: signed.to_string(),
-                want: image.to_string(),
-            }
-            .into());
+            return Err(BindingError::ManifestDigest { got: signed.to_string(), want: image.to_string() }.into());
         }
         self.verify_legacy_payload(sig, signer)
     }
 
     /// Steps 3 to 8 for a legacy signature whose payload is already bound.
-    pub fn verify_legacy_payload(
-        &self,
-        sig: &LegacySignature,
-        signer: ExpectedSigner<'_>,
-    ) -> Result<VerifiedSignature, VerifyError> {
+    pub fn verify_legacy_payload(&self, sig: &LegacySignature, signer: ExpectedSigner<'_>) -> Result<VerifiedSignature, VerifyError> {
         let parsed = parse_pieces(sig, &self.fulcio_certs)?;
         match (&parsed.leaf, signer) {
             (None, ExpectedSigner::Certificate) => {
-                return Err(CertificateError::WrongKind(
-                    "signed with a public key, not a Fulcio certificate".into(),
-                )
-                .into())
+                return Err(CertificateError::WrongKind("signed with a public key, not a Fulcio certificate".into()).into())
             }
             (Some(_), ExpectedSigner::Key(_)) => {
-                return Err(CertificateError::WrongKind(
-                    "signed with a Fulcio certificate, not a public key".into(),
-                )
-                .into())
+                return Err(CertificateError::WrongKind("signed with a Fulcio certificate, not a public key".into()).into())
             }
             _ => {}
         }
@@ -426,19 +355,9 @@ impl TrustMaterial {
 
     /// Verify a bare Rekor SET bundle (the `dev.sigstore.cosign/bundle`
     /// annotation) against the trusted logs: step 6 on its own.
-    pub fn verify_rekor_set_bundle(
-        &self,
-        set: &RekorSetBundle,
-    ) -> Result<LogEntrySummary, VerifyError> {
+    pub fn verify_rekor_set_bundle(&self, set: &RekorSetBundle) -> Result<LogEntrySummary, VerifyError> {
         // (6) The log must be trusted and its key valid at the integrated time.
-        tlog::verify_set_parts(
-            &self.rekor_keys,
-            &set.body,
-            set.integrated_time,
-            set.log_index,
-            &set.log_id,
-            &set.set,
-        )?;
+        tlog::verify_set_parts(&self.rekor_keys, &set.body, set.integrated_time, set.log_index, &set.log_id, &set.set)?;
         // (3) An integrated time from the future is a forged or broken log.
         let time = timestamp(set.integrated_time)?;
         if time > jiff::Timestamp::now() {
@@ -477,18 +396,12 @@ impl TrustMaterial {
                 for time in &times {
                     self.verify_fulcio_chain(leaf, &parsed.chain, *time)?;
                     if *time < info.not_before {
-                        return Err(CertificateError::NotYetValid {
-                            time: time.to_string(),
-                            not_before: info.not_before.to_string(),
-                        }
-                        .into());
+                        return Err(
+                            CertificateError::NotYetValid { time: time.to_string(), not_before: info.not_before.to_string() }.into()
+                        );
                     }
                     if *time > info.not_after {
-                        return Err(CertificateError::Expired {
-                            time: time.to_string(),
-                            not_after: info.not_after.to_string(),
-                        }
-                        .into());
+                        return Err(CertificateError::Expired { time: time.to_string(), not_after: info.not_after.to_string() }.into());
                     }
                 }
                 // Certificates of the rekord era predate Fulcio's CT log. One
@@ -496,15 +409,9 @@ impl TrustMaterial {
                 // is the library's job, which cannot parse this entry kind, so
                 // refuse rather than skip the check.
                 if has_embedded_sct(leaf.as_bytes()) {
-                    return Err(CertificateError::Sct(
-                        "SCT on a certificate logged as rekord/0.0.1 is not supported".into(),
-                    )
-                    .into());
+                    return Err(CertificateError::Sct("SCT on a certificate logged as rekord/0.0.1 is not supported".into()).into());
                 }
-                (
-                    info.public_key.clone(),
-                    Some(CertificateIdentity::new(&info, leaf.as_bytes())),
-                )
+                (info.public_key.clone(), Some(CertificateIdentity::new(&info, leaf.as_bytes())))
             }
             (None, ExpectedSigner::Key(key)) => (key.der().clone(), None),
             _ => {
@@ -525,30 +432,18 @@ impl TrustMaterial {
         check_rekord_body(set, sig, parsed, &public_key)?;
         let signer = match (identity, signer) {
             (Some(identity), _) => Signer::Certificate(identity),
-            (None, ExpectedSigner::Key(key)) => Signer::Key {
-                fingerprint: key.fingerprint().to_string(),
-                algorithm: key.kind().to_string(),
-            },
-            (None, ExpectedSigner::Certificate) => {
-                return Err(CertificateError::WrongKind("signer kind mismatch".into()).into())
+            (None, ExpectedSigner::Key(key)) => {
+                Signer::Key { fingerprint: key.fingerprint().to_string(), algorithm: key.kind().to_string() }
             }
+            (None, ExpectedSigner::Certificate) => return Err(CertificateError::WrongKind("signer kind mismatch".into()).into()),
         };
         let mut signing_times: Vec<String> = times.iter().map(ToString::to_string).collect();
         signing_times.sort();
         signing_times.dedup();
-        Ok(VerifiedSignature {
-            signer,
-            signing_times,
-            tlog_entries: vec![entry],
-            skipped_timestamps: Vec::new(),
-        })
+        Ok(VerifiedSignature { signer, signing_times, tlog_entries: vec![entry], skipped_timestamps: Vec::new() })
     }
 
-    fn verify_timestamp_token(
-        &self,
-        token: &[u8],
-        signature: &[u8],
-    ) -> Result<jiff::Timestamp, VerifyError> {
+    fn verify_timestamp_token(&self, token: &[u8], signature: &[u8]) -> Result<jiff::Timestamp, VerifyError> {
         Ok(super::timestamp::verify(&self.tsa, token, signature)?)
     }
 
@@ -561,25 +456,15 @@ impl TrustMaterial {
         use rustls_pki_types::{CertificateDer, UnixTime};
         /// id-kp-codeSigning, 1.3.6.1.5.5.7.3.3, DER contents.
         const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
-        let anchors: Vec<_> = self
-            .fulcio_anchors
-            .iter()
-            .filter(|a| a.window.is_none_or(|w| w.contains(time)))
-            .map(|a| a.anchor.clone())
-            .collect();
+        let anchors: Vec<_> =
+            self.fulcio_anchors.iter().filter(|a| a.window.is_none_or(|w| w.contains(time))).map(|a| a.anchor.clone()).collect();
         if anchors.is_empty() {
-            return Err(CertificateError::NoValidAuthority {
-                time: time.to_string(),
-            }
-            .into());
+            return Err(CertificateError::NoValidAuthority { time: time.to_string() }.into());
         }
-        let intermediates: Vec<CertificateDer<'_>> = chain
-            .iter()
-            .map(|c| CertificateDer::from(c.as_bytes()))
-            .collect();
+        let intermediates: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_bytes())).collect();
         let leaf_der = CertificateDer::from(leaf.as_bytes());
-        let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
-            .map_err(|e| CertificateError::Malformed(one_line(&format!("{e:?}"))))?;
+        let end_entity =
+            webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| CertificateError::Malformed(one_line(&format!("{e:?}"))))?;
         let seconds = u64::try_from(time.as_second()).unwrap_or(0);
         end_entity
             .verify_for_usage(
@@ -592,23 +477,20 @@ impl TrustMaterial {
                 None,
             )
             .map_err(|e| {
-                VerifyError::from_library(sigstore_verify::Error::Certificate(
-                    sigstore_verify::CertificateError::ChainInvalid(format!("{e:?}")),
-                ))
+                VerifyError::from_library(sigstore_verify::Error::Certificate(sigstore_verify::CertificateError::ChainInvalid(format!(
+                    "{e:?}"
+                ))))
             })?;
         Ok(())
     }
 }
 
 fn timestamp(seconds: i64) -> Result<jiff::Timestamp, TlogError> {
-    jiff::Timestamp::from_second(seconds)
-        .map_err(|e| TlogError::IntegratedTime(one_line(&e.to_string())))
+    jiff::Timestamp::from_second(seconds).map_err(|e| TlogError::IntegratedTime(one_line(&e.to_string())))
 }
 
 /// cosign signs with SHA-256 except on P-384 keys (SHA-384).
-fn legacy_scheme(
-    algorithm: sigstore_verify::crypto::KeyAlgorithm,
-) -> sigstore_verify::crypto::SigningScheme {
+fn legacy_scheme(algorithm: sigstore_verify::crypto::KeyAlgorithm) -> sigstore_verify::crypto::SigningScheme {
     use sigstore_verify::crypto::{KeyAlgorithm, SigningScheme};
     match algorithm {
         KeyAlgorithm::EcdsaP384 => SigningScheme::EcdsaP384Sha384,
@@ -628,31 +510,23 @@ fn has_embedded_sct(leaf_der: &[u8]) -> bool {
 /// Decode the annotation values. Step 1.
 fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, MaterialError> {
     let malformed = |what: String| MaterialError::MalformedLegacy(what);
-    let signature = b64(&sig.signature)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| malformed(format!("{ANNOTATION_SIGNATURE} is not base64")))?;
+    let signature =
+        b64(&sig.signature).filter(|s| !s.is_empty()).ok_or_else(|| malformed(format!("{ANNOTATION_SIGNATURE} is not base64")))?;
     let leaf = sig
         .certificate
         .as_deref()
         .filter(|pem| !pem.trim().is_empty())
         .map(|pem| match pem_certificates(pem).as_deref() {
             Ok([one]) => Ok(DerCertificate::new(one.clone())),
-            Ok(_) => Err(malformed(format!(
-                "{ANNOTATION_CERTIFICATE}: want exactly one certificate"
-            ))),
+            Ok(_) => Err(malformed(format!("{ANNOTATION_CERTIFICATE}: want exactly one certificate"))),
             Err(e) => Err(malformed(format!("{ANNOTATION_CERTIFICATE}: {e}"))),
         })
         .transpose()?;
     let chain = match sig.chain.as_deref() {
-        Some(pem) => split_pem_certificates(pem, trusted)
-            .map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
+        Some(pem) => split_pem_certificates(pem, trusted).map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
         None => Vec::new(),
     };
-    let set = sig
-        .rekor_bundle
-        .as_deref()
-        .map(RekorSetBundle::parse)
-        .transpose()?;
+    let set = sig.rekor_bundle.as_deref().map(RekorSetBundle::parse).transpose()?;
     let timestamp = match sig.rfc3161_timestamp.as_deref() {
         Some(json) => {
             #[derive(Deserialize)]
@@ -660,26 +534,13 @@ fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, Ma
                 #[serde(rename = "SignedRFC3161Timestamp")]
                 signed: String,
             }
-            let wire: Wire = serde_json::from_str(json).map_err(|e| {
-                malformed(format!(
-                    "{ANNOTATION_RFC3161}: {}",
-                    one_line(&e.to_string())
-                ))
-            })?;
-            Some(
-                b64(&wire.signed)
-                    .ok_or_else(|| malformed(format!("{ANNOTATION_RFC3161} is not base64")))?,
-            )
+            let wire: Wire =
+                serde_json::from_str(json).map_err(|e| malformed(format!("{ANNOTATION_RFC3161}: {}", one_line(&e.to_string()))))?;
+            Some(b64(&wire.signed).ok_or_else(|| malformed(format!("{ANNOTATION_RFC3161} is not base64")))?)
         }
         None => None,
     };
-    Ok(Parsed {
-        signature,
-        leaf,
-        chain,
-        set,
-        timestamp,
-    })
+    Ok(Parsed { signature, leaf, chain, set, timestamp })
 }
 
 /// Split concatenated PEM certificates, leaving out the ones the trust root
@@ -711,15 +572,9 @@ pub(crate) fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        let body = rest
-            .strip_prefix(BEGIN)
-            .ok_or("expected -----BEGIN CERTIFICATE-----")?;
+        let body = rest.strip_prefix(BEGIN).ok_or("expected -----BEGIN CERTIFICATE-----")?;
         let end = body.find(END).ok_or("missing -----END CERTIFICATE-----")?;
-        let b64: Vec<u8> = body.as_bytes()[..end]
-            .iter()
-            .copied()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
+        let b64: Vec<u8> = body.as_bytes()[..end].iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
         let der = b64_strict(&b64).ok_or("certificate is not base64")?;
         if der.is_empty() {
             return Err("empty certificate".into());
@@ -748,8 +603,7 @@ fn to_bundle(
     body: Vec<u8>,
     signer: ExpectedSigner<'_>,
 ) -> Result<Bundle, VerifyError> {
-    let malformed =
-        |e: &dyn std::fmt::Display| MaterialError::MalformedLegacy(one_line(&e.to_string()));
+    let malformed = |e: &dyn std::fmt::Display| MaterialError::MalformedLegacy(one_line(&e.to_string()));
     let entry = TransparencyLogEntry::new(
         LogIndex::new(set.log_index as u64).map_err(|e| malformed(&e))?,
         LogId::new(LogKeyId::new(set.log_id.clone())),
@@ -765,21 +619,13 @@ fn to_bundle(
             // Only the key algorithm is needed here; the library parses the
             // certificate fully when it verifies it.
             let algorithm = super::certificate::spki(leaf.as_bytes())
-                .and_then(|spki| {
-                    sigstore_verify::crypto::KeyAlgorithm::from_spki(
-                        &sigstore_verify::types::DerPublicKey::new(spki),
-                    )
-                    .ok()
-                })
+                .and_then(|spki| sigstore_verify::crypto::KeyAlgorithm::from_spki(&sigstore_verify::types::DerPublicKey::new(spki)).ok())
                 .ok_or_else(|| CertificateError::Malformed("unreadable public key".into()))?;
             let digest = match algorithm {
                 sigstore_verify::crypto::KeyAlgorithm::EcdsaP384 => SignedDigest::Sha384,
                 _ => SignedDigest::Sha256,
             };
-            (
-                VerificationMaterialContent::X509CertificateChain { certificates },
-                digest,
-            )
+            (VerificationMaterialContent::X509CertificateChain { certificates }, digest)
         }
         (None, ExpectedSigner::Key(key)) => (
             VerificationMaterialContent::PublicKey(PublicKeyIdentifier::new(String::new())),
@@ -788,38 +634,29 @@ fn to_bundle(
                 _ => SignedDigest::Sha256,
             },
         ),
-        (None, ExpectedSigner::Certificate) => {
-            return Err(CertificateError::WrongKind("signer kind mismatch".into()).into())
-        }
+        (None, ExpectedSigner::Certificate) => return Err(CertificateError::WrongKind("signer kind mismatch".into()).into()),
     };
     let message_digest = match digest_algorithm {
         SignedDigest::Sha256 => MessageDigest::new(
             sigstore_verify::types::HashAlgorithm::Sha2256,
-            DigestBytes::new(
-                Digest::compute(DigestAlgorithm::Sha256, &sig.payload).bytes(),
-            ),
+            DigestBytes::new(Digest::compute(DigestAlgorithm::Sha256, &sig.payload).bytes()),
         ),
         SignedDigest::Sha384 => MessageDigest::new(
             sigstore_verify::types::HashAlgorithm::Sha2384,
-            DigestBytes::new(
-                sigstore_verify::crypto::sha384(&sig.payload)
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            DigestBytes::new(sigstore_verify::crypto::sha384(&sig.payload).as_bytes().to_vec()),
         ),
     };
     let mut material = VerificationMaterial::new(content).with_tlog_entries(vec![entry]);
     if let Some(token) = &parsed.timestamp {
-        material = material.with_timestamp_verification_data(TimestampVerificationData::new(vec![
-            Rfc3161Timestamp::new(TimestampToken::new(token.clone())),
-        ]));
+        material = material.with_timestamp_verification_data(TimestampVerificationData::new(vec![Rfc3161Timestamp::new(
+            TimestampToken::new(token.clone()),
+        )]));
     }
     Ok(Bundle::new(
         MediaType::Bundle0_1,
         material,
         SignatureContent::MessageSignature(
-            MessageSignature::new(SignatureBytes::from_bytes(&parsed.signature))
-                .with_message_digest(message_digest),
+            MessageSignature::new(SignatureBytes::from_bytes(&parsed.signature)).with_message_digest(message_digest),
         ),
     ))
 }
@@ -838,8 +675,8 @@ fn check_rekord_body(
     public_key: &sigstore_verify::types::DerPublicKey,
 ) -> Result<(), VerifyError> {
     let mismatch = |what: &str| VerifyError::from(TlogError::EntryMismatch(what.to_string()));
-    let body: serde_json::Value = serde_json::from_slice(&set.body_bytes())
-        .map_err(|e| TlogError::MalformedEntry(one_line(&e.to_string())))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&set.body_bytes()).map_err(|e| TlogError::MalformedEntry(one_line(&e.to_string())))?;
     let spec = &body["spec"];
     let hash = &spec["data"]["hash"];
     if hash["algorithm"].as_str() != Some("sha256") {
@@ -859,9 +696,7 @@ fn check_rekord_body(
         .and_then(|pem| String::from_utf8(pem).ok())
         .ok_or_else(|| mismatch("logged public key is missing"))?;
     let same_signer = match &parsed.leaf {
-        Some(leaf) => DerCertificate::from_pem(logged_key.trim())
-            .map(|logged| logged.as_bytes() == leaf.as_bytes())
-            .unwrap_or(false),
+        Some(leaf) => DerCertificate::from_pem(logged_key.trim()).map(|logged| logged.as_bytes() == leaf.as_bytes()).unwrap_or(false),
         None => sigstore_verify::types::DerPublicKey::from_pem(logged_key.trim())
             .map(|logged| logged.as_bytes() == public_key.as_bytes())
             .unwrap_or(false),

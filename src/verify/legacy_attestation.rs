@@ -20,12 +20,12 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::digest::Digest;
 use super::error::{one_line, MaterialError, TlogError, VerifyError};
 use super::legacy::{
-    b64, bounded, pem_certificates, RekorSetBundle, ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE,
-    ANNOTATION_CHAIN, ANNOTATION_RFC3161, MAX_ANNOTATION_BYTES,
+    b64, bounded, pem_certificates, RekorSetBundle, ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161,
+    MAX_ANNOTATION_BYTES,
 };
+use crate::digest::Digest;
 
 /// Media type of a cosign attestation layer (the DSSE envelope).
 pub const DSSE_ENVELOPE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
@@ -110,10 +110,7 @@ impl LegacyAttestation {
             (ANNOTATION_RFC3161, &self.rfc3161_timestamp),
             (ANNOTATION_PREDICATE_TYPE, &self.predicate_type),
         ];
-        fields
-            .into_iter()
-            .filter_map(|(name, value)| value.as_ref().map(|v| (name.to_string(), v.clone())))
-            .collect()
+        fields.into_iter().filter_map(|(name, value)| value.as_ref().map(|v| (name.to_string(), v.clone()))).collect()
     }
 
     /// The Sigstore v0.1 bundle (JSON) these pieces amount to: the envelope, the certificate
@@ -126,53 +123,31 @@ impl LegacyAttestation {
         if let Some(layer_digest) = &self.layer_digest {
             let actual = Digest::compute(layer_digest.algorithm(), &self.envelope);
             if &actual != layer_digest {
-                return Err(super::error::BindingError::LayerDigest {
-                    got: actual.to_string(),
-                    want: layer_digest.to_string(),
-                }
-                .into());
+                return Err(super::error::BindingError::LayerDigest { got: actual.to_string(), want: layer_digest.to_string() }.into());
             }
         }
-        let envelope: WireEnvelope = serde_json::from_slice(&self.envelope)
-            .map_err(|e| malformed(format!("DSSE envelope: {}", one_line(&e.to_string()))))?;
+        let envelope: WireEnvelope =
+            serde_json::from_slice(&self.envelope).map_err(|e| malformed(format!("DSSE envelope: {}", one_line(&e.to_string()))))?;
         if b64(&envelope.payload).is_none() {
             return Err(malformed("DSSE envelope: payload is not base64".into()).into());
         }
         if envelope.signatures.len() != 1 {
-            return Err(malformed(format!(
-                "DSSE envelope has {} signatures, want 1",
-                envelope.signatures.len()
-            ))
-            .into());
+            return Err(malformed(format!("DSSE envelope has {} signatures, want 1", envelope.signatures.len())).into());
         }
-        let signatures: Vec<Value> = envelope
-            .signatures
-            .iter()
-            .map(|s| json!({"sig": s.sig, "keyid": s.keyid.clone().unwrap_or_default()}))
-            .collect();
+        let signatures: Vec<Value> =
+            envelope.signatures.iter().map(|s| json!({"sig": s.sig, "keyid": s.keyid.clone().unwrap_or_default()})).collect();
         let mut material = serde_json::Map::new();
         match self.certificate.as_deref().filter(|pem| !pem.trim().is_empty()) {
             Some(pem) => {
                 let mut certificates = match pem_certificates(pem).as_deref() {
                     Ok([one]) => vec![one.clone()],
-                    Ok(_) => {
-                        return Err(malformed(format!(
-                            "{ANNOTATION_CERTIFICATE}: want exactly one certificate"
-                        ))
-                        .into())
-                    }
+                    Ok(_) => return Err(malformed(format!("{ANNOTATION_CERTIFICATE}: want exactly one certificate")).into()),
                     Err(e) => return Err(malformed(format!("{ANNOTATION_CERTIFICATE}: {e}")).into()),
                 };
                 if let Some(chain) = self.chain.as_deref().filter(|pem| !pem.trim().is_empty()) {
-                    certificates.extend(
-                        pem_certificates(chain)
-                            .map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
-                    );
+                    certificates.extend(pem_certificates(chain).map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?);
                 }
-                let raw: Vec<Value> = certificates
-                    .iter()
-                    .map(|der| json!({"rawBytes": B64.encode(der)}))
-                    .collect();
+                let raw: Vec<Value> = certificates.iter().map(|der| json!({"rawBytes": B64.encode(der)})).collect();
                 material.insert("x509CertificateChain".into(), json!({"certificates": raw}));
             }
             // Key-signed: the configured key verifies, as for a `.sig` layer.
@@ -212,16 +187,12 @@ impl LegacyAttestation {
                 #[serde(rename = "SignedRFC3161Timestamp")]
                 signed: String,
             }
-            let wire: Wire = serde_json::from_str(timestamp).map_err(|e| {
-                malformed(format!("{ANNOTATION_RFC3161}: {}", one_line(&e.to_string())))
-            })?;
+            let wire: Wire =
+                serde_json::from_str(timestamp).map_err(|e| malformed(format!("{ANNOTATION_RFC3161}: {}", one_line(&e.to_string()))))?;
             if b64(&wire.signed).is_none() {
                 return Err(malformed(format!("{ANNOTATION_RFC3161} is not base64")).into());
             }
-            material.insert(
-                "timestampVerificationData".into(),
-                json!({"rfc3161Timestamps": [{"signedTimestamp": wire.signed.trim()}]}),
-            );
+            material.insert("timestampVerificationData".into(), json!({"rfc3161Timestamps": [{"signedTimestamp": wire.signed.trim()}]}));
         }
         let bundle = json!({
             "mediaType": BUNDLE_V01,

@@ -98,11 +98,9 @@ mod timestamp;
 pub mod tlog;
 pub mod trust;
 
-pub use bundle::{
-    parse_bundle, ArtifactRef, ExpectedSigner, LogEntrySummary, Mode, Signer, VerifiedSignature,
-};
-pub use certificate::CertificateIdentity;
 pub use crate::digest::{Digest, DigestAlgorithm};
+pub use bundle::{parse_bundle, ArtifactRef, ExpectedSigner, LogEntrySummary, Mode, Signer, VerifiedSignature};
+pub use certificate::CertificateIdentity;
 pub use error::VerifyError;
 pub use image::{verify_image, CandidateOutcome, ImageDecision, SignatureMaterial};
 pub use keys::{KeyKind, PublicKey};
@@ -130,16 +128,8 @@ pub const ALLOWED_EDITS: &[AllowedEdit] = &[
         edit: "a version step to one whose requirements the bundle also meets",
         reason: "unsigned format marker; later versions only add requirements",
     },
-    AllowedEdit {
-        field: "verificationMaterial.publicKey.hint",
-        edit: "any",
-        reason: "unsigned lookup hint; the configured key verifies",
-    },
-    AllowedEdit {
-        field: "dsseEnvelope.signatures[].keyid",
-        edit: "any",
-        reason: "unsigned DSSE key hint, outside the PAE",
-    },
+    AllowedEdit { field: "verificationMaterial.publicKey.hint", edit: "any", reason: "unsigned lookup hint; the configured key verifies" },
+    AllowedEdit { field: "dsseEnvelope.signatures[].keyid", edit: "any", reason: "unsigned DSSE key hint, outside the PAE" },
     AllowedEdit {
         field: "messageSignature.messageDigest",
         edit: "deletion",

@@ -53,11 +53,7 @@ impl CtKeys {
 /// Sigstore staging) leaves the SCT to the library, which reads the issuer
 /// from the verified path; so does a certificate of either set we cannot
 /// read (`trusted` is `None` when a trust-root certificate was unreadable).
-pub(crate) fn issuer_key_hash(
-    leaf: &[u8],
-    trusted: Option<&[(Vec<u8>, [u8; 32])]>,
-    carried: &[&[u8]],
-) -> Option<[u8; 32]> {
+pub(crate) fn issuer_key_hash(leaf: &[u8], trusted: Option<&[(Vec<u8>, [u8; 32])]>, carried: &[&[u8]]) -> Option<[u8; 32]> {
     let trusted = trusted?;
     let issuer = super::certificate::issuer_name(leaf)?;
     let mut found: Option<[u8; 32]> = None;
@@ -104,31 +100,23 @@ pub(crate) fn verify(leaf: &[u8], issuer_key_hash: &[u8; 32], ct: &CtKeys) -> Re
     let malformed = || CertificateError::Malformed("failed to parse certificate".into());
     let (precert_tbs, sct_list) = split_precert(leaf).ok_or_else(malformed)?;
     let Some(sct_list) = sct_list else {
-        return Err(sct_error(
-            "certificate is missing SCT extension (Signed Certificate Timestamp)",
-        ));
+        return Err(sct_error("certificate is missing SCT extension (Signed Certificate Timestamp)"));
     };
     let sct = single_sct(sct_list)?;
     let code = u16::from_be_bytes([sct.hash, sct.signature_alg]);
     let Some((_, _, keyring)) = ct.0.iter().find(|(c, _, _)| *c == code) else {
-        return Err(sct_error(format!(
-            "unsupported SCT signature algorithm: 0x{code:04x}"
-        )));
+        return Err(sct_error(format!("unsupported SCT signature algorithm: 0x{code:04x}")));
     };
     if keyring.is_empty() {
-        return Err(VerifyError::from_library(
-            sigstore_verify::Error::InvalidTrustRoot("no CT log keys in trusted root".into()),
-        ));
+        return Err(VerifyError::from_library(sigstore_verify::Error::InvalidTrustRoot("no CT log keys in trusted root".into())));
     }
     let issued_at = i64::try_from(sct.timestamp)
         .ok()
         .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .ok_or_else(|| sct_error("invalid SCT timestamp"))?;
     // RFC 6962 §3.2 digitally-signed struct for a precertificate entry.
-    let tbs_len = u32::try_from(precert_tbs.len())
-        .ok()
-        .filter(|n| *n < 1 << 24)
-        .ok_or_else(|| sct_error("precertificate TBS too large"))?;
+    let tbs_len =
+        u32::try_from(precert_tbs.len()).ok().filter(|n| *n < 1 << 24).ok_or_else(|| sct_error("precertificate TBS too large"))?;
     let mut data = Vec::with_capacity(precert_tbs.len() + sct.extensions.len() + 50);
     data.push(0); // sct_version v1
     data.push(0); // signature_type certificate_timestamp
@@ -147,12 +135,7 @@ pub(crate) fn verify(leaf: &[u8], issuer_key_hash: &[u8; 32], ct: &CtKeys) -> Re
     }
     // Not verified: the keyring's own check decides, in its wording.
     keyring
-        .verify_with_key_id_at(
-            &log_id,
-            issued_at,
-            &data,
-            &SignatureBytes::from_bytes(sct.signature),
-        )
+        .verify_with_key_id_at(&log_id, issued_at, &data, &SignatureBytes::from_bytes(sct.signature))
         .map_err(|e| sct_error(format!("SCT signature verification failed: {}", one_line(&e.to_string()))))
 }
 
@@ -189,11 +172,7 @@ fn single_sct(ext_value: &[u8]) -> Result<Sct<'_>, VerifyError> {
     let sct = match scts.as_slice() {
         [single] => *single,
         [] => return Err(sct_error("no SCTs found in certificate")),
-        _ => {
-            return Err(sct_error(
-                "certificate contains multiple SCTs, expected exactly one",
-            ))
-        }
+        _ => return Err(sct_error("certificate contains multiple SCTs, expected exactly one")),
     };
     parse_sct(sct).ok_or_else(|| sct_error("failed to parse SCT"))
 }
@@ -217,14 +196,7 @@ fn parse_sct(bytes: &[u8]) -> Option<Sct<'_>> {
     if !rest.is_empty() {
         return None;
     }
-    Some(Sct {
-        log_id,
-        timestamp: u64::from_be_bytes(*timestamp),
-        extensions,
-        hash,
-        signature_alg,
-        signature,
-    })
+    Some(Sct { log_id, timestamp: u64::from_be_bytes(*timestamp), extensions, hash, signature_alg, signature })
 }
 
 /// A TLS `opaque<0..2^16-1>`: (contents, rest).
@@ -337,7 +309,18 @@ mod tests {
             let (tag, whole, contents, rest) = tlv(&out).unwrap();
             assert_eq!((tag, whole.len(), contents.len(), rest.len()), (0x30, out.len(), len, 0));
             let header = out.len() - len;
-            assert_eq!(header, if len < 128 { 2 } else if len < 256 { 3 } else if len < 65536 { 4 } else { 5 });
+            assert_eq!(
+                header,
+                if len < 128 {
+                    2
+                } else if len < 256 {
+                    3
+                } else if len < 65536 {
+                    4
+                } else {
+                    5
+                }
+            );
         }
     }
 }

@@ -11,8 +11,8 @@
 //! Semantics mirror `sigstore_tsa::verify_timestamp_for_authority` check for
 //! check, and the differential tests run both on every tamper case.
 
-use cms::content_info::ContentInfo;
 use cms::content_info::CmsVersion;
+use cms::content_info::ContentInfo;
 use cms::signed_data::{EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo};
 use der::asn1::{GeneralizedTime, Int, OctetString};
 use der::oid::ObjectIdentifier;
@@ -98,12 +98,8 @@ pub(crate) fn prepare(root: &TrustedRoot) -> Vec<CachedAuthority> {
         let Ok(leaf) = Certificate::from_der(leaf_der.raw_bytes.as_bytes()) else {
             continue;
         };
-        let leaf_key = leaf
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map(DerPublicKey::new)
-            .unwrap_or_else(|_| DerPublicKey::new(Vec::new()));
+        let leaf_key =
+            leaf.tbs_certificate.subject_public_key_info.to_der().map(DerPublicKey::new).unwrap_or_else(|_| DerPublicKey::new(Vec::new()));
         let leaf_algorithm = KeyAlgorithm::from_spki(&leaf_key).ok();
         let leaf_ski = leaf.tbs_certificate.extensions.as_ref().and_then(|exts| {
             exts.iter()
@@ -116,29 +112,13 @@ pub(crate) fn prepare(root: &TrustedRoot) -> Vec<CachedAuthority> {
             match Certificate::from_der(der.raw_bytes.as_bytes()) {
                 Ok(cert) => {
                     let validity = &cert.tbs_certificate.validity;
-                    path_validity.push((
-                        unix(validity.not_before.to_unix_duration()),
-                        unix(validity.not_after.to_unix_duration()),
-                    ));
+                    path_validity.push((unix(validity.not_before.to_unix_duration()), unix(validity.not_after.to_unix_duration())));
                 }
                 Err(_) => path_validity.push((i64::MAX, i64::MIN)),
             }
         }
-        let chain_error = check_chain(
-            leaf_der.raw_bytes.as_bytes(),
-            intermediates,
-            root_der.raw_bytes.as_bytes(),
-            &path_validity,
-        );
-        out.push(CachedAuthority {
-            leaf,
-            leaf_key,
-            leaf_algorithm,
-            leaf_ski,
-            path_validity,
-            chain_error,
-            window: tsa.valid_for,
-        });
+        let chain_error = check_chain(leaf_der.raw_bytes.as_bytes(), intermediates, root_der.raw_bytes.as_bytes(), &path_validity);
+        out.push(CachedAuthority { leaf, leaf_key, leaf_algorithm, leaf_ski, path_validity, chain_error, window: tsa.valid_for });
     }
     out
 }
@@ -165,10 +145,7 @@ fn check_chain(
         Ok(anchor) => anchor,
         Err(e) => return Some(format!("TSA root: {e:?}")),
     };
-    let intermediates: Vec<CertificateDer<'_>> = intermediates
-        .iter()
-        .map(|c| CertificateDer::from(c.raw_bytes.as_bytes()))
-        .collect();
+    let intermediates: Vec<CertificateDer<'_>> = intermediates.iter().map(|c| CertificateDer::from(c.raw_bytes.as_bytes())).collect();
     let leaf = CertificateDer::from(leaf);
     let end_entity = match webpki::EndEntityCert::try_from(&leaf) {
         Ok(ee) => ee,
@@ -209,19 +186,15 @@ fn parse(token: &[u8]) -> Result<Token, String> {
     let info = match ContentInfo::from_der(token) {
         Ok(info) => info,
         Err(_) => {
-            let outer = der::Any::from_der(token)
-                .map_err(|e| format!("failed to decode TimeStampToken: {e}"))?;
+            let outer = der::Any::from_der(token).map_err(|e| format!("failed to decode TimeStampToken: {e}"))?;
             let mut reader = der::SliceReader::new(outer.value()).map_err(|e| e.to_string())?;
             let status: der::Any = reader.decode().map_err(|e| e.to_string())?;
-            let mut status_reader =
-                der::SliceReader::new(status.value()).map_err(|e| e.to_string())?;
+            let mut status_reader = der::SliceReader::new(status.value()).map_err(|e| e.to_string())?;
             let code: u8 = status_reader.decode().map_err(|e| e.to_string())?;
             if code > 1 {
                 return Err(format!("Timestamp request not granted: {code}"));
             }
-            let token: der::Any = reader
-                .decode()
-                .map_err(|_| "TimeStampResp missing timeStampToken".to_string())?;
+            let token: der::Any = reader.decode().map_err(|_| "TimeStampResp missing timeStampToken".to_string())?;
             ContentInfo::from_der(&token.to_der().map_err(|e| e.to_string())?)
                 .map_err(|e| format!("failed to decode ContentInfo from token: {e}"))?
         }
@@ -229,18 +202,13 @@ fn parse(token: &[u8]) -> Result<Token, String> {
     if info.content_type != ID_SIGNED_DATA {
         return Err("ContentInfo content type is not SignedData".into());
     }
-    let (encap, signer) = signed_data(&info.content)
-        .map_err(|e| format!("failed to decode SignedData: {e}"))?;
+    let (encap, signer) = signed_data(&info.content).map_err(|e| format!("failed to decode SignedData: {e}"))?;
     if encap.econtent_type != ID_CT_TST_INFO {
         return Err("encap content type is not TSTInfo".into());
     }
     let tst_der = encap.econtent.as_ref().ok_or("no TSTInfo")?.value().to_vec();
     let tst = TstInfo::from_der(&tst_der).map_err(|e| format!("failed to decode TSTInfo: {e}"))?;
-    Ok(Token {
-        tst,
-        tst_der,
-        signer,
-    })
+    Ok(Token { tst, tst_der, signer })
 }
 
 /// RFC 5652 §5.1 SignedData: the encapsulated content and its one signer
@@ -284,44 +252,28 @@ pub(crate) fn parse_token(token: &[u8]) -> ParsedToken {
 fn signer_matches(authority: &CachedAuthority, sid: &SignerIdentifier) -> bool {
     match sid {
         SignerIdentifier::IssuerAndSerialNumber(id) => {
-            id.issuer == authority.leaf.tbs_certificate.issuer
-                && id.serial_number == authority.leaf.tbs_certificate.serial_number
+            id.issuer == authority.leaf.tbs_certificate.issuer && id.serial_number == authority.leaf.tbs_certificate.serial_number
         }
-        SignerIdentifier::SubjectKeyIdentifier(ski) => {
-            authority.leaf_ski.as_deref() == Some(ski.0.as_bytes())
-        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => authority.leaf_ski.as_deref() == Some(ski.0.as_bytes()),
     }
 }
 
 /// Verify `token` over `signature` against every usable authority; the
 /// first authority that authenticates it decides, as in the library.
-pub(crate) fn verify(
-    authorities: &[CachedAuthority],
-    token: &[u8],
-    signature: &[u8],
-) -> Result<Timestamp, TimestampError> {
+pub(crate) fn verify(authorities: &[CachedAuthority], token: &[u8], signature: &[u8]) -> Result<Timestamp, TimestampError> {
     verify_parsed(authorities, &parse_token(token), signature)
 }
 
 /// [`verify`] of a token decoded by [`parse_token`].
-pub(crate) fn verify_parsed(
-    authorities: &[CachedAuthority],
-    token: &ParsedToken,
-    signature: &[u8],
-) -> Result<Timestamp, TimestampError> {
+pub(crate) fn verify_parsed(authorities: &[CachedAuthority], token: &ParsedToken, signature: &[u8]) -> Result<Timestamp, TimestampError> {
     let now = Timestamp::now();
-    let usable: Vec<&CachedAuthority> = authorities
-        .iter()
-        .filter(|a| a.window.is_none_or(|w| w.has_started_by(now)))
-        .collect();
+    let usable: Vec<&CachedAuthority> = authorities.iter().filter(|a| a.window.is_none_or(|w| w.has_started_by(now))).collect();
     if usable.is_empty() {
         return Err(TimestampError::Invalid(
             "TSA timestamp verification failed: no timestamp authorities configured in trusted root".into(),
         ));
     }
-    let parsed = token.0.as_ref().map_err(|e| {
-        TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(e)))
-    })?;
+    let parsed = token.0.as_ref().map_err(|e| TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(e))))?;
     let mut rejected_time = None;
     let mut last_error = None;
     for authority in usable {
@@ -338,22 +290,11 @@ pub(crate) fn verify_parsed(
     if let Some(time) = rejected_time {
         return Err(TimestampError::OutsideAuthorityValidity(time.to_string()));
     }
-    Err(TimestampError::Invalid(format!(
-        "TSA timestamp verification failed: {}",
-        one_line(&last_error.unwrap_or_default())
-    )))
+    Err(TimestampError::Invalid(format!("TSA timestamp verification failed: {}", one_line(&last_error.unwrap_or_default()))))
 }
 
-fn verify_with(
-    authority: &CachedAuthority,
-    token: &Token,
-    signature: &[u8],
-) -> Result<Timestamp, String> {
-    let Token {
-        tst,
-        tst_der,
-        signer,
-    } = token;
+fn verify_with(authority: &CachedAuthority, token: &Token, signature: &[u8]) -> Result<Timestamp, String> {
+    let Token { tst, tst_der, signer } = token;
     // The token is about this signature.
     let imprint = &tst.message_imprint;
     let computed = hash(&imprint.hash_algorithm.oid, signature)
@@ -365,8 +306,7 @@ fn verify_with(
             hex::encode(&computed)
         ));
     }
-    let time = Timestamp::try_from(tst.gen_time.to_system_time())
-        .map_err(|_| "invalid timestamp in TSTInfo".to_string())?;
+    let time = Timestamp::try_from(tst.gen_time.to_system_time()).map_err(|_| "invalid timestamp in TSTInfo".to_string())?;
     if time < Timestamp::UNIX_EPOCH {
         return Err("timestamp before epoch".into());
     }
@@ -383,29 +323,19 @@ fn verify_with(
         SignerIdentifier::SubjectKeyIdentifier(_) => signer.version == CmsVersion::V3,
     };
     if !version_fits {
-        return Err(format!(
-            "signer info version {:?} does not fit its signer identifier",
-            signer.version
-        ));
+        return Err(format!("signer info version {:?} does not fit its signer identifier", signer.version));
     }
-    let attrs = signer
-        .signed_attrs
-        .as_ref()
-        .ok_or("no signed attributes found")?;
+    let attrs = signer.signed_attrs.as_ref().ok_or("no signed attributes found")?;
     let digest_oid = &signer.digest_alg.oid;
-    let digest_attr = attrs
-        .iter()
-        .find(|a| a.oid == ID_MESSAGE_DIGEST)
-        .ok_or("message-digest attribute not found in signed_attrs")?;
+    let digest_attr = attrs.iter().find(|a| a.oid == ID_MESSAGE_DIGEST).ok_or("message-digest attribute not found in signed_attrs")?;
     if digest_attr.values.len() != 1 {
         return Err("message-digest attribute should have exactly one value".into());
     }
     let value = digest_attr.values.get(0).ok_or("no message-digest value")?;
     let value_der = value.to_der().map_err(|e| e.to_string())?;
-    let digest = der::asn1::OctetStringRef::from_der(&value_der)
-        .map_err(|e| format!("failed to decode message-digest as OCTET STRING: {e}"))?;
-    let content_hash = hash(digest_oid, &tst_der)
-        .ok_or_else(|| format!("unsupported signer digest algorithm: {digest_oid}"))?;
+    let digest =
+        der::asn1::OctetStringRef::from_der(&value_der).map_err(|e| format!("failed to decode message-digest as OCTET STRING: {e}"))?;
+    let content_hash = hash(digest_oid, &tst_der).ok_or_else(|| format!("unsupported signer digest algorithm: {digest_oid}"))?;
     if content_hash != digest.as_bytes() {
         return Err("message-digest attribute does not match TSTInfo".into());
     }
@@ -435,20 +365,11 @@ fn verify_with(
         _ => false,
     };
     if !consistent {
-        return Err(format!(
-            "signer's signature algorithm {stated} does not fit digest algorithm {digest_oid}"
-        ));
+        return Err(format!("signer's signature algorithm {stated} does not fit digest algorithm {digest_oid}"));
     }
-    let scheme: SigningScheme = algorithm
-        .resolve_signing_scheme(hash_algorithm)
-        .map_err(|e| e.to_string())?;
+    let scheme: SigningScheme = algorithm.resolve_signing_scheme(hash_algorithm).map_err(|e| e.to_string())?;
     VerificationKey::from_der(&authority.leaf_key, scheme)
-        .and_then(|key| {
-            key.verify(
-                &attrs_der,
-                &SignatureBytes::from_bytes(signer.signature.as_bytes()),
-            )
-        })
+        .and_then(|key| key.verify(&attrs_der, &SignatureBytes::from_bytes(signer.signature.as_bytes())))
         .map_err(|e| format!("Failed to verify timestamp signature: {e}"))?;
     // The chain, validated at load, must also be valid at this time.
     if let Some(error) = &authority.chain_error {
@@ -456,29 +377,17 @@ fn verify_with(
     }
     let seconds = time.as_second();
     for (i, (not_before, not_after)) in authority.path_validity.iter().enumerate() {
-        let which = if i == 0 {
-            "TSA certificate"
-        } else {
-            "TSA intermediate certificate"
-        };
+        let which = if i == 0 { "TSA certificate" } else { "TSA intermediate certificate" };
         if seconds < *not_before {
-            return Err(format!(
-                "TSA certificate validation failed: {which} not valid until {}",
-                ts(*not_before)
-            ));
+            return Err(format!("TSA certificate validation failed: {which} not valid until {}", ts(*not_before)));
         }
         if seconds > *not_after {
-            return Err(format!(
-                "TSA certificate validation failed: {which} expired at {}",
-                ts(*not_after)
-            ));
+            return Err(format!("TSA certificate validation failed: {which} expired at {}", ts(*not_after)));
         }
     }
     Ok(time)
 }
 
 fn ts(seconds: i64) -> String {
-    Timestamp::from_second(seconds)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    Timestamp::from_second(seconds).map(|t| t.to_string()).unwrap_or_default()
 }

@@ -66,8 +66,7 @@ impl ParsedKeyring {
             };
             // The library refuses such a key at every verification; keep
             // that answer by leaving the key to it.
-            if sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes())
-                .is_err()
+            if sigstore_verify::crypto::validate_raw_public_key(key.scheme(), key.as_bytes()).is_err()
                 || parsed.iter().any(|(known, _)| *known == id)
             {
                 continue;
@@ -81,19 +80,11 @@ impl ParsedKeyring {
 
     /// Verify `signature` over `data` with `key`, the keyring's key for
     /// `key_id` (already looked up with the validity rule of the caller).
-    pub(crate) fn verify(
-        &self,
-        key_id: &Sha256Hash,
-        key: &VerificationKey,
-        data: &[u8],
-        signature: &[u8],
-    ) -> Result<(), String> {
+    pub(crate) fn verify(&self, key_id: &Sha256Hash, key: &VerificationKey, data: &[u8], signature: &[u8]) -> Result<(), String> {
         match self.parsed.iter().find(|(id, _)| id == key_id) {
             // On a refusal the keyring's key answers too, for its wording.
             Some((_, parsed)) if parsed.verify_sig(data, signature).is_ok() => Ok(()),
-            _ => key
-                .verify(data, &SignatureBytes::from_bytes(signature))
-                .map_err(|e| e.to_string()),
+            _ => key.verify(data, &SignatureBytes::from_bytes(signature)).map_err(|e| e.to_string()),
         }
     }
 }
@@ -101,10 +92,7 @@ impl ParsedKeyring {
 /// Mirror of the library's steps 4 and 5 for one entry: Merkle inclusion
 /// proof, signed checkpoint, and the SET when the library's step 0 did not
 /// already verify it.
-pub(crate) fn verify_inclusion(
-    entry: &TransparencyLogEntry,
-    rekor_keys: &RekorKeys,
-) -> Result<(), TlogError> {
+pub(crate) fn verify_inclusion(entry: &TransparencyLogEntry, rekor_keys: &RekorKeys) -> Result<(), TlogError> {
     if let Some(proof) = &entry.inclusion_proof {
         verify_merkle_inclusion(entry, proof)?;
         verify_checkpoint(entry, proof)?;
@@ -137,13 +125,9 @@ pub(crate) fn verify_inclusion(
 ///   whose key hint is the entry's log ID, and which verifies with the
 ///   entry's own log key ([`TlogError::CheckpointSigner`]). Other lines
 ///   (witness cosignatures, which no policy here requires) are not read.
-pub(crate) fn verify_log_identity(
-    entry: &TransparencyLogEntry,
-    rekor_keys: &RekorKeys,
-) -> Result<(), TlogError> {
+pub(crate) fn verify_log_identity(entry: &TransparencyLogEntry, rekor_keys: &RekorKeys) -> Result<(), TlogError> {
     let log_id = entry.log_id.key_id.as_bytes();
-    let key_id = Sha256Hash::try_from(log_id)
-        .map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
+    let key_id = Sha256Hash::try_from(log_id).map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
     if rekor_keys.key(&key_id).is_none() {
         return Err(TlogError::UnknownLog(key_id.to_hex()));
     }
@@ -151,49 +135,27 @@ pub(crate) fn verify_log_identity(
         return Ok(());
     };
     let Some(checkpoint) = proof.checkpoint.checkpoint() else {
-        return Err(TlogError::NoProof(
-            "inclusion proof without a checkpoint".into(),
-        ));
+        return Err(TlogError::NoProof("inclusion proof without a checkpoint".into()));
     };
     // (6a) One index, one tree size, one root.
-    let mismatch = |field: &'static str, proof: String, signed: String| {
-        Err(TlogError::ProofFieldMismatch {
-            field,
-            proof,
-            signed,
-        })
-    };
+    let mismatch = |field: &'static str, proof: String, signed: String| Err(TlogError::ProofFieldMismatch { field, proof, signed });
     // Rekor v1 numbers entries globally but proves them in the current
     // shard's tree, so there the two indices differ legitimately and the
     // proof's is authenticated by the Merkle path alone.
     if is_rekor_v2(entry) && proof.log_index.get() != entry.log_index.get() {
-        return mismatch(
-            "logIndex",
-            proof.log_index.get().to_string(),
-            format!("entry logIndex {}", entry.log_index.get()),
-        );
+        return mismatch("logIndex", proof.log_index.get().to_string(), format!("entry logIndex {}", entry.log_index.get()));
     }
     if proof.tree_size != checkpoint.tree_size() {
-        return mismatch(
-            "treeSize",
-            proof.tree_size.to_string(),
-            format!("checkpoint tree size {}", checkpoint.tree_size()),
-        );
+        return mismatch("treeSize", proof.tree_size.to_string(), format!("checkpoint tree size {}", checkpoint.tree_size()));
     }
     if proof.root_hash != *checkpoint.root_hash() {
-        return mismatch(
-            "rootHash",
-            proof.root_hash.to_hex(),
-            format!("checkpoint root {}", checkpoint.root_hash().to_hex()),
-        );
+        return mismatch("rootHash", proof.root_hash.to_hex(), format!("checkpoint root {}", checkpoint.root_hash().to_hex()));
     }
     // (6b) Signed by the entry's own log, under the log's own name, in a
     //      well-formed signed note: every line, the last signature line
     //      included, ends with a newline (as the Go note parser requires).
     if !proof.checkpoint.envelope().ends_with('\n') {
-        return Err(TlogError::Checkpoint(
-            "signed note does not end with a newline".into(),
-        ));
+        return Err(TlogError::Checkpoint("signed note does not end with a newline".into()));
     }
     verify_checkpoint_signer(checkpoint, &key_id, rekor_keys)
 }
@@ -212,12 +174,7 @@ fn verify_checkpoint_signer(
     // checkpoints stay verifiable for historical entries.
     let key = rekor_keys
         .key_started_by(key_id, jiff::Timestamp::now())
-        .ok_or_else(|| {
-            TlogError::CheckpointSigner(format!(
-                "log {} key is not yet valid",
-                key_id.to_hex()
-            ))
-        })?;
+        .ok_or_else(|| TlogError::CheckpointSigner(format!("log {} key is not yet valid", key_id.to_hex())))?;
     let hint = &key_id.as_bytes()[..4];
     let mut named = false;
     for signature in checkpoint.signatures() {
@@ -226,23 +183,13 @@ fn verify_checkpoint_signer(
         }
         named = true;
         if signature.key_id.as_bytes()[..] == hint[..]
-            && rekor_keys
-                .verify(
-                    key_id,
-                    key,
-                    checkpoint.signed_data(),
-                    signature.signature.as_bytes(),
-                )
-                .is_ok()
+            && rekor_keys.verify(key_id, key, checkpoint.signed_data(), signature.signature.as_bytes()).is_ok()
         {
             return Ok(());
         }
     }
     Err(TlogError::CheckpointSigner(if named {
-        format!(
-            "no valid signature by the entry's log {} under its name {name:?}",
-            key_id.to_hex()
-        )
+        format!("no valid signature by the entry's log {} under its name {name:?}", key_id.to_hex())
     } else {
         format!("no signature line names the log {name:?}")
     }))
@@ -262,50 +209,30 @@ fn set_verified_by_library(entry: &TransparencyLogEntry) -> bool {
 }
 
 fn is_rekor_v1(entry: &TransparencyLogEntry) -> bool {
-    matches!(
-        entry.kind_version,
-        KindVersion::HashedRekordV001 | KindVersion::DsseV001 | KindVersion::IntotoV002
-    )
+    matches!(entry.kind_version, KindVersion::HashedRekordV001 | KindVersion::DsseV001 | KindVersion::IntotoV002)
 }
 
 fn is_rekor_v2(entry: &TransparencyLogEntry) -> bool {
     entry.kind_version == KindVersion::HashedRekordV002
 }
 
-fn verify_merkle_inclusion(
-    entry: &TransparencyLogEntry,
-    proof: &InclusionProof,
-) -> Result<(), TlogError> {
+fn verify_merkle_inclusion(entry: &TransparencyLogEntry, proof: &InclusionProof) -> Result<(), TlogError> {
     // Rekor v2 takes index, size and root from the signed checkpoint; v1
     // duplicates them in the proof and the checkpoint must agree (below).
     let (leaf_index, tree_size, root_hash) = if is_rekor_v2(entry) {
-        let checkpoint = proof.checkpoint.checkpoint().ok_or_else(|| {
-            TlogError::Checkpoint("Rekor v2 inclusion proof has no checkpoint".into())
-        })?;
-        (
-            entry.log_index.get(),
-            checkpoint.tree_size(),
-            *checkpoint.root_hash(),
-        )
+        let checkpoint =
+            proof.checkpoint.checkpoint().ok_or_else(|| TlogError::Checkpoint("Rekor v2 inclusion proof has no checkpoint".into()))?;
+        (entry.log_index.get(), checkpoint.tree_size(), *checkpoint.root_hash())
     } else {
         (proof.log_index.get(), proof.tree_size, proof.root_hash)
     };
     let leaf_hash = sigstore_merkle::hash_leaf(entry.canonicalized_body.as_bytes());
-    sigstore_merkle::verify_inclusion_proof(
-        &leaf_hash,
-        leaf_index,
-        tree_size,
-        &proof.hashes,
-        &root_hash,
-    )
-    .map_err(|e| TlogError::InclusionProof(one_line(&e.to_string())))
+    sigstore_merkle::verify_inclusion_proof(&leaf_hash, leaf_index, tree_size, &proof.hashes, &root_hash)
+        .map_err(|e| TlogError::InclusionProof(one_line(&e.to_string())))
 }
 
 fn verify_checkpoint(entry: &TransparencyLogEntry, proof: &InclusionProof) -> Result<(), TlogError> {
-    let checkpoint = proof
-        .checkpoint
-        .checkpoint()
-        .ok_or_else(|| TlogError::Checkpoint("inclusion proof has no checkpoint".into()))?;
+    let checkpoint = proof.checkpoint.checkpoint().ok_or_else(|| TlogError::Checkpoint("inclusion proof has no checkpoint".into()))?;
     if !is_rekor_v2(entry) && checkpoint.root_hash() != &proof.root_hash {
         return Err(TlogError::Checkpoint(format!(
             "root hash {} does not match the proof's {}",
@@ -342,19 +269,13 @@ pub(crate) fn verify_set_parts(
     log_id: &[u8],
     set: &[u8],
 ) -> Result<(), TlogError> {
-    let key_id = Sha256Hash::try_from(log_id)
-        .map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
-    let time = jiff::Timestamp::from_second(integrated_time)
-        .map_err(|e| TlogError::IntegratedTime(one_line(&e.to_string())))?;
+    let key_id = Sha256Hash::try_from(log_id).map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
+    let time = jiff::Timestamp::from_second(integrated_time).map_err(|e| TlogError::IntegratedTime(one_line(&e.to_string())))?;
     // The log key must have been valid when the entry was integrated.
-    let key = rekor_keys
-        .key_at(&key_id, time)
-        .ok_or_else(|| unknown_or_expired(rekor_keys, &key_id, time))?;
+    let key = rekor_keys.key_at(&key_id, time).ok_or_else(|| unknown_or_expired(rekor_keys, &key_id, time))?;
     let log_id_hex = hex::encode(log_id);
     let canonical = set_payload(body_base64, integrated_time, log_index, &log_id_hex)?;
-    rekor_keys
-        .verify(&key_id, key, &canonical, set)
-        .map_err(|e| TlogError::Set(one_line(&e)))
+    rekor_keys.verify(&key_id, key, &canonical, set).map_err(|e| TlogError::Set(one_line(&e)))
 }
 
 /// The RFC 8785 canonical JSON of a SET payload. Written directly when every
@@ -362,12 +283,7 @@ pub(crate) fn verify_set_parts(
 /// of at most 2^53 in magnitude, base64 and hex strings, which need no
 /// escaping); anything else goes through `serde_json_canonicalizer`, which
 /// the unit tests compare this against.
-fn set_payload(
-    body_base64: &str,
-    integrated_time: i64,
-    log_index: i64,
-    log_id_hex: &str,
-) -> Result<Vec<u8>, TlogError> {
+fn set_payload(body_base64: &str, integrated_time: i64, log_index: i64, log_id_hex: &str) -> Result<Vec<u8>, TlogError> {
     const EXACT: u64 = 1 << 53;
     /// The bytes of base64 and hex text, which canonical JSON writes as is.
     const PLAIN: [bool; 256] = {
@@ -381,11 +297,7 @@ fn set_payload(
         table
     };
     let plain = |s: &str| s.bytes().all(|b| PLAIN[b as usize]);
-    if integrated_time.unsigned_abs() < EXACT
-        && log_index.unsigned_abs() < EXACT
-        && plain(body_base64)
-        && plain(log_id_hex)
-    {
+    if integrated_time.unsigned_abs() < EXACT && log_index.unsigned_abs() < EXACT && plain(body_base64) && plain(log_id_hex) {
         let mut out = Vec::with_capacity(body_base64.len() + log_id_hex.len() + 100);
         out.extend_from_slice(b"{\"body\":\"");
         out.extend_from_slice(body_base64.as_bytes());
@@ -398,44 +310,24 @@ fn set_payload(
         out.push(b'}');
         return Ok(out);
     }
-    let payload = SetPayload {
-        body: body_base64,
-        integrated_time,
-        log_index,
-        log_id: log_id_hex,
-    };
+    let payload = SetPayload { body: body_base64, integrated_time, log_index, log_id: log_id_hex };
     serde_json_canonicalizer::to_vec(&payload).map_err(|e| TlogError::Set(one_line(&e.to_string())))
 }
 
-fn unknown_or_expired(
-    rekor_keys: &Keyring,
-    key_id: &Sha256Hash,
-    time: jiff::Timestamp,
-) -> TlogError {
+fn unknown_or_expired(rekor_keys: &Keyring, key_id: &Sha256Hash, time: jiff::Timestamp) -> TlogError {
     if rekor_keys.key(key_id).is_some() {
-        TlogError::Set(format!(
-            "log {} key was not valid at integrated time {time}",
-            key_id.to_hex()
-        ))
+        TlogError::Set(format!("log {} key was not valid at integrated time {time}", key_id.to_hex()))
     } else {
         TlogError::UnknownLog(key_id.to_hex())
     }
 }
 
 /// Verify the SET of a bundle entry.
-pub(crate) fn verify_entry_set(
-    entry: &TransparencyLogEntry,
-    rekor_keys: &RekorKeys,
-) -> Result<(), TlogError> {
-    let promise = entry
-        .inclusion_promise
-        .as_ref()
-        .ok_or_else(|| TlogError::Set("missing inclusion promise".into()))?;
+pub(crate) fn verify_entry_set(entry: &TransparencyLogEntry, rekor_keys: &RekorKeys) -> Result<(), TlogError> {
+    let promise = entry.inclusion_promise.as_ref().ok_or_else(|| TlogError::Set("missing inclusion promise".into()))?;
     let Some(time) = entry.integrated_time else {
         // A SET always signs an integrated time; one without it cannot verify.
-        return Err(TlogError::Set(
-            "inclusion promise without integrated time".into(),
-        ));
+        return Err(TlogError::Set("inclusion promise without integrated time".into()));
     };
     verify_set_parts(
         rekor_keys,
@@ -462,19 +354,9 @@ mod tests {
             ("not \"plain\" \u{e9}", 5, 6, "ab"),
         ];
         for (body, time, index, id) in cases {
-            let want = serde_json_canonicalizer::to_vec(&SetPayload {
-                body,
-                integrated_time: time,
-                log_index: index,
-                log_id: id,
-            })
-            .unwrap();
+            let want = serde_json_canonicalizer::to_vec(&SetPayload { body, integrated_time: time, log_index: index, log_id: id }).unwrap();
             let got = set_payload(body, time, index, id).unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&got),
-                String::from_utf8_lossy(&want),
-                "{body:?} {time} {index} {id:?}"
-            );
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "{body:?} {time} {index} {id:?}");
         }
     }
 }

@@ -61,15 +61,9 @@ impl std::fmt::Debug for TrustMaterial {
         f.debug_struct("TrustMaterial")
             .field("source_digest", &self.source_digest)
             .field("tlogs", &self.root.tlogs.len())
-            .field(
-                "certificate_authorities",
-                &self.root.certificate_authorities.len(),
-            )
+            .field("certificate_authorities", &self.root.certificate_authorities.len())
             .field("ctlogs", &self.root.ctlogs.len())
-            .field(
-                "timestamp_authorities",
-                &self.root.timestamp_authorities.len(),
-            )
+            .field("timestamp_authorities", &self.root.timestamp_authorities.len())
             .finish()
     }
 }
@@ -78,34 +72,20 @@ impl TrustMaterial {
     /// Parse a Sigstore TrustedRoot JSON document and prepare it for verification.
     pub fn from_json(json: &str) -> Result<Self, TrustRootError> {
         if json.len() > MAX_TRUSTED_ROOT_BYTES {
-            return Err(TrustRootError::Invalid(format!(
-                "{} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit",
-                json.len()
-            )));
+            return Err(TrustRootError::Invalid(format!("{} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit", json.len())));
         }
-        let root = TrustedRoot::from_json(json)
-            .map_err(|e| TrustRootError::Invalid(one_line(&e.to_string())))?;
-        let source_digest = format!(
-            "sha256:{}",
-            sigstore_verify::crypto::sha256(json.as_bytes()).to_hex()
-        );
+        let root = TrustedRoot::from_json(json).map_err(|e| TrustRootError::Invalid(one_line(&e.to_string())))?;
+        let source_digest = format!("sha256:{}", sigstore_verify::crypto::sha256(json.as_bytes()).to_hex());
         Self::from_root(root, source_digest)
     }
 
     /// Read and prepare a trusted_root.json file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TrustRootError> {
         let path = path.as_ref();
-        let read_error = |reason: String| TrustRootError::Read {
-            path: path.display().to_string(),
-            reason,
-        };
-        let len = std::fs::metadata(path)
-            .map_err(|e| read_error(e.to_string()))?
-            .len();
+        let read_error = |reason: String| TrustRootError::Read { path: path.display().to_string(), reason };
+        let len = std::fs::metadata(path).map_err(|e| read_error(e.to_string()))?.len();
         if len > MAX_TRUSTED_ROOT_BYTES as u64 {
-            return Err(read_error(format!(
-                "{len} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit"
-            )));
+            return Err(read_error(format!("{len} bytes, over the {MAX_TRUSTED_ROOT_BYTES}-byte limit")));
         }
         let json = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
         Self::from_json(&json)
@@ -135,10 +115,7 @@ impl TrustMaterial {
             for cert in &ca.cert_chain.certificates {
                 let der = CertificateDer::from(cert.raw_bytes.as_bytes());
                 let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| invalid(&e))?;
-                fulcio_anchors.push(FulcioAnchor {
-                    anchor: anchor.to_owned(),
-                    window: ca.valid_for,
-                });
+                fulcio_anchors.push(FulcioAnchor { anchor: anchor.to_owned(), window: ca.valid_for });
                 fulcio_certs.push(cert.raw_bytes.as_bytes().to_vec());
                 let der = cert.raw_bytes.as_bytes();
                 match (super::certificate::subject_name(der), super::certificate::spki(der)) {
@@ -159,18 +136,7 @@ impl TrustMaterial {
         }
         let tsa = super::timestamp::prepare(&root);
         let ct_keys = super::sct::CtKeys::prepare(&root).ok();
-        Ok(Self {
-            root,
-            verifier,
-            rekor_keys,
-            fulcio_anchors,
-            fulcio_subjects,
-            fulcio_certs,
-            fulcio_issuers,
-            ct_keys,
-            tsa,
-            source_digest,
-        })
+        Ok(Self { root, verifier, rekor_keys, fulcio_anchors, fulcio_subjects, fulcio_certs, fulcio_issuers, ct_keys, tsa, source_digest })
     }
 
     /// The parsed trusted root.

@@ -17,12 +17,12 @@ use tonic::{Request, Response, Status};
 /// A lazily connected channel to a CRI socket, as kubelet opens one.
 pub fn channel(socket: &Path) -> Channel {
     let socket: PathBuf = socket.to_owned();
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+    Endpoint::from_static("http://localhost").connect_timeout(std::time::Duration::from_secs(5)).connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
-        }))
+        }),
+    )
 }
 
 pub fn runtime(socket: &Path) -> RuntimeServiceClient<Channel> {

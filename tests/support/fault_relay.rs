@@ -183,11 +183,8 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// The head with `Connection: close` instead of any connection header.
 fn closing(head: &str) -> String {
-    let mut out: Vec<&str> = head
-        .trim_end_matches("\r\n\r\n")
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .collect();
+    let mut out: Vec<&str> =
+        head.trim_end_matches("\r\n\r\n").split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
     out.push("Connection: close");
     format!("{}\r\n\r\n", out.join("\r\n"))
 }
@@ -210,7 +207,8 @@ async fn serve(
 
     match &fault {
         Fault::Redirect(to) if manifest && (get || method == "HEAD") => {
-            let answer = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let answer =
+                format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
             let _ = conn.write_all(answer.as_bytes()).await;
             return;
         }
@@ -219,7 +217,8 @@ async fn serve(
                 Fault::HugeBody => "Content-Length: 68719476736\r\n",
                 _ => "",
             };
-            let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n");
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n");
             if conn.write_all(answer.as_bytes()).await.is_err() {
                 return;
             }

@@ -208,7 +208,16 @@ pub fn mutate_bytes(rng: &mut Rng, input: &[u8], others: &[Vec<u8>], dict: &[&[u
                 let i = rng.below(len);
                 if let Some(j) = (i..len).find(|&j| out[j].is_ascii_digit()) {
                     let end = (j..len).find(|&k| !out[k].is_ascii_digit()).unwrap_or(len);
-                    let n = *rng.pick(&["-1", "0", "18446744073709551615", "18446744073709551616", "9223372036854775808", "4294967296", "1e308", "99999999999999999999999999"]);
+                    let n = *rng.pick(&[
+                        "-1",
+                        "0",
+                        "18446744073709551615",
+                        "18446744073709551616",
+                        "9223372036854775808",
+                        "4294967296",
+                        "1e308",
+                        "99999999999999999999999999",
+                    ]);
                     out.splice(j..end, n.bytes());
                 }
             }
@@ -284,7 +293,24 @@ fn odd_value(rng: &mut Rng, doc: &Value, all: &[Vec<Step>]) -> Value {
         4 => serde_json::json!(*rng.pick(&[1e308f64, -1e308, 0.5, -0.0])),
         5 => Value::String(String::new()),
         6 => Value::String("A".repeat(1 + rng.size(64 << 10))),
-        7 => Value::String(rng.pick(&["sha256:", "sha256:zz", "sha512:00", "../../etc/passwd", "\u{0}\u{7f}\u{feff}é\u{10ffff}", "%00%ff", "=", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "MIIB", "null", "2026-13-45T99:99:99Z", "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]).to_string()),
+        7 => Value::String(
+            rng.pick(&[
+                "sha256:",
+                "sha256:zz",
+                "sha512:00",
+                "../../etc/passwd",
+                "\u{0}\u{7f}\u{feff}é\u{10ffff}",
+                "%00%ff",
+                "=",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "MIIB",
+                "null",
+                "2026-13-45T99:99:99Z",
+                "1970-01-01T00:00:00Z",
+                "9999-12-31T23:59:59Z",
+            ])
+            .to_string(),
+        ),
         8 => Value::Object(Default::default()),
         9 => Value::Array(Vec::new()),
         10 => {
@@ -389,7 +415,23 @@ pub fn mutate_json_bytes(rng: &mut Rng, doc: &Value, raw: &[u8], others: &[Vec<u
     }
 }
 
-pub const JSON_DICT: &[&[u8]] = &[b"null", b"true", b"{}", b"[]", b"\"\"", b"\\u0000", b"\\ud800", b"1e99999", b"-0", b",", b":", b"\"mediaType\"", b"\"digest\"", b"\"size\"", b"\"sha256:\""];
+pub const JSON_DICT: &[&[u8]] = &[
+    b"null",
+    b"true",
+    b"{}",
+    b"[]",
+    b"\"\"",
+    b"\\u0000",
+    b"\\ud800",
+    b"1e99999",
+    b"-0",
+    b",",
+    b":",
+    b"\"mediaType\"",
+    b"\"digest\"",
+    b"\"size\"",
+    b"\"sha256:\"",
+];
 
 /// Line-oriented text mutation for YAML and TOML: lines deleted, duplicated, swapped,
 /// re-indented, values replaced by dictionary tokens, lines from other seeds spliced in; then

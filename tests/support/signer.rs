@@ -36,7 +36,14 @@ pub async fn manifest_info(p: &Pusher, repo: &str, digest: &Digest) -> Result<(S
 }
 
 /// Signs `digest` (a manifest in `repo`) with `opts` and publishes the signature in `format`.
-pub async fn sign_and_push(stack: &mut Stack, p: &Pusher, repo: &str, digest: &Digest, opts: &SignOptions, format: Format) -> Result<(), String> {
+pub async fn sign_and_push(
+    stack: &mut Stack,
+    p: &Pusher,
+    repo: &str,
+    digest: &Digest,
+    opts: &SignOptions,
+    format: Format,
+) -> Result<(), String> {
     let subject: pullgate::verify::Digest = digest.to_string().parse().map_err(|e| format!("{e}"))?;
     match format {
         Format::Bundle => {

@@ -69,10 +69,8 @@ impl Generation {
             Generation::Containerd16 => None,
             Generation::Containerd2 => {
                 let bin = shared_dir().join("bin");
-                let missing: Vec<&str> = ["containerd", "containerd-shim-runc-v2", "ctr"]
-                    .into_iter()
-                    .filter(|b| !bin.join(b).is_file())
-                    .collect();
+                let missing: Vec<&str> =
+                    ["containerd", "containerd-shim-runc-v2", "ctr"].into_iter().filter(|b| !bin.join(b).is_file()).collect();
                 if missing.is_empty() {
                     None
                 } else {
@@ -189,7 +187,11 @@ pub fn ignore_on(trials: Vec<libtest_mimic::Trial>, generation: Generation, test
             if hit {
                 eprintln!("skipping {}: {reason}", t.name());
             }
-            if hit { t.with_ignored_flag(true) } else { t }
+            if hit {
+                t.with_ignored_flag(true)
+            } else {
+                t
+            }
         })
         .collect()
 }
@@ -211,10 +213,7 @@ impl Testbed {
         if let Some(reason) = generation.unavailable_reason() {
             return Err(reason);
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?.port();
         // Short: unix socket paths are limited to 108 bytes.
         let short = generation.env_value().replace('.', "");
         let dir = PathBuf::from(format!("/tmp/pg-{name}-{short}-{}", std::process::id()));
@@ -230,11 +229,7 @@ impl Testbed {
         // Owns the directory from here on: a failed start is cleaned up too.
         let mut tb = Testbed { dir: dir.clone(), env: HashMap::new() };
         if !out.status.success() {
-            return Err(format!(
-                "testbed.sh start failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
+            return Err(format!("testbed.sh start failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr)));
         }
         tb.env = parse_env(&std::fs::read_to_string(dir.join("env")).map_err(|e| format!("no testbed env: {e}"))?);
         Ok(tb)

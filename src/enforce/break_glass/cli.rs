@@ -97,7 +97,9 @@ pub fn run(args: &BreakGlassArgs) -> i32 {
         };
     }
     if args.images.is_empty() {
-        return usage("say what to do: --images IMAGE@DIGEST --for DURATION --reason TEXT, --list, or --revoke (see `pullgate help break-glass`)");
+        return usage(
+            "say what to do: --images IMAGE@DIGEST --for DURATION --reason TEXT, --list, or --revoke (see `pullgate help break-glass`)",
+        );
     }
     let window = match new_window(args, now) {
         Ok(w) => w,
@@ -153,9 +155,8 @@ fn new_window(args: &BreakGlassArgs, now: Timestamp) -> Result<Window, String> {
     }
     images.sort();
     images.dedup();
-    let expires_at = now
-        .checked_add(jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::from_secs(1)))
-        .map_err(|e| e.to_string())?;
+    let expires_at =
+        now.checked_add(jiff::SignedDuration::try_from(length).unwrap_or(jiff::SignedDuration::from_secs(1))).map_err(|e| e.to_string())?;
     Ok(Window { images, reason: reason.to_string(), opened_at: now, expires_at, opened_by: operator() })
 }
 

@@ -122,10 +122,7 @@ pub fn parse_image(s: &str) -> Result<Reference, String> {
     let reference = Reference::parse(s.trim()).map_err(|e| format!("{s:?}: {e}"))?;
     match (reference.digest(), reference.tag()) {
         (Some(_), None) => Ok(reference),
-        (Some(d), Some(_)) => Err(format!(
-            "{s:?}: name it by digest only ({}@{d}): a break-glass never involves a tag",
-            reference.name()
-        )),
+        (Some(d), Some(_)) => Err(format!("{s:?}: name it by digest only ({}@{d}): a break-glass never involves a tag", reference.name())),
         (None, _) => Err(format!(
             "{s:?} is a tag, and a break-glass lets images through by digest only (a tag on a \
              mirror can be moved): write {}@sha256:<digest>; `crictl inspecti` or the static \
@@ -301,7 +298,8 @@ mod tests {
 
     fn loaded(windows: Vec<Window>) -> BreakGlass {
         let b = BreakGlass::default();
-        let l = windows.into_iter().map(|w| Loaded { images: w.images.iter().map(|i| parse_image(i).unwrap()).collect(), window: w }).collect();
+        let l =
+            windows.into_iter().map(|w| Loaded { images: w.images.iter().map(|i| parse_image(i).unwrap()).collect(), window: w }).collect();
         *b.windows.write().unwrap() = Arc::new(l);
         b
     }
@@ -359,7 +357,8 @@ mod tests {
     #[test]
     fn matching_is_by_canonical_repository_and_digest() {
         let b = loaded(vec![window(&[&format!("127.0.0.1:5000/etcd@{D}")], "2026-01-01T10:00:00Z", "2026-01-01T11:00:00Z")]);
-        let aliases = Aliases::new(&std::collections::BTreeMap::from([("127.0.0.1:5000".to_string(), vec!["localhost:5000".to_string()])])).unwrap();
+        let aliases =
+            Aliases::new(&std::collections::BTreeMap::from([("127.0.0.1:5000".to_string(), vec!["localhost:5000".to_string()])])).unwrap();
         let now = ts("2026-01-01T10:30:00Z");
         let r = |s: &str| Reference::parse(s).unwrap();
         let hit = b.matching(&aliases, &r(&format!("localhost:5000/etcd@{D}")), now).expect("alias of the registry matches");

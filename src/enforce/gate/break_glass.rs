@@ -50,8 +50,10 @@ impl Enforcer {
         let (CreateVerdict::Refuse(_), Some(image)) = (&verdict, &call.status) else {
             return (verdict, record);
         };
-        let tags: Vec<Reference> = image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
-        let digests: Vec<Reference> = image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
+        let tags: Vec<Reference> =
+            image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
+        let digests: Vec<Reference> =
+            image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
         let asked = self.asked_name(call, &tags, &digests);
         let now = Timestamp::now();
         let used = digests
@@ -116,9 +118,17 @@ mod tests {
     impl Checker for Stale {
         fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
             let digest = r.digest().cloned();
-            Box::pin(async move { digest.map(|digest| Resolved { digest, platform_digest: None, image: None }).ok_or_else(|| "mirror down".to_string()) })
+            Box::pin(async move {
+                digest.map(|digest| Resolved { digest, platform_digest: None, image: None }).ok_or_else(|| "mirror down".to_string())
+            })
         }
-        fn verify<'a>(&'a self, _: &'a Reference, _: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Outcome> {
+        fn verify<'a>(
+            &'a self,
+            _: &'a Reference,
+            _: &'a Resolved,
+            _: &'a ImagePolicy,
+            _: Option<&'a api::AuthConfig>,
+        ) -> BoxFuture<'a, Outcome> {
             Box::pin(async { Outcome::default() })
         }
         fn trust(&self) -> TrustStatus {
@@ -141,13 +151,24 @@ mod tests {
         let bg = BreakGlass::in_state_dir(dir);
         bg.reload();
         let aliases = Aliases::new(&BTreeMap::from([("reg.test".to_string(), vec!["reg-alias.test".to_string()])])).unwrap();
-        Enforcer::new(config.compile(1).unwrap(), &CacheConfig::default(), Arc::new(Stale), AuditLog::new(&AuditConfig::Off).unwrap(), "cp-1".into())
-            .with_aliases(aliases)
-            .with_break_glass(bg)
+        Enforcer::new(
+            config.compile(1).unwrap(),
+            &CacheConfig::default(),
+            Arc::new(Stale),
+            AuditLog::new(&AuditConfig::Off).unwrap(),
+            "cp-1".into(),
+        )
+        .with_aliases(aliases)
+        .with_break_glass(bg)
     }
 
     fn present(name: &str, digest: &str, tag: &str) -> Option<api::Image> {
-        Some(api::Image { id: format!("sha256:{}", "c".repeat(64)), repo_digests: vec![format!("{name}@{digest}")], repo_tags: vec![format!("{name}:{tag}")], ..Default::default() })
+        Some(api::Image {
+            id: format!("sha256:{}", "c".repeat(64)),
+            repo_digests: vec![format!("{name}@{digest}")],
+            repo_tags: vec![format!("{name}:{tag}")],
+            ..Default::default()
+        })
     }
 
     fn block<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -161,7 +182,10 @@ mod tests {
         let pull = |image: String| block(e.pull(&PullCall { image, ..Default::default() }));
         assert_eq!(pull(format!("reg.test/etcd@{ETCD}")), PullVerdict::Forward);
         assert_eq!(pull(format!("reg-alias.test/etcd@{ETCD}")), PullVerdict::Forward, "another spelling of the registry");
-        let (v, r) = e.break_glass_pull(&PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() }, block(e.decide_pull(&PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() })));
+        let (v, r) = e.break_glass_pull(
+            &PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() },
+            block(e.decide_pull(&PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() })),
+        );
         assert_eq!(v, PullVerdict::Forward);
         assert_eq!((r.decision.as_str(), r.mode.as_str()), ("allow", "enforce"));
         let bg = r.break_glass.expect("the record says break-glass");
@@ -178,7 +202,13 @@ mod tests {
     fn present_images_pass_by_their_recorded_digest_on_every_surface() {
         let dir = tempfile::tempdir().unwrap();
         let e = enforcer(dir.path(), &[&format!("reg.test/etcd@{ETCD}")]);
-        let call = |image: &str, status| CreateCall { image: image.into(), namespace: Some("kube-system".into()), pod: "kube-system/etcd-cp-1".into(), status, ..Default::default() };
+        let call = |image: &str, status| CreateCall {
+            image: image.into(),
+            namespace: Some("kube-system".into()),
+            pod: "kube-system/etcd-cp-1".into(),
+            status,
+            ..Default::default()
+        };
         // A static pod naming its image by tag: the image containerd holds has the digest.
         assert_eq!(block(e.create(&call("reg.test/etcd:3.5", present("reg.test/etcd", ETCD, "3.5")))), CreateVerdict::Forward);
         // The asked repository must hold the digest; another digest is refused.
@@ -187,7 +217,12 @@ mod tests {
         // Not present in containerd: nothing to pin, refused.
         assert!(matches!(block(e.create(&call("reg.test/etcd:3.5", None))), CreateVerdict::Refuse(_)));
         // The sandbox image goes through the same hook.
-        let sandbox = SandboxCall { image: Some("reg.test/etcd:3.5".into()), namespace: None, pod: "p".into(), status: present("reg.test/etcd", ETCD, "3.5") };
+        let sandbox = SandboxCall {
+            image: Some("reg.test/etcd:3.5".into()),
+            namespace: None,
+            pod: "p".into(),
+            status: present("reg.test/etcd", ETCD, "3.5"),
+        };
         assert_eq!(block(e.sandbox(&sandbox)), CreateVerdict::Forward);
     }
 }

@@ -12,8 +12,8 @@
 use std::time::Instant;
 
 use super::{match_names, AuditRecord, Enforcer};
-use crate::enforce::decision::Reason;
 use crate::cri::intercept::{CreateCall, CreateVerdict, MountImage, SandboxCall, Unchecked, UncheckedCall};
+use crate::enforce::decision::Reason;
 use crate::enforce::policy::{Applicable, Mode, Unmatched};
 use crate::registry::reference::Reference;
 
@@ -165,7 +165,11 @@ impl Enforcer {
             mode: if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into(),
             ..Default::default()
         };
-        record.deny(&Reason::Uncheckable(format!("{reason} (caller uid {}{})", call.uid, call.pid.map(|p| format!(", pid {p}")).unwrap_or_default())));
+        record.deny(&Reason::Uncheckable(format!(
+            "{reason} (caller uid {}{})",
+            call.uid,
+            call.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        )));
         let verdict = if enforce { CreateVerdict::Refuse(reason) } else { CreateVerdict::Forward };
         Some((verdict, record))
     }
@@ -211,12 +215,22 @@ mod tests {
         fn resolve<'a>(&'a self, _: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
             Box::pin(async { Err("no mirror in unit tests".to_string()) })
         }
-        fn verify<'a>(&'a self, _: &'a Reference, r: &'a Resolved, _: &'a ImagePolicy, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Outcome> {
+        fn verify<'a>(
+            &'a self,
+            _: &'a Reference,
+            r: &'a Resolved,
+            _: &'a ImagePolicy,
+            _: Option<&'a api::AuthConfig>,
+        ) -> BoxFuture<'a, Outcome> {
             let allowed = r.digest.to_string() == SIGNED;
             let reason = if allowed { Reason::Verified("verified".into()) } else { Reason::NoSignatures("no signatures found".into()) };
             // A verified manifest admits its own config: the image ID `present` reports.
             let pin = allowed.then(|| r.digest.clone());
-            let configs = if allowed { crate::registry::Digest::parse(&format!("sha256:{}", "c".repeat(64))).into_iter().collect() } else { Vec::new() };
+            let configs = if allowed {
+                crate::registry::Digest::parse(&format!("sha256:{}", "c".repeat(64))).into_iter().collect()
+            } else {
+                Vec::new()
+            };
             Box::pin(async move { Outcome { allowed, reason, pin, configs, ..Default::default() } })
         }
         fn trust(&self) -> TrustStatus {
@@ -235,11 +249,23 @@ mod tests {
     }
 
     fn present(name: &str, digest: &str) -> Option<api::Image> {
-        Some(api::Image { id: format!("sha256:{}", "c".repeat(64)), repo_digests: vec![format!("{name}@{digest}")], repo_tags: vec![format!("{name}:1")], ..Default::default() })
+        Some(api::Image {
+            id: format!("sha256:{}", "c".repeat(64)),
+            repo_digests: vec![format!("{name}@{digest}")],
+            repo_tags: vec![format!("{name}:1")],
+            ..Default::default()
+        })
     }
 
     fn call(image: &str, status: Option<api::Image>) -> CreateCall {
-        CreateCall { image: image.into(), user_specified: None, namespace: Some("team".into()), pod: "team/web".into(), container: "app".into(), status }
+        CreateCall {
+            image: image.into(),
+            user_specified: None,
+            namespace: Some("team".into()),
+            pod: "team/web".into(),
+            container: "app".into(),
+            status,
+        }
     }
 
     fn block<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -269,16 +295,44 @@ mod tests {
     fn image_volumes_are_named_in_the_refusal_and_recorded_apart() {
         let e = enforcer("enforce", "deny");
         let container = call("reg.test:5000/demo/app:1", present("reg.test:5000/demo/app", SIGNED));
-        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/data".into(), image: "reg.test:5000/demo/unsigned:1".into(), status: present("reg.test:5000/demo/unsigned", UNSIGNED) }));
-        assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("image volume /data: ") && m.contains("no signatures found")), "{v:?}");
-        assert_eq!((r.surface.as_str(), r.call.as_str(), r.image.as_str()), ("image volume /data", "CreateContainer", "reg.test:5000/demo/unsigned:1"));
-        let (v, r) = block(e.decide_mount(&container, &MountImage { container_path: "/models".into(), image: "reg.test:5000/demo/app:1".into(), status: present("reg.test:5000/demo/app", SIGNED) }));
+        let (v, r) = block(e.decide_mount(
+            &container,
+            &MountImage {
+                container_path: "/data".into(),
+                image: "reg.test:5000/demo/unsigned:1".into(),
+                status: present("reg.test:5000/demo/unsigned", UNSIGNED),
+            },
+        ));
+        assert!(
+            matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("image volume /data: ") && m.contains("no signatures found")),
+            "{v:?}"
+        );
+        assert_eq!(
+            (r.surface.as_str(), r.call.as_str(), r.image.as_str()),
+            ("image volume /data", "CreateContainer", "reg.test:5000/demo/unsigned:1")
+        );
+        let (v, r) = block(e.decide_mount(
+            &container,
+            &MountImage {
+                container_path: "/models".into(),
+                image: "reg.test:5000/demo/app:1".into(),
+                status: present("reg.test:5000/demo/app", SIGNED),
+            },
+        ));
         assert_eq!(v, CreateVerdict::Forward);
         assert_eq!((r.decision.as_str(), r.surface.as_str()), ("allow", "image volume /models"));
         // One bad volume among good ones refuses the call.
         let mounts = [
-            MountImage { container_path: "/a".into(), image: "reg.test:5000/demo/app:1".into(), status: present("reg.test:5000/demo/app", SIGNED) },
-            MountImage { container_path: "/b".into(), image: "reg.test:5000/demo/unsigned:1".into(), status: present("reg.test:5000/demo/unsigned", UNSIGNED) },
+            MountImage {
+                container_path: "/a".into(),
+                image: "reg.test:5000/demo/app:1".into(),
+                status: present("reg.test:5000/demo/app", SIGNED),
+            },
+            MountImage {
+                container_path: "/b".into(),
+                image: "reg.test:5000/demo/unsigned:1".into(),
+                status: present("reg.test:5000/demo/unsigned", UNSIGNED),
+            },
         ];
         assert!(matches!(block(e.gate_mounts(&container, &mounts)), CreateVerdict::Refuse(m) if m.starts_with("image volume /b: ")));
     }
@@ -286,8 +340,14 @@ mod tests {
     #[test]
     fn sandbox_image_is_decided_like_a_container_image() {
         let e = enforcer("enforce", "deny");
-        let sandbox = |image: Option<&str>, status| SandboxCall { image: image.map(String::from), namespace: Some("team".into()), pod: "team/web".into(), status };
-        let (v, r) = block(e.decide_sandbox(&sandbox(Some("reg.test:5000/demo/unsigned:1"), present("reg.test:5000/demo/unsigned", UNSIGNED))));
+        let sandbox = |image: Option<&str>, status| SandboxCall {
+            image: image.map(String::from),
+            namespace: Some("team".into()),
+            pod: "team/web".into(),
+            status,
+        };
+        let (v, r) =
+            block(e.decide_sandbox(&sandbox(Some("reg.test:5000/demo/unsigned:1"), present("reg.test:5000/demo/unsigned", UNSIGNED))));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.starts_with("sandbox image reg.test:5000/demo/unsigned:1: ")), "{v:?}");
         assert_eq!((r.call.as_str(), r.surface.as_str()), ("RunPodSandbox", "sandbox image"));
         let (v, _) = block(e.decide_sandbox(&sandbox(Some("reg.test:5000/pause:1"), present("reg.test:5000/pause", UNSIGNED))));

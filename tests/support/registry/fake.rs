@@ -41,9 +41,16 @@ pub enum Fault {
 #[derive(Clone, Debug)]
 pub enum Auth {
     None,
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// Bearer tokens issued by the fake token server at `realm`.
-    Bearer { realm: String, service: String, tokens: Arc<Mutex<HashSet<String>>> },
+    Bearer {
+        realm: String,
+        service: String,
+        tokens: Arc<Mutex<HashSet<String>>>,
+    },
 }
 
 #[derive(Default)]
@@ -267,20 +274,26 @@ async fn answer(state: Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomin
     let authed = match authorized(&auth, &req) {
         Ok(a) => a,
         Err(r) => {
-            state.lock().unwrap().log.push(format!("{method} {path}{} 401", if query.is_empty() { String::new() } else { format!("?{query}") }));
+            state
+                .lock()
+                .unwrap()
+                .log
+                .push(format!("{method} {path}{} 401", if query.is_empty() { String::new() } else { format!("?{query}") }));
             return Ok(r);
         }
     };
-    state
-        .lock()
-        .unwrap()
-        .log
-        .push(format!("{method} {path}{}{}", if query.is_empty() { String::new() } else { format!("?{query}") }, if authed { " auth" } else { "" }));
+    state.lock().unwrap().log.push(format!(
+        "{method} {path}{}{}",
+        if query.is_empty() { String::new() } else { format!("?{query}") },
+        if authed { " auth" } else { "" }
+    ));
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     if let Some(f) = fault {
         let want = path.rsplit('/').next().unwrap_or("").to_string();
         return Ok(match f {
-            Fault::Body(b) => resp(200, &[("docker-content-digest", want), ("content-type", "application/vnd.oci.image.manifest.v1+json".into())], b),
+            Fault::Body(b) => {
+                resp(200, &[("docker-content-digest", want), ("content-type", "application/vnd.oci.image.manifest.v1+json".into())], b)
+            }
             Fault::Oversize(n) => resp(200, &[], Bytes::from(vec![b'x'; n])),
             Fault::OversizeChunked(n) => {
                 // A streamed body: hyper sends it chunked since no length is known up front.
@@ -315,10 +328,18 @@ async fn answer(state: Arc<Mutex<State>>, addr: SocketAddr, req: Request<Incomin
                 if Digest::parse(id).is_err() {
                     st.tags.insert((repo.into(), id.into()), d.to_string());
                 }
-                return Ok(resp(201, &[("docker-content-digest", d.to_string()), ("location", format!("/v2/{repo}/manifests/{d}"))], Bytes::new()));
+                return Ok(resp(
+                    201,
+                    &[("docker-content-digest", d.to_string()), ("location", format!("/v2/{repo}/manifests/{d}"))],
+                    Bytes::new(),
+                ));
             }
             "GET" | "HEAD" => {
-                let digest = if Digest::parse(id).is_ok() { Some(id.to_string()) } else { st.tags.get(&(repo.to_string(), id.to_string())).cloned() };
+                let digest = if Digest::parse(id).is_ok() {
+                    Some(id.to_string())
+                } else {
+                    st.tags.get(&(repo.to_string(), id.to_string())).cloned()
+                };
                 let Some((mt, bytes)) = digest.as_ref().and_then(|d| st.manifests.get(&(repo.to_string(), d.clone()))).cloned() else {
                     return Ok(strip(error(404, "MANIFEST_UNKNOWN", "manifest unknown")));
                 };
@@ -425,9 +446,7 @@ impl TokenServer {
                         let (t, l, p, c) = (t.clone(), l.clone(), p.clone(), c.clone());
                         async move { Ok::<_, Infallible>(token(req, &t, &l, &p, &c).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
                 });
             }
         });
@@ -456,7 +475,11 @@ async fn token(
     let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let form = String::from_utf8_lossy(&body).to_string();
-    log.lock().unwrap().push(format!("{method} {}{}", if method == "POST" { &form } else { &query }, if auth.is_empty() { "" } else { " basic" }));
+    log.lock().unwrap().push(format!(
+        "{method} {}{}",
+        if method == "POST" { &form } else { &query },
+        if auth.is_empty() { "" } else { " basic" }
+    ));
     let ok = if method == "POST" {
         let refresh = form.split('&').find_map(|kv| kv.strip_prefix("refresh_token=")).unwrap_or("");
         form.contains("grant_type=refresh_token") && policy.refresh_tokens.iter().any(|t| t == refresh)

@@ -19,21 +19,14 @@ impl Answer {
 }
 
 /// Sends one request to `addr` (`path` may be a full `http://host/...` URL on that address).
-pub async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: Bytes,
-) -> Result<Answer, String> {
+pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: Bytes) -> Result<Answer, String> {
     let path = match path.strip_prefix("http://") {
         Some(rest) => rest.find('/').map(|i| rest[i..].to_string()).unwrap_or_else(|| "/".into()),
         None => path.to_string(),
     };
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(conn);
     let mut req = http::Request::builder().method(method).uri(&path).header("host", addr.to_string());
     for (k, v) in headers {

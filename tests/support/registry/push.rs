@@ -120,7 +120,13 @@ pub fn simple_signing_payload(image: &str, digest: &Digest) -> Vec<u8> {
 /// Pushes a cosign legacy signature for `subject` at tag `sha256-<hex>.sig` with one layer per
 /// `signatures` entry (payload, signature annotation); returns the manifest digest and the
 /// layer digests.
-pub async fn push_legacy_signature(p: &Pusher, repo: &str, image: &str, subject: &Digest, signatures: &[&str]) -> Result<(Digest, Vec<Digest>), String> {
+pub async fn push_legacy_signature(
+    p: &Pusher,
+    repo: &str,
+    image: &str,
+    subject: &Digest,
+    signatures: &[&str],
+) -> Result<(Digest, Vec<Digest>), String> {
     let payload = simple_signing_payload(image, subject);
     let payload_digest = p.blob(repo, &payload).await?;
     let config = serde_json::to_vec(&json!({
@@ -234,7 +240,9 @@ async fn push_cosign_layers(p: &Pusher, repo: &str, tag: &str, media_type: &str,
         diff_ids.push(d.to_string());
         descs.push(json!({"mediaType": media_type, "digest": d.to_string(), "size": payload.len(), "annotations": annotations}));
     }
-    let config = serde_json::to_vec(&json!({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})).unwrap();
+    let config =
+        serde_json::to_vec(&json!({"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}))
+            .unwrap();
     let config_digest = p.blob(repo, &config).await?;
     let manifest = json!({
         "schemaVersion": 2,

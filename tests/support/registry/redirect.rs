@@ -129,7 +129,11 @@ async fn handle(state: Arc<State>, side: &'static str, req: Request<Incoming>) -
     if side == "mirror" {
         if header("authorization").as_deref() != Some(state.basic.as_str()) {
             let h = [("www-authenticate", "Basic realm=\"front\"".to_string()), ("content-type", "application/json".into())];
-            return Ok(reply(StatusCode::UNAUTHORIZED, &h, Bytes::from_static(br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#)));
+            return Ok(reply(
+                StatusCode::UNAUTHORIZED,
+                &h,
+                Bytes::from_static(br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#),
+            ));
         }
         if is_blob_get(&req) {
             // A signed URL, as object storage hands out: the signature is in the query.

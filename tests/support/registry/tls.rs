@@ -28,10 +28,26 @@ fn openssl(dir: &Path, args: &[&str]) {
 pub fn make_pki(dir: &Path) -> Pki {
     let key = |name: &str| openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name]);
     key("ca.key");
-    openssl(dir, &[
-        "req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=pullgate test CA", "-days", "2", "-out", "ca.pem",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-    ]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=pullgate test CA",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
     for (name, cn, ext) in [
         ("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
         ("client", "pullgate test client", "extendedKeyUsage=clientAuth\n"),
@@ -39,10 +55,26 @@ pub fn make_pki(dir: &Path) -> Pki {
         key(&format!("{name}.key"));
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
         openssl(dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", &format!("/CN={cn}"), "-out", &format!("{name}.csr")]);
-        openssl(dir, &[
-            "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-out", &format!("{name}.pem"), "-extfile", &format!("{name}.ext"),
-        ]);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
     }
     Pki { dir: dir.to_owned() }
 }

@@ -8,8 +8,7 @@ use x509_cert::der::oid::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages,
-    SubjectAltName, SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName, SubjectKeyIdentifier,
 };
 use x509_cert::ext::{AsExtension, Extension};
 use x509_cert::name::Name;
@@ -119,48 +118,21 @@ fn key_identifier(spki_der: &[u8]) -> Vec<u8> {
 }
 
 /// Build the TBSCertificate for `spec`, to be signed by `issuer_key` under `issuer_dn`.
-pub fn tbs(
-    spec: &CertSpec,
-    subject_spki: &[u8],
-    issuer_dn: &str,
-    issuer_key: &TestKey,
-) -> TbsCertificate {
-    let subject = if spec.subject.is_empty() {
-        Name::default()
-    } else {
-        Name::from_str(&spec.subject).expect("subject DN")
-    };
+pub fn tbs(spec: &CertSpec, subject_spki: &[u8], issuer_dn: &str, issuer_key: &TestKey) -> TbsCertificate {
+    let subject = if spec.subject.is_empty() { Name::default() } else { Name::from_str(&spec.subject).expect("subject DN") };
     let issuer = Name::from_str(issuer_dn).expect("issuer DN");
     let mut extensions = Vec::new();
     let ext = |e: &dyn ExtensionEncoder, critical: bool| e.to_ext(critical);
-    extensions.push(ext(
-        &BasicConstraints {
-            ca: spec.ca,
-            path_len_constraint: None,
-        },
-        true,
-    ));
-    let usages = if spec.ca {
-        KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign)
-    } else {
-        KeyUsage(KeyUsages::DigitalSignature.into())
-    };
+    extensions.push(ext(&BasicConstraints { ca: spec.ca, path_len_constraint: None }, true));
+    let usages = if spec.ca { KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign) } else { KeyUsage(KeyUsages::DigitalSignature.into()) };
     extensions.push(ext(&usages, true));
     if !spec.eku.is_empty() {
-        extensions.push(ext(
-            &ExtendedKeyUsage(spec.eku.iter().map(|o| oid(o)).collect()),
-            spec.eku_critical,
-        ));
+        extensions.push(ext(&ExtendedKeyUsage(spec.eku.iter().map(|o| oid(o)).collect()), spec.eku_critical));
     }
-    extensions.push(ext(
-        &SubjectKeyIdentifier(OctetString::new(key_identifier(subject_spki)).expect("ski")),
-        false,
-    ));
+    extensions.push(ext(&SubjectKeyIdentifier(OctetString::new(key_identifier(subject_spki)).expect("ski")), false));
     extensions.push(ext(
         &AuthorityKeyIdentifier {
-            key_identifier: Some(
-                OctetString::new(key_identifier(&issuer_key.spki_der())).expect("aki"),
-            ),
+            key_identifier: Some(OctetString::new(key_identifier(&issuer_key.spki_der())).expect("aki")),
             authority_cert_issuer: None,
             authority_cert_serial_number: None,
         },
@@ -168,19 +140,12 @@ pub fn tbs(
     ));
     if let Some(san) = &spec.san {
         let name = match san {
-            San::Uri(uri) => {
-                GeneralName::UniformResourceIdentifier(Ia5String::new(uri).expect("uri"))
-            }
+            San::Uri(uri) => GeneralName::UniformResourceIdentifier(Ia5String::new(uri).expect("uri")),
             San::Email(email) => GeneralName::Rfc822Name(Ia5String::new(email).expect("email")),
-            San::OtherName(name) => {
-                GeneralName::OtherName(x509_cert::ext::pkix::name::OtherName {
-                    type_id: oid("1.3.6.1.4.1.57264.1.7"),
-                    value: x509_cert::der::Any::encode_from(
-                        &Utf8StringRef::new(name).expect("utf8"),
-                    )
-                    .expect("other name"),
-                })
-            }
+            San::OtherName(name) => GeneralName::OtherName(x509_cert::ext::pkix::name::OtherName {
+                type_id: oid("1.3.6.1.4.1.57264.1.7"),
+                value: x509_cert::der::Any::encode_from(&Utf8StringRef::new(name).expect("utf8")).expect("other name"),
+            }),
         };
         extensions.push(ext(&SubjectAltName(vec![name]), true));
     }
@@ -194,15 +159,9 @@ pub fn tbs(
     TbsCertificate {
         version: Version::V3,
         serial_number: SerialNumber::from(spec.serial),
-        signature: AlgorithmIdentifierOwned {
-            oid: oid(issuer_key.cert_signature_oid()),
-            parameters: None,
-        },
+        signature: AlgorithmIdentifierOwned { oid: oid(issuer_key.cert_signature_oid()), parameters: None },
         issuer,
-        validity: Validity {
-            not_before: time(spec.not_before),
-            not_after: time(spec.not_after),
-        },
+        validity: Validity { not_before: time(spec.not_before), not_after: time(spec.not_after) },
         subject,
         subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(subject_spki).expect("spki"),
         issuer_unique_id: None,
@@ -220,31 +179,17 @@ pub fn sign(tbs: TbsCertificate, issuer_key: &TestKey) -> IssuedCert {
         tbs_certificate: tbs,
         signature: x509_cert::der::asn1::BitString::from_bytes(&signature).expect("bitstring"),
     };
-    IssuedCert {
-        der: cert.to_der().expect("cert der"),
-    }
+    IssuedCert { der: cert.to_der().expect("cert der") }
 }
 
 /// Issue a certificate in one step.
-pub fn issue(
-    spec: &CertSpec,
-    subject_spki: &[u8],
-    issuer_dn: &str,
-    issuer_key: &TestKey,
-) -> IssuedCert {
+pub fn issue(spec: &CertSpec, subject_spki: &[u8], issuer_dn: &str, issuer_key: &TestKey) -> IssuedCert {
     sign(tbs(spec, subject_spki, issuer_dn, issuer_key), issuer_key)
 }
 
 /// A Fulcio claim extension value: `.1`-`.6` hold the raw string, `.8`+ a DER UTF8String.
 pub fn fulcio_claim(number: u32, value: &str) -> RawExtension {
-    let der = if number <= 6 {
-        value.as_bytes().to_vec()
-    } else {
-        Utf8StringRef::new(value)
-            .expect("utf8")
-            .to_der()
-            .expect("der")
-    };
+    let der = if number <= 6 { value.as_bytes().to_vec() } else { Utf8StringRef::new(value).expect("utf8").to_der().expect("der") };
     (format!("1.3.6.1.4.1.57264.1.{number}"), false, der)
 }
 
@@ -255,10 +200,6 @@ trait ExtensionEncoder {
 
 impl<T: AsExtension + Encode> ExtensionEncoder for T {
     fn to_ext(&self, critical: bool) -> Extension {
-        Extension {
-            extn_id: T::OID,
-            critical,
-            extn_value: OctetString::new(self.to_der().expect("ext der")).expect("ext"),
-        }
+        Extension { extn_id: T::OID, critical, extn_value: OctetString::new(self.to_der().expect("ext der")).expect("ext") }
     }
 }

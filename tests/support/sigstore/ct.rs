@@ -2,8 +2,8 @@
 
 use x509_cert::der::Encode;
 use x509_cert::ext::pkix::sct::{
-    DigitallySigned, HashAlgorithm, LogId, SerializedSct, SignatureAlgorithm,
-    SignatureAndHashAlgorithm, SignedCertificateTimestamp, SignedCertificateTimestampList, Version,
+    DigitallySigned, HashAlgorithm, LogId, SerializedSct, SignatureAlgorithm, SignatureAndHashAlgorithm, SignedCertificateTimestamp,
+    SignedCertificateTimestampList, Version,
 };
 use x509_cert::TbsCertificate;
 
@@ -24,32 +24,21 @@ fn signed_data(timestamp_ms: u64, issuer_key_hash: &[u8; 32], precert_tbs: &[u8]
 
 /// Compute the SCT-list extension value for `tbs` (which must not yet carry
 /// one), as `ct_key` would for a leaf issued by the holder of `issuer_spki`.
-pub fn sct_extension(
-    tbs: &TbsCertificate,
-    issuer_spki: &[u8],
-    ct_key: &TestKey,
-    timestamp_ms: u64,
-) -> Vec<u8> {
+pub fn sct_extension(tbs: &TbsCertificate, issuer_spki: &[u8], ct_key: &TestKey, timestamp_ms: u64) -> Vec<u8> {
     let precert = tbs.to_der().expect("tbs");
     let issuer_key_hash = sha256(issuer_spki);
     let signature = ct_key.sign(&signed_data(timestamp_ms, &issuer_key_hash, &precert));
     let sct = SignedCertificateTimestamp {
         version: Version::V1,
-        log_id: LogId {
-            key_id: ct_key.key_id(),
-        },
+        log_id: LogId { key_id: ct_key.key_id() },
         timestamp: timestamp_ms,
         extensions: Vec::<u8>::new().into(),
         signature: DigitallySigned {
-            algorithm: SignatureAndHashAlgorithm {
-                hash: HashAlgorithm::Sha256,
-                signature: SignatureAlgorithm::Ecdsa,
-            },
+            algorithm: SignatureAndHashAlgorithm { hash: HashAlgorithm::Sha256, signature: SignatureAlgorithm::Ecdsa },
             signature: signature.into(),
         },
     };
-    let list = SignedCertificateTimestampList::new(&[SerializedSct::new(sct).expect("sct")])
-        .expect("sct list");
+    let list = SignedCertificateTimestampList::new(&[SerializedSct::new(sct).expect("sct")]).expect("sct list");
     list.to_der().expect("sct list der")
 }
 

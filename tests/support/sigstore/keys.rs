@@ -37,18 +37,10 @@ impl TestKey {
     /// A fresh random key.
     pub fn generate(alg: KeyAlg) -> Self {
         match alg {
-            KeyAlg::P256 => Self::Ecdsa(
-                alg,
-                EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).expect("p256"),
-            ),
-            KeyAlg::P384 => Self::Ecdsa(
-                alg,
-                EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).expect("p384"),
-            ),
+            KeyAlg::P256 => Self::Ecdsa(alg, EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).expect("p256")),
+            KeyAlg::P384 => Self::Ecdsa(alg, EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).expect("p384")),
             KeyAlg::Ed25519 => Self::Ed25519(Ed25519KeyPair::generate().expect("ed25519")),
-            KeyAlg::Rsa => {
-                Self::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa"))
-            }
+            KeyAlg::Rsa => Self::Rsa(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa")),
         }
     }
 
@@ -69,8 +61,7 @@ impl TestKey {
             Self::Ed25519(key) => key.sign(message).as_ref().to_vec(),
             Self::Rsa(key) => {
                 let mut sig = vec![0; key.public_modulus_len()];
-                key.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig)
-                    .expect("rsa sign");
+                key.sign(&signature::RSA_PKCS1_SHA256, &rng, message, &mut sig).expect("rsa sign");
                 sig
             }
         }

@@ -37,8 +37,7 @@ pub const FULCIO_ROOT_DN: &str = "CN=pullgate test fulcio root,O=pullgate.test";
 /// DN of the test Fulcio intermediate.
 pub const FULCIO_INTERMEDIATE_DN: &str = "CN=pullgate test fulcio intermediate,O=pullgate.test";
 /// Default signer identity (a GitHub Actions workflow).
-pub const DEFAULT_SAN: &str =
-    "https://github.com/pullgate/demo/.github/workflows/release.yml@refs/heads/main";
+pub const DEFAULT_SAN: &str = "https://github.com/pullgate/demo/.github/workflows/release.yml@refs/heads/main";
 /// Default OIDC issuer.
 pub const DEFAULT_ISSUER: &str = "https://token.actions.githubusercontent.com";
 /// cosign v3 image signature predicate.
@@ -254,59 +253,31 @@ impl Stack {
         let mut spec = CertSpec::ca(FULCIO_INTERMEDIATE_DN, now - YEAR, now + 5 * YEAR);
         spec.serial = 2;
         spec.eku = vec![EKU_CODE_SIGNING];
-        let fulcio_intermediate = certs::issue(
-            &spec,
-            &fulcio_intermediate_key.spki_der(),
-            FULCIO_ROOT_DN,
-            &fulcio_root_key,
-        );
+        let fulcio_intermediate = certs::issue(&spec, &fulcio_intermediate_key.spki_der(), FULCIO_ROOT_DN, &fulcio_root_key);
 
         const TSA_ROOT_DN: &str = "CN=pullgate test tsa root,O=pullgate.test";
         const TSA_INTERMEDIATE_DN: &str = "CN=pullgate test tsa intermediate,O=pullgate.test";
         let tsa_root_key = TestKey::generate(KeyAlg::P384);
-        let tsa_root = certs::issue(
-            &CertSpec::ca(TSA_ROOT_DN, now - 2 * YEAR, now + 10 * YEAR),
-            &tsa_root_key.spki_der(),
-            TSA_ROOT_DN,
-            &tsa_root_key,
-        );
+        let tsa_root =
+            certs::issue(&CertSpec::ca(TSA_ROOT_DN, now - 2 * YEAR, now + 10 * YEAR), &tsa_root_key.spki_der(), TSA_ROOT_DN, &tsa_root_key);
         let tsa_intermediate_key = TestKey::generate(KeyAlg::P384);
         let mut spec = CertSpec::ca(TSA_INTERMEDIATE_DN, now - YEAR, now + 5 * YEAR);
         spec.serial = 2;
         // webpki applies the required EKU to intermediates as well.
         spec.eku = vec![EKU_TIME_STAMPING];
-        let tsa_intermediate = certs::issue(
-            &spec,
-            &tsa_intermediate_key.spki_der(),
-            TSA_ROOT_DN,
-            &tsa_root_key,
-        );
+        let tsa_intermediate = certs::issue(&spec, &tsa_intermediate_key.spki_der(), TSA_ROOT_DN, &tsa_root_key);
         let tsa_leaf_key = TestKey::generate(KeyAlg::P256);
-        let mut spec = CertSpec::ca(
-            "CN=pullgate test tsa,O=pullgate.test",
-            now - YEAR,
-            now + 2 * YEAR,
-        );
+        let mut spec = CertSpec::ca("CN=pullgate test tsa,O=pullgate.test", now - YEAR, now + 2 * YEAR);
         spec.ca = false;
         spec.serial = 3;
         spec.eku = vec![EKU_TIME_STAMPING];
         spec.eku_critical = true;
-        let tsa_leaf = certs::issue(
-            &spec,
-            &tsa_leaf_key.spki_der(),
-            TSA_INTERMEDIATE_DN,
-            &tsa_intermediate_key,
-        );
+        let tsa_leaf = certs::issue(&spec, &tsa_leaf_key.spki_der(), TSA_INTERMEDIATE_DN, &tsa_intermediate_key);
 
         let rogue_intermediate_key = TestKey::generate(KeyAlg::P384);
         let mut spec = CertSpec::ca(FULCIO_INTERMEDIATE_DN, now - YEAR, now + 5 * YEAR);
         spec.eku = vec![EKU_CODE_SIGNING];
-        let rogue_intermediate = certs::issue(
-            &spec,
-            &rogue_intermediate_key.spki_der(),
-            FULCIO_INTERMEDIATE_DN,
-            &rogue_intermediate_key,
-        );
+        let rogue_intermediate = certs::issue(&spec, &rogue_intermediate_key.spki_der(), FULCIO_INTERMEDIATE_DN, &rogue_intermediate_key);
 
         Self {
             now,
@@ -430,11 +401,7 @@ impl Stack {
             san: Some(opts.identity.san.clone()),
             extra,
         };
-        let issuer_key = if opts.untrusted_ca {
-            &self.rogue_intermediate_key
-        } else {
-            &self.fulcio_intermediate_key
-        };
+        let issuer_key = if opts.untrusted_ca { &self.rogue_intermediate_key } else { &self.fulcio_intermediate_key };
         let mut tbs = certs::tbs(&spec, &key.spki_der(), FULCIO_INTERMEDIATE_DN, issuer_key);
         let ct_key = match opts.sct {
             SctMode::Valid => Some(&self.ct_key),
@@ -442,12 +409,7 @@ impl Stack {
             SctMode::Missing => None,
         };
         if let Some(ct_key) = ct_key {
-            let value = ct::sct_extension(
-                &tbs,
-                &issuer_key.spki_der(),
-                ct_key,
-                (not_before as u64) * 1000,
-            );
+            let value = ct::sct_extension(&tbs, &issuer_key.spki_der(), ct_key, (not_before as u64) * 1000);
             if let Some(exts) = tbs.extensions.as_mut() {
                 exts.push(x509_cert::ext::Extension {
                     extn_id: x509_cert::der::oid::ObjectIdentifier::new_unwrap(certs::SCT_LIST_OID),
@@ -477,13 +439,7 @@ impl Stack {
 
     /// Keyless attestation (as `cosign attest` v3 writes it): a v0.3 bundle whose DSSE
     /// statement has `predicate_type` and `predicate`, about `image`.
-    pub fn attest_image(
-        &mut self,
-        image: &Digest,
-        opts: &SignOptions,
-        predicate_type: &str,
-        predicate: Value,
-    ) -> SignedBundle {
+    pub fn attest_image(&mut self, image: &Digest, opts: &SignOptions, predicate_type: &str, predicate: Value) -> SignedBundle {
         let mut opts = opts.clone();
         opts.predicate_type = predicate_type.into();
         opts.predicate = Some(predicate);
@@ -551,9 +507,7 @@ impl Stack {
             ("dsse", _) => rekor::dsse_body(&envelope, &payload, &signature, &verifier_pem),
             _ => rekor::intoto_body(&envelope, &opts.payload_type, &payload, &signature, &verifier_pem),
         };
-        let rekor_bundle = opts
-            .tlog
-            .then(|| self.rekor.append(body, entry, opts.signing_time).to_cosign_set_bundle());
+        let rekor_bundle = opts.tlog.then(|| self.rekor.append(body, entry, opts.signing_time).to_cosign_set_bundle());
         LegacyAttestation {
             layer_digest: Some(Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &envelope)),
             envelope,
@@ -576,25 +530,13 @@ impl Stack {
     }
 
     /// Key-signed cosign v3 bundle for `image`.
-    pub fn sign_image_v3_with_key(
-        &mut self,
-        image: &Digest,
-        opts: &SignOptions,
-        key: &TestKey,
-    ) -> SignedBundle {
+    pub fn sign_image_v3_with_key(&mut self, image: &Digest, opts: &SignOptions, key: &TestKey) -> SignedBundle {
         let hint = B64.encode(key.key_id());
         let material = json!({"publicKey": {"hint": hint}});
         self.dsse_bundle(image, opts, key, material, &key.public_pem())
     }
 
-    fn dsse_bundle(
-        &mut self,
-        image: &Digest,
-        opts: &SignOptions,
-        key: &TestKey,
-        mut material: Value,
-        verifier_pem: &str,
-    ) -> SignedBundle {
+    fn dsse_bundle(&mut self, image: &Digest, opts: &SignOptions, key: &TestKey, mut material: Value, verifier_pem: &str) -> SignedBundle {
         let payload = self.image_statement(image, opts);
         let pae = sigstore_verify::types::pae(&opts.payload_type, &payload);
         let signature = key.sign(&pae);
@@ -605,15 +547,8 @@ impl Stack {
         });
         let mut entry = None;
         if opts.tlog {
-            let body = rekor::dsse_body(
-                envelope.to_string().as_bytes(),
-                &payload,
-                &signature,
-                verifier_pem,
-            );
-            let logged = self
-                .rekor
-                .append(body, ("dsse", "0.0.1"), opts.signing_time);
+            let body = rekor::dsse_body(envelope.to_string().as_bytes(), &payload, &signature, verifier_pem);
+            let logged = self.rekor.append(body, ("dsse", "0.0.1"), opts.signing_time);
             material["tlogEntries"] = json!([logged.to_bundle_json(opts.inclusion_proof, true)]);
             entry = Some(logged);
         } else {
@@ -621,8 +556,7 @@ impl Stack {
         }
         if opts.tsa {
             let token = self.timestamp(&signature, opts.tsa_time.unwrap_or(opts.signing_time));
-            material["timestampVerificationData"] =
-                json!({"rfc3161Timestamps": [{"signedTimestamp": B64.encode(token)}]});
+            material["timestampVerificationData"] = json!({"rfc3161Timestamps": [{"signedTimestamp": B64.encode(token)}]});
         }
         SignedBundle {
             bundle: json!({
@@ -660,53 +594,29 @@ impl Stack {
         let chain = if opts.untrusted_ca {
             self.rogue_intermediate.pem()
         } else {
-            format!(
-                "{}{}",
-                self.fulcio_intermediate.pem(),
-                self.fulcio_root.pem()
-            )
+            format!("{}{}", self.fulcio_intermediate.pem(), self.fulcio_root.pem())
         };
         self.legacy(image, opts, &key, Some((leaf.pem(), chain)))
     }
 
     /// Key-signed legacy `.sig` layer for `image`.
-    pub fn sign_image_legacy_with_key(
-        &mut self,
-        image: &Digest,
-        opts: &SignOptions,
-        key: &TestKey,
-    ) -> LegacySignature {
+    pub fn sign_image_legacy_with_key(&mut self, image: &Digest, opts: &SignOptions, key: &TestKey) -> LegacySignature {
         self.legacy(image, opts, key, None)
     }
 
-    fn legacy(
-        &mut self,
-        image: &Digest,
-        opts: &SignOptions,
-        key: &TestKey,
-        cert: Option<(String, String)>,
-    ) -> LegacySignature {
+    fn legacy(&mut self, image: &Digest, opts: &SignOptions, key: &TestKey, cert: Option<(String, String)>) -> LegacySignature {
         let payload = self.simple_signing_payload(image, opts);
         let signature = key.sign(&payload);
-        let verifier_pem = cert
-            .as_ref()
-            .map(|(leaf, _)| leaf.clone())
-            .unwrap_or_else(|| key.public_pem());
+        let verifier_pem = cert.as_ref().map(|(leaf, _)| leaf.clone()).unwrap_or_else(|| key.public_pem());
         let payload_digest = Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, &payload);
         let rekor_bundle = opts.tlog.then(|| {
             let (body, kind) = match opts.legacy_kind {
-                LegacyKind::HashedRekord => (
-                    rekor::hashedrekord_body(&payload_digest.hex(), &signature, &verifier_pem),
-                    ("hashedrekord", "0.0.1"),
-                ),
-                LegacyKind::Rekord => (
-                    rekor::rekord_body(&payload, &signature, &verifier_pem),
-                    ("rekord", "0.0.1"),
-                ),
+                LegacyKind::HashedRekord => {
+                    (rekor::hashedrekord_body(&payload_digest.hex(), &signature, &verifier_pem), ("hashedrekord", "0.0.1"))
+                }
+                LegacyKind::Rekord => (rekor::rekord_body(&payload, &signature, &verifier_pem), ("rekord", "0.0.1")),
             };
-            self.rekor
-                .append(body, kind, opts.signing_time)
-                .to_cosign_set_bundle()
+            self.rekor.append(body, kind, opts.signing_time).to_cosign_set_bundle()
         });
         let rfc3161_timestamp = opts.tsa.then(|| {
             let token = self.timestamp(&signature, opts.tsa_time.unwrap_or(opts.signing_time));
@@ -736,15 +646,10 @@ impl Default for Stack {
 
 /// RFC 3339 UTC for `seconds`.
 pub fn rfc3339(seconds: i64) -> String {
-    jiff::Timestamp::from_second(seconds)
-        .expect("time")
-        .to_string()
+    jiff::Timestamp::from_second(seconds).expect("time").to_string()
 }
 
 /// A random-looking but deterministic image digest for test `n`.
 pub fn image_digest(n: u64) -> Digest {
-    Digest::compute(
-        pullgate::verify::DigestAlgorithm::Sha256,
-        format!("manifest {n}").as_bytes(),
-    )
+    Digest::compute(pullgate::verify::DigestAlgorithm::Sha256, format!("manifest {n}").as_bytes())
 }

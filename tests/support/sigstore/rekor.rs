@@ -145,14 +145,8 @@ pub struct Rekor {
 impl Rekor {
     /// A log with `prefill` unrelated entries, so proofs are non-trivial.
     pub fn new(key: TestKey, prefill: usize) -> Self {
-        let leaves = (0..prefill)
-            .map(|i| leaf_hash(format!("unrelated entry {i}").as_bytes()))
-            .collect();
-        Self {
-            key,
-            origin: "rekor.pullgate.test - 1193050959916656506".to_string(),
-            leaves,
-        }
+        let leaves = (0..prefill).map(|i| leaf_hash(format!("unrelated entry {i}").as_bytes())).collect();
+        Self { key, origin: "rekor.pullgate.test - 1193050959916656506".to_string(), leaves }
     }
 
     /// The raw log ID.
@@ -161,12 +155,7 @@ impl Rekor {
     }
 
     /// Append `body` at `integrated_time` and return its proofs.
-    pub fn append(
-        &mut self,
-        body: Vec<u8>,
-        kind: (&'static str, &'static str),
-        integrated_time: i64,
-    ) -> LoggedEntry {
+    pub fn append(&mut self, body: Vec<u8>, kind: (&'static str, &'static str), integrated_time: i64) -> LoggedEntry {
         let index = self.leaves.len();
         self.leaves.push(leaf_hash(&body));
         let tree_size = self.leaves.len();
@@ -175,28 +164,11 @@ impl Rekor {
         let log_id = self.log_id();
         let set = self.sign_set(&body, integrated_time, index as i64, &log_id);
         let checkpoint = self.checkpoint(tree_size as u64, &root);
-        LoggedEntry {
-            index: index as u64,
-            body,
-            integrated_time,
-            set,
-            tree_size: tree_size as u64,
-            root,
-            hashes,
-            checkpoint,
-            log_id,
-            kind,
-        }
+        LoggedEntry { index: index as u64, body, integrated_time, set, tree_size: tree_size as u64, root, hashes, checkpoint, log_id, kind }
     }
 
     /// SET: the log key's signature over canonical JSON of the entry metadata.
-    pub fn sign_set(
-        &self,
-        body: &[u8],
-        integrated_time: i64,
-        index: i64,
-        log_id: &[u8; 32],
-    ) -> Vec<u8> {
+    pub fn sign_set(&self, body: &[u8], integrated_time: i64, index: i64, log_id: &[u8; 32]) -> Vec<u8> {
         let payload = json!({
             "body": B64.encode(body),
             "integratedTime": integrated_time,
@@ -223,11 +195,7 @@ pub fn canonical(body: &serde_json::Value) -> Vec<u8> {
 }
 
 /// A `hashedrekord/0.0.1` body: sha256 of the artifact, its signature and verifier PEM.
-pub fn hashedrekord_body(
-    artifact_sha256_hex: &str,
-    signature: &[u8],
-    verifier_pem: &str,
-) -> Vec<u8> {
+pub fn hashedrekord_body(artifact_sha256_hex: &str, signature: &[u8], verifier_pem: &str) -> Vec<u8> {
     canonical(&json!({
         "apiVersion": "0.0.1",
         "kind": "hashedrekord",
@@ -242,12 +210,7 @@ pub fn hashedrekord_body(
 }
 
 /// A `dsse/0.0.1` body for a DSSE envelope with one signature.
-pub fn dsse_body(
-    envelope_json: &[u8],
-    payload: &[u8],
-    signature: &[u8],
-    verifier_pem: &str,
-) -> Vec<u8> {
+pub fn dsse_body(envelope_json: &[u8], payload: &[u8], signature: &[u8], verifier_pem: &str) -> Vec<u8> {
     canonical(&json!({
         "apiVersion": "0.0.1",
         "kind": "dsse",
@@ -262,13 +225,7 @@ pub fn dsse_body(
 /// An `intoto/0.0.2` body (what cosign 2.x `attest` logs): the envelope without its payload,
 /// each signature base64-encoded once more, the verifier PEM base64-encoded, and the hashes of
 /// the submitted envelope and of the decoded payload.
-pub fn intoto_body(
-    envelope_json: &[u8],
-    payload_type: &str,
-    payload: &[u8],
-    signature: &[u8],
-    verifier_pem: &str,
-) -> Vec<u8> {
+pub fn intoto_body(envelope_json: &[u8], payload_type: &str, payload: &[u8], signature: &[u8], verifier_pem: &str) -> Vec<u8> {
     canonical(&json!({
         "apiVersion": "0.0.2",
         "kind": "intoto",
@@ -307,10 +264,7 @@ pub fn check_proofs_against_library() {
             let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&[i as u8])).collect();
             let root = mth(&leaves);
             for m in 0..n {
-                let p: Vec<_> = path(m, &leaves)
-                    .into_iter()
-                    .map(sigstore_verify::types::Sha256Hash::new)
-                    .collect();
+                let p: Vec<_> = path(m, &leaves).into_iter().map(sigstore_verify::types::Sha256Hash::new).collect();
                 sigstore_merkle::verify_inclusion_proof(
                     &sigstore_verify::types::Sha256Hash::new(leaves[m]),
                     m as u64,

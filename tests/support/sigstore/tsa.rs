@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use cms::cert::IssuerAndSerialNumber;
 use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos,
-};
+use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignedData, SignerIdentifier, SignerInfo, SignerInfos};
 use x509_cert::attr::{Attribute, AttributeValue};
 use x509_cert::der::asn1::{GeneralizedTime, OctetString, SetOfVec};
 use x509_cert::der::oid::ObjectIdentifier;
@@ -29,10 +27,7 @@ fn oid(s: &str) -> ObjectIdentifier {
 }
 
 fn sha256_alg() -> AlgorithmIdentifierOwned {
-    AlgorithmIdentifierOwned {
-        oid: oid(ID_SHA256),
-        parameters: None,
-    }
+    AlgorithmIdentifierOwned { oid: oid(ID_SHA256), parameters: None }
 }
 
 /// MessageImprint ::= SEQUENCE { hashAlgorithm AlgorithmIdentifier, hashedMessage OCTET STRING }
@@ -53,9 +48,7 @@ struct TstInfo {
 }
 
 fn sha256(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref().to_vec()
 }
 
 /// How a token names its signer (RFC 5652 SignerIdentifier) and whether it
@@ -70,33 +63,17 @@ pub struct TokenForm {
 
 impl Default for TokenForm {
     fn default() -> Self {
-        Self {
-            by_key_identifier: false,
-            embed_certificate: true,
-        }
+        Self { by_key_identifier: false, embed_certificate: true }
     }
 }
 
 /// Timestamp `signature` at `time` (seconds) with the TSA leaf `cert`/`key`.
-pub fn timestamp(
-    signature: &[u8],
-    time: i64,
-    cert: &IssuedCert,
-    key: &TestKey,
-    serial: u64,
-) -> Vec<u8> {
+pub fn timestamp(signature: &[u8], time: i64, cert: &IssuedCert, key: &TestKey, serial: u64) -> Vec<u8> {
     timestamp_with(signature, time, cert, key, serial, TokenForm::default())
 }
 
 /// [`timestamp`] in a given [`TokenForm`].
-pub fn timestamp_with(
-    signature: &[u8],
-    time: i64,
-    cert: &IssuedCert,
-    key: &TestKey,
-    serial: u64,
-    form: TokenForm,
-) -> Vec<u8> {
+pub fn timestamp_with(signature: &[u8], time: i64, cert: &IssuedCert, key: &TestKey, serial: u64, form: TokenForm) -> Vec<u8> {
     let tst = TstInfo {
         version: 1,
         policy: oid(TSA_POLICY),
@@ -105,22 +82,16 @@ pub fn timestamp_with(
             hashed_message: OctetString::new(sha256(signature)).expect("imprint"),
         },
         serial_number: serial,
-        gen_time: GeneralizedTime::from_unix_duration(Duration::from_secs(time as u64))
-            .expect("time"),
+        gen_time: GeneralizedTime::from_unix_duration(Duration::from_secs(time as u64)).expect("time"),
     };
     let tst_der = tst.to_der().expect("tstinfo");
 
-    let attr = |id: &str, value: Any| Attribute {
-        oid: oid(id),
-        values: SetOfVec::try_from(vec![AttributeValue::from(value)]).expect("attr"),
-    };
+    let attr =
+        |id: &str, value: Any| Attribute { oid: oid(id), values: SetOfVec::try_from(vec![AttributeValue::from(value)]).expect("attr") };
     let content_type = Any::encode_from(&oid(ID_CT_TST_INFO)).expect("oid any");
     let digest = Any::new(Tag::OctetString, sha256(&tst_der)).expect("digest any");
-    let signed_attrs = SetOfVec::try_from(vec![
-        attr(ID_CONTENT_TYPE, content_type),
-        attr(ID_MESSAGE_DIGEST, digest),
-    ])
-    .expect("signed attrs");
+    let signed_attrs =
+        SetOfVec::try_from(vec![attr(ID_CONTENT_TYPE, content_type), attr(ID_MESSAGE_DIGEST, digest)]).expect("signed attrs");
     let signature = key.sign(&signed_attrs.to_der().expect("attrs der"));
 
     let parsed = cert.parsed();
@@ -133,8 +104,7 @@ pub fn timestamp_with(
             .find(|e| e.extn_id == oid("2.5.29.14"))
             .map(|e| {
                 use x509_cert::der::Decode;
-                x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes())
-                    .expect("ski")
+                x509_cert::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).expect("ski")
             })
             .expect("TSA certificate has a subject key identifier");
         SignerIdentifier::SubjectKeyIdentifier(ski)
@@ -146,18 +116,11 @@ pub fn timestamp_with(
     };
     let signer = SignerInfo {
         // RFC 5652 §5.3: version 3 when the signer is named by key identifier.
-        version: if form.by_key_identifier {
-            CmsVersion::V3
-        } else {
-            CmsVersion::V1
-        },
+        version: if form.by_key_identifier { CmsVersion::V3 } else { CmsVersion::V1 },
         sid,
         digest_alg: sha256_alg(),
         signed_attrs: Some(signed_attrs),
-        signature_algorithm: AlgorithmIdentifierOwned {
-            oid: oid(ECDSA_WITH_SHA256),
-            parameters: None,
-        },
+        signature_algorithm: AlgorithmIdentifierOwned { oid: oid(ECDSA_WITH_SHA256), parameters: None },
         signature: OctetString::new(signature).expect("sig"),
         unsigned_attrs: None,
     };
@@ -168,19 +131,13 @@ pub fn timestamp_with(
             econtent_type: oid(ID_CT_TST_INFO),
             econtent: Some(Any::new(Tag::OctetString, tst_der).expect("econtent")),
         },
-        certificates: form.embed_certificate.then(|| {
-            CertificateSet(
-                SetOfVec::try_from(vec![cms::cert::CertificateChoices::Certificate(parsed)])
-                    .expect("certs"),
-            )
-        }),
+        certificates: form
+            .embed_certificate
+            .then(|| CertificateSet(SetOfVec::try_from(vec![cms::cert::CertificateChoices::Certificate(parsed)]).expect("certs"))),
         crls: None,
         signer_infos: SignerInfos(SetOfVec::try_from(vec![signer]).expect("signers")),
     };
-    ContentInfo {
-        content_type: oid(ID_SIGNED_DATA),
-        content: Any::encode_from(&signed_data).expect("signed data"),
-    }
-    .to_der()
-    .expect("content info")
+    ContentInfo { content_type: oid(ID_SIGNED_DATA), content: Any::encode_from(&signed_data).expect("signed data") }
+        .to_der()
+        .expect("content info")
 }

@@ -136,12 +136,8 @@ impl RootSpec {
     pub fn signed(&self) -> Value {
         let mut keys = serde_json::Map::new();
         let mut roles = serde_json::Map::new();
-        for (name, role) in [
-            ("root", &self.root),
-            ("timestamp", &self.timestamp),
-            ("snapshot", &self.snapshot),
-            ("targets", &self.targets),
-        ] {
+        for (name, role) in [("root", &self.root), ("timestamp", &self.timestamp), ("snapshot", &self.snapshot), ("targets", &self.targets)]
+        {
             for k in &role.keys {
                 keys.insert(k.id.clone(), k.public.clone());
             }
