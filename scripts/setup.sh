@@ -154,6 +154,15 @@ if [ "$WANT_RUST" = 1 ]; then
     fi
     fail "cargo not found: the Rust toolchain (rustup, cargo, rustc) must be preinstalled; this script does not install it"
   fi
+  # scripts/test.sh checks formatting and lints: rustup's default profile has both tools.
+  for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+      comp=$([ "$tool" = fmt ] && echo rustfmt || echo clippy)
+      echo "setup: cargo $tool missing: rustup component add $comp" >&2
+      rustup component add "$comp" >>"$LOG" 2>&1 \
+        || fail "cargo $tool not found and \`rustup component add $comp\` failed (see $LOG)"
+    fi
+  done
 fi
 
 exit 0

@@ -10,7 +10,8 @@
 # root they are reported as ignored). Tests that use ../shared (real Sigstore vectors and TUF
 # metadata) skip with a message when it is absent; set PULLGATE_SHARED to point elsewhere.
 # As root and with no extra arguments, it then runs the focused part of critest directly and
-# through pullgate (scripts/critest.sh).
+# through pullgate (scripts/critest.sh). With no extra arguments it also checks formatting
+# (`cargo fmt --check`) and lints (`cargo clippy --all-targets -- -D warnings`).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,10 +21,23 @@ else
   echo "[test] not root: skipping scripts/setup.sh; end-to-end tests will be ignored" >&2
 fi
 
+rc=0
+lint=0
+[ $# -eq 0 ] && lint=1
+if [ "$lint" = 1 ]; then
+  # The tree is formatted by rustfmt.toml; a failure here is fixed by `cargo fmt`.
+  echo "[test] cargo fmt --check" >&2
+  cargo fmt --check || { echo "[test] FAILED: cargo fmt --check (run cargo fmt)" >&2; rc=1; }
+fi
 echo "[test] building (release profile, once)" >&2
 cargo build --release --locked --all-targets
+if [ "$lint" = 1 ]; then
+  # Same profile as the build; lint allowances live next to the code they excuse, with a reason.
+  echo "[test] cargo clippy --all-targets -- -D warnings" >&2
+  cargo clippy --release --locked --all-targets -- -D warnings \
+    || { echo "[test] FAILED: cargo clippy -D warnings" >&2; rc=1; }
+fi
 echo "[test] running tests" >&2
-rc=0
 cargo test --release --locked --no-fail-fast "$@" || rc=$?
 if [ "$(id -u)" = 0 ] && [ $# -eq 0 ]; then
   # SIG Node's critest directly and through pullgate (enforce mode), the focused part (about a

@@ -460,8 +460,8 @@ impl Relay {
             inb.start += HEADER_LEN + head.len;
             let whole = &inb.buf[at..at + HEADER_LEN + head.len];
             match side {
-                Side::Client => self.from_client(head, whole)?,
-                Side::Upstream => self.from_upstream(head, whole)?,
+                Side::Client => self.on_client_frame(head, whole)?,
+                Side::Upstream => self.on_upstream_frame(head, whole)?,
             }
         }
         Ok(())
@@ -469,7 +469,7 @@ impl Relay {
 
     // ===== caller -> containerd =====
 
-    fn from_client(&mut self, head: Head, whole: &[u8]) -> Result<(), Fatal> {
+    fn on_client_frame(&mut self, head: Head, whole: &[u8]) -> Result<(), Fatal> {
         let payload = &whole[HEADER_LEN..];
         if !self.first_settings_seen {
             if head.kind != frames::SETTINGS || head.flags & frames::ACK != 0 {
@@ -691,7 +691,7 @@ impl Relay {
             }
             return Ok(());
         }
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             return Err(Reason::PROTOCOL_ERROR);
         }
         self.last_client_stream = s;
@@ -757,7 +757,7 @@ impl Relay {
 
     // ===== containerd -> caller =====
 
-    fn from_upstream(&mut self, head: Head, whole: &[u8]) -> Result<(), Fatal> {
+    fn on_upstream_frame(&mut self, head: Head, whole: &[u8]) -> Result<(), Fatal> {
         let payload = &whole[HEADER_LEN..];
         if let Some(block) = self.u_block.as_mut() {
             if head.kind != frames::CONTINUATION || head.stream != block.stream {
@@ -824,7 +824,7 @@ impl Relay {
                         probe.failed();
                     }
                 }
-                self.to_client_raw(whole);
+                self.queue_raw_for_client(whole);
             }
             frames::SETTINGS => {
                 if head.flags & frames::ACK == 0 {
@@ -839,7 +839,7 @@ impl Relay {
                         o.recv_window += delta;
                     }
                 }
-                self.to_client_raw(whole);
+                self.queue_raw_for_client(whole);
             }
             frames::GOAWAY if payload.len() >= 8 => {
                 // The caller must not retry a call pullgate answered itself: its stream is
@@ -847,9 +847,9 @@ impl Relay {
                 let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
                 let mut frame = whole.to_vec();
                 frame[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&last.max(self.max_owned).to_be_bytes());
-                self.to_client_raw(&frame);
+                self.queue_raw_for_client(&frame);
             }
-            _ => self.to_client_raw(whole),
+            _ => self.queue_raw_for_client(whole),
         }
         Ok(())
     }
@@ -870,11 +870,11 @@ impl Relay {
                 }
             }
         }
-        self.to_client_raw(&block.raw);
+        self.queue_raw_for_client(&block.raw);
         Ok(())
     }
 
-    fn to_client_raw(&mut self, bytes: &[u8]) {
+    fn queue_raw_for_client(&mut self, bytes: &[u8]) {
         if self.c_queue.is_empty() {
             self.c_out.extend_from_slice(bytes);
         } else {
@@ -882,7 +882,7 @@ impl Relay {
         }
     }
 
-    fn to_client(&mut self, q: Queued) {
+    fn queue_for_client(&mut self, q: Queued) {
         self.c_queue.push_back(q);
         self.drain_queue();
     }
@@ -1008,7 +1008,7 @@ impl Relay {
             }
         }
         for q in out {
-            self.to_client(q);
+            self.queue_for_client(q);
         }
         if done {
             if let Some(o) = self.owned.get_mut(&stream) {
@@ -1116,7 +1116,6 @@ async fn serve_call(
                 }
             },
             Some(Err(e)) => {
-                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
                 let _ = relay.send((stream, Msg::Reset(super::relay::h2_reason(&*e))));
                 return;
             }

@@ -122,7 +122,7 @@ impl Default for Settings {
 impl Settings {
     /// Applies a SETTINGS payload (not an ACK); errors are connection errors.
     pub fn apply(&mut self, payload: &[u8]) -> Result<(), Reason> {
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err(Reason::FRAME_SIZE_ERROR);
         }
         for s in payload.chunks_exact(6) {

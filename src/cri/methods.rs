@@ -198,10 +198,8 @@ mod tests {
 
     #[test]
     fn streaming_lists_are_known_and_inert() {
-        for name in ["StreamImages"] {
-            let path = format!("/runtime.v1.ImageService/{name}");
-            assert!(matches!(route(&path), Route::Known { method, .. } if method.surface == Inert), "{name}");
-        }
+        let path = "/runtime.v1.ImageService/StreamImages";
+        assert!(matches!(route(path), Route::Known { method, .. } if method.surface == Inert), "{path}");
         for name in ["StreamContainers", "StreamPodSandboxes", "StreamContainerStats", "StreamPodSandboxStats", "StreamPodSandboxMetrics"] {
             let path = format!("/runtime.v1.RuntimeService/{name}");
             assert!(matches!(route(&path), Route::Known { method, .. } if method.surface == Inert), "{name}");

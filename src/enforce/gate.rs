@@ -938,7 +938,7 @@ mod tests {
         let tags = [format!("{REG}/pause:forged"), format!("{REG}/demo/unsigned:1")];
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         let digests = [format!("{REG}/demo/unsigned@{}", d(9))];
-        let by = |asked: Option<String>| create(&u.to_string(), asked.as_deref().map(|s| s), &u, &tags, &digests);
+        let by = |asked: Option<String>| create(&u.to_string(), asked.as_deref(), &u, &tags, &digests);
         let (v, r) = e.decide_create(&by(Some(format!("{REG}/demo/unsigned:1")))).await;
         assert!(refused(&v), "{}", r.reason);
         let (v, r) = e.decide_create(&by(None)).await;

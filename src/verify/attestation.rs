@@ -225,6 +225,9 @@ pub fn judge(
 
 type Failure = (Stage, String, Option<VerifiedSignature>);
 
+// A failure carries the signature it verified (if any) for the report; it is built once per
+// candidate, off the hot path, so its size costs nothing worth boxing.
+#[allow(clippy::result_large_err)]
 fn check(
     trust: &TrustMaterial,
     image: &Digest,

@@ -335,7 +335,7 @@ fn verify_with(authority: &CachedAuthority, token: &Token, signature: &[u8]) -> 
     let value_der = value.to_der().map_err(|e| e.to_string())?;
     let digest =
         der::asn1::OctetStringRef::from_der(&value_der).map_err(|e| format!("failed to decode message-digest as OCTET STRING: {e}"))?;
-    let content_hash = hash(digest_oid, &tst_der).ok_or_else(|| format!("unsupported signer digest algorithm: {digest_oid}"))?;
+    let content_hash = hash(digest_oid, tst_der).ok_or_else(|| format!("unsupported signer digest algorithm: {digest_oid}"))?;
     if content_hash != digest.as_bytes() {
         return Err("message-digest attribute does not match TSTInfo".into());
     }

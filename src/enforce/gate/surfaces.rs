@@ -138,7 +138,7 @@ impl Enforcer {
     /// A call that names no image: refused when anything is enforced, unless it is an
     /// `ImageService` method configuration allows by name (then `None`: forwarded, no record).
     pub(super) fn decide_unchecked(&self, call: &UncheckedCall) -> Option<(CreateVerdict, AuditRecord)> {
-        if call.kind == Unchecked::UnknownImageMethod && self.allowed_methods.iter().any(|p| *p == call.path) {
+        if call.kind == Unchecked::UnknownImageMethod && self.allowed_methods.contains(&call.path) {
             return None;
         }
         let (surface, reason) = match call.kind {

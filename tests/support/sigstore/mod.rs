@@ -612,7 +612,7 @@ impl Stack {
         let rekor_bundle = opts.tlog.then(|| {
             let (body, kind) = match opts.legacy_kind {
                 LegacyKind::HashedRekord => {
-                    (rekor::hashedrekord_body(&payload_digest.hex(), &signature, &verifier_pem), ("hashedrekord", "0.0.1"))
+                    (rekor::hashedrekord_body(payload_digest.hex(), &signature, &verifier_pem), ("hashedrekord", "0.0.1"))
                 }
                 LegacyKind::Rekord => (rekor::rekord_body(&payload, &signature, &verifier_pem), ("rekord", "0.0.1")),
             };
