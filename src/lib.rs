@@ -5,6 +5,7 @@
 //! - [`admin`]: metrics, `/live` and `/ready` on a loopback HTTP port.
 //! - [`app`]: the wiring `serve`, `doctor` and `verify` share: configuration -> enforcer -> proxy.
 //! - [`bounded`]: request text shortened and escaped for refusals, log lines and audit records.
+//! - [`cmd`]: what every command shares: the exit-code table and the output format.
 //! - [`config`]: the YAML configuration, validated before anything is bound.
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod app;
 pub mod bounded;
+pub mod cmd;
 pub mod config;
 pub mod cri;
 pub mod daemon;

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use pullgate::cmd::exit::{self, status};
 use pullgate::config::{Config, LogFormat};
-
-/// Exit code for a bad command line or configuration (EX_USAGE from sysexits.h).
-const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -77,14 +75,10 @@ fn stop_quietly_when_stdout_closes() {
         let payload = info.payload();
         let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
         if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
-            std::process::exit(128 + 13);
+            std::process::exit(exit::BROKEN_PIPE);
         }
         default(info);
     }));
-}
-
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[derive(Args)]
@@ -126,16 +120,24 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     stop_quietly_when_stdout_closes();
-    let cli = Cli::parse();
+    // A bad command line is a usage error like any other: 64, not clap's 2. Help and
+    // --version print on stdout and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return status(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Verify(args) => exit(pullgate::enforce::verify_cmd::run_verify(args)),
-        Command::VerifyImageFiles(args) => exit(pullgate::verify::cli::run_verify_image_files(args)),
-        Command::VerifyBundle(args) => exit(pullgate::verify::cli::run_verify_bundle(args)),
-        Command::TrustRoot(cmd) => exit(pullgate::trust::cli::run(&cmd)),
-        Command::Report(args) => exit(pullgate::enforce::report::run(&args)),
-        Command::Doctor(args) => exit(pullgate::doctor::run(&args)),
-        Command::BreakGlass(args) => exit(pullgate::enforce::break_glass::cli::run(&args)),
+        Command::Verify(args) => status(pullgate::enforce::verify_cmd::run_verify(args)),
+        Command::VerifyImageFiles(args) => status(pullgate::verify::cli::run_verify_image_files(args)),
+        Command::VerifyBundle(args) => status(pullgate::verify::cli::run_verify_bundle(args)),
+        Command::TrustRoot(cmd) => status(pullgate::trust::cli::run(&cmd)),
+        Command::Report(args) => status(pullgate::enforce::report::run(&args)),
+        Command::Doctor(args) => status(pullgate::doctor::run(&args)),
+        Command::BreakGlass(args) => status(pullgate::enforce::break_glass::cli::run(&args)),
         Command::Manual { out } => match manual(&out) {
             Ok(pages) => {
                 println!("{pages} man pages and 3 completion scripts in {}", out.display());
@@ -156,7 +158,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("pullgate: invalid configuration: {e}");
-                ExitCode::from(EX_USAGE)
+                status(exit::USAGE)
             }
         },
     }
@@ -185,7 +187,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("pullgate: invalid configuration: {e}");
-                return ExitCode::from(EX_USAGE);
+                return status(exit::USAGE);
             }
         },
         None => Config::default(),
@@ -204,7 +206,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Err(e) = init_logging(&config) {
         eprintln!("pullgate: invalid log filter: {e}");
-        return ExitCode::from(EX_USAGE);
+        return status(exit::USAGE);
     }
     if args.config.is_none() {
         tracing::warn!("no --config given: running as a pure pass-through proxy, no image is checked");
@@ -239,7 +241,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ pullgate::daemon::StartError::Policy(_)) => {
             tracing::error!("{e}");
-            ExitCode::from(EX_USAGE)
+            status(exit::USAGE)
         }
         Err(e) => {
             tracing::error!("{e}");

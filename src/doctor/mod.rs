@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use crate::cmd::exit;
 use crate::config::Config;
 use crate::cri::client::CriClient;
 use crate::cri::intercept::{CreateCall, CreateVerdict};
@@ -497,7 +498,7 @@ pub fn run(args: &DoctorArgs) -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pullgate doctor: cannot start the async runtime: {e}");
-            return 1;
+            return exit::FAILED;
         }
     };
     let report = runtime.block_on(diagnose(args));
@@ -505,7 +506,11 @@ pub fn run(args: &DoctorArgs) -> i32 {
         Output::Human => print!("{}", render_human(&report)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
     }
-    i32::from(!report.ok)
+    if report.ok {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
 }
 
 #[cfg(test)]

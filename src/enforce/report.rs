@@ -17,9 +17,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::audit::{read_records, AuditRecord};
-
-const EX_USAGE: i32 = 64;
-const EX_NOINPUT: i32 = 66;
+use crate::cmd::exit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -323,7 +321,7 @@ pub fn run(args: &ReportArgs) -> i32 {
         (Ok(s), Ok(u)) => (s, u),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("pullgate: {e}");
-            return EX_USAGE;
+            return exit::USAGE;
         }
     };
     let mut records = Vec::new();
@@ -336,7 +334,7 @@ pub fn run(args: &ReportArgs) -> i32 {
             }
             Err(e) => {
                 eprintln!("pullgate: cannot read audit log {}: {e}", file.display());
-                return EX_NOINPUT;
+                return exit::NO_INPUT;
             }
         }
     }
@@ -349,11 +347,15 @@ pub fn run(args: &ReportArgs) -> i32 {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("pullgate: {e}");
-                return 1;
+                return exit::FAILED;
             }
         },
     }
-    i32::from(report.has_refusals())
+    if report.has_refusals() {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }
 
 #[cfg(test)]

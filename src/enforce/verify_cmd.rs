@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::checker::decide;
 use super::gate::{match_names, Outcome};
 use super::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
+use crate::cmd::exit;
 use crate::config::Config;
 use crate::registry::{Registry, RegistryArgs, Report};
 use crate::trust::{StateDir, SystemClock, TrustHandle};
@@ -19,10 +20,8 @@ use crate::verify::cli::{identity_policy, IdentityArgs, OutputFormat};
 use crate::verify::image::ImageDecision;
 use crate::verify::trust::TrustMaterial;
 
-/// Exit code: denied.
-const DENIED: i32 = 1;
-/// Exit code: bad usage or configuration.
-const USAGE: i32 = 64;
+const DENIED: i32 = exit::FAILED;
+const USAGE: i32 = exit::USAGE;
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {

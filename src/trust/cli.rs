@@ -14,10 +14,8 @@ use super::import::{import_tuf, import_unverified, ImportError, ImportOptions};
 use super::state::StateDir;
 use super::status;
 use super::tuf_import::PinnedRoot;
+use crate::cmd::exit;
 use crate::settings::parse_duration;
-
-/// Exit code for a bad command line or configuration (EX_USAGE).
-pub const EX_USAGE: i32 = 64;
 
 #[derive(Debug, Subcommand)]
 pub enum TrustRootCommand {
@@ -103,7 +101,7 @@ fn now() -> jiff::Timestamp {
 
 fn usage(message: impl std::fmt::Display) -> i32 {
     eprintln!("pullgate: {message}");
-    EX_USAGE
+    exit::USAGE
 }
 
 pub(crate) fn settings(args: &StateArgs) -> Result<TrustRootConfig, String> {
@@ -181,13 +179,13 @@ pub fn run_import(args: &ImportArgs) -> i32 {
             if m.kind == super::manifest::RootKind::UnverifiedTrustedRoot {
                 eprintln!("pullgate: warning: the installed trust root is unverified (no TUF signature); recorded as such");
             }
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("pullgate: trust-root import failed, installed trust root unchanged: {e}");
             match e {
-                ImportError::State(super::state::StateError::Locked(_)) => 75,
-                _ => 1,
+                ImportError::State(super::state::StateError::Locked(_)) => exit::TEMP_FAIL,
+                _ => exit::FAILED,
             }
         }
     }

@@ -6,7 +6,8 @@
 //!   this image digest carry a signature, from files, that the current mirrored
 //!   root and the given identity accept?
 //!
-//! Exit codes: 0 verified, 1 not verified, 2 unusable input or configuration.
+//! Exit codes ([`crate::cmd::exit`]): 0 verified, 1 not verified, 64 unusable input or
+//! configuration.
 
 use std::path::{Path, PathBuf};
 
@@ -18,16 +19,10 @@ use super::image::{verify_image, SignatureMaterial};
 use super::keys::PublicKey;
 use super::legacy::LegacySignature;
 use super::trust::TrustMaterial;
+use crate::cmd::exit;
 use crate::digest::Digest;
 use crate::policy::authority::{Authority, IdentityPolicy};
 use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
-
-/// Exit code: the signature verified and the policy accepted it.
-pub const EXIT_VERIFIED: i32 = 0;
-/// Exit code: verification or policy failed.
-pub const EXIT_REJECTED: i32 = 1;
-/// Exit code: unreadable input, bad trust root or contradictory flags.
-pub const EXIT_USAGE: i32 = 2;
 
 /// Largest artifact `verify-bundle` reads into memory.
 const MAX_ARTIFACT_BYTES: u64 = 1 << 31;
@@ -68,7 +63,7 @@ pub fn run_verify_bundle(args: VerifyBundleArgs) -> i32 {
     match verify_bundle_command(&args) {
         Ok(summary) => {
             println!("OK: {summary}");
-            EXIT_VERIFIED
+            exit::OK
         }
         Err((code, reason)) => {
             eprintln!("{}", one_line(&reason));
@@ -80,11 +75,11 @@ pub fn run_verify_bundle(args: VerifyBundleArgs) -> i32 {
 type CliResult<T> = Result<T, (i32, String)>;
 
 fn usage(reason: impl std::fmt::Display) -> (i32, String) {
-    (EXIT_USAGE, reason.to_string())
+    (exit::USAGE, reason.to_string())
 }
 
 fn rejected(reason: impl std::fmt::Display) -> (i32, String) {
-    (EXIT_REJECTED, reason.to_string())
+    (exit::FAILED, reason.to_string())
 }
 
 fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
@@ -290,12 +285,12 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
         }
     }
     if decision.allowed {
-        EXIT_VERIFIED
+        exit::OK
     } else {
         if args.output == OutputFormat::Json {
             eprintln!("{}", decision.reason());
         }
-        EXIT_REJECTED
+        exit::FAILED
     }
 }
 
