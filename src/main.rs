@@ -32,28 +32,28 @@ enum Command {
     Config(ConfigCommand),
     /// Check an image on the registry mirror, offline: resolve it, find its signatures and
     /// verify them against the policy and the mirrored trust root. Exit 0 only when verified.
-    Verify(pullgate::enforce::verify_cmd::VerifyArgs),
+    Verify(pullgate::cmd::verify::VerifyArgs),
     /// Verify an image's signature from files (digest + bundle or legacy signature files), for
     /// build pipelines: no registry needed.
-    VerifyImageFiles(pullgate::verify::cli::VerifyImageFilesArgs),
+    VerifyImageFiles(pullgate::cmd::verify_files::VerifyImageFilesArgs),
     /// The sigstore-conformance client protocol: verify one bundle against an artifact or
     /// digest. Lets anyone run Sigstore's own conformance suite against pullgate.
-    VerifyBundle(pullgate::verify::cli::VerifyBundleArgs),
+    VerifyBundle(pullgate::cmd::verify_files::VerifyBundleArgs),
     /// Import, inspect and check the mirrored Sigstore trust root.
     #[command(subcommand)]
-    TrustRoot(pullgate::trust::cli::TrustRootCommand),
+    TrustRoot(pullgate::cmd::trust_root::TrustRootCommand),
     /// From the audit log: per policy, what enforce mode would have refused in a time window
     /// (images, namespaces, reasons, counts). The check before switching audit to enforce.
     /// Exit 0 nothing would be refused, 1 something would, 64 bad usage, 66 unreadable log.
-    Report(pullgate::enforce::report::ReportArgs),
+    Report(pullgate::cmd::report::ReportArgs),
     /// Check this node's setup (kubelet pointed at pullgate, sockets, containerd, mirrors,
     /// trust root, policy, images on the node) and explain each problem in one line.
     /// Exit 0 when nothing failed, 1 otherwise.
-    Doctor(pullgate::doctor::DoctorArgs),
+    Doctor(pullgate::cmd::doctor::DoctorCommand),
     /// Let named image digests start for a while (at most 24h) although pullgate refuses them:
     /// for a node whose mirror or trust root is unusable. Recorded and alerted on.
-    #[command(long_about = pullgate::enforce::break_glass::cli::LONG_ABOUT)]
-    BreakGlass(pullgate::enforce::break_glass::cli::BreakGlassArgs),
+    #[command(long_about = pullgate::cmd::break_glass::LONG_ABOUT)]
+    BreakGlass(pullgate::cmd::break_glass::BreakGlassArgs),
     /// Write the man pages (one per command) and bash, zsh and fish completions, generated
     /// from these definitions: DIR/man1/*.1 and DIR/completions/. For packaging.
     #[command(hide = true)]
@@ -131,13 +131,13 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Verify(args) => status(pullgate::enforce::verify_cmd::run_verify(args)),
-        Command::VerifyImageFiles(args) => status(pullgate::verify::cli::run_verify_image_files(args)),
-        Command::VerifyBundle(args) => status(pullgate::verify::cli::run_verify_bundle(args)),
-        Command::TrustRoot(cmd) => status(pullgate::trust::cli::run(&cmd)),
-        Command::Report(args) => status(pullgate::enforce::report::run(&args)),
-        Command::Doctor(args) => status(pullgate::doctor::run(&args)),
-        Command::BreakGlass(args) => status(pullgate::enforce::break_glass::cli::run(&args)),
+        Command::Verify(args) => status(pullgate::cmd::verify::run_verify(args)),
+        Command::VerifyImageFiles(args) => status(pullgate::cmd::verify_files::run_verify_image_files(args)),
+        Command::VerifyBundle(args) => status(pullgate::cmd::verify_files::run_verify_bundle(args)),
+        Command::TrustRoot(cmd) => status(pullgate::cmd::trust_root::run(&cmd)),
+        Command::Report(args) => status(pullgate::cmd::report::run(&args)),
+        Command::Doctor(args) => status(pullgate::cmd::doctor::run(&args)),
+        Command::BreakGlass(args) => status(pullgate::cmd::break_glass::run(&args)),
         Command::Manual { out } => match manual(&out) {
             Ok(pages) => {
                 println!("{pages} man pages and 3 completion scripts in {}", out.display());

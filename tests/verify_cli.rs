@@ -6,7 +6,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use pullgate::verify::cli::{run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs};
+use pullgate::cmd::verify_files::{run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs};
 use support::sigstore::keys::{KeyAlg, TestKey};
 use support::sigstore::{image_digest, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 

@@ -1,6 +1,14 @@
-//! What every command shares: the exit-code table and the output format.
+//! The `pullgate` commands: argument definitions and entry points that return an exit code
+//! from [`exit`], printing [`OutputFormat`]. Only the glue between the command line and the
+//! modules that do the work lives here.
 
+pub mod break_glass;
+pub mod doctor;
 pub mod exit;
+pub mod report;
+pub mod trust_root;
+pub mod verify;
+pub mod verify_files;
 
 use clap::ValueEnum;
 

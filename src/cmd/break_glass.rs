@@ -5,9 +5,11 @@ use std::time::Duration;
 use clap::Args;
 use jiff::Timestamp;
 
-use super::{parse_image, parse_length, store, Operator, Window, Windows, FILE_NAME, MAX_IMAGES, MAX_REASON, MAX_WINDOWS};
+use super::trust_root::{settings, StateArgs};
 use crate::cmd::exit;
-use crate::trust::cli::{settings, StateArgs};
+use crate::enforce::break_glass::{
+    parse_image, parse_length, store, Operator, Window, Windows, FILE_NAME, MAX_IMAGES, MAX_REASON, MAX_WINDOWS,
+};
 
 /// `pullgate help break-glass`: the runbook, since this is read by someone whose node is down.
 pub const LONG_ABOUT: &str = "\

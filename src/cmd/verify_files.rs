@@ -1,4 +1,5 @@
-//! Command-line front ends, mounted as subcommands by `main.rs`.
+//! `pullgate verify-bundle` and `pullgate verify-image-files`: command-line front ends of
+//! [`crate::verify`], mounted as subcommands by `main.rs`.
 //!
 //! - `verify-bundle` implements the sigstore-conformance client protocol, so
 //!   Sigstore's own suites can drive pullgate's verifier.
@@ -11,18 +12,18 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
-use super::error::one_line;
-use super::image::{verify_image, SignatureMaterial};
-use super::keys::PublicKey;
-use super::legacy::LegacySignature;
-use super::trust::TrustMaterial;
-use crate::cmd::exit;
+use crate::cmd::{exit, OutputFormat};
 use crate::digest::Digest;
 use crate::policy::authority::{Authority, IdentityPolicy};
 use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
+use crate::verify::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
+use crate::verify::error::one_line;
+use crate::verify::image::{verify_image, SignatureMaterial};
+use crate::verify::keys::PublicKey;
+use crate::verify::legacy::LegacySignature;
+use crate::verify::trust::TrustMaterial;
 
 /// Largest artifact `verify-bundle` reads into memory.
 const MAX_ARTIFACT_BYTES: u64 = 1 << 31;
@@ -89,7 +90,7 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
         None => TrustMaterial::embedded_production(),
     }
     .map_err(usage)?;
-    let bundle_json = read_limited(&args.bundle, super::bundle::MAX_BUNDLE_BYTES as u64)?;
+    let bundle_json = read_limited(&args.bundle, crate::verify::bundle::MAX_BUNDLE_BYTES as u64)?;
     let bundle = parse_bundle(&bundle_json).map_err(rejected)?;
     let key = match &args.key {
         Some(path) => Some(read_key(path)?),
@@ -100,7 +101,7 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     let artifact_bytes;
     let digest;
     let artifact = if !Path::new(&args.artifact).exists() && Digest::parse(&args.artifact).is_ok() {
-        digest = super::error::parse_digest(&args.artifact).map_err(usage)?;
+        digest = crate::verify::error::parse_digest(&args.artifact).map_err(usage)?;
         ArtifactRef::Digest(&digest)
     } else {
         artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
@@ -144,15 +145,6 @@ fn read_key(path: &Path) -> CliResult<PublicKey> {
     let pem = read_text(path, 64 << 10)?;
     // A bad configured key is a usage problem, not a rejected signature.
     PublicKey::from_pem(&pem).map_err(|e| usage(format!("{}: {e}", path.display())))
-}
-
-/// Output format of `verify-image-files`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// A verdict line and one line per candidate.
-    Human,
-    /// The full decision as JSON.
-    Json,
 }
 
 /// `pullgate verify-image-files`: cosign-like image verification from files.
@@ -297,14 +289,14 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
 type Prepared = (IdentityPolicy, TrustMaterial, Digest, Vec<SignatureMaterial>);
 
 fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
-    let image = super::error::parse_digest(&args.digest).map_err(usage)?;
+    let image = crate::verify::error::parse_digest(&args.digest).map_err(usage)?;
     let policy = policy_from_flags(&args.identity)?;
     let trust = TrustMaterial::from_file(&args.trusted_root).map_err(usage)?;
     let mut candidates = Vec::new();
     for path in &args.bundles {
         candidates.push(SignatureMaterial::Bundle {
             source: path.display().to_string(),
-            json: read_limited(path, super::bundle::MAX_BUNDLE_BYTES as u64)?,
+            json: read_limited(path, crate::verify::bundle::MAX_BUNDLE_BYTES as u64)?,
         });
     }
     for spec in &args.signature_layers {
