@@ -5,15 +5,17 @@
 //! - [`admin`]: metrics, `/live` and `/ready` on a loopback HTTP port.
 //! - [`app`]: the wiring `serve`, `doctor` and `verify` share: configuration -> enforcer -> proxy.
 //! - [`bounded`]: request text shortened and escaped for refusals, log lines and audit records.
+//! - [`cmd`]: the commands' entry points (arguments -> the module that does the work -> an exit
+//!   code from the one table, output as text or JSON).
 //! - [`config`]: the YAML configuration, validated before anything is bound.
 //! - [`cri`]: the socket kubelet talks to, transparent forwarding to containerd, and the calls
 //!   pullgate decodes.
 //! - [`daemon`]: `pullgate serve`, wiring configuration to the proxy until a signal.
 //! - [`digest`]: content digests (sha256, sha384, sha512), the one type every layer names
 //!   content by.
-//! - [`doctor`]: `pullgate doctor`, a check of the node's setup, one line per problem.
+//! - [`doctor`]: the check of the node's setup behind `pullgate doctor`, one line per problem.
 //! - [`enforce`]: decisions at PullImage and CreateContainer, policies, modes, the decision
-//!   cache, the audit log and `pullgate report` over it.
+//!   cache, the audit log and the report over it.
 //! - [`registry`]: the node's registry mirror, found like containerd does: digests and
 //!   signature discovery.
 //! - [`settings`]: the configuration vocabulary modules share: durations, sizes, YAML parsing
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod app;
 pub mod bounded;
+pub mod cmd;
 pub mod config;
 pub mod cri;
 pub mod daemon;

@@ -5,10 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use pullgate::cmd::exit::{self, status};
 use pullgate::config::{Config, LogFormat};
-
-/// Exit code for a bad command line or configuration (EX_USAGE from sysexits.h).
-const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -34,28 +32,28 @@ enum Command {
     Config(ConfigCommand),
     /// Check an image on the registry mirror, offline: resolve it, find its signatures and
     /// verify them against the policy and the mirrored trust root. Exit 0 only when verified.
-    Verify(pullgate::enforce::verify_cmd::VerifyArgs),
+    Verify(pullgate::cmd::verify::VerifyArgs),
     /// Verify an image's signature from files (digest + bundle or legacy signature files), for
     /// build pipelines: no registry needed.
-    VerifyImageFiles(pullgate::verify::cli::VerifyImageFilesArgs),
+    VerifyImageFiles(pullgate::cmd::verify_files::VerifyImageFilesArgs),
     /// The sigstore-conformance client protocol: verify one bundle against an artifact or
     /// digest. Lets anyone run Sigstore's own conformance suite against pullgate.
-    VerifyBundle(pullgate::verify::cli::VerifyBundleArgs),
+    VerifyBundle(pullgate::cmd::verify_files::VerifyBundleArgs),
     /// Import, inspect and check the mirrored Sigstore trust root.
     #[command(subcommand)]
-    TrustRoot(pullgate::trust::cli::TrustRootCommand),
+    TrustRoot(pullgate::cmd::trust_root::TrustRootCommand),
     /// From the audit log: per policy, what enforce mode would have refused in a time window
     /// (images, namespaces, reasons, counts). The check before switching audit to enforce.
     /// Exit 0 nothing would be refused, 1 something would, 64 bad usage, 66 unreadable log.
-    Report(pullgate::enforce::report::ReportArgs),
+    Report(pullgate::cmd::report::ReportArgs),
     /// Check this node's setup (kubelet pointed at pullgate, sockets, containerd, mirrors,
     /// trust root, policy, images on the node) and explain each problem in one line.
     /// Exit 0 when nothing failed, 1 otherwise.
-    Doctor(pullgate::doctor::DoctorArgs),
+    Doctor(pullgate::cmd::doctor::DoctorCommand),
     /// Let named image digests start for a while (at most 24h) although pullgate refuses them:
     /// for a node whose mirror or trust root is unusable. Recorded and alerted on.
-    #[command(long_about = pullgate::enforce::break_glass::cli::LONG_ABOUT)]
-    BreakGlass(pullgate::enforce::break_glass::cli::BreakGlassArgs),
+    #[command(long_about = pullgate::cmd::break_glass::LONG_ABOUT)]
+    BreakGlass(pullgate::cmd::break_glass::BreakGlassArgs),
     /// Write the man pages (one per command) and bash, zsh and fish completions, generated
     /// from these definitions: DIR/man1/*.1 and DIR/completions/. For packaging.
     #[command(hide = true)]
@@ -77,14 +75,10 @@ fn stop_quietly_when_stdout_closes() {
         let payload = info.payload();
         let message = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
         if message.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
-            std::process::exit(128 + 13);
+            std::process::exit(exit::BROKEN_PIPE);
         }
         default(info);
     }));
-}
-
-fn exit(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[derive(Args)]
@@ -126,16 +120,24 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     stop_quietly_when_stdout_closes();
-    let cli = Cli::parse();
+    // A bad command line is a usage error like any other: 64, not clap's 2. Help and
+    // --version print on stdout and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return status(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Verify(args) => exit(pullgate::enforce::verify_cmd::run_verify(args)),
-        Command::VerifyImageFiles(args) => exit(pullgate::verify::cli::run_verify_image_files(args)),
-        Command::VerifyBundle(args) => exit(pullgate::verify::cli::run_verify_bundle(args)),
-        Command::TrustRoot(cmd) => exit(pullgate::trust::cli::run(&cmd)),
-        Command::Report(args) => exit(pullgate::enforce::report::run(&args)),
-        Command::Doctor(args) => exit(pullgate::doctor::run(&args)),
-        Command::BreakGlass(args) => exit(pullgate::enforce::break_glass::cli::run(&args)),
+        Command::Verify(args) => status(pullgate::cmd::verify::run_verify(args)),
+        Command::VerifyImageFiles(args) => status(pullgate::cmd::verify_files::run_verify_image_files(args)),
+        Command::VerifyBundle(args) => status(pullgate::cmd::verify_files::run_verify_bundle(args)),
+        Command::TrustRoot(cmd) => status(pullgate::cmd::trust_root::run(&cmd)),
+        Command::Report(args) => status(pullgate::cmd::report::run(&args)),
+        Command::Doctor(args) => status(pullgate::cmd::doctor::run(&args)),
+        Command::BreakGlass(args) => status(pullgate::cmd::break_glass::run(&args)),
         Command::Manual { out } => match manual(&out) {
             Ok(pages) => {
                 println!("{pages} man pages and 3 completion scripts in {}", out.display());
@@ -156,7 +158,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("pullgate: invalid configuration: {e}");
-                ExitCode::from(EX_USAGE)
+                status(exit::USAGE)
             }
         },
     }
@@ -185,7 +187,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("pullgate: invalid configuration: {e}");
-                return ExitCode::from(EX_USAGE);
+                return status(exit::USAGE);
             }
         },
         None => Config::default(),
@@ -204,7 +206,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Err(e) = init_logging(&config) {
         eprintln!("pullgate: invalid log filter: {e}");
-        return ExitCode::from(EX_USAGE);
+        return status(exit::USAGE);
     }
     if args.config.is_none() {
         tracing::warn!("no --config given: running as a pure pass-through proxy, no image is checked");
@@ -239,7 +241,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ pullgate::daemon::StartError::Policy(_)) => {
             tracing::error!("{e}");
-            ExitCode::from(EX_USAGE)
+            status(exit::USAGE)
         }
         Err(e) => {
             tracing::error!("{e}");

@@ -519,3 +519,33 @@ fn output_to_a_closed_pipe_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+#[test]
+fn usage_errors_exit_64_in_every_command() {
+    // The README's exit-code table: a bad command line is 64 (EX_USAGE) whichever command it is,
+    // whether clap finds it or the command does; help and --version are not errors.
+    let code = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pullgate")).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let missing = "/nonexistent/pullgate-test";
+    for args in [
+        &["no-such-command"][..],
+        &["serve", "--worker-threads", "0"],
+        &["config", "check", missing],
+        &["verify"],
+        &["verify", "r.test/app:1", "--config", missing],
+        &["verify-bundle", "--bundle", missing, "--key", missing, "sha256:00"],
+        &["verify-image-files", "--digest", "sha256:00"],
+        &["trust-root", "status", "--state-dir", "relative"],
+        &["report"],
+        &["report", "--audit-log", missing, "--since", "yesterday"],
+        &["doctor", "--max-images", "many"],
+        &["break-glass", "--state-dir", "relative", "--list"],
+    ] {
+        let (status, stderr) = code(args);
+        assert_eq!(status, Some(64), "pullgate {args:?}:\n{stderr}");
+    }
+    assert_eq!(code(&["--help"]).0, Some(0));
+    assert_eq!(code(&["--version"]).0, Some(0));
+}

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
 use jiff::Timestamp;
-use pullgate::trust::cli::{run, run_import, run_status, ImportArgs, Output, StateArgs, StatusArgs, TrustRootCommand};
+use pullgate::cmd::trust_root::{run, run_import, run_status, ImportArgs, StateArgs, StatusArgs, TrustRootCommand};
+use pullgate::cmd::OutputFormat;
 use pullgate::trust::freshness::FreshnessPolicy;
 use pullgate::trust::state::StateDir;
 use pullgate::trust::status::{self, Verdict};
@@ -37,7 +38,7 @@ fn import_args(state: &Path) -> ImportArgs {
 
 fn status_args(state: &Path) -> StatusArgs {
     StatusArgs {
-        output: Output::Human,
+        output: OutputFormat::Human,
         max_age: None,
         warn_before: None,
         state: StateArgs { config: None, state_dir: Some(state.to_owned()) },
@@ -77,7 +78,7 @@ fn arguments_parse_as_mounted() {
     let TrustRootCommand::Import(a) = parse(&["import", "--trusted-root", "/t.json", "--accept-unverified-trusted-root"]) else { panic!() };
     assert!(a.accept_unverified_trusted_root && a.trusted_root.is_some());
     let TrustRootCommand::Status(s) = parse(&["status", "--output", "json", "--max-age", "45d"]) else { panic!() };
-    assert_eq!((s.output, s.max_age.as_deref()), (Output::Json, Some("45d")));
+    assert_eq!((s.output, s.max_age.as_deref()), (OutputFormat::Json, Some("45d")));
 }
 
 #[test]
@@ -178,8 +179,12 @@ fn config_section_supplies_the_state_dir() {
     let mut args = import_import_from_config(&f, &config);
     assert_eq!(run_import(&args), 0);
     args.state.state_dir = None;
-    let status =
-        StatusArgs { output: Output::Json, max_age: None, warn_before: None, state: StateArgs { config: Some(config), state_dir: None } };
+    let status = StatusArgs {
+        output: OutputFormat::Json,
+        max_age: None,
+        warn_before: None,
+        state: StateArgs { config: Some(config), state_dir: None },
+    };
     assert_eq!(run_status(&status), 0);
     assert!(StateDir::new(&f.state).load_current().unwrap().is_some());
 }

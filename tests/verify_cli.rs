@@ -1,12 +1,12 @@
 //! `verify-bundle` and `verify-image-files` end to end on files written by
-//! the test stack: exit codes 0 (verified), 1 (rejected), 2 (bad input).
+//! the test stack: exit codes 0 (verified), 1 (rejected), 64 (bad input).
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use pullgate::verify::cli::{run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs};
+use pullgate::cmd::verify_files::{run_verify_bundle, run_verify_image_files, VerifyBundleArgs, VerifyImageFilesArgs};
 use support::sigstore::keys::{KeyAlg, TestKey};
 use support::sigstore::{image_digest, Stack, DEFAULT_ISSUER, DEFAULT_SAN};
 
@@ -53,7 +53,8 @@ fn verify_bundle(argv: &[&str]) -> i32 {
 fn verify_image_files(argv: &[&str]) -> i32 {
     match ImageCli::try_parse_from(std::iter::once("verify-image-files").chain(argv.iter().copied())) {
         Ok(cli) => run_verify_image_files(cli.args),
-        Err(_) => 2,
+        // As `pullgate` maps clap's errors: a usage error.
+        Err(_) => 64,
     }
 }
 
@@ -123,8 +124,8 @@ fn conformance_protocol_with_digest_and_file() {
         1
     );
     // Unreadable inputs are usage errors, not crashes.
-    assert_eq!(verify_bundle(&["--bundle", "/nonexistent", "--key", &pem, "--trusted-root", &root, &digest]), 2);
-    assert_eq!(verify_bundle(&["--bundle", &bundle, "--key", &pem, "--trusted-root", "/nonexistent", &digest]), 2);
+    assert_eq!(verify_bundle(&["--bundle", "/nonexistent", "--key", &pem, "--trusted-root", &root, &digest]), 64);
+    assert_eq!(verify_bundle(&["--bundle", &bundle, "--key", &pem, "--trusted-root", "/nonexistent", &digest]), 64);
 }
 
 #[test]
@@ -209,7 +210,7 @@ fn image_files_bundles_layers_and_policies() {
     other.extend(identity.iter().map(|s| s.to_string()));
     assert_eq!(run(other), 1);
     // Usage errors: no material, both kinds of signer, bad regex, partial identity.
-    assert_eq!(run(base(&identity)), 2);
+    assert_eq!(run(base(&identity)), 64);
     let pem = dir.write("key.pub", TestKey::generate(KeyAlg::P256).public_pem());
     assert_eq!(
         run(base(&[
@@ -222,9 +223,9 @@ fn image_files_bundles_layers_and_policies() {
             "--certificate-oidc-issuer",
             DEFAULT_ISSUER
         ])),
-        2
+        64
     );
-    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity-regexp", "(", "--certificate-oidc-issuer", DEFAULT_ISSUER])), 2);
-    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity", DEFAULT_SAN])), 2);
+    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity-regexp", "(", "--certificate-oidc-issuer", DEFAULT_ISSUER])), 64);
+    assert_eq!(run(base(&["--bundle", &bundle, "--certificate-identity", DEFAULT_SAN])), 64);
     assert!(Path::new(&root).exists());
 }

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use pullgate::cmd::verify_files::{run_verify_bundle, VerifyBundleArgs};
 use pullgate::policy::{Authority, IdentityPolicy, KeylessIdentity, StringMatcher};
-use pullgate::verify::cli::{run_verify_bundle, VerifyBundleArgs};
 use pullgate::verify::{
     parse_bundle, verify_image, ArtifactRef, Digest, ExpectedSigner, LegacySignature, Mode, PublicKey, RekorSetBundle, SignatureMaterial,
     Signer, TrustMaterial,

@@ -15,7 +15,7 @@
 //!    same check CreateContainer makes, so what is listed here would be refused (or, in audit
 //!    mode, logged) if a pod used it.
 //!
-//! Exit 0 when nothing failed (warnings allowed), 1 when something did.
+//! Exit 0 when nothing failed (warnings allowed), 1 when something did ([`crate::cmd::doctor`]).
 
 pub mod containerd;
 pub mod kubelet;
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -36,12 +36,6 @@ use crate::enforce::policy::{Mode, PolicyConfig};
 use crate::registry::Registry;
 use crate::trust::status::{self, Verdict};
 use crate::trust::{StateDir, TrustHandle};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Human,
-    Json,
-}
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
@@ -68,8 +62,6 @@ pub struct DoctorArgs {
     /// Time budget for the images check, all images together.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = crate::settings::parse_duration)]
     pub images_timeout: Duration,
-    #[arg(long, value_enum, default_value = "human")]
-    pub output: Output,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -489,23 +481,6 @@ pub fn render_human(r: &DoctorReport) -> String {
         (p, w) => format!("{p} problem(s), {w} warning(s)\n"),
     });
     out
-}
-
-/// `pullgate doctor`; returns the exit code.
-pub fn run(args: &DoctorArgs) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pullgate doctor: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let report = runtime.block_on(diagnose(args));
-    match args.output {
-        Output::Human => print!("{}", render_human(&report)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
-    }
-    i32::from(!report.ok)
 }
 
 #[cfg(test)]

@@ -10,4 +10,3 @@ pub mod gate;
 pub mod metrics;
 pub mod policy;
 pub mod report;
-pub mod verify_cmd;

@@ -17,7 +17,7 @@
 //! - [`status`]: `trust-root status` report (human and JSON) and its exit-code verdict.
 //! - [`config`]: the `trust_root:` configuration section.
 //! - [`clock`]: wall time, replaceable in tests.
-//! - [`cli`]: clap arguments and `run_*` entry points for `pullgate trust-root ...`.
+//! - [`crate::cmd::trust_root`]: clap arguments and `run_*` entry points for `pullgate trust-root ...`.
 //!
 //! # On-disk layout
 //! ```text
@@ -32,7 +32,6 @@
 //!   lock                               flock held by an import
 //! ```
 
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod freshness;

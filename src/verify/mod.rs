@@ -15,7 +15,7 @@
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
 //! - [`error`]: one error enum per verification step.
-//! - [`cli`]: `verify-bundle` (sigstore-conformance protocol) and `verify-image-files`.
+//! - [`crate::cmd::verify_files`]: `verify-bundle` (sigstore-conformance protocol) and `verify-image-files`.
 //!
 //! # Verification steps
 //! Every candidate signature goes through these steps; each failure is a
@@ -86,7 +86,6 @@
 pub mod attestation;
 pub mod bundle;
 pub mod certificate;
-pub mod cli;
 mod direct;
 pub mod error;
 pub mod image;

@@ -10,11 +10,10 @@
 //!   it lets through gets an audit record and a warning, and `pullgate_break_glass_active`
 //!   is 1 while a window is open.
 //!
-//! `pullgate break-glass` ([`cli`]) writes `<state_dir>/break-glass.json` ([`store`]); the
+//! `pullgate break-glass` ([`crate::cmd::break_glass`]) writes `<state_dir>/break-glass.json` ([`store`]); the
 //! daemon's [`BreakGlass`] re-reads it on its trust-root tick and on SIGHUP. The gate's hook
 //! is `enforce::gate::break_glass`.
 
-pub mod cli;
 pub mod store;
 
 use std::path::{Path, PathBuf};

@@ -5,8 +5,11 @@ use std::time::Duration;
 use clap::Args;
 use jiff::Timestamp;
 
-use super::{parse_image, parse_length, store, Operator, Window, Windows, FILE_NAME, MAX_IMAGES, MAX_REASON, MAX_WINDOWS};
-use crate::trust::cli::{settings, StateArgs, EX_USAGE};
+use super::trust_root::{settings, StateArgs};
+use crate::cmd::exit;
+use crate::enforce::break_glass::{
+    parse_image, parse_length, store, Operator, Window, Windows, FILE_NAME, MAX_IMAGES, MAX_REASON, MAX_WINDOWS,
+};
 
 /// `pullgate help break-glass`: the runbook, since this is read by someone whose node is down.
 pub const LONG_ABOUT: &str = "\
@@ -59,7 +62,7 @@ pub struct BreakGlassArgs {
 
 fn usage(message: impl std::fmt::Display) -> i32 {
     eprintln!("pullgate break-glass: {message}");
-    EX_USAGE
+    exit::USAGE
 }
 
 /// Runs `pullgate break-glass`; returns the exit code.
@@ -120,7 +123,7 @@ pub fn run(args: &BreakGlassArgs) -> i32 {
     }
     if let Err(e) = store::write(&path, &windows) {
         eprintln!("pullgate break-glass: cannot write {}: {e}", path.display());
-        return 1;
+        return exit::FAILED;
     }
     println!("break-glass window open until {} for:", window.expires_at);
     for image in &window.images {
@@ -130,7 +133,7 @@ pub fn run(args: &BreakGlassArgs) -> i32 {
     println!("opened by {}", window.opened_by);
     println!("written to {}; {applies}.", path.display());
     println!("Every image it lets through is in the audit log (break_glass); end it early with `pullgate break-glass --revoke`.");
-    0
+    exit::OK
 }
 
 fn new_window(args: &BreakGlassArgs, now: Timestamp) -> Result<Window, String> {
@@ -177,12 +180,12 @@ fn list(path: &std::path::Path, now: Timestamp) -> i32 {
         Ok(w) => w,
         Err(e) => {
             println!("break-glass file not honoured (no window is open): {e}");
-            return 0;
+            return exit::OK;
         }
     };
     if windows.windows.is_empty() {
         println!("no break-glass window in {}", path.display());
-        return 0;
+        return exit::OK;
     }
     for w in &windows.windows {
         let state = match w.problem(now) {
@@ -199,5 +202,5 @@ fn list(path: &std::path::Path, now: Timestamp) -> i32 {
             println!("  {image}");
         }
     }
-    0
+    exit::OK
 }

@@ -1,23 +1,21 @@
 //! `pullgate trust-root import|status`: clap arguments and entry points returning exit codes.
 //!
-//! Mount with `#[command(subcommand)] TrustRoot(pullgate::trust::cli::TrustRootCommand)` and
+//! Mount with `#[command(subcommand)] TrustRoot(pullgate::cmd::trust_root::TrustRootCommand)` and
 //! exit with [`run`]'s code.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
-use super::config::TrustRootConfig;
-use super::freshness::FreshnessPolicy;
-use super::import::{import_tuf, import_unverified, ImportError, ImportOptions};
-use super::state::StateDir;
-use super::status;
-use super::tuf_import::PinnedRoot;
+use crate::cmd::{exit, OutputFormat};
 use crate::settings::parse_duration;
-
-/// Exit code for a bad command line or configuration (EX_USAGE).
-pub const EX_USAGE: i32 = 64;
+use crate::trust::config::TrustRootConfig;
+use crate::trust::freshness::FreshnessPolicy;
+use crate::trust::import::{import_tuf, import_unverified, ImportError, ImportOptions};
+use crate::trust::state::StateDir;
+use crate::trust::status;
+use crate::trust::tuf_import::PinnedRoot;
 
 #[derive(Debug, Subcommand)]
 pub enum TrustRootCommand {
@@ -66,17 +64,11 @@ pub struct ImportArgs {
     pub state: StateArgs,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Human,
-    Json,
-}
-
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
-    pub output: Output,
+    pub output: OutputFormat,
     /// Override `trust_root.max_age` (e.g. 30d).
     #[arg(long, value_name = "DURATION")]
     pub max_age: Option<String>,
@@ -103,7 +95,7 @@ fn now() -> jiff::Timestamp {
 
 fn usage(message: impl std::fmt::Display) -> i32 {
     eprintln!("pullgate: {message}");
-    EX_USAGE
+    exit::USAGE
 }
 
 pub(crate) fn settings(args: &StateArgs) -> Result<TrustRootConfig, String> {
@@ -167,7 +159,7 @@ pub fn run_import(args: &ImportArgs) -> i32 {
             let _ = writeln!(out, "stale at {} ({}); verdict: {}", stale_at.at, stale_at.limit.describe(), freshness.verdict(options.now));
             let installed = StateDir::new(&config.state_dir).load_current();
             if let Ok(Some(files)) = installed {
-                if let Ok(material) = super::tuf_import::check_trusted_root(&files.trusted_root) {
+                if let Ok(material) = crate::trust::tuf_import::check_trusted_root(&files.trusted_root) {
                     let inactive = status::inactive_kinds(&status::key_windows(&material, options.now));
                     if !inactive.is_empty() {
                         eprintln!(
@@ -178,16 +170,16 @@ pub fn run_import(args: &ImportArgs) -> i32 {
                     }
                 }
             }
-            if m.kind == super::manifest::RootKind::UnverifiedTrustedRoot {
+            if m.kind == crate::trust::manifest::RootKind::UnverifiedTrustedRoot {
                 eprintln!("pullgate: warning: the installed trust root is unverified (no TUF signature); recorded as such");
             }
-            0
+            exit::OK
         }
         Err(e) => {
             eprintln!("pullgate: trust-root import failed, installed trust root unchanged: {e}");
             match e {
-                ImportError::State(super::state::StateError::Locked(_)) => 75,
-                _ => 1,
+                ImportError::State(crate::trust::state::StateError::Locked(_)) => exit::TEMP_FAIL,
+                _ => exit::FAILED,
             }
         }
     }
@@ -216,8 +208,8 @@ pub fn run_status(args: &StatusArgs) -> i32 {
     }
     let report = status::build(&StateDir::new(&config.state_dir), policy, now());
     let text = match args.output {
-        Output::Human => status::render_human(&report),
-        Output::Json => {
+        OutputFormat::Human => status::render_human(&report),
+        OutputFormat::Json => {
             let mut s = serde_json::to_string_pretty(&report).expect("serializable");
             s.push('\n');
             s

@@ -9,20 +9,19 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 
-use super::checker::decide;
-use super::gate::{match_names, Outcome};
-use super::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
+use super::verify_files::{identity_policy, IdentityArgs};
+use crate::app;
+use crate::cmd::{exit, OutputFormat};
 use crate::config::Config;
-use crate::registry::{Registry, RegistryArgs, Report};
-use crate::trust::{StateDir, SystemClock, TrustHandle};
-use crate::verify::cli::{identity_policy, IdentityArgs, OutputFormat};
+use crate::enforce::checker::decide;
+use crate::enforce::gate::{match_names, Outcome};
+use crate::enforce::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
+use crate::registry::{RegistryArgs, Report};
 use crate::verify::image::ImageDecision;
 use crate::verify::trust::TrustMaterial;
 
-/// Exit code: denied.
-const DENIED: i32 = 1;
-/// Exit code: bad usage or configuration.
-const USAGE: i32 = 64;
+const DENIED: i32 = exit::FAILED;
+const USAGE: i32 = exit::USAGE;
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -141,7 +140,7 @@ async fn verify(args: VerifyArgs) -> i32 {
             Err(e) => return fail(USAGE, format!("{}: {e}", path.display())),
         },
         None => {
-            let handle = TrustHandle::new(StateDir::new(&config.trust_root.state_dir), config.trust_root.policy(), Arc::new(SystemClock));
+            let handle = app::trust_root(&config);
             if let Err(e) = handle.reload() {
                 return fail(DENIED, format!("trust root in {}: {e}", config.trust_root.state_dir.display()));
             }
@@ -152,7 +151,7 @@ async fn verify(args: VerifyArgs) -> i32 {
         }
     };
 
-    let registry = Registry::new(config.registry.clone());
+    let registry = app::registry(&config);
     let credentials = args.registry.credentials();
     let attestations = policies.iter().any(|p| p.identity.has_attestations());
     let report = match registry.inspect_with(&args.image, credentials.as_ref(), attestations).await {

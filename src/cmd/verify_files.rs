@@ -1,4 +1,5 @@
-//! Command-line front ends, mounted as subcommands by `main.rs`.
+//! `pullgate verify-bundle` and `pullgate verify-image-files`: command-line front ends of
+//! [`crate::verify`], mounted as subcommands by `main.rs`.
 //!
 //! - `verify-bundle` implements the sigstore-conformance client protocol, so
 //!   Sigstore's own suites can drive pullgate's verifier.
@@ -6,28 +7,23 @@
 //!   this image digest carry a signature, from files, that the current mirrored
 //!   root and the given identity accept?
 //!
-//! Exit codes: 0 verified, 1 not verified, 2 unusable input or configuration.
+//! Exit codes ([`crate::cmd::exit`]): 0 verified, 1 not verified, 64 unusable input or
+//! configuration.
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
-use super::error::one_line;
-use super::image::{verify_image, SignatureMaterial};
-use super::keys::PublicKey;
-use super::legacy::LegacySignature;
-use super::trust::TrustMaterial;
+use crate::cmd::{exit, OutputFormat};
 use crate::digest::Digest;
 use crate::policy::authority::{Authority, IdentityPolicy};
 use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
-
-/// Exit code: the signature verified and the policy accepted it.
-pub const EXIT_VERIFIED: i32 = 0;
-/// Exit code: verification or policy failed.
-pub const EXIT_REJECTED: i32 = 1;
-/// Exit code: unreadable input, bad trust root or contradictory flags.
-pub const EXIT_USAGE: i32 = 2;
+use crate::verify::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
+use crate::verify::error::one_line;
+use crate::verify::image::{verify_image, SignatureMaterial};
+use crate::verify::keys::PublicKey;
+use crate::verify::legacy::LegacySignature;
+use crate::verify::trust::TrustMaterial;
 
 /// Largest artifact `verify-bundle` reads into memory.
 const MAX_ARTIFACT_BYTES: u64 = 1 << 31;
@@ -68,7 +64,7 @@ pub fn run_verify_bundle(args: VerifyBundleArgs) -> i32 {
     match verify_bundle_command(&args) {
         Ok(summary) => {
             println!("OK: {summary}");
-            EXIT_VERIFIED
+            exit::OK
         }
         Err((code, reason)) => {
             eprintln!("{}", one_line(&reason));
@@ -80,11 +76,11 @@ pub fn run_verify_bundle(args: VerifyBundleArgs) -> i32 {
 type CliResult<T> = Result<T, (i32, String)>;
 
 fn usage(reason: impl std::fmt::Display) -> (i32, String) {
-    (EXIT_USAGE, reason.to_string())
+    (exit::USAGE, reason.to_string())
 }
 
 fn rejected(reason: impl std::fmt::Display) -> (i32, String) {
-    (EXIT_REJECTED, reason.to_string())
+    (exit::FAILED, reason.to_string())
 }
 
 fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
@@ -94,7 +90,7 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
         None => TrustMaterial::embedded_production(),
     }
     .map_err(usage)?;
-    let bundle_json = read_limited(&args.bundle, super::bundle::MAX_BUNDLE_BYTES as u64)?;
+    let bundle_json = read_limited(&args.bundle, crate::verify::bundle::MAX_BUNDLE_BYTES as u64)?;
     let bundle = parse_bundle(&bundle_json).map_err(rejected)?;
     let key = match &args.key {
         Some(path) => Some(read_key(path)?),
@@ -105,7 +101,7 @@ fn verify_bundle_command(args: &VerifyBundleArgs) -> CliResult<String> {
     let artifact_bytes;
     let digest;
     let artifact = if !Path::new(&args.artifact).exists() && Digest::parse(&args.artifact).is_ok() {
-        digest = super::error::parse_digest(&args.artifact).map_err(usage)?;
+        digest = crate::verify::error::parse_digest(&args.artifact).map_err(usage)?;
         ArtifactRef::Digest(&digest)
     } else {
         artifact_bytes = read_limited(Path::new(&args.artifact), MAX_ARTIFACT_BYTES)?;
@@ -149,15 +145,6 @@ fn read_key(path: &Path) -> CliResult<PublicKey> {
     let pem = read_text(path, 64 << 10)?;
     // A bad configured key is a usage problem, not a rejected signature.
     PublicKey::from_pem(&pem).map_err(|e| usage(format!("{}: {e}", path.display())))
-}
-
-/// Output format of `verify-image-files`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// A verdict line and one line per candidate.
-    Human,
-    /// The full decision as JSON.
-    Json,
 }
 
 /// `pullgate verify-image-files`: cosign-like image verification from files.
@@ -290,26 +277,26 @@ pub fn run_verify_image_files(args: VerifyImageFilesArgs) -> i32 {
         }
     }
     if decision.allowed {
-        EXIT_VERIFIED
+        exit::OK
     } else {
         if args.output == OutputFormat::Json {
             eprintln!("{}", decision.reason());
         }
-        EXIT_REJECTED
+        exit::FAILED
     }
 }
 
 type Prepared = (IdentityPolicy, TrustMaterial, Digest, Vec<SignatureMaterial>);
 
 fn prepare_image_files(args: &VerifyImageFilesArgs) -> CliResult<Prepared> {
-    let image = super::error::parse_digest(&args.digest).map_err(usage)?;
+    let image = crate::verify::error::parse_digest(&args.digest).map_err(usage)?;
     let policy = policy_from_flags(&args.identity)?;
     let trust = TrustMaterial::from_file(&args.trusted_root).map_err(usage)?;
     let mut candidates = Vec::new();
     for path in &args.bundles {
         candidates.push(SignatureMaterial::Bundle {
             source: path.display().to_string(),
-            json: read_limited(path, super::bundle::MAX_BUNDLE_BYTES as u64)?,
+            json: read_limited(path, crate::verify::bundle::MAX_BUNDLE_BYTES as u64)?,
         });
     }
     for spec in &args.signature_layers {
