@@ -37,7 +37,7 @@
 //! ```
 //!
 //! Attestation conditions (`equals`, `matches`, `oneOf`, `notOlderThan`) are described in
-//! [`crate::policy::attestation`].
+//! [`crate::verify::signers::attestation`].
 //!
 //! Image globs match the normalised reference (`docker.io/library/nginx`, with `:tag` or
 //! `@digest` forms tried too): `*` stays within one path segment, `**` crosses them.
@@ -139,7 +139,7 @@ pub struct AuthorityConfig {
     pub name: String,
     pub keyless: Option<KeylessConfig>,
     pub key: Option<KeyConfig>,
-    /// Attestations this authority must also have signed (see [`crate::policy::attestation`]).
+    /// Attestations this authority must also have signed (see [`crate::verify::signers::attestation`]).
     #[serde(default)]
     pub attestations: Vec<AttestationConfig>,
 }

@@ -17,10 +17,9 @@ use super::error::one_line;
 use super::image::{verify_image, SignatureMaterial};
 use super::keys::PublicKey;
 use super::legacy::LegacySignature;
+use super::signers::{Authority, ExtensionClaim, IdentityPolicy, KeylessIdentity, StringMatcher};
 use super::trust::TrustMaterial;
 use crate::digest::Digest;
-use crate::policy::authority::{Authority, IdentityPolicy};
-use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
 
 /// Exit code: the signature verified and the policy accepted it.
 pub const EXIT_VERIFIED: i32 = 0;
