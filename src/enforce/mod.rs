@@ -8,6 +8,5 @@ pub mod checker;
 pub mod decision;
 pub mod gate;
 pub mod metrics;
-pub mod policy;
 pub mod report;
 pub mod verify_cmd;

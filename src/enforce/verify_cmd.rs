@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::checker::decide;
 use super::gate::{match_names, Outcome};
-use super::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
 use crate::config::Config;
+use crate::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
 use crate::registry::{Registry, RegistryArgs, Report};
 use crate::trust::{StateDir, SystemClock, TrustHandle};
 use crate::verify::cli::{identity_policy, IdentityArgs, OutputFormat};
