@@ -16,7 +16,7 @@ use crate::enforce::break_glass::BreakGlass;
 use crate::enforce::checker::MirrorChecker;
 use crate::enforce::gate::Enforcer;
 use crate::enforce::metrics::EnforceMetrics;
-use crate::enforce::policy::PolicySet;
+use crate::policy::PolicySet;
 use crate::registry::reference::Aliases;
 use crate::registry::{HostsDir, Registry};
 use crate::trust::{StateDir, SystemClock, TrustHandle};

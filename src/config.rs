@@ -40,7 +40,7 @@ pub struct Config {
     pub log: Log,
     /// Which images need signatures by whom. Without it, pullgate checks nothing (pure
     /// pass-through, with a warning at start).
-    pub policy: Option<crate::enforce::policy::PolicyConfig>,
+    pub policy: Option<crate::policy::PolicyConfig>,
     /// The node's registry mirrors (containerd's hosts directory) and discovery limits.
     pub registry: crate::registry::RegistryConfig,
     /// The mirrored Sigstore trust root: where it is installed and how fresh it must be.

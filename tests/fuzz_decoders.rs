@@ -625,7 +625,7 @@ fn policy_yaml() {
         .collect();
     assert!(!seeds.is_empty());
     for seed in &seeds {
-        let cfg: pullgate::enforce::policy::PolicyConfig =
+        let cfg: pullgate::policy::PolicyConfig =
             serde_saphyr::from_str(std::str::from_utf8(seed).unwrap()).unwrap_or_else(|e| panic!("seed policy does not parse: {e}"));
         cfg.compile(0).unwrap_or_else(|e| panic!("seed policy does not compile: {e:?}"));
     }
@@ -639,7 +639,7 @@ fn policy_yaml() {
     ];
     run("policy_yaml", 2, POLICY, lines_of(&seeds, TEXT_DICT), |input| {
         let text = String::from_utf8_lossy(input);
-        let Ok(cfg) = serde_saphyr::from_str::<pullgate::enforce::policy::PolicyConfig>(&text) else { return Ok("not a policy") };
+        let Ok(cfg) = serde_saphyr::from_str::<pullgate::policy::PolicyConfig>(&text) else { return Ok("not a policy") };
         let _ = cfg.warnings();
         let Ok(set) = cfg.compile(1) else { return Ok("does not compile") };
         for n in names {

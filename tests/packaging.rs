@@ -25,7 +25,7 @@ use std::process::Command;
 
 use pullgate::config::Config;
 use pullgate::enforce::gate::match_names;
-use pullgate::enforce::policy::Applicable;
+use pullgate::policy::Applicable;
 use pullgate::registry::Reference;
 use serde_json::Value;
 
@@ -293,7 +293,7 @@ fn policy_example_is_valid_and_starts_in_audit_mode() {
     let c = Config::parse(&read("packaging/policy-example.yaml"), Path::new("policy-example.yaml")).unwrap();
     let policy = c.policy.expect("the example has a policy");
     assert!(!policy.policies.is_empty());
-    assert!(policy.policies.iter().all(|p| p.mode == pullgate::enforce::policy::Mode::Audit), "first rollout: audit mode");
+    assert!(policy.policies.iter().all(|p| p.mode == pullgate::policy::Mode::Audit), "first rollout: audit mode");
     assert!(c.admin.listen.is_some_and(|a| a.ip().is_loopback()));
     assert!(policy.exemptions.iter().any(|e| e.name == "pullgate-node-sync"));
 }

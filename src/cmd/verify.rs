@@ -15,7 +15,7 @@ use crate::cmd::{exit, OutputFormat};
 use crate::config::Config;
 use crate::enforce::checker::decide;
 use crate::enforce::gate::{match_names, Outcome};
-use crate::enforce::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
+use crate::policy::{Applicable, ImagePolicy, MultiArch, Unmatched};
 use crate::registry::{RegistryArgs, Report};
 use crate::verify::image::ImageDecision;
 use crate::verify::trust::TrustMaterial;

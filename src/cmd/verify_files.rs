@@ -16,13 +16,12 @@ use clap::Args;
 
 use crate::cmd::{exit, OutputFormat};
 use crate::digest::Digest;
-use crate::policy::authority::{Authority, IdentityPolicy};
-use crate::policy::identity::{ExtensionClaim, KeylessIdentity, StringMatcher};
 use crate::verify::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer};
 use crate::verify::error::one_line;
 use crate::verify::image::{verify_image, SignatureMaterial};
 use crate::verify::keys::PublicKey;
 use crate::verify::legacy::LegacySignature;
+use crate::verify::signers::{Authority, ExtensionClaim, IdentityPolicy, KeylessIdentity, StringMatcher};
 use crate::verify::trust::TrustMaterial;
 
 /// Largest artifact `verify-bundle` reads into memory.

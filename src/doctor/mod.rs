@@ -32,7 +32,7 @@ use crate::config::Config;
 use crate::cri::client::CriClient;
 use crate::cri::intercept::{CreateCall, CreateVerdict};
 use crate::enforce::audit::{AuditConfig, AuditLog};
-use crate::enforce::policy::{Mode, PolicyConfig};
+use crate::policy::{Mode, PolicyConfig};
 use crate::registry::Registry;
 use crate::trust::status::{self, Verdict};
 use crate::trust::{StateDir, TrustHandle};
@@ -124,8 +124,8 @@ pub async fn diagnose(args: &DoctorArgs) -> DoctorReport {
                         audit,
                         p.exemptions.len(),
                         match p.unmatched {
-                            crate::enforce::policy::Unmatched::Deny => "denied",
-                            crate::enforce::policy::Unmatched::Allow => "allowed",
+                            crate::policy::Unmatched::Deny => "denied",
+                            crate::policy::Unmatched::Allow => "allowed",
                         }
                     )
                 }

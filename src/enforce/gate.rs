@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use super::audit::{AuditLog, AuditRecord};
 use super::cache::{DecisionCache, Lookup};
 use super::decision::{Reason, Verdict};
-use super::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::cri::api::AuthConfig;
 use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountImage, PullCall, PullVerdict, SandboxCall, UncheckedCall};
 use crate::digest::Digest;
+use crate::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::registry::reference::{Aliases, Reference};
 
 /// The digests an image reference resolved to on the mirror.
@@ -363,7 +363,7 @@ impl Enforcer {
         let allowed_by_enforce = !results.iter().any(|(p, o, _)| p.mode == Mode::Enforce && !o.allowed);
         let all_failures: Vec<(String, Reason)> =
             results.iter().filter(|(_, o, _)| !o.allowed).map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect();
-        let mode = if results.iter().any(|(p, _, _)| p.mode == Mode::Enforce) { Mode::Enforce } else { Mode::Audit };
+        let mode = Mode::of(results.iter().map(|(p, _, _)| p));
         let would_allow = all_failures.is_empty();
         let reason = if would_allow {
             Reason::Policies { subject: None, results: results.iter().map(|(p, o, _)| (p.name.clone(), o.reason.clone())).collect() }
@@ -409,19 +409,18 @@ impl Enforcer {
             }
         };
         let policy = self.policy();
-        let policies = match policy.applicable(&self.names(&reference), call.namespace.as_deref()) {
+        let applicable = policy.applicable(&self.names(&reference), call.namespace.as_deref());
+        record.policy = applicable.label();
+        let policies = match applicable {
             Applicable::Exempt(name) => {
-                record.policy = format!("exempt:{name}");
                 record.allow(&Reason::Exempt(format!("exempt by exemption {name}")));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Allow) => {
-                record.policy = "unmatched".into();
                 record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
-                record.policy = "unmatched".into();
                 record.mode = Mode::Enforce.as_str().into();
                 record.deny(&Reason::Unmatched(format!(
                     "image {reference} matches no policy and policy.unmatched is deny: add a policy for it, or an exemption"
@@ -430,9 +429,8 @@ impl Enforcer {
             }
             Applicable::Policies(p) => p,
         };
-        let enforce = policies.iter().any(|p| p.mode == Mode::Enforce);
-        record.mode = if enforce { "enforce" } else { "audit" }.into();
-        record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
+        let enforce = Mode::of(&policies) == Mode::Enforce;
+        record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
         let auth = call.auth.as_ref();
         let resolved = match self.checker.resolve(&reference, auth).await {
             Ok(r) => r,
@@ -562,15 +560,15 @@ impl Enforcer {
             scope.iter().flat_map(|r| self.names(r)).chain(candidates.iter().flat_map(|r| self.names(r))).collect();
         names.sort();
         names.dedup();
-        let policies = match policy.applicable_policies(&names, ns) {
+        let applicable = policy.applicable_policies(&names, ns);
+        record.policy = applicable.label();
+        let policies = match applicable {
             Applicable::Policies(p) => p,
             Applicable::Exempt(_) | Applicable::Unmatched(Unmatched::Allow) => {
-                record.policy = "unmatched".into();
                 record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow".into()));
                 return (CreateVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
-                record.policy = "unmatched".into();
                 let shown = asked
                     .as_ref()
                     .map(|r| r.to_string())
@@ -582,7 +580,6 @@ impl Enforcer {
                 );
             }
         };
-        record.policy = policies.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
         if candidates.is_empty() {
             let reason = Reason::NoRegistryDigest(match &asked {
                 Some(a) if !digests.is_empty() => format!("image {} has no registry digest in repository {}, the name the pod asked for, so its signature cannot be checked", image.id, self.aliases.name(a)),
@@ -746,7 +743,7 @@ mod tests {
     use super::*;
     use crate::cri::api;
     use crate::enforce::audit::AuditConfig;
-    use crate::enforce::policy::PolicyConfig;
+    use crate::policy::PolicyConfig;
     use std::collections::BTreeMap;
 
     const KEY: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6Ie0Fvwx1B3bMWPAMjMt5LIpn/pd\nG3EeWqgqk4XyV3U/cQGJwdZdWSmV0Nf1E0hu8fVUnM6u8oqvXs5yBn0CUQ==\n-----END PUBLIC KEY-----\n";

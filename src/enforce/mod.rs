@@ -8,5 +8,4 @@ pub mod checker;
 pub mod decision;
 pub mod gate;
 pub mod metrics;
-pub mod policy;
 pub mod report;

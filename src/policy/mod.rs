@@ -1,21 +1,22 @@
-//! Whom we accept: identity policy, separate from what we trust (`verify::trust`).
+//! Whom we accept for which image: image policies (globs, namespaces, modes, exemptions,
+//! authorities) and the `policy:` configuration they are compiled from. Separate from what we
+//! trust (`verify::trust`).
 //!
 //! # Layout
-//! - [`identity`]: keyless identities: SAN and issuer (exact or anchored
-//!   regex) and Fulcio extension claims (exact).
-//! - [`attestation`]: attestations an authority requires (predicate type, signer,
-//!   conditions on the predicate).
-//! - [`authority`]: authorities (keyless identities or public keys) and the
-//!   N-of-M [`IdentityPolicy`] over them.
+//! - [`images`]: the `policy:` YAML, its compilation into a [`PolicySet`], and
+//!   [`PolicySet::applicable`]: what must be checked for an image in a namespace.
 //!
-//! Image patterns, namespaces and enforcement modes arrive with the
-//! enforcement issue; they will select an [`IdentityPolicy`] per image, so this
-//! module stays independent of how images are matched.
+//! The signer requirements themselves (identities, authorities, required attestations and
+//! their matching) are [`crate::verify::signers`]: verification matches against them and must
+//! not depend on how they are configured. They are re-exported here, where policies are built.
 
-pub mod attestation;
-pub mod authority;
-pub mod identity;
+pub mod images;
 
-pub use attestation::{AttestationRequirement, Condition, JsonPath, Test};
-pub use authority::{Authority, AuthoritySigners, IdentityPolicy};
-pub use identity::{ExtensionClaim, IdentityMismatch, KeylessIdentity, PolicyError, StringMatcher};
+pub use crate::verify::signers::{
+    AttestationRequirement, Authority, AuthoritySigners, Condition, ExtensionClaim, IdentityMismatch, IdentityPolicy, JsonPath,
+    KeylessIdentity, PolicyError, StringMatcher, Test,
+};
+pub use images::{
+    Applicable, AttestationConfig, AuthorityConfig, ConditionConfig, ExemptionConfig, IdentityConfig, ImagePolicy, ImagePolicyConfig,
+    KeyConfig, KeylessConfig, Mode, MultiArch, PolicyConfig, PolicyConfigError, PolicySet, ScalarConfig, SignerConfig, Unmatched,
+};

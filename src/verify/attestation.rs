@@ -25,10 +25,9 @@ use sigstore_verify::types::Bundle;
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
 use super::error::{one_line, VerifyError};
 use super::image::{check_statement_subject, in_toto_statement, signer_label, SignatureMaterial, COSIGN_SIGN_PREDICATE, STATEMENT_V1};
+use super::signers::{AttestationRequirement, AuthoritySigners, IdentityPolicy};
 use super::trust::TrustMaterial;
 use crate::digest::Digest;
-use crate::policy::attestation::AttestationRequirement;
-use crate::policy::authority::{AuthoritySigners, IdentityPolicy};
 
 /// in-toto Statement v0.1, still written by `cosign attest` before v3.
 pub const STATEMENT_V01: &str = "https://in-toto.io/Statement/v0.1";

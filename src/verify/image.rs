@@ -14,10 +14,9 @@ use super::attestation::{AttestationCandidate, AttestationOutcome, RequirementOu
 use super::bundle::{parse_bundle, ArtifactRef, ExpectedSigner, Signer, VerifiedSignature};
 use super::error::{one_line, BindingError, VerifyError};
 use super::legacy::LegacySignature;
+use super::signers::{AuthoritySigners, IdentityMismatch, IdentityPolicy, PolicySummary};
 use super::trust::TrustMaterial;
 use crate::digest::Digest;
-use crate::policy::authority::{AuthoritySigners, IdentityPolicy, PolicySummary};
-use crate::policy::identity::IdentityMismatch;
 
 /// DSSE payload type of in-toto statements.
 pub const IN_TOTO_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";

@@ -14,6 +14,8 @@
 //!   keyless shapes (DSSE with `dsse/0.0.1`, message with `hashedrekord/0.0.1`).
 //! - [`certificate`]: the Fulcio claims of a verified certificate.
 //! - [`keys`]: configured public keys for key-based signatures.
+//! - [`signers`]: whom a signature must come from: identities, authorities, required
+//!   attestations (step 9).
 //! - [`error`]: one error enum per verification step.
 //! - [`crate::cmd::verify_files`]: `verify-bundle` (sigstore-conformance protocol) and `verify-image-files`.
 //!
@@ -93,6 +95,7 @@ pub mod keys;
 pub mod legacy;
 pub mod legacy_attestation;
 mod sct;
+pub mod signers;
 mod timestamp;
 pub mod tlog;
 pub mod trust;

@@ -15,7 +15,7 @@ use super::{AuditRecord, Enforcer};
 use crate::cri::intercept::{CreateCall, CreateVerdict, PullCall, PullVerdict};
 use crate::enforce::break_glass::{BreakGlass, Use};
 use crate::enforce::decision::Reason;
-use crate::enforce::policy::Mode;
+use crate::policy::Mode;
 use crate::registry::reference::Reference;
 
 impl Enforcer {
@@ -107,7 +107,7 @@ mod tests {
     use crate::enforce::audit::{AuditConfig, AuditLog};
     use crate::enforce::break_glass::{store, Operator, Window, Windows};
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
-    use crate::enforce::policy::{ImagePolicy, PolicyConfig};
+    use crate::policy::{ImagePolicy, PolicyConfig};
     use crate::registry::reference::Aliases;
 
     const ETCD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

@@ -6,7 +6,7 @@
 //! ([`Enforcer::decide_create`]), asked by the name the call used; this module only says which
 //! image, names it in the reason (`image volume /data: ...`, `sandbox image ...: ...`), and
 //! marks the audit record's `surface`. What cannot be checked is refused whenever something is
-//! enforced ([`PolicySet::enforces`](crate::enforce::policy::PolicySet::enforces)), and let
+//! enforced ([`PolicySet::enforces`](crate::policy::PolicySet::enforces)), and let
 //! through with a `deny` record otherwise (audit mode).
 
 use std::time::Instant;
@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::{match_names, AuditRecord, Enforcer};
 use crate::cri::intercept::{CreateCall, CreateVerdict, MountImage, SandboxCall, Unchecked, UncheckedCall};
 use crate::enforce::decision::Reason;
-use crate::enforce::policy::{Applicable, Mode, Unmatched};
+use crate::policy::{Applicable, Mode, Unmatched};
 use crate::registry::reference::Reference;
 
 impl Enforcer {
@@ -44,25 +44,20 @@ impl Enforcer {
         let mut record = self.record("CreateContainer", call);
         let policy = self.policy();
         let applicable = Reference::parse(&call.image).ok().map(|r| policy.applicable(&match_names(&r), call.namespace.as_deref()));
+        if let Some(a) = &applicable {
+            record.policy = a.label();
+        }
         let enforce = match &applicable {
             Some(Applicable::Exempt(name)) => {
-                record.policy = format!("exempt:{name}");
                 record.allow(&Reason::Exempt(format!("exempt by exemption {name} (not present in containerd)")));
                 return (CreateVerdict::Forward, record);
             }
             Some(Applicable::Unmatched(Unmatched::Allow)) => {
-                record.policy = "unmatched".into();
                 record.allow(&Reason::UnmatchedAllowed("no policy matches; policy.unmatched is allow (not present in containerd)".into()));
                 return (CreateVerdict::Forward, record);
             }
-            Some(Applicable::Unmatched(Unmatched::Deny)) => {
-                record.policy = "unmatched".into();
-                true
-            }
-            Some(Applicable::Policies(p)) => {
-                record.policy = p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(",");
-                p.iter().any(|p| p.mode == Mode::Enforce)
-            }
+            Some(Applicable::Unmatched(Unmatched::Deny)) => true,
+            Some(Applicable::Policies(p)) => Mode::of(p) == Mode::Enforce,
             None => policy.enforces(),
         };
         record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
@@ -204,7 +199,7 @@ mod tests {
     use crate::cri::intercept::BoxFuture;
     use crate::enforce::audit::{AuditConfig, AuditLog};
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
-    use crate::enforce::policy::{ImagePolicy, PolicyConfig};
+    use crate::policy::{ImagePolicy, PolicyConfig};
 
     const SIGNED: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const UNSIGNED: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

@@ -37,7 +37,7 @@
 //! ```
 //!
 //! Attestation conditions (`equals`, `matches`, `oneOf`, `notOlderThan`) are described in
-//! [`crate::policy::attestation`].
+//! [`crate::verify::signers::attestation`].
 //!
 //! Image globs match the normalised reference (`docker.io/library/nginx`, with `:tag` or
 //! `@digest` forms tried too): `*` stays within one path segment, `**` crosses them.
@@ -49,11 +49,11 @@ use std::sync::Arc;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::policy::{
+use crate::verify::keys::PublicKey;
+use crate::verify::signers::{
     AttestationRequirement, Authority, AuthoritySigners, Condition, ExtensionClaim, IdentityPolicy, JsonPath, KeylessIdentity,
     StringMatcher, Test,
 };
-use crate::verify::keys::PublicKey;
 
 /// What happens to images that no policy matches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +76,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode of a set of policies that all apply: enforce when any of them enforces.
+    pub fn of<'a>(policies: impl IntoIterator<Item = &'a Arc<ImagePolicy>>) -> Mode {
+        if policies.into_iter().any(|p| p.mode == Mode::Enforce) {
+            Mode::Enforce
+        } else {
+            Mode::Audit
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -139,7 +148,7 @@ pub struct AuthorityConfig {
     pub name: String,
     pub keyless: Option<KeylessConfig>,
     pub key: Option<KeyConfig>,
-    /// Attestations this authority must also have signed (see [`crate::policy::attestation`]).
+    /// Attestations this authority must also have signed (see [`crate::verify::signers::attestation`]).
     #[serde(default)]
     pub attestations: Vec<AttestationConfig>,
 }
@@ -294,6 +303,18 @@ pub enum Applicable {
     Policies(Vec<Arc<ImagePolicy>>),
     /// No policy matched.
     Unmatched(Unmatched),
+}
+
+impl Applicable {
+    /// What a decision record names as its policy: `exempt:NAME`, `unmatched`, or the names of
+    /// the policies that apply, joined by commas.
+    pub fn label(&self) -> String {
+        match self {
+            Applicable::Exempt(name) => format!("exempt:{name}"),
+            Applicable::Unmatched(_) => "unmatched".into(),
+            Applicable::Policies(p) => p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(","),
+        }
+    }
 }
 
 fn glob(pattern: &str) -> Result<Glob, String> {
