@@ -81,8 +81,8 @@ impl Digest {
     /// The digest of `bytes` with `algorithm`.
     pub fn compute(algorithm: DigestAlgorithm, bytes: &[u8]) -> Digest {
         let d = aws_lc_rs::digest::digest(algorithm.aws_lc(), bytes);
-        let hex = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        Digest { algorithm, hex }
+        // Lowercase hex, as `{:02x}` per byte wrote it (one allocation, not one per byte).
+        Digest { algorithm, hex: hex::encode(d.as_ref()) }
     }
 
     pub fn sha256(bytes: &[u8]) -> Digest {

@@ -111,10 +111,46 @@ pub fn fulcio_claims(leaf_der: &[u8]) -> BTreeMap<String, String> {
             der_walk::utf8_string(value)
         };
         if let Some(decoded) = decoded {
-            claims.insert(format!("{FULCIO_ARC}.{number}"), decoded);
+            claims.insert(claim_key(number), decoded);
         }
     }
     claims
+}
+
+/// `1.3.6.1.4.1.57264.1.<number>`, spelled without the formatter for the
+/// claims every certificate carries (this runs on every verification).
+fn claim_key(number: u32) -> String {
+    const KNOWN: [&str; 25] = [
+        "1.3.6.1.4.1.57264.1.0",
+        "1.3.6.1.4.1.57264.1.1",
+        "1.3.6.1.4.1.57264.1.2",
+        "1.3.6.1.4.1.57264.1.3",
+        "1.3.6.1.4.1.57264.1.4",
+        "1.3.6.1.4.1.57264.1.5",
+        "1.3.6.1.4.1.57264.1.6",
+        "1.3.6.1.4.1.57264.1.7",
+        "1.3.6.1.4.1.57264.1.8",
+        "1.3.6.1.4.1.57264.1.9",
+        "1.3.6.1.4.1.57264.1.10",
+        "1.3.6.1.4.1.57264.1.11",
+        "1.3.6.1.4.1.57264.1.12",
+        "1.3.6.1.4.1.57264.1.13",
+        "1.3.6.1.4.1.57264.1.14",
+        "1.3.6.1.4.1.57264.1.15",
+        "1.3.6.1.4.1.57264.1.16",
+        "1.3.6.1.4.1.57264.1.17",
+        "1.3.6.1.4.1.57264.1.18",
+        "1.3.6.1.4.1.57264.1.19",
+        "1.3.6.1.4.1.57264.1.20",
+        "1.3.6.1.4.1.57264.1.21",
+        "1.3.6.1.4.1.57264.1.22",
+        "1.3.6.1.4.1.57264.1.23",
+        "1.3.6.1.4.1.57264.1.24",
+    ];
+    match KNOWN.get(number as usize) {
+        Some(key) => (*key).to_string(),
+        None => format!("{FULCIO_ARC}.{number}"),
+    }
 }
 
 /// The value of the certificate's Fulcio username otherName SAN
@@ -312,6 +348,13 @@ mod tests {
         assert_eq!(claim_oid("1.2.3"), None);
         assert_eq!(claim_oid("nope"), None);
         assert_eq!(claim_name("1.3.6.1.4.1.57264.1.9"), Some("build-signer-uri"));
+    }
+
+    #[test]
+    fn claim_keys_are_the_dotted_oids() {
+        for number in [0u32, 1, 9, 10, 24, 25, 100, u32::MAX] {
+            assert_eq!(claim_key(number), format!("{FULCIO_ARC}.{number}"));
+        }
     }
 
     #[test]

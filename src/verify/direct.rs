@@ -258,7 +258,7 @@ fn is_leaf_pem(logged: &[u8], leaf: &DerCertificate, parse: impl FnOnce() -> Opt
 }
 
 /// `-----BEGIN CERTIFICATE-----` PEM of `der`, 64 columns, LF line ends.
-fn canonical_pem(der: &[u8]) -> Option<String> {
+pub(super) fn canonical_pem(der: &[u8]) -> Option<String> {
     use base64::Engine as _;
     if der.is_empty() {
         return None;

@@ -183,6 +183,11 @@ struct WireSetPayload {
 impl RekorSetBundle {
     /// Parse the annotation value.
     pub fn parse(json: &str) -> Result<Self, MaterialError> {
+        Self::parse_with_body(json).map(|(set, _)| set)
+    }
+
+    /// [`Self::parse`], also handing back the decoded body (decoded once).
+    fn parse_with_body(json: &str) -> Result<(Self, Vec<u8>), MaterialError> {
         bounded("Rekor bundle annotation", json.len(), MAX_ANNOTATION_BYTES)?;
         let malformed = |what: &str| MaterialError::MalformedLegacy(format!("Rekor bundle: {what}"));
         let wire: WireSetBundle = serde_json::from_str(json).map_err(|e| malformed(&one_line(&e.to_string())))?;
@@ -194,8 +199,10 @@ impl RekorSetBundle {
         if wire.payload.log_index < 0 || wire.payload.integrated_time < 0 {
             return Err(malformed("negative logIndex or integratedTime"));
         }
-        b64(&wire.payload.body).ok_or_else(|| malformed("body is not base64"))?;
-        Ok(Self { set, body: wire.payload.body, integrated_time: wire.payload.integrated_time, log_index: wire.payload.log_index, log_id })
+        let body = b64(&wire.payload.body).ok_or_else(|| malformed("body is not base64"))?;
+        let set =
+            Self { set, body: wire.payload.body, integrated_time: wire.payload.integrated_time, log_index: wire.payload.log_index, log_id };
+        Ok((set, body))
     }
 
     /// The logged entry body (JSON).
@@ -270,6 +277,9 @@ struct Parsed {
     leaf: Option<DerCertificate>,
     chain: Vec<DerCertificate>,
     set: Option<RekorSetBundle>,
+    /// The SET bundle's entry body, decoded (`set.body_bytes()`), until
+    /// taken for the hashedrekord bundle.
+    set_body: Vec<u8>,
     timestamp: Option<Vec<u8>>,
 }
 
@@ -311,7 +321,7 @@ impl TrustMaterial {
 
     /// Steps 3 to 8 for a legacy signature whose payload is already bound.
     pub fn verify_legacy_payload(&self, sig: &LegacySignature, signer: ExpectedSigner<'_>) -> Result<VerifiedSignature, VerifyError> {
-        let parsed = parse_pieces(sig, &self.fulcio_certs)?;
+        let mut parsed = parse_pieces(sig, &self.fulcio_certs, &self.fulcio_pem_bodies)?;
         match (&parsed.leaf, signer) {
             (None, ExpectedSigner::Certificate) => {
                 return Err(CertificateError::WrongKind("signed with a public key, not a Fulcio certificate".into()).into())
@@ -321,12 +331,12 @@ impl TrustMaterial {
             }
             _ => {}
         }
+        let body = std::mem::take(&mut parsed.set_body);
         let Some(set) = &parsed.set else {
             // (6) cosign uploads every signature to Rekor unless told not to;
             //     without the SET there is no proof the signature was logged.
             return Err(TlogError::NoProof(format!("no {ANNOTATION_BUNDLE} annotation")).into());
         };
-        let body = set.body_bytes();
         let (kind, version) = RekorSetBundle::kind_of(&body)?;
         match (kind.as_str(), version.as_str()) {
             ("hashedrekord", "0.0.1") => self.verify_as_bundle(sig, &parsed, set, body, signer),
@@ -456,8 +466,17 @@ impl TrustMaterial {
         use rustls_pki_types::{CertificateDer, UnixTime};
         /// id-kp-codeSigning, 1.3.6.1.5.5.7.3.3, DER contents.
         const CODE_SIGNING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x03];
-        let anchors: Vec<_> =
-            self.fulcio_anchors.iter().filter(|a| a.window.is_none_or(|w| w.contains(time))).map(|a| a.anchor.clone()).collect();
+        // Borrowed views of the owned anchors (a clone copies three buffers each).
+        let anchors: Vec<rustls_pki_types::TrustAnchor<'_>> = self
+            .fulcio_anchors
+            .iter()
+            .filter(|a| a.window.is_none_or(|w| w.contains(time)))
+            .map(|a| rustls_pki_types::TrustAnchor {
+                subject: rustls_pki_types::Der::from(a.anchor.subject.as_ref()),
+                subject_public_key_info: rustls_pki_types::Der::from(a.anchor.subject_public_key_info.as_ref()),
+                name_constraints: a.anchor.name_constraints.as_ref().map(|n| rustls_pki_types::Der::from(n.as_ref())),
+            })
+            .collect();
         if anchors.is_empty() {
             return Err(CertificateError::NoValidAuthority { time: time.to_string() }.into());
         }
@@ -508,7 +527,8 @@ fn has_embedded_sct(leaf_der: &[u8]) -> bool {
 }
 
 /// Decode the annotation values. Step 1.
-fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, MaterialError> {
+/// `trusted_pem`: the PEM bodies of `trusted`, as [`trusted_pem_body`] writes them.
+fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>], trusted_pem: &[String]) -> Result<Parsed, MaterialError> {
     let malformed = |what: String| MaterialError::MalformedLegacy(what);
     let signature =
         b64(&sig.signature).filter(|s| !s.is_empty()).ok_or_else(|| malformed(format!("{ANNOTATION_SIGNATURE} is not base64")))?;
@@ -523,10 +543,13 @@ fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, Ma
         })
         .transpose()?;
     let chain = match sig.chain.as_deref() {
-        Some(pem) => split_pem_certificates(pem, trusted).map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
+        Some(pem) => split_pem_certificates(pem, trusted, trusted_pem).map_err(|e| malformed(format!("{ANNOTATION_CHAIN}: {e}")))?,
         None => Vec::new(),
     };
-    let set = sig.rekor_bundle.as_deref().map(RekorSetBundle::parse).transpose()?;
+    let (set, set_body) = match sig.rekor_bundle.as_deref().map(RekorSetBundle::parse_with_body).transpose()? {
+        Some((set, body)) => (Some(set), body),
+        None => (None, Vec::new()),
+    };
     let timestamp = match sig.rfc3161_timestamp.as_deref() {
         Some(json) => {
             #[derive(Deserialize)]
@@ -540,14 +563,19 @@ fn parse_pieces(sig: &LegacySignature, trusted: &[Vec<u8>]) -> Result<Parsed, Ma
         }
         None => None,
     };
-    Ok(Parsed { signature, leaf, chain, set, timestamp })
+    Ok(Parsed { signature, leaf, chain, set, set_body, timestamp })
 }
 
 /// Split concatenated PEM certificates, leaving out the ones the trust root
 /// already holds (they are path anchors; repeating them only costs time).
-fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>]) -> Result<Vec<DerCertificate>, String> {
+/// A block written exactly as [`trusted_pem_body`] writes a trusted
+/// certificate is that certificate: it is dropped without being decoded.
+fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>], trusted_pem: &[String]) -> Result<Vec<DerCertificate>, String> {
     let mut out = Vec::new();
-    for der in pem_certificates(pem)? {
+    for der in pem_blocks(pem, |body| trusted_pem.iter().any(|known| known.as_bytes() == body))? {
+        let Some(der) = der else {
+            continue;
+        };
         if trusted.contains(&der) {
             continue;
         }
@@ -567,28 +595,49 @@ fn split_pem_certificates(pem: &str, trusted: &[Vec<u8>]) -> Result<Vec<DerCerti
 /// later, so this is deliberately simple: anything but blocks and whitespace,
 /// more than 8 blocks, or none at all is an error.
 pub(crate) fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
+    Ok(pem_blocks(text, |_| false)?.into_iter().flatten().collect())
+}
+
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+/// [`pem_certificates`], with `None` for each block whose body (the text
+/// between the BEGIN and END lines) `known` recognizes: such a block is
+/// counted and its place kept, but not decoded.
+fn pem_blocks(text: &str, known: impl Fn(&[u8]) -> bool) -> Result<Vec<Option<Vec<u8>>>, String> {
     let mut out = Vec::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        let body = rest.strip_prefix(BEGIN).ok_or("expected -----BEGIN CERTIFICATE-----")?;
-        let end = body.find(END).ok_or("missing -----END CERTIFICATE-----")?;
-        let b64: Vec<u8> = body.as_bytes()[..end].iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
-        let der = b64_strict(&b64).ok_or("certificate is not base64")?;
-        if der.is_empty() {
-            return Err("empty certificate".into());
+        let body = rest.strip_prefix(PEM_BEGIN).ok_or("expected -----BEGIN CERTIFICATE-----")?;
+        let end = body.find(PEM_END).ok_or("missing -----END CERTIFICATE-----")?;
+        if known(&body.as_bytes()[..end]) {
+            out.push(None);
+        } else {
+            let b64: Vec<u8> = body.as_bytes()[..end].iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+            let der = b64_strict(&b64).ok_or("certificate is not base64")?;
+            if der.is_empty() {
+                return Err("empty certificate".into());
+            }
+            out.push(Some(der));
         }
-        out.push(der);
         if out.len() > 8 {
             return Err("more than 8 certificates".into());
         }
-        rest = body[end + END.len()..].trim_start();
+        rest = body[end + PEM_END.len()..].trim_start();
     }
     if out.is_empty() {
         return Err("no PEM certificate".into());
     }
     Ok(out)
+}
+
+/// The body of `der`'s canonical PEM block (64-column base64, LF line
+/// ends: what cosign writes), as [`pem_blocks`] sees it between the BEGIN
+/// and END lines. It decodes to exactly `der`.
+pub(super) fn trusted_pem_body(der: &[u8]) -> Option<String> {
+    let pem = super::direct::canonical_pem(der)?;
+    let body = pem.strip_prefix(PEM_BEGIN)?.strip_suffix('\n')?.strip_suffix(PEM_END)?;
+    Some(body.to_string())
 }
 
 fn b64_strict(s: &[u8]) -> Option<Vec<u8>> {
@@ -705,4 +754,30 @@ fn check_rekord_body(
         return Err(mismatch("logged signer differs from the signer"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain block written as the trust root's certificate is skipped
+    /// undecoded only where decoding it would give that very certificate;
+    /// any other spelling is decoded as before.
+    #[test]
+    fn a_canonically_written_trusted_block_is_that_certificate() {
+        let trusted: Vec<u8> = (0..700u32).map(|i| (i * 13 + 5) as u8).collect();
+        let other: Vec<u8> = (0..300u32).map(|i| (i * 7 + 1) as u8).collect();
+        let body = trusted_pem_body(&trusted).unwrap();
+        let pem = |der: &[u8]| super::super::direct::canonical_pem(der).unwrap();
+        let text = format!("{}{}", pem(&trusted), pem(&other));
+        assert_eq!(pem_certificates(&text).unwrap(), vec![trusted.clone(), other.clone()]);
+        let known = |b: &[u8]| b == body.as_bytes();
+        assert_eq!(pem_blocks(&text, known).unwrap(), vec![None, Some(other.clone())]);
+        let crlf = text.replace('\n', "\r\n");
+        assert_eq!(pem_blocks(&crlf, known).unwrap(), vec![Some(trusted.clone()), Some(other)]);
+        // Skipped blocks still count towards the bounds.
+        let nine = pem(&trusted).repeat(9);
+        assert_eq!(pem_blocks(&nine, known).unwrap_err(), "more than 8 certificates");
+        assert_eq!(pem_certificates(&nine).unwrap_err(), "more than 8 certificates");
+    }
 }

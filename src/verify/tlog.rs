@@ -269,12 +269,35 @@ pub(crate) fn verify_set_parts(
     log_id: &[u8],
     set: &[u8],
 ) -> Result<(), TlogError> {
+    verify_set_body(rekor_keys, SetBody::Base64(body_base64), integrated_time, log_index, log_id, set)
+}
+
+/// The entry body a SET signs: as logged (base64 text), or decoded (then
+/// encoded with standard padded base64 straight into the signed payload,
+/// which is what `CanonicalizedBody::to_base64` gives).
+#[derive(Clone, Copy)]
+enum SetBody<'a> {
+    Base64(&'a str),
+    Bytes(&'a [u8]),
+}
+
+fn verify_set_body(
+    rekor_keys: &RekorKeys,
+    body: SetBody<'_>,
+    integrated_time: i64,
+    log_index: i64,
+    log_id: &[u8],
+    set: &[u8],
+) -> Result<(), TlogError> {
     let key_id = Sha256Hash::try_from(log_id).map_err(|e| TlogError::MalformedEntry(format!("invalid log ID: {e}")))?;
     let time = jiff::Timestamp::from_second(integrated_time).map_err(|e| TlogError::IntegratedTime(one_line(&e.to_string())))?;
     // The log key must have been valid when the entry was integrated.
     let key = rekor_keys.key_at(&key_id, time).ok_or_else(|| unknown_or_expired(rekor_keys, &key_id, time))?;
     let log_id_hex = hex::encode(log_id);
-    let canonical = set_payload(body_base64, integrated_time, log_index, &log_id_hex)?;
+    let canonical = match body {
+        SetBody::Base64(text) => set_payload(text, integrated_time, log_index, &log_id_hex)?,
+        SetBody::Bytes(bytes) => set_payload_of_bytes(bytes, integrated_time, log_index, &log_id_hex)?,
+    };
     rekor_keys.verify(&key_id, key, &canonical, set).map_err(|e| TlogError::Set(one_line(&e)))
 }
 
@@ -314,6 +337,29 @@ fn set_payload(body_base64: &str, integrated_time: i64, log_index: i64, log_id_h
     serde_json_canonicalizer::to_vec(&payload).map_err(|e| TlogError::Set(one_line(&e.to_string())))
 }
 
+/// [`set_payload`] for a decoded body: its base64 is written straight into
+/// the payload (base64 needs no escaping), without a separate string.
+fn set_payload_of_bytes(body: &[u8], integrated_time: i64, log_index: i64, log_id_hex: &str) -> Result<Vec<u8>, TlogError> {
+    use base64::Engine as _;
+    const EXACT: u64 = 1 << 53;
+    let hex_plain = log_id_hex.bytes().all(|b| b.is_ascii_alphanumeric());
+    if integrated_time.unsigned_abs() >= EXACT || log_index.unsigned_abs() >= EXACT || !hex_plain {
+        let text = base64::engine::general_purpose::STANDARD.encode(body);
+        return set_payload(&text, integrated_time, log_index, log_id_hex);
+    }
+    let mut out = String::with_capacity(body.len().div_ceil(3) * 4 + log_id_hex.len() + 100);
+    out.push_str("{\"body\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(body, &mut out);
+    out.push_str("\",\"integratedTime\":");
+    out.push_str(&integrated_time.to_string());
+    out.push_str(",\"logID\":\"");
+    out.push_str(log_id_hex);
+    out.push_str("\",\"logIndex\":");
+    out.push_str(&log_index.to_string());
+    out.push('}');
+    Ok(out.into_bytes())
+}
+
 fn unknown_or_expired(rekor_keys: &Keyring, key_id: &Sha256Hash, time: jiff::Timestamp) -> TlogError {
     if rekor_keys.key(key_id).is_some() {
         TlogError::Set(format!("log {} key was not valid at integrated time {time}", key_id.to_hex()))
@@ -329,9 +375,9 @@ pub(crate) fn verify_entry_set(entry: &TransparencyLogEntry, rekor_keys: &RekorK
         // A SET always signs an integrated time; one without it cannot verify.
         return Err(TlogError::Set("inclusion promise without integrated time".into()));
     };
-    verify_set_parts(
+    verify_set_body(
         rekor_keys,
-        &entry.canonicalized_body.to_base64(),
+        SetBody::Bytes(entry.canonicalized_body.as_bytes()),
         time.as_second(),
         entry.log_index.as_i64(),
         entry.log_id.key_id.as_bytes(),
@@ -357,6 +403,22 @@ mod tests {
             let want = serde_json_canonicalizer::to_vec(&SetPayload { body, integrated_time: time, log_index: index, log_id: id }).unwrap();
             let got = set_payload(body, time, index, id).unwrap();
             assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "{body:?} {time} {index} {id:?}");
+        }
+    }
+
+    /// A decoded body gives the payload of its base64 as the library writes
+    /// it (`CanonicalizedBody::to_base64`).
+    #[test]
+    fn set_payload_of_bytes_is_that_of_the_base64() {
+        use sigstore_verify::types::CanonicalizedBody;
+        let bodies: [&[u8]; 5] = [b"", b"a", b"ab", b"{\"kind\":\"dsse\"}", &[0xff, 0xfe, 0, 1, 2, 3, 250]];
+        for body in bodies {
+            let text = CanonicalizedBody::new(body.to_vec()).to_base64();
+            for (time, index, id) in [(1_700_000_000, 42, "c0d2"), (-1, 0, "00"), (i64::MAX, i64::MIN, "ff"), (5, 6, "not hex")] {
+                let want = set_payload(&text, time, index, id).unwrap();
+                let got = set_payload_of_bytes(body, time, index, id).unwrap();
+                assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "{body:?} {time} {index} {id:?}");
+            }
         }
     }
 }

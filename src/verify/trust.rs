@@ -42,6 +42,9 @@ pub struct TrustMaterial {
     /// DER of every Fulcio CA certificate: a legacy `chain` annotation that
     /// repeats them adds nothing (they are anchors already) and is dropped.
     pub(crate) fulcio_certs: Vec<Vec<u8>>,
+    /// The canonical PEM body of each of `fulcio_certs`: a legacy `chain`
+    /// annotation block written so is dropped without decoding it.
+    pub(crate) fulcio_pem_bodies: Vec<String>,
     /// (subject DER, SHA-256 of the SPKI) of each Fulcio certificate: the
     /// issuer key hash of the SCT check (step 5, fast mode). `None` if one
     /// could not be read: the library then checks every SCT.
@@ -134,9 +137,22 @@ impl TrustMaterial {
                 }
             }
         }
+        let fulcio_pem_bodies = fulcio_certs.iter().filter_map(|der| super::legacy::trusted_pem_body(der)).collect();
         let tsa = super::timestamp::prepare(&root);
         let ct_keys = super::sct::CtKeys::prepare(&root).ok();
-        Ok(Self { root, verifier, rekor_keys, fulcio_anchors, fulcio_subjects, fulcio_certs, fulcio_issuers, ct_keys, tsa, source_digest })
+        Ok(Self {
+            root,
+            verifier,
+            rekor_keys,
+            fulcio_anchors,
+            fulcio_subjects,
+            fulcio_certs,
+            fulcio_pem_bodies,
+            fulcio_issuers,
+            ct_keys,
+            tsa,
+            source_digest,
+        })
     }
 
     /// The parsed trusted root.
