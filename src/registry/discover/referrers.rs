@@ -141,55 +141,14 @@ impl Ctx<'_> {
         }
         // A bundle, a cosign signature artifact, or no artifactType in the listing: the manifest
         // says which.
-        if desc.size() > self.settings.max_manifest {
-            out.problems.push(format!(
-                "{endpoint}: referrer {manifest_digest} is {} bytes per its descriptor, over the {}-byte limit (registry.max_manifest_bytes)",
-                desc.size(),
-                self.settings.max_manifest
-            ));
-            return out;
-        }
         let eps = self.endpoints_from(endpoint);
-        let accept = "application/vnd.oci.image.manifest.v1+json";
-        let fetched = fetch_verified(
-            self.transport,
-            self.op,
-            &eps,
-            self.repo,
-            Store::Manifests,
-            &manifest_digest,
-            self.settings.max_manifest,
-            manifest_limit_setting(),
-            accept,
-        )
-        .await;
-        let body = match fetched {
-            Ok(f) => f.body,
-            Err(e) => {
-                out.problems.push(format!("referrer {manifest_digest}: {e}"));
+        let manifest = match self.referrer_manifest(endpoint, &eps, &manifest_digest, desc.size()).await {
+            Ok(m) => m,
+            Err(problem) => {
+                out.problems.push(problem);
                 return out;
             }
         };
-        let manifest = match serde_json::from_slice::<ImageManifest>(&body) {
-            Ok(m) if m.media_type().as_ref().map(|m| m.to_string()).is_none_or(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST) => m,
-            Ok(m) => {
-                out.problems.push(format!(
-                    "{endpoint}: referrer {manifest_digest} has media type {:?}, not an image manifest",
-                    m.media_type().as_ref().map(|m| m.to_string())
-                ));
-                return out;
-            }
-            Err(e) => {
-                out.problems.push(format!("{endpoint}: referrer {manifest_digest} is not an image manifest: {}", one_line(&e.to_string())));
-                return out;
-            }
-        };
-        if let Some(s) = manifest.subject() {
-            if s.digest().to_string() != self.subject.to_string() {
-                out.problems.push(format!("{endpoint}: referrer {manifest_digest} is about {}, not {}", s.digest(), self.subject));
-                return out;
-            }
-        }
         let mut manifest_annotations: BTreeMap<String, String> = manifest.annotations().clone().unwrap_or_default().into_iter().collect();
         let artifact_type = artifact_type
             .or_else(|| manifest.artifact_type().as_ref().map(|m| m.to_string()))
@@ -241,6 +200,54 @@ impl Ctx<'_> {
             }
         }
         out
+    }
+
+    /// The image manifest of a listed referrer of `size` bytes (per its descriptor), fetched
+    /// from `eps` and checked against its digest; an error (the problem to report) when it is
+    /// too large, cannot be fetched, is not an image manifest or is about another subject.
+    async fn referrer_manifest(
+        &self,
+        endpoint: &str,
+        eps: &[&Endpoint],
+        manifest_digest: &Digest,
+        size: u64,
+    ) -> Result<ImageManifest, String> {
+        if size > self.settings.max_manifest {
+            return Err(format!(
+                "{endpoint}: referrer {manifest_digest} is {size} bytes per its descriptor, over the {}-byte limit (registry.max_manifest_bytes)",
+                self.settings.max_manifest
+            ));
+        }
+        let accept = "application/vnd.oci.image.manifest.v1+json";
+        let fetched = fetch_verified(
+            self.transport,
+            self.op,
+            eps,
+            self.repo,
+            Store::Manifests,
+            manifest_digest,
+            self.settings.max_manifest,
+            manifest_limit_setting(),
+            accept,
+        )
+        .await;
+        let body = fetched.map_err(|e| format!("referrer {manifest_digest}: {e}"))?.body;
+        let manifest = match serde_json::from_slice::<ImageManifest>(&body) {
+            Ok(m) if m.media_type().as_ref().map(|m| m.to_string()).is_none_or(|m| m == OCI_MANIFEST || m == DOCKER_MANIFEST) => m,
+            Ok(m) => {
+                return Err(format!(
+                    "{endpoint}: referrer {manifest_digest} has media type {:?}, not an image manifest",
+                    m.media_type().as_ref().map(|m| m.to_string())
+                ));
+            }
+            Err(e) => return Err(format!("{endpoint}: referrer {manifest_digest} is not an image manifest: {}", one_line(&e.to_string()))),
+        };
+        if let Some(s) = manifest.subject() {
+            if s.digest().to_string() != self.subject.to_string() {
+                return Err(format!("{endpoint}: referrer {manifest_digest} is about {}, not {}", s.digest(), self.subject));
+            }
+        }
+        Ok(manifest)
     }
 
     fn source(&self, step: Step, endpoint: &str, tag: Option<&str>, manifest: &Digest, blob: &Digest) -> Source {
