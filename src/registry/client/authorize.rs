@@ -103,6 +103,28 @@ impl Transport {
             })
     }
 
+    /// Refuses a token realm that is not an http(s) URL with a usable host on a host
+    /// [`Transport::realm_allowed`] allows.
+    fn check_realm(&self, op: &Op, ep: &Endpoint, realm: &str) -> Result<(), ErrorKind> {
+        let (scheme, rest) = if let Some(r) = realm.strip_prefix("https://") {
+            (Scheme::Https, r)
+        } else if let Some(r) = realm.strip_prefix("http://") {
+            (Scheme::Http, r)
+        } else {
+            return Err(ErrorKind::Unauthorized(format!("token realm {realm:?} is not an http(s) URL")));
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority.is_empty() || authority.contains('@') {
+            return Err(ErrorKind::Unauthorized(format!("token realm {realm:?} has no usable host")));
+        }
+        if !self.realm_allowed(op, ep, scheme, authority) {
+            return Err(ErrorKind::Unauthorized(format!(
+                "token realm {realm} is on {authority}, which is not an endpoint of this registry; add it to registry.token_realm_hosts to allow it"
+            )));
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn fetch_token(
         &self,
@@ -115,49 +137,8 @@ impl Transport {
         material: &AuthMaterial,
     ) -> Result<(String, Duration), RequestError> {
         let err = |kind| Self::error(ep, call, kind);
-        let (scheme, rest) = if let Some(r) = realm.strip_prefix("https://") {
-            (Scheme::Https, r)
-        } else if let Some(r) = realm.strip_prefix("http://") {
-            (Scheme::Http, r)
-        } else {
-            return Err(err(ErrorKind::Unauthorized(format!("token realm {realm:?} is not an http(s) URL"))));
-        };
-        let authority = rest.split(['/', '?']).next().unwrap_or("");
-        if authority.is_empty() || authority.contains('@') {
-            return Err(err(ErrorKind::Unauthorized(format!("token realm {realm:?} has no usable host"))));
-        }
-        if !self.realm_allowed(op, ep, scheme, authority) {
-            return Err(err(ErrorKind::Unauthorized(format!(
-                "token realm {realm} is on {authority}, which is not an endpoint of this registry; add it to registry.token_realm_hosts to allow it"
-            ))));
-        }
-        let mut query = Vec::new();
-        if let Some(s) = service {
-            query.push(format!("service={}", url_encode(s)));
-        }
-        query.push(format!("scope={}", url_encode(scope)));
-        let (method, uri, body, content_type, basic) = match material {
-            AuthMaterial::RefreshToken(t) => {
-                // OAuth2 refresh-token grant (what an identity token is for).
-                let mut form = vec![
-                    "grant_type=refresh_token".to_string(),
-                    format!("refresh_token={}", url_encode(t.expose())),
-                    "client_id=pullgate".to_string(),
-                ];
-                form.extend(query);
-                (Method::POST, realm.to_string(), Bytes::from(form.join("&")), Some("application/x-www-form-urlencoded"), None)
-            }
-            m => {
-                let sep = if realm.contains('?') { '&' } else { '?' };
-                let basic = match m {
-                    AuthMaterial::Basic { username, password } => {
-                        Some(base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose())))
-                    }
-                    _ => None,
-                };
-                (Method::GET, format!("{realm}{sep}{}", query.join("&")), Bytes::new(), None, basic)
-            }
-        };
+        self.check_realm(op, ep, realm).map_err(err)?;
+        let (method, uri, body, content_type, basic) = token_request(realm, service, scope, material);
         let token_call = Call {
             method: method.clone(),
             path: format!("{} (token for {})", realm.split('?').next().unwrap_or(realm), call.path),
@@ -188,5 +169,42 @@ impl Transport {
         let token = parsed.bearer().ok_or_else(|| terr(ErrorKind::Invalid("token answer has no token".into())))?;
         let ttl = Duration::from_secs(parsed.expires_in.unwrap_or(60).max(1)).saturating_sub(TOKEN_EXPIRY_SLACK);
         Ok((token.to_string(), ttl.max(Duration::from_secs(1))))
+    }
+}
+
+/// What a token request sends: method, URL, body, content type and basic credentials (base64).
+/// A refresh token is an OAuth2 form POST; anything else a GET with the query appended.
+fn token_request(
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    material: &AuthMaterial,
+) -> (Method, String, Bytes, Option<&'static str>, Option<String>) {
+    let mut query = Vec::new();
+    if let Some(s) = service {
+        query.push(format!("service={}", url_encode(s)));
+    }
+    query.push(format!("scope={}", url_encode(scope)));
+    match material {
+        AuthMaterial::RefreshToken(t) => {
+            // OAuth2 refresh-token grant (what an identity token is for).
+            let mut form = vec![
+                "grant_type=refresh_token".to_string(),
+                format!("refresh_token={}", url_encode(t.expose())),
+                "client_id=pullgate".to_string(),
+            ];
+            form.extend(query);
+            (Method::POST, realm.to_string(), Bytes::from(form.join("&")), Some("application/x-www-form-urlencoded"), None)
+        }
+        m => {
+            let sep = if realm.contains('?') { '&' } else { '?' };
+            let basic = match m {
+                AuthMaterial::Basic { username, password } => {
+                    Some(base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose())))
+                }
+                _ => None,
+            };
+            (Method::GET, format!("{realm}{sep}{}", query.join("&")), Bytes::new(), None, basic)
+        }
     }
 }
