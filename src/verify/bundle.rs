@@ -7,9 +7,7 @@
 //! how many authorities a policy lists.
 
 use serde::Serialize;
-use sigstore_verify::types::{
-    Artifact, ArtifactDigest, Bundle, HashAlgorithm, Sha256Hash, TransparencyLogEntry, VerificationMaterialContent,
-};
+use sigstore_verify::types::{Artifact, ArtifactDigest, Bundle, HashAlgorithm, TransparencyLogEntry, VerificationMaterialContent};
 use sigstore_verify::{PublicKeyVerificationPolicy, VerificationPolicy};
 
 use crate::digest::{Digest, DigestAlgorithm};
@@ -40,24 +38,29 @@ pub enum ArtifactRef<'a> {
 }
 
 impl<'a> ArtifactRef<'a> {
-    fn to_library(self) -> Artifact<'a> {
-        match self {
+    fn to_library(self) -> Result<Artifact<'a>, MaterialError> {
+        Ok(match self {
             Self::Bytes(bytes) => Artifact::Blob(bytes),
-            Self::Digest(digest) => Artifact::Digest(library_digest(digest)),
-        }
+            Self::Digest(digest) => Artifact::Digest(library_digest(digest)?),
+        })
     }
 }
 
 /// `digest` in the verification library's form.
-fn library_digest(digest: &Digest) -> ArtifactDigest {
-    let algorithm = match digest.algorithm() {
+fn library_digest(digest: &Digest) -> Result<ArtifactDigest, MaterialError> {
+    library_digest_of(digest.algorithm(), digest.bytes(), &digest.to_string())
+}
+
+/// The library's digest of `algorithm` and `bytes`; `shown` names it in the error. A [`Digest`]
+/// is validated when it is made, so the error is not expected; if it ever came, the signature
+/// is refused with the digest named (never checked against a stand-in digest).
+fn library_digest_of(algorithm: DigestAlgorithm, bytes: Vec<u8>, shown: &str) -> Result<ArtifactDigest, MaterialError> {
+    let library_algorithm = match algorithm {
         DigestAlgorithm::Sha256 => HashAlgorithm::Sha2256,
         DigestAlgorithm::Sha384 => HashAlgorithm::Sha2384,
         DigestAlgorithm::Sha512 => HashAlgorithm::Sha2512,
     };
-    // The length was validated at construction, so this cannot fail; fall back to an
-    // obviously-wrong zero digest rather than panicking if it ever did.
-    ArtifactDigest::new(algorithm, digest.bytes()).unwrap_or_else(|_| ArtifactDigest::sha256(Sha256Hash::new([0; 32])))
+    ArtifactDigest::new(library_algorithm, bytes).map_err(|_| MaterialError::MalformedDigest(shown.chars().take(140).collect()))
 }
 
 /// Which kind of signer the caller is prepared to accept for this bundle.
@@ -265,7 +268,7 @@ impl TrustMaterial {
         let result = match mode {
             Mode::Reference => self
                 .verifier
-                .verify(artifact.to_library(), bundle, &VerificationPolicy::any_identity())
+                .verify(artifact.to_library()?, bundle, &VerificationPolicy::any_identity())
                 .map_err(VerifyError::from_library)?,
             Mode::Fast => {
                 // (1) The log evidence the bundle version requires: the same
@@ -318,13 +321,13 @@ impl TrustMaterial {
                         } else {
                             bundle
                         };
-                        let result = match self.verifier.verify(artifact.to_library(), library_bundle, &policy) {
+                        let result = match self.verifier.verify(artifact.to_library()?, library_bundle, &policy) {
                             Ok(result) => result,
                             Err(error) => {
                                 // A refusal: report what the library reports with its
                                 // own SCT check (step 5 comes before 7 and 8).
                                 if sct_issuer.is_some() {
-                                    if let Err(first) = self.verifier.verify(artifact.to_library(), library_bundle, &full_policy) {
+                                    if let Err(first) = self.verifier.verify(artifact.to_library()?, library_bundle, &full_policy) {
                                         return Err(VerifyError::from_library(first));
                                     }
                                 }
@@ -415,7 +418,7 @@ impl TrustMaterial {
         }
         // The library's key path verifies each SET once; nothing to optimize.
         let policy = PublicKeyVerificationPolicy::new(key.der().clone());
-        let result = self.verifier.verify(artifact.to_library(), bundle, &policy).map_err(VerifyError::from_library)?;
+        let result = self.verifier.verify(artifact.to_library()?, bundle, &policy).map_err(VerifyError::from_library)?;
         for entry in &bundle.verification_material.tlog_entries {
             tlog::verify_log_identity(entry, &self.rekor_keys)?;
         }
@@ -507,4 +510,20 @@ fn summarize(entries: &[TransparencyLogEntry]) -> Vec<LogEntrySummary> {
             integrated_time: entry.integrated_time.map(|t| t.to_string()),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_the_library_cannot_take_is_refused_not_replaced() {
+        let image = Digest::sha256(b"image");
+        let ok = library_digest(&image).unwrap();
+        assert_eq!(ok.value().as_bytes(), image.bytes().as_slice());
+        // A length that does not fit the algorithm: an error naming the digest, not a zero digest.
+        let err = library_digest_of(DigestAlgorithm::Sha384, image.bytes(), &image.to_string()).unwrap_err();
+        assert!(matches!(&err, MaterialError::MalformedDigest(d) if *d == image.to_string()), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
 }

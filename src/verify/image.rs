@@ -312,8 +312,9 @@ enum Parsed {
     Legacy(LegacySignature),
 }
 
+/// Steps (1)-(9) for one candidate: parsed, then verified as keyless or key-signed.
 fn evaluate_candidate(trust: &TrustMaterial, image: &Digest, candidate: &SignatureMaterial, policy: &IdentityPolicy) -> CandidateOutcome {
-    let mut outcome = CandidateOutcome {
+    let outcome = CandidateOutcome {
         source: candidate.source().to_string(),
         format: candidate.format(),
         verified: None,
@@ -337,63 +338,70 @@ fn evaluate_candidate(trust: &TrustMaterial, image: &Digest, candidate: &Signatu
         Parsed::Bundle(bundle) => trust.verify_image_bundle(bundle, image, signer),
         Parsed::Legacy(sig) => trust.verify_legacy(sig, image, signer),
     };
-
     if keyless {
-        // (2)-(8) once; (9) against every keyless authority.
-        if !policy.has_keyless() {
-            return failed(
-                outcome,
-                policy,
-                crate::verify::error::CertificateError::WrongKind(
-                    "signed with a Fulcio certificate, but the policy only accepts keys".into(),
-                )
+        keyless_outcome(outcome, policy, verify)
+    } else {
+        keyed_outcome(outcome, policy, verify)
+    }
+}
+
+/// A keyless candidate: (2)-(8) once; (9) against every keyless authority.
+fn keyless_outcome(
+    mut outcome: CandidateOutcome,
+    policy: &IdentityPolicy,
+    verify: impl Fn(ExpectedSigner<'_>) -> Result<VerifiedSignature, VerifyError>,
+) -> CandidateOutcome {
+    if !policy.has_keyless() {
+        return failed(
+            outcome,
+            policy,
+            crate::verify::error::CertificateError::WrongKind("signed with a Fulcio certificate, but the policy only accepts keys".into())
                 .into(),
-            );
-        }
-        let verified = match verify(ExpectedSigner::Certificate) {
-            Ok(v) => v,
-            Err(e) => return failed(outcome, policy, e),
-        };
-        let Signer::Certificate(identity) = &verified.signer else {
-            return failed(
-                outcome,
-                policy,
-                crate::verify::error::CertificateError::WrongKind("expected a certificate signer".into()).into(),
-            );
-        };
-        for authority in policy.authorities() {
-            let result = match &authority.signers {
-                AuthoritySigners::Keyless(identities) => {
-                    let mut first_error = None;
-                    let mut ok = false;
-                    for id in identities {
-                        match id.check(identity) {
-                            Ok(()) => {
-                                ok = true;
-                                break;
-                            }
-                            Err(e) => {
-                                first_error.get_or_insert(e);
-                            }
+        );
+    }
+    let verified = match verify(ExpectedSigner::Certificate) {
+        Ok(v) => v,
+        Err(e) => return failed(outcome, policy, e),
+    };
+    let Signer::Certificate(identity) = &verified.signer else {
+        return failed(outcome, policy, crate::verify::error::CertificateError::WrongKind("expected a certificate signer".into()).into());
+    };
+    for authority in policy.authorities() {
+        let result = match &authority.signers {
+            AuthoritySigners::Keyless(identities) => {
+                let mut first_error = None;
+                let mut ok = false;
+                for id in identities {
+                    match id.check(identity) {
+                        Ok(()) => {
+                            ok = true;
+                            break;
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
                         }
                     }
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(first_error.map(|e| e.to_string()).unwrap_or_default())
-                    }
                 }
-                AuthoritySigners::Keys(_) => {
-                    Err(IdentityMismatch::SignerKind("keyless signature, authority accepts keys".into()).to_string())
+                if ok {
+                    Ok(())
+                } else {
+                    Err(first_error.map(|e| e.to_string()).unwrap_or_default())
                 }
-            };
-            outcome.authorities.push(authority_outcome(&authority.name, result));
-        }
-        outcome.verified = Some(verified);
-        return outcome;
+            }
+            AuthoritySigners::Keys(_) => Err(IdentityMismatch::SignerKind("keyless signature, authority accepts keys".into()).to_string()),
+        };
+        outcome.authorities.push(authority_outcome(&authority.name, result));
     }
+    outcome.verified = Some(verified);
+    outcome
+}
 
-    // Key-signed: (2)-(8) per configured key until one verifies.
+/// A key-signed candidate: (2)-(8) per configured key until one verifies, for each authority.
+fn keyed_outcome(
+    mut outcome: CandidateOutcome,
+    policy: &IdentityPolicy,
+    verify: impl Fn(ExpectedSigner<'_>) -> Result<VerifiedSignature, VerifyError>,
+) -> CandidateOutcome {
     if !policy.has_keys() {
         return failed(
             outcome,

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 
 use super::error::{one_line, MaterialError, TlogError, VerifyError};
 use super::legacy::{
-    b64, bounded, pem_certificates, RekorSetBundle, ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN, ANNOTATION_RFC3161,
-    MAX_ANNOTATION_BYTES,
+    b64, bounded, check_layer, pem_certificates, RekorSetBundle, ANNOTATION_BUNDLE, ANNOTATION_CERTIFICATE, ANNOTATION_CHAIN,
+    ANNOTATION_RFC3161,
 };
 use crate::digest::Digest;
 
@@ -80,19 +80,11 @@ impl LegacyAttestation {
         annotations: &BTreeMap<String, String>,
         envelope: Vec<u8>,
     ) -> Result<Self, MaterialError> {
-        if media_type != DSSE_ENVELOPE_MEDIA_TYPE {
-            return Err(MaterialError::MalformedLegacy(format!(
-                "layer media type is {:?}, want {DSSE_ENVELOPE_MEDIA_TYPE:?}",
-                one_line(media_type)
-            )));
-        }
-        for value in annotations.values() {
-            bounded("annotation", value.len(), MAX_ANNOTATION_BYTES)?;
-        }
+        let layer_digest = check_layer(media_type, DSSE_ENVELOPE_MEDIA_TYPE, digest, annotations)?;
         let get = |name: &str| annotations.get(name).cloned();
         Ok(Self {
             envelope,
-            layer_digest: Some(super::error::parse_digest(digest)?),
+            layer_digest: Some(layer_digest),
             certificate: get(ANNOTATION_CERTIFICATE),
             chain: get(ANNOTATION_CHAIN),
             rekor_bundle: get(ANNOTATION_BUNDLE),
