@@ -29,6 +29,8 @@ use crate::cri::intercept::{BoxFuture, CreateCall, CreateVerdict, Gate, MountIma
 use crate::digest::Digest;
 use crate::policy::{Applicable, ImagePolicy, Mode, PolicySet, Unmatched};
 use crate::registry::reference::{Aliases, Reference};
+use crate::registry::Error as RegistryError;
+use crate::trust::TrustUnavailable;
 
 /// The digests an image reference resolved to on the mirror.
 #[derive(Debug, Clone)]
@@ -69,15 +71,15 @@ pub struct Outcome {
 pub struct TrustStatus {
     /// Bumped on every trust-root swap; part of every cache key.
     pub generation: u64,
-    /// `Some(message)` when decisions needing the trust root must fail closed.
-    pub unusable: Option<String>,
+    /// `Some(why)` when decisions needing the trust root must fail closed.
+    pub unusable: Option<TrustUnavailable>,
 }
 
 /// Mirror access and verification, as the gate uses them (the real one is
 /// `enforce::checker::MirrorChecker`; tests use fakes).
 pub trait Checker: Send + Sync + 'static {
     /// Resolves `reference` to its digest(s) on the mirror.
-    fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>>;
+    fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>>;
     /// Discovers the signatures of `resolved` in `reference`'s repository and verifies them
     /// against `policy`.
     fn verify<'a>(
@@ -319,7 +321,7 @@ impl Enforcer {
         let mut results = Vec::new();
         for policy in policies {
             if let Some(why) = &trust.unusable {
-                let outcome = Outcome { allowed: false, reason: Reason::TrustRoot(why.clone()), ..Default::default() };
+                let outcome = Outcome { allowed: false, reason: Reason::trust_root(why), ..Default::default() };
                 results.push((policy.clone(), Arc::new(outcome), false));
                 continue;
             }
@@ -435,7 +437,7 @@ impl Enforcer {
         let resolved = match self.checker.resolve(&reference, auth).await {
             Ok(r) => r,
             Err(e) => {
-                record.deny(&Reason::Mirror(format!("cannot resolve {reference} on the registry mirror: {e}")));
+                record.deny(&Reason::unresolved(&reference, &e));
                 let verdict = if enforce { PullVerdict::Refuse(record.reason.clone()) } else { PullVerdict::Forward };
                 return (verdict, record);
             }
@@ -767,15 +769,20 @@ mod tests {
         verified: std::sync::atomic::AtomicUsize,
         /// The trust root's generation, and why it is unusable (if it is).
         trust_generation: std::sync::atomic::AtomicU64,
-        trust_unusable: Mutex<Option<String>>,
+        trust_unusable: Mutex<Option<TrustUnavailable>>,
+    }
+
+    /// What the mirror says of a tag it does not have.
+    pub(super) fn not_found(reference: &Reference) -> RegistryError {
+        crate::registry::ResolveError::NotFound { reference: reference.to_string(), endpoints: "the fake mirror".into() }.into()
     }
 
     impl Checker for Fake {
-        fn resolve<'a>(&'a self, reference: &'a Reference, _: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+        fn resolve<'a>(&'a self, reference: &'a Reference, _: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
             Box::pin(async move {
                 let digest = match reference.digest() {
                     Some(d) => d.clone(),
-                    None => self.tags.get(&reference.to_string()).cloned().ok_or_else(|| format!("{reference}: not found"))?,
+                    None => self.tags.get(&reference.to_string()).cloned().ok_or_else(|| not_found(reference))?,
                 };
                 Ok(Resolved { digest, platform_digest: None, image: None })
             })
@@ -1082,13 +1089,13 @@ mod tests {
         let mut fake = Fake::default();
         fake.outcomes.insert(d(2).to_string(), signed(d(2), d(3)));
         let fake = Arc::new(fake);
-        *fake.trust_unusable.lock().unwrap() = Some("the trust root is stale: run `pullgate trust-root import`".into());
+        *fake.trust_unusable.lock().unwrap() = Some(TrustUnavailable::NotInstalled);
         let e = enforcer_in(fake.clone(), "deny", "either", "enforce");
         let image = format!("{REG}/demo/app@{}", d(2));
         let (v, r) = e.decide_pull(&pull(&image)).await;
         assert_eq!(
             v,
-            PullVerdict::Refuse(format!("image {image} denied by policy demo: the trust root is stale: run `pullgate trust-root import`"))
+            PullVerdict::Refuse(format!("image {image} denied by policy demo: no trust root installed: run `pullgate trust-root import`"))
         );
         assert_eq!(r.category, "trust_root");
         assert_eq!(verifications(&fake), 0);

@@ -109,6 +109,8 @@ mod tests {
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
     use crate::policy::{ImagePolicy, PolicyConfig};
     use crate::registry::reference::Aliases;
+    use crate::registry::Error as RegistryError;
+    use crate::trust::{Limit, StaleError, TrustUnavailable};
 
     const ETCD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -116,10 +118,12 @@ mod tests {
     /// A node in trouble: the trust root is unusable, so everything under a policy is refused.
     struct Stale;
     impl Checker for Stale {
-        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
             let digest = r.digest().cloned();
             Box::pin(async move {
-                digest.map(|digest| Resolved { digest, platform_digest: None, image: None }).ok_or_else(|| "mirror down".to_string())
+                digest
+                    .map(|digest| Resolved { digest, platform_digest: None, image: None })
+                    .ok_or_else(|| super::super::tests::not_found(r))
             })
         }
         fn verify<'a>(
@@ -132,7 +136,8 @@ mod tests {
             Box::pin(async { Outcome::default() })
         }
         fn trust(&self) -> TrustStatus {
-            TrustStatus { generation: 1, unusable: Some("the trust root is stale".into()) }
+            let since = "2026-01-01T00:00:00Z".parse().unwrap_or_default();
+            TrustStatus { generation: 1, unusable: Some(TrustUnavailable::Stale(StaleError { since, limit: Limit::MaxAge })) }
         }
     }
 
@@ -190,7 +195,7 @@ mod tests {
         assert_eq!((r.decision.as_str(), r.mode.as_str()), ("allow", "enforce"));
         let bg = r.break_glass.expect("the record says break-glass");
         assert_eq!((bg.reason.as_str(), bg.opened_by.as_str()), ("INC-1", "alice via sudo as root (uid 0) on cp-1"));
-        assert!(bg.refused.contains("trust root is stale"), "{bg:?}");
+        assert!(bg.refused.contains("trust root stale since"), "{bg:?}");
         assert!(r.reason.starts_with("break-glass: "), "{}", r.reason);
         // Never a tag (not even one resolving to the digest), another digest or repository.
         for image in ["reg.test/etcd:3.5".to_string(), format!("reg.test/etcd@{OTHER}"), format!("reg.test/other@{ETCD}")] {

@@ -200,6 +200,7 @@ mod tests {
     use crate::enforce::audit::{AuditConfig, AuditLog};
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
     use crate::policy::{ImagePolicy, PolicyConfig};
+    use crate::registry::Error as RegistryError;
 
     const SIGNED: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const UNSIGNED: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -207,8 +208,8 @@ mod tests {
     /// Stands in for the mirror: images with digest `SIGNED` verify, everything else does not.
     struct FakeChecker;
     impl Checker for FakeChecker {
-        fn resolve<'a>(&'a self, _: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
-            Box::pin(async { Err("no mirror in unit tests".to_string()) })
+        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
+            Box::pin(async move { Err(super::super::tests::not_found(r)) })
         }
         fn verify<'a>(
             &'a self,
