@@ -406,7 +406,7 @@ impl Enforcer {
                 // The error names the reference itself; both shortened.
                 let (image, e) = (crate::bounded::shorten(&call.image, 256), e.to_string());
                 record.deny(&Reason::InvalidRequest(format!("invalid image reference {image:?}: {}", crate::bounded::shorten(&e, 512))));
-                record.mode = Mode::Enforce.as_str().into();
+                record.mode = Some(Mode::Enforce);
                 return (PullVerdict::Refuse(record.reason.clone()), record);
             }
         };
@@ -423,7 +423,7 @@ impl Enforcer {
                 return (PullVerdict::Forward, record);
             }
             Applicable::Unmatched(Unmatched::Deny) => {
-                record.mode = Mode::Enforce.as_str().into();
+                record.mode = Some(Mode::Enforce);
                 record.deny(&Reason::Unmatched(format!(
                     "image {reference} matches no policy and policy.unmatched is deny: add a policy for it, or an exemption"
                 )));
@@ -432,7 +432,7 @@ impl Enforcer {
             Applicable::Policies(p) => p,
         };
         let enforce = Mode::of(&policies) == Mode::Enforce;
-        record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
+        record.mode = Some(if enforce { Mode::Enforce } else { Mode::Audit });
         let auth = call.auth.as_ref();
         let resolved = match self.checker.resolve(&reference, auth).await {
             Ok(r) => r,
@@ -520,7 +520,7 @@ impl Enforcer {
             return (CreateVerdict::Forward, record);
         };
         let refuse = |mut record: AuditRecord, reason: Reason| {
-            record.mode = Mode::Enforce.as_str().into();
+            record.mode = Some(Mode::Enforce);
             record.deny(&reason);
             (CreateVerdict::Refuse(record.reason.clone()), record)
         };
@@ -637,7 +637,7 @@ impl Enforcer {
                 let checked = self.combine(&shown, &subject.to_string(), &results);
                 record.digest = checked.digest.clone();
                 record.policy = checked.policy.clone();
-                record.mode = checked.mode.as_str().into();
+                record.mode = Some(checked.mode);
                 record.identity = checked.identity.clone();
                 record.source = checked.source.clone();
                 record.cached = checked.cached;
@@ -663,7 +663,7 @@ impl Enforcer {
         if audit_only {
             (CreateVerdict::Forward, record)
         } else {
-            record.mode = Mode::Enforce.as_str().into();
+            record.mode = Some(Mode::Enforce);
             (CreateVerdict::Refuse(record.reason.clone()), record)
         }
     }
@@ -1056,7 +1056,7 @@ mod tests {
                 "image other.example/x:1 matches no policy and policy.unmatched is deny: add a policy for it, or an exemption".into()
             )
         );
-        assert_eq!((r.decision.as_str(), r.mode.as_str(), r.category.as_str()), ("deny", "enforce", "unmatched"));
+        assert_eq!((r.decision.as_str(), r.mode.map_or("", Mode::as_str), r.category.as_str()), ("deny", "enforce", "unmatched"));
         let e = enforcer_in(fake.clone(), "allow", "either", "enforce");
         let (v, r) = e.decide_pull(&pull("other.example/x:1")).await;
         assert_eq!((v, r.category.as_str()), (PullVerdict::Forward, "unmatched_allowed"));
@@ -1074,7 +1074,7 @@ mod tests {
             let e = enforcer_in(Arc::new(Fake::default()), "deny", "either", mode);
             let (v, r) = e.decide_pull(&pull(&image)).await;
             assert_eq!(matches!(v, PullVerdict::Refuse(_)), refused, "{mode}");
-            assert_eq!((r.mode.as_str(), r.category.as_str()), (mode, "no_signatures"));
+            assert_eq!((r.mode.map_or("", Mode::as_str), r.category.as_str()), (mode, "no_signatures"));
             assert_eq!(r.reason, format!("image {image} denied by policy demo: no signatures found"));
             let verdict = r.verdict(refused);
             let written = r.settled(verdict);

@@ -91,7 +91,7 @@ fn broken(mut record: AuditRecord, used: &Use) -> AuditRecord {
         "break-glass: {} is in a window opened by {} until {} ({}); refused otherwise: {refused}",
         used.image, w.opened_by, w.expires_at, w.reason
     )));
-    record.mode = Mode::Enforce.as_str().into();
+    record.mode = Some(Mode::Enforce);
     record.break_glass = Some(used.record(refused));
     record
 }
@@ -192,7 +192,7 @@ mod tests {
             block(e.decide_pull(&PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() })),
         );
         assert_eq!(v, PullVerdict::Forward);
-        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("allow", "enforce"));
+        assert_eq!((r.decision.as_str(), r.mode.map_or("", Mode::as_str)), ("allow", "enforce"));
         let bg = r.break_glass.expect("the record says break-glass");
         assert_eq!((bg.reason.as_str(), bg.opened_by.as_str()), ("INC-1", "alice via sudo as root (uid 0) on cp-1"));
         assert!(bg.refused.contains("trust root stale since"), "{bg:?}");
