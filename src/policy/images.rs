@@ -543,10 +543,19 @@ impl PolicySet {
     /// `name@digest` form: containerd pulls the digest and ignores any tag, so `pause:*` or a
     /// bare `pause` admits tag references only, never `pause:1@sha256:<anything>`.
     pub fn applicable(&self, names: &[String], namespace: Option<&str>) -> Applicable {
-        match self.exemption(names) {
-            Some(name) => Applicable::Exempt(name),
-            None => self.applicable_policies(names, namespace),
+        self.applicable_to_each(std::slice::from_ref(&names.to_vec()), names, namespace)
+    }
+
+    /// What applies to an image known by several references (an image in containerd, by its
+    /// tags and digests): exempt when the name forms of every reference in `each` are exempt
+    /// (the first exemption names it); otherwise the policies that match any of `names`, or
+    /// `Unmatched`. [`PolicySet::applicable`] is the case of one reference.
+    pub fn applicable_to_each(&self, each: &[Vec<String>], names: &[String], namespace: Option<&str>) -> Applicable {
+        let exempt: Vec<Option<String>> = each.iter().map(|n| self.exemption(n)).collect();
+        if !exempt.is_empty() && exempt.iter().all(Option::is_some) {
+            return Applicable::Exempt(exempt.into_iter().flatten().next().unwrap_or_default());
         }
+        self.applicable_policies(names, namespace)
     }
 
     /// The exemption that admits a reference with these name forms, if any (see

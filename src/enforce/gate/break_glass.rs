@@ -50,10 +50,7 @@ impl Enforcer {
         let (CreateVerdict::Refuse(_), Some(image)) = (&verdict, &call.status) else {
             return (verdict, record);
         };
-        let tags: Vec<Reference> =
-            image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
-        let digests: Vec<Reference> =
-            image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
+        let (tags, digests) = super::create::registry_names(image);
         let asked = self.asked_name(call, &tags, &digests);
         let now = Timestamp::now();
         let used = digests
