@@ -391,7 +391,7 @@ fn v1alpha2_pull(c: &Ctx) -> TestResult {
     })?;
     let records = c.enforce.records();
     let r = last_record(&records, |r| r.call == "PullImage" && r.image == image)?;
-    ensure!(r.decision == "deny" && r.mode == "enforce" && r.pod == "team/v1alpha2", "{r:?}");
+    ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce) && r.pod == "team/v1alpha2", "{r:?}");
     Ok(())
 }
 
@@ -421,7 +421,7 @@ fn v1alpha2_create(c: &Ctx) -> TestResult {
     })?;
     let records = c.enforce.records();
     let r = last_record(&records, |r| r.call == "CreateContainer" && r.pod == "team/v1alpha2-create")?;
-    ensure!(r.decision == "deny" && r.mode == "enforce", "{r:?}");
+    ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce), "{r:?}");
     Ok(())
 }
 
@@ -441,7 +441,7 @@ fn native_api(c: &Ctx) -> TestResult {
     c.rt.block_on(assert_no_unsigned(c))?;
     let records = c.enforce.records();
     let r = last_record(&records, |r| r.surface == "not CRI" && r.call.starts_with("/containerd.services."))?;
-    ensure!(r.decision == "deny" && r.mode == "enforce" && r.reason.contains("uid 0"), "{r:?}");
+    ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce) && r.reason.contains("uid 0"), "{r:?}");
     Ok(())
 }
 
@@ -495,7 +495,7 @@ fn checkpoint_archive(c: &Ctx) -> TestResult {
     })?;
     let records = c.enforce.records();
     let r = last_record(&records, |r| r.call == "CreateContainer" && r.image == archive)?;
-    ensure!(r.decision == "deny" && r.mode == "enforce", "{r:?}");
+    ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce), "{r:?}");
     Ok(())
 }
 
@@ -533,7 +533,10 @@ fn sandbox_image(c: &Ctx) -> TestResult {
     })?;
     let records = c.strict.records();
     let r = last_record(&records, |r| r.call == "RunPodSandbox" && r.pod == "team/strict-present")?;
-    ensure!(r.decision == "deny" && r.mode == "enforce" && r.surface == "sandbox image" && r.image == pause, "{r:?}");
+    ensure!(
+        r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce) && r.surface == "sandbox image" && r.image == pause,
+        "{r:?}"
+    );
     let r = last_record(&records, |r| r.call == "PullImage" && r.pod == "team/strict-absent")?;
     ensure!(r.decision == "deny" && r.image == pause, "{r:?}");
     Ok(())
@@ -592,7 +595,7 @@ fn image_volumes(c: &Ctx) -> TestResult {
     })?;
     let records = c.enforce.records();
     let r = last_record(&records, |r| r.surface == "image volume /data" && r.decision == "deny")?;
-    ensure!(r.mode == "enforce" && r.pod == "team/volumes", "{r:?}");
+    ensure!(r.mode == Some(pullgate::policy::Mode::Enforce) && r.pod == "team/volumes", "{r:?}");
     let r = last_record(&records, |r| r.surface == "image volume /data" && r.decision == "allow")?;
     ensure!(r.digest == c.get("DEMO_DIGEST"), "{r:?}");
     Ok(())
@@ -626,12 +629,19 @@ fn audit_mode(c: &Ctx) -> TestResult {
     ensure!(ok, "audit mode refused ctr: {out}");
     let records = c.audit.records();
     let r = last_record(&records, |r| r.call == "PullImage" && r.image == image)?;
-    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
+    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == Some(pullgate::policy::Mode::Audit), "{r:?}");
     let r = last_record(&records, |r| r.surface == "not CRI")?;
-    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
+    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == Some(pullgate::policy::Mode::Audit), "{r:?}");
     let records = c.strict_audit.records();
     let r = last_record(&records, |r| r.call == "RunPodSandbox" && r.pod == "team/audit-sandbox")?;
-    ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit" && r.surface == "sandbox image", "{r:?}");
+    ensure!(
+        r.decision == "allow"
+            && r.would_deny
+            && r.format == 2
+            && r.mode == Some(pullgate::policy::Mode::Audit)
+            && r.surface == "sandbox image",
+        "{r:?}"
+    );
     c.rt.block_on(remove_unsigned(c))?;
     Ok(())
 }

@@ -420,7 +420,7 @@ fn index_platform_disagreement(c: &Ctx) -> TestResult {
             let msg = refusal(pull(&c.enforce.sock, &image).await, &["policy demo", "no signatures found"])?;
             eprintln!("{repo}: {msg}");
             let r = record(&c.enforce.records(), "PullImage", &image)?.clone();
-            ensure!(r.decision == "deny" && r.mode == "enforce" && r.digest == index.to_string(), "{r:?}");
+            ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce) && r.digest == index.to_string(), "{r:?}");
             ensure!(image_status(&c.direct(), &image).await?.is_none(), "{image} is on the node");
             unsigned_absent(c).await?;
         }
@@ -464,7 +464,7 @@ fn preloaded_index_at_create(c: &Ctx) -> TestResult {
             refusal(create(&c.enforce.sock, short, None).await, &[])?;
             refusal(create(&c.enforce.sock, hex, None).await, &[])?;
             let r = record(&c.enforce.records(), "CreateContainer", &image)?.clone();
-            ensure!(r.decision == "deny" && r.mode == "enforce", "{r:?}");
+            ensure!(r.decision == "deny" && r.mode == Some(pullgate::policy::Mode::Enforce), "{r:?}");
             Ok::<_, Failed>(())
         }
         .await;
@@ -601,10 +601,10 @@ fn audit_mode(c: &Ctx) -> TestResult {
         push_index(c, "demo/idx-x86", &[("linux/x86_64", false), ("linux/amd64", true)]).await?;
         let id = pull(&c.audit.sock, &image).await?;
         let r = record(&c.audit.records(), "PullImage", &image)?.clone();
-        ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
+        ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == Some(pullgate::policy::Mode::Audit), "{r:?}");
         passed(create(&c.audit.sock, &id, Some(&image)).await)?;
         let r = record(&c.audit.records(), "CreateContainer", &image)?.clone();
-        ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == "audit", "{r:?}");
+        ensure!(r.decision == "allow" && r.would_deny && r.format == 2 && r.mode == Some(pullgate::policy::Mode::Audit), "{r:?}");
         remove(&c.direct(), &image).await?;
         Ok(())
     })

@@ -272,7 +272,13 @@ fn within_the_window(c: &Ctx) -> TestResult {
     c.rt.block_on(pull(&c.pg_sock, &image)).map_err(|s| format!("refused within the window: {}", s.message()))?;
     let records = audit(c);
     let r = records.iter().rev().find(|r| r.call == "PullImage" && r.image == image).ok_or("no audit record")?;
-    ensure!(r.decision == "allow" && r.mode == "enforce" && r.digest == digest && r.reason.starts_with("break-glass: "), "{r:?}");
+    ensure!(
+        r.decision == "allow"
+            && r.mode == Some(pullgate::policy::Mode::Enforce)
+            && r.digest == digest
+            && r.reason.starts_with("break-glass: "),
+        "{r:?}"
+    );
     let bg = r.break_glass.as_ref().ok_or("the audit record does not say break-glass")?;
     ensure!(bg.reason == "INC-7: trust root stale, etcd down" && bg.opened_by.starts_with("alice via sudo as root (uid 0) on "), "{bg:?}");
     ensure!(bg.expires_at == window.expires_at.to_string() && bg.refused.contains("trust root"), "{bg:?}");

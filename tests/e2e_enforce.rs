@@ -365,7 +365,7 @@ fn signed_image_is_pulled_and_runs(c: &Ctx) -> TestResult {
     let records = c.audit();
     let pulls: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "PullImage" && r.image == image).collect();
     let r = pulls.first().ok_or("no audit record for the pull")?;
-    ensure!(r.decision == "allow" && r.digest == digest && r.policy == "demo" && r.mode == "enforce", "{r:?}");
+    ensure!(r.decision == "allow" && r.digest == digest && r.policy == "demo" && r.mode == Some(pullgate::policy::Mode::Enforce), "{r:?}");
     ensure!(r.identity.contains(DEFAULT_SAN) && r.source.contains("referrer"), "identity/source: {r:?}");
     ensure!(r.namespace == "team" && r.pod == "team/web", "{r:?}");
     let creates: Vec<&AuditRecord> = records.iter().filter(|r| r.call == "CreateContainer" && r.decision == "allow").collect();
@@ -690,7 +690,11 @@ fn audit_mode(c: &Ctx) -> TestResult {
     let (records, _) = read_records(&audit)?;
     let r = records.iter().find(|r| r.image == image).ok_or("no audit record")?;
     ensure!(
-        r.mode == "audit" && r.decision == "allow" && r.would_deny && r.format == 2 && r.reason.contains("no signatures found"),
+        r.mode == Some(pullgate::policy::Mode::Audit)
+            && r.decision == "allow"
+            && r.would_deny
+            && r.format == 2
+            && r.reason.contains("no signatures found"),
         "{r:?}"
     );
     ensure!(d.logs().contains("audit mode: enforce would refuse this"), "no warning in logs");

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::decision::{legacy_category, Reason, Verdict};
+use crate::policy::Mode;
 
 /// The audit record format pullgate writes.
 pub const AUDIT_FORMAT: u32 = 2;
@@ -50,8 +51,10 @@ pub struct AuditRecord {
     pub digest: String,
     /// Policies that applied (comma-separated), or `exempt:<name>`, or `unmatched`.
     pub policy: String,
-    /// `enforce` or `audit`.
-    pub mode: String,
+    /// The mode the decision was made in (`enforce` or `audit`); `None` (written `""`) when no
+    /// policy was involved (an image containerd does not have, an exemption).
+    #[serde(with = "mode_field")]
+    pub mode: Option<Mode>,
     /// While deciding: `allow` or `deny` as enforce mode would have it. As written (format 2,
     /// [`AuditRecord::settled`]): what happened to the call, `allow` or `deny`.
     pub decision: String,
@@ -95,7 +98,6 @@ impl AuditRecord {
             surface,
             digest,
             policy,
-            mode,
             decision,
             reason,
             category,
@@ -103,7 +105,7 @@ impl AuditRecord {
             source,
             ..
         } = &mut self;
-        for f in [time, node, call, namespace, pod, image, surface, digest, policy, mode, decision, reason, category, identity, source] {
+        for f in [time, node, call, namespace, pod, image, surface, digest, policy, decision, reason, category, identity, source] {
             if let std::borrow::Cow::Owned(short) = crate::bounded::field(f) {
                 *f = short;
             }
@@ -114,6 +116,27 @@ impl AuditRecord {
 
 fn format_1() -> u32 {
     1
+}
+
+/// `AuditRecord::mode` as the log has always written it: `"enforce"`, `"audit"`, or `""` for
+/// none.
+mod mode_field {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::policy::Mode;
+
+    pub fn serialize<S: Serializer>(mode: &Option<Mode>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(mode.map_or("", Mode::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mode>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "" => Ok(None),
+            "enforce" => Ok(Some(Mode::Enforce)),
+            "audit" => Ok(Some(Mode::Audit)),
+            other => Err(serde::de::Error::invalid_value(serde::de::Unexpected::Str(other), &"\"enforce\", \"audit\" or \"\"")),
+        }
+    }
 }
 
 impl AuditRecord {
@@ -344,7 +367,7 @@ mod tests {
 
     #[test]
     fn format_2_says_what_happened_and_reads_format_1() {
-        let audit = AuditRecord { decision: "deny".into(), mode: "audit".into(), ..Default::default() };
+        let audit = AuditRecord { decision: "deny".into(), mode: Some(Mode::Audit), ..Default::default() };
         let line = serde_json::to_string(&audit.clone().settled(Verdict::AuditWouldDeny)).unwrap();
         assert!(line.starts_with(r#"{"format":2,"#), "{line}");
         assert!(line.contains(r#""decision":"allow","would_deny":true"#), "{line}");
@@ -359,6 +382,53 @@ mod tests {
         let r: AuditRecord = serde_json::from_str(&line).unwrap();
         assert_eq!((r.format, r.decision.as_str(), r.would_refuse()), (2, "allow", true));
         assert_eq!((audit.verdict(false), audit.verdict(true)), (Verdict::AuditWouldDeny, Verdict::Deny));
+    }
+
+    /// The audit log's JSON, pinned: a typed field must not change what is written.
+    #[test]
+    fn records_are_written_as_before() {
+        let base = AuditRecord {
+            time: "2026-12-07T06:00:00.123Z".into(),
+            node: "n1".into(),
+            call: "PullImage".into(),
+            namespace: "team-a".into(),
+            pod: "app-1".into(),
+            image: "reg/app:1".into(),
+            digest: "sha256:1".into(),
+            policy: "demo".into(),
+            identity: "https://ci".into(),
+            source: "referrer".into(),
+            latency_ms: 1.5,
+            ..Default::default()
+        };
+        let mut audit = AuditRecord { mode: Some(Mode::Audit), ..base.clone() };
+        audit.deny(&Reason::NoSignatures("no signatures found".into()));
+        let mut enforce = AuditRecord { mode: Some(Mode::Enforce), cached: true, ..base.clone() };
+        enforce.allow(&Reason::Verified("verified: 1 of 1".into()));
+        let mut none = AuditRecord { call: "CreateContainer".into(), ..base };
+        none.allow(&Reason::ImageAbsent("image not present in containerd".into()));
+        let line = |r: &AuditRecord, v| serde_json::to_string(&r.clone().settled(v)).unwrap();
+        let head = r#""time":"2026-12-07T06:00:00.123Z","node":"n1","#;
+        let tail = r#""identity":"https://ci","source":"referrer","latency_ms":1.5,"#;
+        assert_eq!(
+            line(&audit, Verdict::AuditWouldDeny),
+            format!(
+                r#"{{"format":2,{head}"call":"PullImage","namespace":"team-a","pod":"app-1","image":"reg/app:1","digest":"sha256:1","policy":"demo","mode":"audit","decision":"allow","would_deny":true,"reason":"no signatures found","category":"no_signatures",{tail}"cached":false}}"#
+            )
+        );
+        assert_eq!(
+            line(&enforce, Verdict::Allow),
+            format!(
+                r#"{{"format":2,{head}"call":"PullImage","namespace":"team-a","pod":"app-1","image":"reg/app:1","digest":"sha256:1","policy":"demo","mode":"enforce","decision":"allow","would_deny":false,"reason":"verified: 1 of 1","category":"verified",{tail}"cached":true}}"#
+            )
+        );
+        let written = line(&none, Verdict::Allow);
+        assert!(written.contains(r#""policy":"demo","mode":"","decision":"allow""#), "{written}");
+        for (r, v) in [(&audit, Verdict::AuditWouldDeny), (&enforce, Verdict::Allow), (&none, Verdict::Allow)] {
+            let back: AuditRecord = serde_json::from_str(&line(r, v)).unwrap();
+            assert_eq!(back.mode, r.mode);
+        }
+        assert!(serde_json::from_str::<AuditRecord>(&written.replace(r#""mode":"""#, r#""mode":"warn""#)).is_err());
     }
 
     #[test]

@@ -223,13 +223,13 @@ fn deny(reason: Reason) -> Outcome {
 }
 
 impl Checker for MirrorChecker {
-    fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+    fn resolve<'a>(&'a self, reference: &'a Reference, auth: Option<&'a AuthConfig>) -> BoxFuture<'a, Result<Resolved, registry::Error>> {
         Box::pin(async move {
             if let Some(digest) = reference.digest() {
                 // Nothing to ask the mirror (so no mirror request to count): the digest is the
                 // reference's own. The host configuration is still read, so that a broken
                 // `hosts.toml` refuses as it does for a tag, cached decision or not.
-                self.registry.endpoints(reference.registry()).map_err(|e| registry::Error::from(e).to_string())?;
+                self.registry.endpoints(reference.registry())?;
                 return Ok(Resolved { digest: digest.clone(), platform_digest: None, image: None });
             }
             let creds = credentials(auth);
@@ -238,8 +238,7 @@ impl Checker for MirrorChecker {
             // is never needed; on a miss `verify` fetches it by this digest (checked against it).
             let digest = self.registry.resolve_digest(reference, creds.as_ref()).await;
             self.note_mirror(reference, "resolve", digest.is_ok(), started);
-            let digest = digest.map_err(|e| e.to_string())?;
-            Ok(Resolved { digest, platform_digest: None, image: None })
+            Ok(Resolved { digest: digest?, platform_digest: None, image: None })
         })
     }
 
@@ -253,7 +252,7 @@ impl Checker for MirrorChecker {
         Box::pin(async move {
             let (trust, _) = match self.trust.material() {
                 Ok(m) => m,
-                Err(e) => return deny(Reason::TrustRoot(e.to_string())),
+                Err(e) => return deny(Reason::trust_root(&e)),
             };
             let creds = credentials(auth);
             let started = Instant::now();
@@ -266,7 +265,7 @@ impl Checker for MirrorChecker {
                     let noted = |ok| self.note_mirror(reference, "resolve", ok, started);
                     match self.registry.resolve_and_discover_with(&by_digest, creds.as_ref(), attestations, noted).await {
                         Ok((i, d)) => Ok((Arc::new(i), d)),
-                        Err(e) => return deny(Reason::Mirror(format!("cannot fetch {} from the registry mirror: {e}", resolved.digest))),
+                        Err(e) => return deny(Reason::unfetched(&resolved.digest, &e)),
                     }
                 }
             };
@@ -274,7 +273,7 @@ impl Checker for MirrorChecker {
             self.note_mirror(reference, "discover", !failed_steps, started);
             let (image, discovery) = match found {
                 Ok(found) => found,
-                Err(e) => return deny(Reason::Mirror(format!("signature discovery failed: {e}"))),
+                Err(e) => return deny(Reason::undiscovered(&e)),
             };
             let started = Instant::now();
             let outcome = decide(trust, &image, &discovery, policy).await.0;
@@ -288,7 +287,7 @@ impl Checker for MirrorChecker {
     fn trust(&self) -> TrustStatus {
         match self.trust.material() {
             Ok((_, generation)) => TrustStatus { generation, unusable: None },
-            Err(e) => TrustStatus { generation: self.trust.generation(), unusable: Some(e.to_string()) },
+            Err(e) => TrustStatus { generation: self.trust.generation(), unusable: Some(e) },
         }
     }
 }

@@ -8,6 +8,9 @@
 
 use std::fmt;
 
+use crate::registry::{self, Reference};
+use crate::trust::TrustUnavailable;
+
 /// What happened to one call (or one image of a call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -191,6 +194,30 @@ impl Reason {
     /// `self`, followed by `note` (which starts with its separator).
     pub fn noted(self, note: impl Into<String>) -> Reason {
         Reason::Noted { reason: Box::new(self), note: note.into() }
+    }
+}
+
+/// The refusals made from the registry and trust errors a check runs into: each error type
+/// becomes its [`Reason`] here, and only here.
+impl Reason {
+    /// The trust root cannot be used (`TrustStatus::unusable`, or found so while verifying).
+    pub fn trust_root(e: &TrustUnavailable) -> Reason {
+        Reason::TrustRoot(e.to_string())
+    }
+
+    /// `reference` could not be resolved to a digest on the mirror (`Checker::resolve`).
+    pub fn unresolved(reference: &Reference, e: &registry::Error) -> Reason {
+        Reason::Mirror(format!("cannot resolve {reference} on the registry mirror: {e}"))
+    }
+
+    /// The manifest `digest` could not be fetched from the mirror.
+    pub fn unfetched(digest: &registry::Digest, e: &registry::Error) -> Reason {
+        Reason::Mirror(format!("cannot fetch {digest} from the registry mirror: {e}"))
+    }
+
+    /// Signature discovery could not start (no usable host configuration).
+    pub fn undiscovered(e: &registry::Error) -> Reason {
+        Reason::Mirror(format!("signature discovery failed: {e}"))
     }
 }
 

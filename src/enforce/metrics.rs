@@ -19,6 +19,7 @@ use super::cache::Lookup;
 use super::decision::Verdict;
 use super::gate::Enforcer;
 use crate::gauge::{bool_gauge, gauge};
+use crate::policy::Mode;
 
 /// Latency buckets for mirror requests and verification, in seconds.
 const SLOW_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -86,7 +87,7 @@ impl EnforceMetrics {
         let labels = [
             ("call", call_label(&record.call).to_string()),
             ("policy", record.policy.clone()),
-            ("mode", if record.mode.is_empty() { "none".to_string() } else { record.mode.clone() }),
+            ("mode", record.mode.map_or("none", Mode::as_str).to_string()),
             ("result", verdict.label().to_string()),
             ("reason", record.category()),
         ];
@@ -259,14 +260,14 @@ mod tests {
         let record = AuditRecord {
             call: "PullImage".into(),
             policy: "demo".into(),
-            mode: "enforce".into(),
+            mode: Some(Mode::Enforce),
             decision: "deny".into(),
             reason: "no signatures found".into(),
             category: "no_signatures".into(),
             ..Default::default()
         };
         m.decision(&record, Verdict::Deny);
-        m.decision(&AuditRecord { mode: "audit".into(), ..record }, Verdict::AuditWouldDeny);
+        m.decision(&AuditRecord { mode: Some(Mode::Audit), ..record }, Verdict::AuditWouldDeny);
         m.cache_lookup(Lookup::Miss);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

@@ -155,8 +155,8 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
                 images: Vec::new(),
             });
             p.decisions += 1;
-            if !r.mode.is_empty() {
-                p.modes.insert(r.mode.clone());
+            if let Some(mode) = r.mode {
+                p.modes.insert(mode.as_str().to_string());
             }
             if !failing.iter().any(|f| f == name) {
                 if !deny {
@@ -188,8 +188,8 @@ pub fn build(records: &[AuditRecord], since: Option<Timestamp>, until: Option<Ti
                 img.namespaces.insert(r.namespace.clone());
             }
             img.calls.insert(r.call.clone());
-            if !r.mode.is_empty() {
-                img.modes.insert(r.mode.clone());
+            if let Some(mode) = r.mode {
+                img.modes.insert(mode.as_str().to_string());
             }
             *img.categories.entry(category.clone()).or_default() += 1;
             if img.reasons.len() < MAX_REASONS && !img.reasons.contains(&r.reason) {
@@ -284,6 +284,7 @@ pub fn render_human(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Mode;
 
     fn rec(time: &str, image: &str, ns: &str, policy: &str, mode: &str, decision: &str, reason: &str) -> AuditRecord {
         AuditRecord {
@@ -293,7 +294,11 @@ mod tests {
             image: image.into(),
             digest: format!("sha256:{}", image.len()),
             policy: policy.into(),
-            mode: mode.into(),
+            mode: match mode {
+                "enforce" => Some(Mode::Enforce),
+                "audit" => Some(Mode::Audit),
+                _ => None,
+            },
             decision: decision.into(),
             reason: reason.into(),
             ..Default::default()
@@ -412,13 +417,13 @@ mod tests {
         let v2: Vec<AuditRecord> = log()
             .into_iter()
             .map(|r| {
-                let refused = r.mode == "enforce" && r.decision == "deny";
+                let refused = r.mode == Some(Mode::Enforce) && r.decision == "deny";
                 let verdict = r.verdict(refused);
                 let line = serde_json::to_string(&r.settled(verdict)).unwrap();
                 serde_json::from_str(&line).unwrap()
             })
             .collect();
-        assert!(v2.iter().all(|r| r.format == 2 && (r.mode != "audit" || r.decision == "allow")));
+        assert!(v2.iter().all(|r| r.format == 2 && (r.mode != Some(Mode::Audit) || r.decision == "allow")));
         let one = build(&log(), None, None, None);
         let two = build(&v2, None, None, None);
         assert_eq!((two.decisions, two.would_refuse), (one.decisions, one.would_refuse));

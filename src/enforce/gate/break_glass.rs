@@ -50,10 +50,7 @@ impl Enforcer {
         let (CreateVerdict::Refuse(_), Some(image)) = (&verdict, &call.status) else {
             return (verdict, record);
         };
-        let tags: Vec<Reference> =
-            image.repo_tags.iter().filter_map(|t| Reference::parse(t).ok()).filter(|r| r.digest().is_none()).collect();
-        let digests: Vec<Reference> =
-            image.repo_digests.iter().filter_map(|d| Reference::parse(d).ok()).filter(|r| r.digest().is_some()).collect();
+        let (tags, digests) = super::create::registry_names(image);
         let asked = self.asked_name(call, &tags, &digests);
         let now = Timestamp::now();
         let used = digests
@@ -91,7 +88,7 @@ fn broken(mut record: AuditRecord, used: &Use) -> AuditRecord {
         "break-glass: {} is in a window opened by {} until {} ({}); refused otherwise: {refused}",
         used.image, w.opened_by, w.expires_at, w.reason
     )));
-    record.mode = Mode::Enforce.as_str().into();
+    record.mode = Some(Mode::Enforce);
     record.break_glass = Some(used.record(refused));
     record
 }
@@ -109,6 +106,8 @@ mod tests {
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
     use crate::policy::{ImagePolicy, PolicyConfig};
     use crate::registry::reference::Aliases;
+    use crate::registry::Error as RegistryError;
+    use crate::trust::{Limit, StaleError, TrustUnavailable};
 
     const ETCD: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -116,10 +115,12 @@ mod tests {
     /// A node in trouble: the trust root is unusable, so everything under a policy is refused.
     struct Stale;
     impl Checker for Stale {
-        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
+        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
             let digest = r.digest().cloned();
             Box::pin(async move {
-                digest.map(|digest| Resolved { digest, platform_digest: None, image: None }).ok_or_else(|| "mirror down".to_string())
+                digest
+                    .map(|digest| Resolved { digest, platform_digest: None, image: None })
+                    .ok_or_else(|| super::super::tests::not_found(r))
             })
         }
         fn verify<'a>(
@@ -132,7 +133,8 @@ mod tests {
             Box::pin(async { Outcome::default() })
         }
         fn trust(&self) -> TrustStatus {
-            TrustStatus { generation: 1, unusable: Some("the trust root is stale".into()) }
+            let since = "2026-01-01T00:00:00Z".parse().unwrap_or_default();
+            TrustStatus { generation: 1, unusable: Some(TrustUnavailable::Stale(StaleError { since, limit: Limit::MaxAge })) }
         }
     }
 
@@ -187,10 +189,10 @@ mod tests {
             block(e.decide_pull(&PullCall { image: format!("reg.test/etcd@{ETCD}"), ..Default::default() })),
         );
         assert_eq!(v, PullVerdict::Forward);
-        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("allow", "enforce"));
+        assert_eq!((r.decision.as_str(), r.mode.map_or("", Mode::as_str)), ("allow", "enforce"));
         let bg = r.break_glass.expect("the record says break-glass");
         assert_eq!((bg.reason.as_str(), bg.opened_by.as_str()), ("INC-1", "alice via sudo as root (uid 0) on cp-1"));
-        assert!(bg.refused.contains("trust root is stale"), "{bg:?}");
+        assert!(bg.refused.contains("trust root stale since"), "{bg:?}");
         assert!(r.reason.starts_with("break-glass: "), "{}", r.reason);
         // Never a tag (not even one resolving to the digest), another digest or repository.
         for image in ["reg.test/etcd:3.5".to_string(), format!("reg.test/etcd@{OTHER}"), format!("reg.test/other@{ETCD}")] {

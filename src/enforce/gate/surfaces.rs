@@ -60,7 +60,7 @@ impl Enforcer {
             Some(Applicable::Policies(p)) => Mode::of(p) == Mode::Enforce,
             None => policy.enforces(),
         };
-        record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
+        record.mode = Some(if enforce { Mode::Enforce } else { Mode::Audit });
         record.deny(&Reason::Uncheckable(format!(
             "image {} is not present in containerd, so pullgate cannot check it (a checkpoint archive to restore, or an image never pulled): pull it through pullgate first",
             call.image
@@ -111,7 +111,7 @@ impl Enforcer {
                 ..Default::default()
             };
             let enforce = self.policy().enforces();
-            record.mode = if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into();
+            record.mode = Some(if enforce { Mode::Enforce } else { Mode::Audit });
             record.deny(&Reason::Uncheckable("containerd does not report its sandbox image (containerd 2.x keeps it in pinned_images.sandbox), so pullgate cannot check what the pod would run: set cri.sandbox_image in pullgate's configuration to that image".into()));
             let verdict = if enforce { CreateVerdict::Refuse(record.reason.clone()) } else { CreateVerdict::Forward };
             return (verdict, record);
@@ -157,7 +157,7 @@ impl Enforcer {
             node: self.node.clone(),
             call: call.path.clone(),
             surface: surface.into(),
-            mode: if enforce { Mode::Enforce } else { Mode::Audit }.as_str().into(),
+            mode: Some(if enforce { Mode::Enforce } else { Mode::Audit }),
             ..Default::default()
         };
         record.deny(&Reason::Uncheckable(format!(
@@ -200,6 +200,7 @@ mod tests {
     use crate::enforce::audit::{AuditConfig, AuditLog};
     use crate::enforce::gate::{CacheConfig, Checker, Outcome, Resolved, TrustStatus};
     use crate::policy::{ImagePolicy, PolicyConfig};
+    use crate::registry::Error as RegistryError;
 
     const SIGNED: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const UNSIGNED: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -207,8 +208,8 @@ mod tests {
     /// Stands in for the mirror: images with digest `SIGNED` verify, everything else does not.
     struct FakeChecker;
     impl Checker for FakeChecker {
-        fn resolve<'a>(&'a self, _: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, String>> {
-            Box::pin(async { Err("no mirror in unit tests".to_string()) })
+        fn resolve<'a>(&'a self, r: &'a Reference, _: Option<&'a api::AuthConfig>) -> BoxFuture<'a, Result<Resolved, RegistryError>> {
+            Box::pin(async move { Err(super::super::tests::not_found(r)) })
         }
         fn verify<'a>(
             &'a self,
@@ -272,7 +273,7 @@ mod tests {
         let e = enforcer("enforce", "deny");
         let (v, r) = block(e.decide_image(&call("/var/lib/kubelet/checkpoints/c.tar", None)));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("not present in containerd") && m.contains("checkpoint")), "{v:?}");
-        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "enforce"));
+        assert_eq!((r.decision.as_str(), r.mode.map_or("", Mode::as_str)), ("deny", "enforce"));
         let (v, _) = block(e.decide_image(&call("reg.test:5000/demo/app:1", None)));
         assert!(matches!(v, CreateVerdict::Refuse(_)));
         // Exempt names need no content to check.
@@ -283,7 +284,7 @@ mod tests {
         let a = enforcer("audit", "allow");
         let (v, r) = block(a.decide_image(&call("reg.test:5000/demo/app:1", None)));
         assert_eq!(v, CreateVerdict::Forward);
-        assert_eq!((r.decision.as_str(), r.mode.as_str()), ("deny", "audit"));
+        assert_eq!((r.decision.as_str(), r.mode.map_or("", Mode::as_str)), ("deny", "audit"));
     }
 
     #[test]
@@ -350,7 +351,7 @@ mod tests {
         let (v, _) = block(e.decide_sandbox(&sandbox(None, None)));
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("cri.sandbox_image")), "{v:?}");
         let (v, r) = block(enforcer("audit", "allow").decide_sandbox(&sandbox(None, None)));
-        assert_eq!((v, r.mode.as_str()), (CreateVerdict::Forward, "audit"));
+        assert_eq!((v, r.mode.map_or("", Mode::as_str)), (CreateVerdict::Forward, "audit"));
     }
 
     #[test]
@@ -365,6 +366,6 @@ mod tests {
         assert!(matches!(&v, CreateVerdict::Refuse(m) if m.contains("cri.allow_image_methods")));
         assert!(e.decide_unchecked(&unchecked("/runtime.v1.ImageService/FetchImage", Unchecked::UnknownImageMethod)).is_none());
         let (v, r) = enforcer("audit", "allow").decide_unchecked(&unchecked("/grpc.health.v1.Health/Check", Unchecked::NotCri)).unwrap();
-        assert_eq!((v, r.mode.as_str()), (CreateVerdict::Forward, "audit"));
+        assert_eq!((v, r.mode.map_or("", Mode::as_str)), (CreateVerdict::Forward, "audit"));
     }
 }
