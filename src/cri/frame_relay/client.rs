@@ -40,46 +40,7 @@ impl Relay {
         }
         let s = head.stream;
         match head.kind {
-            frames::DATA => {
-                if s == 0 {
-                    return Err(Reason::PROTOCOL_ERROR);
-                }
-                let data = frames::unpad(head.flags, payload)?;
-                if let Some(o) = self.owned.get_mut(&s) {
-                    let flow = payload.len();
-                    o.recv_window -= flow as i64;
-                    let sent = match (&o.body, o.recv_window >= 0) {
-                        (Some(tx), true) => tx.send(BodyEvent::Data(Bytes::copy_from_slice(data), flow)).is_ok(),
-                        _ => false,
-                    };
-                    if sent {
-                        // Credited at once while the calls' unread bytes stay within
-                        // OWNED_CONN_WINDOW (what hyper's connection window allowed), so calls
-                        // that wait (for the buffer budget) do not hold the caller's connection
-                        // window; past it, as they are read.
-                        o.unconsumed += flow;
-                        self.owned_unread += flow;
-                        if self.owned_unread <= OWNED_CONN_WINDOW {
-                            self.client_credit += flow as u32;
-                        } else {
-                            o.uncredited += flow;
-                        }
-                    } else {
-                        self.client_credit += flow as u32;
-                    }
-                    if o.recv_window < 0 {
-                        self.reset_owned(s, Reason::FLOW_CONTROL_ERROR);
-                    } else if head.flags & frames::END_STREAM != 0 {
-                        if let Some(tx) = o.body.take() {
-                            let _ = tx.send(BodyEvent::End);
-                        }
-                    }
-                } else if self.is_dropped(s) {
-                    self.client_credit += payload.len() as u32;
-                } else {
-                    self.u_out.extend_from_slice(whole);
-                }
-            }
+            frames::DATA => self.on_client_data(head, whole, payload)?,
             frames::HEADERS => {
                 if s == 0 {
                     return Err(Reason::PROTOCOL_ERROR);
@@ -99,72 +60,133 @@ impl Relay {
                 }
             }
             frames::CONTINUATION | frames::PUSH_PROMISE => return Err(Reason::PROTOCOL_ERROR),
-            frames::RST_STREAM => {
-                if payload.len() != 4 {
-                    return Err(Reason::FRAME_SIZE_ERROR);
-                }
-                if let Some(o) = self.owned.remove(&s) {
-                    // The caller cancelled a call pullgate serves: drop it, as hyper does.
-                    o.task.abort();
-                    self.client_credit += o.uncredited as u32;
-                    self.owned_unread -= o.unconsumed;
-                    self.remember_closed(s);
-                } else if !self.is_dropped(s) {
-                    // The caller cancelled a relayed call (counted as cancelled, as hyper's
-                    // dropped response does).
-                    self.probes.remove(&s);
-                    self.u_out.extend_from_slice(whole);
-                }
-            }
+            frames::RST_STREAM => self.on_client_rst_stream(head, whole, payload)?,
             frames::SETTINGS => {
                 if head.flags & frames::ACK == 0 {
                     self.on_client_settings(head, payload)?;
                 }
                 self.u_out.extend_from_slice(whole);
             }
-            frames::WINDOW_UPDATE => {
-                let inc = frames::window_increment(payload)?;
-                if s == 0 {
-                    self.client_window += i64::from(inc);
-                    if self.client_window > frames::MAX_WINDOW {
-                        return Err(Reason::FLOW_CONTROL_ERROR);
-                    }
-                    self.drain_queue();
-                } else if let Some(o) = self.owned.get_mut(&s) {
-                    o.send_window += i64::from(inc);
-                    if o.send_window > frames::MAX_WINDOW {
-                        self.reset_owned(s, Reason::FLOW_CONTROL_ERROR);
-                    } else {
-                        self.pump(s);
-                    }
-                } else if !self.is_dropped(s) {
-                    self.u_out.extend_from_slice(whole);
-                }
-            }
-            frames::PING => {
-                if s != 0 {
-                    return Err(Reason::PROTOCOL_ERROR);
-                }
-                if payload.len() != 8 {
-                    return Err(Reason::FRAME_SIZE_ERROR);
-                }
-                if head.flags & frames::ACK != 0 {
-                    // The answer to containerd's own PING.
-                    self.u_out.extend_from_slice(whole);
-                } else {
-                    // Answered here, as hyper did: part of what the caller receives on this
-                    // connection comes from pullgate, and gRPC clients ping after receiving data
-                    // (BDP estimation). Passed on, those pings reach a containerd that sent
-                    // nothing, which counts them as abuse and closes the connection with
-                    // GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") (grpc-go's keepalive
-                    // enforcement). The relay ends with either socket, so a PING answered here
-                    // still says the path to containerd is up.
-                    frames::ping_ack(&mut self.c_out, payload);
-                }
-            }
+            frames::WINDOW_UPDATE => self.on_client_window_update(head, whole, payload)?,
+            frames::PING => self.on_client_ping(head, whole, payload)?,
             frames::PRIORITY if self.owned.contains_key(&s) || self.is_dropped(s) => {}
             // PRIORITY, GOAWAY, extensions: containerd's business.
             _ => self.u_out.extend_from_slice(whole),
+        }
+        Ok(())
+    }
+
+    /// DATA: body data for a call pullgate serves, credited back for a call it dropped, passed on
+    /// to containerd otherwise.
+    fn on_client_data(&mut self, head: Head, whole: &[u8], payload: &[u8]) -> Result<(), Fatal> {
+        let s = head.stream;
+        if s == 0 {
+            return Err(Reason::PROTOCOL_ERROR);
+        }
+        let data = frames::unpad(head.flags, payload)?;
+        if let Some(o) = self.owned.get_mut(&s) {
+            let flow = payload.len();
+            o.recv_window -= flow as i64;
+            let sent = match (&o.body, o.recv_window >= 0) {
+                (Some(tx), true) => tx.send(BodyEvent::Data(Bytes::copy_from_slice(data), flow)).is_ok(),
+                _ => false,
+            };
+            if sent {
+                // Credited at once while the calls' unread bytes stay within
+                // OWNED_CONN_WINDOW (what hyper's connection window allowed), so calls
+                // that wait (for the buffer budget) do not hold the caller's connection
+                // window; past it, as they are read.
+                o.unconsumed += flow;
+                self.owned_unread += flow;
+                if self.owned_unread <= OWNED_CONN_WINDOW {
+                    self.client_credit += flow as u32;
+                } else {
+                    o.uncredited += flow;
+                }
+            } else {
+                self.client_credit += flow as u32;
+            }
+            if o.recv_window < 0 {
+                self.reset_owned(s, Reason::FLOW_CONTROL_ERROR);
+            } else if head.flags & frames::END_STREAM != 0 {
+                if let Some(tx) = o.body.take() {
+                    let _ = tx.send(BodyEvent::End);
+                }
+            }
+        } else if self.is_dropped(s) {
+            self.client_credit += payload.len() as u32;
+        } else {
+            self.u_out.extend_from_slice(whole);
+        }
+        Ok(())
+    }
+
+    /// RST_STREAM: cancels a call pullgate serves, or goes to containerd.
+    fn on_client_rst_stream(&mut self, head: Head, whole: &[u8], payload: &[u8]) -> Result<(), Fatal> {
+        let s = head.stream;
+        if payload.len() != 4 {
+            return Err(Reason::FRAME_SIZE_ERROR);
+        }
+        if let Some(o) = self.owned.remove(&s) {
+            // The caller cancelled a call pullgate serves: drop it, as hyper does.
+            o.task.abort();
+            self.client_credit += o.uncredited as u32;
+            self.owned_unread -= o.unconsumed;
+            self.remember_closed(s);
+        } else if !self.is_dropped(s) {
+            // The caller cancelled a relayed call (counted as cancelled, as hyper's
+            // dropped response does).
+            self.probes.remove(&s);
+            self.u_out.extend_from_slice(whole);
+        }
+        Ok(())
+    }
+
+    /// WINDOW_UPDATE: the connection window and the windows of the calls pullgate serves are kept
+    /// here; the rest goes to containerd.
+    fn on_client_window_update(&mut self, head: Head, whole: &[u8], payload: &[u8]) -> Result<(), Fatal> {
+        let s = head.stream;
+        let inc = frames::window_increment(payload)?;
+        if s == 0 {
+            self.client_window += i64::from(inc);
+            if self.client_window > frames::MAX_WINDOW {
+                return Err(Reason::FLOW_CONTROL_ERROR);
+            }
+            self.drain_queue();
+        } else if let Some(o) = self.owned.get_mut(&s) {
+            o.send_window += i64::from(inc);
+            if o.send_window > frames::MAX_WINDOW {
+                self.reset_owned(s, Reason::FLOW_CONTROL_ERROR);
+            } else {
+                self.pump(s);
+            }
+        } else if !self.is_dropped(s) {
+            self.u_out.extend_from_slice(whole);
+        }
+        Ok(())
+    }
+
+    /// PING: answered here; the answer to containerd's own PING goes to it.
+    fn on_client_ping(&mut self, head: Head, whole: &[u8], payload: &[u8]) -> Result<(), Fatal> {
+        let s = head.stream;
+        if s != 0 {
+            return Err(Reason::PROTOCOL_ERROR);
+        }
+        if payload.len() != 8 {
+            return Err(Reason::FRAME_SIZE_ERROR);
+        }
+        if head.flags & frames::ACK != 0 {
+            // The answer to containerd's own PING.
+            self.u_out.extend_from_slice(whole);
+        } else {
+            // Answered here, as hyper did: part of what the caller receives on this
+            // connection comes from pullgate, and gRPC clients ping after receiving data
+            // (BDP estimation). Passed on, those pings reach a containerd that sent
+            // nothing, which counts them as abuse and closes the connection with
+            // GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings") (grpc-go's keepalive
+            // enforcement). The relay ends with either socket, so a PING answered here
+            // still says the path to containerd is up.
+            frames::ping_ack(&mut self.c_out, payload);
         }
         Ok(())
     }
