@@ -73,7 +73,7 @@ pub struct CriSurfaces {
     /// with `RESOURCE_EXHAUSTED`. At least 16 MiB (one call of the largest size buffered).
     #[serde(deserialize_with = "crate::settings::de_size")]
     pub max_buffered_bytes: u64,
-    /// Serve each caller connection with the frame-level relay (`src/cri/frame_relay.rs`): calls
+    /// Serve each caller connection with the frame-level relay (`src/cri/frame_relay/`): calls
     /// pullgate only passes through go to containerd as HTTP/2 frames on a connection of their
     /// own, without terminating HTTP/2 in pullgate (the default). Off: every call goes through
     /// hyper and h2.

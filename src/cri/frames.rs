@@ -1,4 +1,4 @@
-//! HTTP/2 frames as the frame-level relay (`frame_relay.rs`) sees them: the 9-byte header, the
+//! HTTP/2 frames as the frame-level relay (`frame_relay/`) sees them: the 9-byte header, the
 //! few payloads it reads (SETTINGS, WINDOW_UPDATE, DATA padding, HEADERS flags), and header
 //! blocks, decoded with h2's own HPACK codec and checked as h2's server checks them.
 //!

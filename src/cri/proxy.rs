@@ -36,7 +36,7 @@ use super::upstream::Upstream;
 pub type RequestBody = Either<CallerBody, Full<Bytes>>;
 
 /// A caller's request body: from hyper's server, or from the frame-level relay for the calls
-/// it hands to pullgate (`frame_relay.rs`).
+/// it hands to pullgate (`frame_relay/`).
 pub enum CallerBody {
     Hyper(Incoming),
     Relay(super::frame_relay::RelayBody),
@@ -108,7 +108,7 @@ pub struct Proxy {
     sandbox_image: Option<String>,
     /// Bounds the request bytes all intercepted calls buffer at once (`budget.rs`).
     budget: Budget,
-    /// Serve connections with the frame-level relay (`frame_relay.rs`) instead of hyper (the
+    /// Serve connections with the frame-level relay (`frame_relay/`) instead of hyper (the
     /// daemon's default, `cri.frame_relay`; off unless asked for here).
     frame_relay: bool,
 }

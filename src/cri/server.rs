@@ -36,7 +36,7 @@ pub async fn serve(
         // No `date` header on responses: containerd sends none, and pass-through must not add
         // one (it also saves formatting one per call).
         .auto_date_header(false);
-    // Frame-relay connections (`frame_relay.rs`): told to stop at shutdown, counted to drain.
+    // Frame-relay connections (`frame_relay/`): told to stop at shutdown, counted to drain.
     let (stop_relays, relays_stopping) = tokio::sync::watch::channel(false);
     let relays = Arc::new(());
     tokio::pin!(shutdown);
