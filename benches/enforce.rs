@@ -41,6 +41,10 @@
 //! The client is a kubelet-like tonic CRI client (one connection per socket, as kubelet keeps
 //! it) on a current-thread tokio runtime; client, pullgate, containerd and the registry share the
 //! machine's cores.
+//!
+//! For a profile: `PULLGATE_BENCH_PROFILE=1` adds a table of pullgate's registry requests in the
+//! cold phase; `PULLGATE_BENCH_LOG_LEVEL` sets pullgate's `log.level` (e.g. `info,pullgate=debug`)
+//! and `PULLGATE_BENCH_LOG_COPY=FILE` keeps pullgate's log there (a timeline of each decision).
 
 #[path = "../tests/support/cri.rs"]
 mod cri;
@@ -365,7 +369,9 @@ fn run() -> Result<String, String> {
     // histograms split the cold decision into its parts.
     let admin: SocketAddr =
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
-    let level = if profiling() { "info,pullgate::registry::client=debug" } else { "info" };
+    let level = std::env::var("PULLGATE_BENCH_LOG_LEVEL")
+        .unwrap_or_else(|_| if profiling() { "info,pullgate::registry::client=debug" } else { "info" }.to_string());
+    let level = level.as_str();
     std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin, level))
         .map_err(|e| e.to_string())?;
     let mut cmd = Command::new(&bin);
@@ -398,6 +404,9 @@ fn run() -> Result<String, String> {
     let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
     pg.terminate(Duration::from_secs(10));
     let log_text = pg.logs();
+    if let Ok(path) = std::env::var("PULLGATE_BENCH_LOG_COPY") {
+        std::fs::write(&path, &log_text).map_err(|e| format!("{path}: {e}"))?;
+    }
     let logs = CallLogs::parse(&log_text);
     drop(pg);
     let by_digest = format!("{}@{demo_digest}", demo_image.rsplit_once(':').map(|(n, _)| n).unwrap_or(&demo_image));
@@ -841,6 +850,9 @@ impl RequestTimes {
                 "bundle blob"
             } else if method == "HEAD" {
                 "tag HEAD (resolve)"
+            } else if !last.contains(':') && !last.starts_with("sha256-") {
+                // The gate resolves a tag with one GET (the manifest comes with it).
+                "tag GET (resolve, with the manifest)"
             } else if last.ends_with(".sig") {
                 "cosign .sig tag"
             } else if last.starts_with("sha256-") {

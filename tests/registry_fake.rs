@@ -442,14 +442,18 @@ async fn tls_mirror_with_custom_ca_and_client_certificate() {
     registry.inspect("registry.internal/team/app:1", None).await.unwrap();
 }
 
-/// Issue 16: the cold decision's discovery overlaps the manifest fetch
-/// (`Registry::resolve_and_discover`). It must give exactly what `resolve` then `discover`
-/// give, in the same order, with material in every place (referrers API, referrers tag,
-/// `.sig` tag, on the index and on its platform manifest), however the answers interleave.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
-    let fake = FakeRegistry::start(true).await;
-    let p = Pusher::new(fake.addr);
+/// team/app:1 (a single image), team/app:plat and team/app:multi, an index with `plat` as its
+/// linux/amd64 entry.
+struct AppAndIndex {
+    single: Digest,
+    single_size: usize,
+    plat: Digest,
+    plat_size: usize,
+    idx: Digest,
+    index: Vec<u8>,
+}
+
+fn app_and_index(fake: &FakeRegistry) -> AppAndIndex {
     let (single, single_size) = fake.put_image("team/app", "1", "app");
     let (plat, plat_size) = fake.put_image("team/app", "plat", "plat");
     let index = serde_json::to_vec(&serde_json::json!({
@@ -459,6 +463,18 @@ async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
     }))
     .unwrap();
     let idx = fake.put_manifest("team/app", Some("multi"), push::OCI_INDEX, &index);
+    AppAndIndex { single, single_size, plat, plat_size, idx, index }
+}
+
+/// Issue 16: the cold decision's discovery overlaps the manifest fetch
+/// (`Registry::resolve_and_discover`). It must give exactly what `resolve` then `discover`
+/// give, in the same order, with material in every place (referrers API, referrers tag,
+/// `.sig` tag, on the index and on its platform manifest), however the answers interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
+    let fake = FakeRegistry::start(true).await;
+    let p = Pusher::new(fake.addr);
+    let AppAndIndex { single, single_size, plat, plat_size, idx, index } = app_and_index(&fake);
     for (subject, size, mt) in
         [(&single, single_size, OCI_MANIFEST), (&plat, plat_size, OCI_MANIFEST), (&idx, index.len(), push::OCI_INDEX)]
     {
@@ -493,6 +509,61 @@ async fn overlapped_discovery_gives_what_resolve_then_discover_gives() {
     let want = registry.resolve(&reference, None).await.unwrap_err().to_string();
     let got = registry.resolve_and_discover(&reference, None, |ok| assert!(!ok)).await.unwrap_err().to_string();
     assert_eq!(got, want);
+}
+
+/// Issue 16: a tag is resolved with one `GET` (`Registry::resolve_tag`), and a cold decision
+/// starts from the manifest it served: no second fetch of the manifest by digest, and exactly
+/// what resolving the digest gives (single image and index). A manifest handed in for another
+/// digest, or whose bytes do not hash to it, is not used: the manifest is fetched as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_resolved_with_one_get_saves_the_manifest_fetch() {
+    let fake = FakeRegistry::start(true).await;
+    let p = Pusher::new(fake.addr);
+    let AppAndIndex { single, single_size, plat, idx, index, .. } = app_and_index(&fake);
+    for (subject, size, mt) in [(&single, single_size, OCI_MANIFEST), (&idx, index.len(), push::OCI_INDEX)] {
+        let (tagged, _) = push::push_bundle_referrer(&p, "team/app", subject, size, mt, COSIGN_SIGN_PREDICATE, "tag").await.unwrap();
+        push::push_referrers_tag(&p, "team/app", subject, vec![tagged]).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    let mut c = config(dir.path());
+    c.platform = pullgate::registry::Platform { os: "linux".into(), architecture: "amd64".into(), variant: None };
+    let registry = Registry::new(c);
+    for (tag, digest) in [("1", &single), ("multi", &idx)] {
+        let by_digest = pullgate::registry::Reference::parse(&format!("ghcr.io/team/app@{digest}")).unwrap();
+        let (i, d) = registry.resolve_and_discover(&by_digest, None, |_| {}).await.unwrap();
+        let want = (serde_json::to_value(&i).unwrap(), serde_json::to_value(&d).unwrap());
+
+        fake.clear_log();
+        let tagged = pullgate::registry::Reference::parse(&format!("ghcr.io/team/app:{tag}")).unwrap();
+        let resolution = registry.resolve_tag(&tagged, None).await.unwrap();
+        assert_eq!(&resolution.digest, digest);
+        assert_eq!(fake.log(), vec![format!("GET /v2/team/app/manifests/{tag}")], "one GET of the tag, no HEAD");
+        let known = resolution.manifest.expect("the manifest served with the tag");
+        assert!(digest.matches(&known.body));
+
+        fake.clear_log();
+        let (i, d) = registry.resolve_and_discover_with(&by_digest, None, false, Some(&known), |ok| assert!(ok)).await.unwrap();
+        assert_eq!((serde_json::to_value(&i).unwrap(), serde_json::to_value(&d).unwrap()), want);
+        let log = fake.log();
+        assert!(!log.iter().any(|l| l == &format!("GET /v2/team/app/manifests/{digest}")), "manifest fetched again: {log:?}");
+
+        // Not the digest's manifest (other digest, or bytes that do not hash to it): not used.
+        let other = pullgate::registry::FetchedManifest { digest: plat.clone(), ..known.clone() };
+        let forged = pullgate::registry::FetchedManifest { body: bytes::Bytes::from_static(b"{}"), ..known.clone() };
+        for k in [other, forged] {
+            fake.clear_log();
+            let (i, d) = registry.resolve_and_discover_with(&by_digest, None, false, Some(&k), |ok| assert!(ok)).await.unwrap();
+            assert_eq!((serde_json::to_value(&i).unwrap(), serde_json::to_value(&d).unwrap()), want);
+            assert!(fake.log().iter().any(|l| l == &format!("GET /v2/team/app/manifests/{digest}")));
+        }
+    }
+    // A digest reference asks nothing of the mirror.
+    fake.clear_log();
+    let by_digest = pullgate::registry::Reference::parse(&format!("ghcr.io/team/app@{single}")).unwrap();
+    let resolution = registry.resolve_tag(&by_digest, None).await.unwrap();
+    assert_eq!((resolution.digest, resolution.manifest), (single.clone(), None));
+    assert!(fake.log().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,9 @@ pub struct Resolved {
     /// What the mirror served, when the checker already fetched the manifest (saves fetching it
     /// again); `None`: `Checker::verify` fetches it by `digest` when it needs it (a cache miss).
     pub image: Option<Arc<crate::registry::ResolvedImage>>,
+    /// The manifest's bytes, when resolving the tag fetched them: on a cache miss,
+    /// `Checker::verify` starts from them instead of fetching the manifest again.
+    pub manifest: Option<crate::registry::FetchedManifest>,
 }
 
 /// The result of checking one image against one policy.

@@ -42,9 +42,10 @@ pub use config::{Platform, RegistryArgs, RegistryConfig};
 pub use discover::{Discovery, Material, Outcome, SideArtifact, Source, Step, StepReport};
 pub use hosts::{Endpoint, HostsDir, HostsError, HostsResolution};
 pub use reference::{Reference, ReferenceError};
-pub use resolve::{PlatformImage, ResolveError, ResolvedImage, SubjectRole};
+pub use resolve::{FetchedManifest, PlatformImage, Resolution, ResolveError, ResolvedImage, SubjectRole};
 
 use client::{Op, Transport};
+use resolve::TagRequest;
 
 /// Why an image could not be resolved (discovery itself reports per step, never fails whole).
 #[derive(Debug, thiserror::Error)]
@@ -148,21 +149,38 @@ impl Registry {
     pub async fn resolve(&self, reference: &Reference, credentials: Option<&Credentials>) -> Result<ResolvedImage, Error> {
         let hosts = self.endpoints(reference.registry())?;
         let op = self.op(&hosts, credentials);
-        Ok(self.resolve_in(&op, &hosts, reference).await?)
+        Ok(self.resolve_in(&op, &hosts, reference, None).await?)
     }
 
-    /// The digest `reference` names on the mirror (its tag resolved, `HEAD` only when the mirror
-    /// sends `Docker-Content-Digest`), without fetching the manifest: enough to look a decision up.
-    pub async fn resolve_digest(&self, reference: &Reference, credentials: Option<&Credentials>) -> Result<Digest, Error> {
+    /// The digest `reference` names on the mirror and, for a tag, the manifest's bytes: the tag
+    /// is asked for with one `GET` (its bytes must hash to any `Docker-Content-Digest` the
+    /// mirror sends), enough to look a decision up, and on a cache miss handed to
+    /// [`Registry::resolve_and_discover_with`] so the manifest is not fetched twice. A digest
+    /// reference asks nothing of the mirror (`None`).
+    pub async fn resolve_tag(&self, reference: &Reference, credentials: Option<&Credentials>) -> Result<Resolution, Error> {
         let hosts = self.endpoints(reference.registry())?;
         let op = self.op(&hosts, credentials);
         let c = &self.inner.config;
-        Ok(resolve::resolve_digest(&self.inner.transport, &op, &hosts.endpoints, reference, c.max_manifest_bytes).await?.digest)
+        let r =
+            resolve::resolve_digest(&self.inner.transport, &op, &hosts.endpoints, reference, c.max_manifest_bytes, TagRequest::Get).await?;
+        let manifest = match (r.prefetched, r.resolved_by) {
+            (Some((body, content_type)), Some(endpoint)) => {
+                Some(FetchedManifest { digest: r.digest.clone(), body, content_type, endpoint })
+            }
+            _ => None,
+        };
+        Ok(Resolution { digest: r.digest, manifest })
     }
 
-    async fn resolve_in(&self, op: &Op, hosts: &HostsResolution, reference: &Reference) -> Result<ResolvedImage, ResolveError> {
+    async fn resolve_in(
+        &self,
+        op: &Op,
+        hosts: &HostsResolution,
+        reference: &Reference,
+        known: Option<&FetchedManifest>,
+    ) -> Result<ResolvedImage, ResolveError> {
         let c = &self.inner.config;
-        resolve::resolve(&self.inner.transport, op, &hosts.endpoints, reference, &c.platform, c.max_manifest_bytes).await
+        resolve::resolve(&self.inner.transport, op, &hosts.endpoints, reference, &c.platform, c.max_manifest_bytes, known).await
     }
 
     /// Discovers the signature material of a resolved image, within `discovery_timeout`.
@@ -195,16 +213,18 @@ impl Registry {
         credentials: Option<&Credentials>,
         resolved: impl FnOnce(bool),
     ) -> Result<(ResolvedImage, Discovery), Error> {
-        self.resolve_and_discover_with(reference, credentials, false, resolved).await
+        self.resolve_and_discover_with(reference, credentials, false, None, resolved).await
     }
 
     /// [`Registry::resolve_and_discover`], fetching attestation bundles too when `attestations`
-    /// (see [`Registry::discover_with`]).
+    /// (see [`Registry::discover_with`]). `known`: the manifest [`Registry::resolve_tag`]
+    /// fetched; when it is the digest's, the manifest is not fetched again.
     pub async fn resolve_and_discover_with(
         &self,
         reference: &Reference,
         credentials: Option<&Credentials>,
         attestations: bool,
+        known: Option<&FetchedManifest>,
         resolved: impl FnOnce(bool),
     ) -> Result<(ResolvedImage, Discovery), Error> {
         let hosts = match self.endpoints(reference.registry()) {
@@ -216,7 +236,7 @@ impl Registry {
         };
         let (resolve_op, discover_op) = (self.op(&hosts, credentials), self.op(&hosts, credentials));
         let image = async {
-            let image = self.resolve_in(&resolve_op, &hosts, reference).await;
+            let image = self.resolve_in(&resolve_op, &hosts, reference, known).await;
             resolved(image.is_ok());
             image.map_err(Error::from)
         };
@@ -270,7 +290,7 @@ impl Registry {
             tracing::warn!("{w}");
         }
         let op = self.op(&hosts, credentials);
-        let image = self.resolve_in(&op, &hosts, &parsed).await?;
+        let image = self.resolve_in(&op, &hosts, &parsed, None).await?;
         let settings = self.settings(attestations);
         let discovery = discover::discover(&self.inner.transport, &op, &hosts.endpoints, &image, &settings).await;
         Ok(Report {

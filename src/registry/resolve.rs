@@ -7,6 +7,10 @@
 //! containerd fetches it, and its bytes must hash to the digest: a mirror that serves other bytes
 //! fails the resolution with an error naming it. Every fetched manifest and blob is bounded by a
 //! size limit and checked against its digest.
+//!
+//! The gate resolves a tag with one `GET` instead (`TagRequest::Get`): the digest is that of the
+//! bytes served (which must equal any `Docker-Content-Digest` the mirror sends), and on a cold
+//! decision those bytes are the manifest, so it is not fetched a second time by digest.
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -242,14 +246,43 @@ pub(crate) struct TagResolution {
     pub resolved_by: Option<String>,
 }
 
+/// A manifest (or index) fetched by `GET` while its tag was resolved: its bytes hash to `digest`.
+/// Handed to [`resolve`] of that digest, it saves fetching the manifest a second time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    /// The endpoint that served it.
+    pub endpoint: String,
+}
+
+/// A reference resolved on the mirror: its digest and, when a tag was asked for with `GET`, the
+/// manifest served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub digest: Digest,
+    pub manifest: Option<FetchedManifest>,
+}
+
+/// How a tag is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagRequest {
+    /// `HEAD`, then `GET` only when the answer carries no digest (containerd's way).
+    Head,
+    /// `GET` at once: the digest and the manifest's bytes in one round trip.
+    Get,
+}
+
 /// The digest `reference` names: its own, or its tag's as the first `resolve` endpoint that
-/// has it answers (`HEAD`, then `GET` if the answer carries no digest), as containerd resolves.
+/// has it answers (`how`), as containerd resolves.
 pub(crate) async fn resolve_digest(
     transport: &Transport,
     op: &Op,
     endpoints: &[Endpoint],
     reference: &Reference,
     max_manifest: u64,
+    how: TagRequest,
 ) -> Result<TagResolution, ResolveError> {
     if let Some(d) = reference.digest() {
         return Ok(TagResolution { digest: d.clone(), prefetched: None, resolved_by: None });
@@ -266,7 +299,7 @@ pub(crate) async fn resolve_digest(
         if op.is_dead(ep) {
             continue;
         }
-        match resolve_tag(transport, op, ep, repo, tag, max_manifest).await {
+        match resolve_tag(transport, op, ep, repo, tag, max_manifest, how).await {
             Ok(Some((digest, prefetched))) => return Ok(TagResolution { digest, prefetched, resolved_by: Some(ep.url()) }),
             Ok(None) => continue,
             Err(e) if matches!(e.kind, ErrorKind::DigestMismatch { .. } | ErrorKind::TooLarge { .. }) => {
@@ -286,6 +319,8 @@ pub(crate) async fn resolve_digest(
 }
 
 /// Resolves `reference` to a verified manifest, and for an index to its `platform` manifest.
+/// `known`: the manifest already fetched for the digest `reference` names (used only when it is
+/// that digest's), instead of fetching it again.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn resolve(
     transport: &Transport,
@@ -294,11 +329,17 @@ pub(crate) async fn resolve(
     reference: &Reference,
     platform: &Platform,
     max_manifest: u64,
+    known: Option<&FetchedManifest>,
 ) -> Result<ResolvedImage, ResolveError> {
     let refname = reference.to_string();
     let repo = reference.repository();
     let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
-    let TagResolution { digest, prefetched, resolved_by } = resolve_digest(transport, op, endpoints, reference, max_manifest).await?;
+    let TagResolution { digest, mut prefetched, mut resolved_by } =
+        resolve_digest(transport, op, endpoints, reference, max_manifest, TagRequest::Head).await?;
+    if let Some(k) = known.filter(|k| prefetched.is_none() && k.digest == digest && digest.matches(&k.body)) {
+        prefetched = Some((k.body.clone(), k.content_type.clone()));
+        resolved_by = Some(k.endpoint.clone());
+    }
 
     // The manifest by digest, from the pull endpoints in order, as containerd fetches it.
     let (body, content_type, served_by) = match prefetched {
@@ -420,7 +461,7 @@ pub(crate) async fn resolve(
     Ok(image)
 }
 
-/// `HEAD` (then `GET` if needed) a tag on one endpoint: `Ok(None)` for 404.
+/// `HEAD` (then `GET` if needed), or `GET` at once, a tag on one endpoint: `Ok(None)` for 404.
 async fn resolve_tag(
     transport: &Transport,
     op: &Op,
@@ -428,6 +469,7 @@ async fn resolve_tag(
     repo: &str,
     tag: &str,
     max_manifest: u64,
+    how: TagRequest,
 ) -> Result<Option<(Digest, Option<(Bytes, Option<String>)>)>, RequestError> {
     let path = format!("{}/{}/manifests/{}", ep.path, repo, tag);
     let head = Call {
@@ -438,6 +480,9 @@ async fn resolve_tag(
         limit_setting: manifest_limit_setting(),
         repository: repo,
     };
+    if how == TagRequest::Get {
+        return get_tag(transport, op, ep, Call { method: Method::GET, ..head }).await;
+    }
     let resp = transport.send(op, ep, &head).await?;
     let fail = |method: &str, kind| RequestError { endpoint: ep.url(), method: method.into(), path: path.clone(), kind };
     if resp.status == StatusCode::NOT_FOUND {
@@ -455,8 +500,20 @@ async fn resolve_tag(
         return Ok(Some((d, None)));
     }
     // No usable digest header: the digest is that of the manifest's bytes.
-    let get = Call { method: Method::GET, ..head };
+    get_tag(transport, op, ep, Call { method: Method::GET, ..head }).await
+}
+
+/// `GET` a tag on one endpoint: the digest of the bytes served (which must match the
+/// `Docker-Content-Digest` the mirror claims, if any) and the bytes; `Ok(None)` for 404.
+async fn get_tag(
+    transport: &Transport,
+    op: &Op,
+    ep: &Endpoint,
+    get: Call<'_>,
+) -> Result<Option<(Digest, Option<(Bytes, Option<String>)>)>, RequestError> {
     let resp = transport.send(op, ep, &get).await?;
+    let path = &get.path;
+    let fail = |method: &str, kind| RequestError { endpoint: ep.url(), method: method.into(), path: path.clone(), kind };
     if resp.status == StatusCode::NOT_FOUND {
         return Ok(None);
     }

@@ -119,7 +119,7 @@ mod tests {
             let digest = r.digest().cloned();
             Box::pin(async move {
                 digest
-                    .map(|digest| Resolved { digest, platform_digest: None, image: None })
+                    .map(|digest| Resolved { digest, platform_digest: None, image: None, manifest: None })
                     .ok_or_else(|| super::super::tests::not_found(r))
             })
         }

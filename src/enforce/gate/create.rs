@@ -195,7 +195,7 @@ impl Enforcer {
             }
             tried.push(subject.clone());
             let subject_ref = reference.with_digest(subject.clone());
-            let resolved = Resolved { digest: subject.clone(), platform_digest: None, image: None };
+            let resolved = Resolved { digest: subject.clone(), platform_digest: None, image: None, manifest: None };
             let mut results = self.check(&subject_ref, &resolved, policies, generation, None).await;
             for (_, outcome, _) in results.iter_mut() {
                 runs_this_image(outcome, &subject_ref, &digest, &present.id);

@@ -42,7 +42,7 @@ impl Checker for Fake {
                 Some(d) => d.clone(),
                 None => self.tags.get(&reference.to_string()).cloned().ok_or_else(|| not_found(reference))?,
             };
-            Ok(Resolved { digest, platform_digest: None, image: None })
+            Ok(Resolved { digest, platform_digest: None, image: None, manifest: None })
         })
     }
     fn verify<'a>(
