@@ -331,7 +331,6 @@ pub(crate) async fn resolve(
     max_manifest: u64,
     known: Option<&FetchedManifest>,
 ) -> Result<ResolvedImage, ResolveError> {
-    let refname = reference.to_string();
     let repo = reference.repository();
     let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
     let TagResolution { digest, mut prefetched, mut resolved_by } =
@@ -341,33 +340,9 @@ pub(crate) async fn resolve(
         resolved_by = Some(k.endpoint.clone());
     }
 
-    // The manifest by digest, from the pull endpoints in order, as containerd fetches it.
     let (body, content_type, served_by) = match prefetched {
         Some((body, ct)) => (body, ct, resolved_by.clone().unwrap_or_default()),
-        None => {
-            match fetch_verified(
-                transport,
-                op,
-                &pullers,
-                repo,
-                Store::Manifests,
-                &digest,
-                max_manifest,
-                manifest_limit_setting(),
-                MANIFEST_ACCEPT,
-            )
-            .await
-            {
-                Ok(f) => (f.body, f.content_type, f.endpoint),
-                Err(FetchError::Request(error)) => return Err(ResolveError::Request { reference: refname, error }),
-                Err(FetchError::NoEndpoint) => {
-                    return Err(ResolveError::NoEndpoint { reference: refname, registry: reference.registry().into(), capability: "pull" })
-                }
-                Err(FetchError::NotFound(eps)) => {
-                    return Err(ResolveError::NotFound { reference: format!("{refname} (manifest {digest})"), endpoints: eps.join(", ") })
-                }
-            }
-        }
+        None => fetch_manifest(transport, op, &pullers, reference, &digest, max_manifest).await?,
     };
     let bad = |endpoint: &str, message: String| ResolveError::Manifest {
         reference: reference.to_string(),
@@ -389,67 +364,10 @@ pub(crate) async fn resolve(
         manifest: body.clone(),
     };
     if is_index(&media_type) {
-        let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid index: {e}")))?;
-        // containerd's own choice for this node (see `platform`), not merely a match.
-        let entries: Vec<Option<EntryPlatform>> = index
-            .manifests()
-            .iter()
-            .map(|d| {
-                d.platform().as_ref().map(|p| EntryPlatform {
-                    os: p.os().to_string(),
-                    architecture: p.architecture().to_string(),
-                    variant: p.variant().clone().unwrap_or_default(),
-                })
-            })
-            .collect();
-        let matcher = Matcher::only(platform);
-        match select(&matcher, &entries).and_then(|i| index.manifests().get(i).map(|d| (d, entries.get(i).cloned().flatten()))) {
-            Some((_, None)) => {
-                return Err(bad(
-                    &served_by,
-                    format!(
-                        "the index entry containerd would pick for {platform} has no platform (not supported: its config would decide)"
-                    ),
-                ))
-            }
-            Some((d, Some(entry))) => {
-                let what = format!(
-                    "index entry {}/{}{}",
-                    entry.os,
-                    entry.architecture,
-                    if entry.variant.is_empty() { String::new() } else { format!("/{}", entry.variant) }
-                );
-                let pd = Digest::parse(d.digest().as_ref()).map_err(|e| bad(&served_by, format!("{what}: {e}")))?;
-                let mt = d.media_type().to_string();
-                if is_index(&mt) {
-                    return Err(bad(&served_by, format!("{what} is itself an index (nested indexes are not supported)")));
-                }
-                let fetched = fetch_verified(
-                    transport,
-                    op,
-                    &pullers,
-                    repo,
-                    Store::Manifests,
-                    &pd,
-                    max_manifest,
-                    manifest_limit_setting(),
-                    MANIFEST_ACCEPT,
-                )
-                .await
-                .map_err(|e| bad(&served_by, format!("{what} ({pd}): {e}")))?;
-                let manifest: ImageManifest = serde_json::from_slice(&fetched.body)
-                    .map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): invalid manifest: {e}")))?;
-                let config = Digest::parse(manifest.config().digest().as_ref())
-                    .map_err(|e| bad(&fetched.endpoint, format!("{what} ({pd}): config: {e}")))?;
-                image.platform = Some(PlatformImage {
-                    platform: what.trim_start_matches("index entry ").to_string(),
-                    digest: pd,
-                    media_type: mt,
-                    size: d.size(),
-                    config,
-                });
-            }
-            None => image.notes.push(format!("index has no manifest for platform {platform}")),
+        match index_platform(transport, op, &pullers, repo, &body, &served_by, platform, max_manifest).await {
+            Ok(Some(p)) => image.platform = Some(p),
+            Ok(None) => image.notes.push(format!("index has no manifest for platform {platform}")),
+            Err((endpoint, message)) => return Err(bad(&endpoint, message)),
         }
     } else if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
         let manifest: ImageManifest = serde_json::from_slice(&body).map_err(|e| bad(&served_by, format!("invalid manifest: {e}")))?;
@@ -459,6 +377,106 @@ pub(crate) async fn resolve(
         return Err(bad(&served_by, format!("unsupported media type {media_type:?} (expected an OCI or Docker v2 manifest or index)")));
     }
     Ok(image)
+}
+
+/// The manifest by digest, from the pull endpoints in order, as containerd fetches it: its bytes,
+/// content type and the endpoint that served it.
+async fn fetch_manifest(
+    transport: &Transport,
+    op: &Op,
+    pullers: &[&Endpoint],
+    reference: &Reference,
+    digest: &Digest,
+    max_manifest: u64,
+) -> Result<(Bytes, Option<String>, String), ResolveError> {
+    let refname = reference.to_string();
+    let repo = reference.repository();
+    let limit = manifest_limit_setting();
+    match fetch_verified(transport, op, pullers, repo, Store::Manifests, digest, max_manifest, limit, MANIFEST_ACCEPT).await {
+        Ok(f) => Ok((f.body, f.content_type, f.endpoint)),
+        Err(FetchError::Request(error)) => Err(ResolveError::Request { reference: refname, error }),
+        Err(FetchError::NoEndpoint) => {
+            Err(ResolveError::NoEndpoint { reference: refname, registry: reference.registry().into(), capability: "pull" })
+        }
+        Err(FetchError::NotFound(eps)) => {
+            Err(ResolveError::NotFound { reference: format!("{refname} (manifest {digest})"), endpoints: eps.join(", ") })
+        }
+    }
+}
+
+/// The platform manifest containerd would pull from the index `body` (served by `served_by`) on
+/// this node, fetched and verified; `None` when the index has none for `platform`. An error is
+/// (endpoint, message), for `ResolveError::Manifest`.
+#[allow(clippy::too_many_arguments)]
+async fn index_platform(
+    transport: &Transport,
+    op: &Op,
+    pullers: &[&Endpoint],
+    repo: &str,
+    body: &[u8],
+    served_by: &str,
+    platform: &Platform,
+    max_manifest: u64,
+) -> Result<Option<PlatformImage>, (String, String)> {
+    let fail = |endpoint: &str, message: String| (endpoint.to_string(), message);
+    let index: ImageIndex = serde_json::from_slice(body).map_err(|e| fail(served_by, format!("invalid index: {e}")))?;
+    // containerd's own choice for this node (see `platform`), not merely a match.
+    let entries: Vec<Option<EntryPlatform>> = index
+        .manifests()
+        .iter()
+        .map(|d| {
+            d.platform().as_ref().map(|p| EntryPlatform {
+                os: p.os().to_string(),
+                architecture: p.architecture().to_string(),
+                variant: p.variant().clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    let matcher = Matcher::only(platform);
+    match select(&matcher, &entries).and_then(|i| index.manifests().get(i).map(|d| (d, entries.get(i).cloned().flatten()))) {
+        Some((_, None)) => Err(fail(
+            served_by,
+            format!("the index entry containerd would pick for {platform} has no platform (not supported: its config would decide)"),
+        )),
+        Some((d, Some(entry))) => {
+            let what = format!(
+                "index entry {}/{}{}",
+                entry.os,
+                entry.architecture,
+                if entry.variant.is_empty() { String::new() } else { format!("/{}", entry.variant) }
+            );
+            let pd = Digest::parse(d.digest().as_ref()).map_err(|e| fail(served_by, format!("{what}: {e}")))?;
+            let mt = d.media_type().to_string();
+            if is_index(&mt) {
+                return Err(fail(served_by, format!("{what} is itself an index (nested indexes are not supported)")));
+            }
+            let fetched = fetch_verified(
+                transport,
+                op,
+                pullers,
+                repo,
+                Store::Manifests,
+                &pd,
+                max_manifest,
+                manifest_limit_setting(),
+                MANIFEST_ACCEPT,
+            )
+            .await
+            .map_err(|e| fail(served_by, format!("{what} ({pd}): {e}")))?;
+            let manifest: ImageManifest = serde_json::from_slice(&fetched.body)
+                .map_err(|e| fail(&fetched.endpoint, format!("{what} ({pd}): invalid manifest: {e}")))?;
+            let config = Digest::parse(manifest.config().digest().as_ref())
+                .map_err(|e| fail(&fetched.endpoint, format!("{what} ({pd}): config: {e}")))?;
+            Ok(Some(PlatformImage {
+                platform: what.trim_start_matches("index entry ").to_string(),
+                digest: pd,
+                media_type: mt,
+                size: d.size(),
+                config,
+            }))
+        }
+        None => Ok(None),
+    }
 }
 
 /// `HEAD` (then `GET` if needed), or `GET` at once, a tag on one endpoint: `Ok(None)` for 404.
