@@ -216,7 +216,9 @@ start_pullgate() {
   local cmd=("$PULLGATE" serve --listen "$sock" --upstream "$CONTAINERD_SOCK")
   [ "$mode" = enforce ] && cmd=("$PULLGATE" serve --config "$DIR/pullgate-enforce.yaml")
   # in the namespace: pullgate reads the registry at its loopback address
-  in_ns "${cmd[@]}" 2>"$RESULTS/$GEN--$mode.pullgate.log" &
+  # exec: $! is then pullgate itself (nsenter execs it), so stop_pullgate's SIGTERM reaches it;
+  # a function run with & is a subshell that would leave pullgate running after the script.
+  (exec nsenter --net="/run/netns/$NS" "${cmd[@]}") 2>"$RESULTS/$GEN--$mode.pullgate.log" &
   PG_PID=$!
   for ((i = 0; i < 200; i++)); do
     [ -S "$sock" ] && return 0
