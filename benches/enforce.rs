@@ -387,7 +387,7 @@ fn run() -> Result<String, String> {
     };
 
     let m0 = rt.block_on(Metrics::scrape(admin))?;
-    let cold = rt.block_on(cold_pulls(&plan, &clients, &cold_images))?;
+    let cold = rt.block_on(cold_pulls(&plan, &clients, &cold_images, addr))?;
     let m1 = rt.block_on(Metrics::scrape(admin))?;
     let warm = rt.block_on(warm_pulls(&plan, &clients, &demo_image, &demo_digest, &direct_sock, addr))?;
     let m2 = rt.block_on(Metrics::scrape(admin))?;
@@ -432,15 +432,19 @@ struct Cold {
     /// nothing yet (found on a retry), and the longest wait for it (ms).
     late: [usize; 2],
     late_max_ms: f64,
+    /// Per image: the mirror's own time for the requests a cold decision must make one after
+    /// the other (`mirror_chain`), sent from here on one keep-alive connection (ns).
+    chain: Vec<u64>,
 }
 
-async fn cold_pulls(plan: &Plan, c: &Clients, images: &[String]) -> Result<Cold, String> {
+async fn cold_pulls(plan: &Plan, c: &Clients, images: &[String], registry: SocketAddr) -> Result<Cold, String> {
     let direct = &c.images[DIRECT];
     let pod_cfg = pod("team", "web");
     progress!("cold decisions: {} warm-up images, then {} images, each pulled once per path", plan.warmup, plan.cold);
     let mut pairs = Vec::new();
     let mut late = [0usize; 2];
     let mut late_max_ms = 0f64;
+    let mut chain = Vec::new();
     for (i, image) in images.iter().enumerate() {
         let mut t = [0u64; 2];
         // Alternate which path goes first, so a leftover of the first pull (page cache, a
@@ -472,14 +476,62 @@ async fn cold_pulls(plan: &Plan, c: &Clients, images: &[String]) -> Result<Cold,
             }
         }
         remove_image(direct, image).await?;
+        let floor = mirror_chain(registry, image).await?;
         if i >= plan.warmup {
+            chain.push(floor);
             pairs.push(t);
             if pairs.len() % 10 == 0 || pairs.len() == plan.cold {
                 progress!("  {} / {} images", pairs.len(), plan.cold);
             }
         }
     }
-    Ok(Cold { pairs, late, late_max_ms })
+    Ok(Cold { pairs, late, late_max_ms, chain })
+}
+
+/// The floor of a cold decision on this mirror: the four requests that cannot overlap, each
+/// needing the one before (the tag's manifest gives the digest, the referrers tag index named
+/// after it lists the signature, the signature's manifest names the bundle blob, the blob),
+/// sent one after the other on one keep-alive HTTP/1.1 connection by a plain client that does
+/// nothing else (no discovery in other places, no checks, no verification). Returns the wall
+/// time of the four (ns).
+async fn mirror_chain(registry: SocketAddr, image: &str) -> Result<u64, String> {
+    use http_body_util::{BodyExt, Full};
+    let path = image.split_once('/').map(|(_, p)| p).unwrap_or(image);
+    let (repo, tag) = path.rsplit_once(':').ok_or("no tag")?;
+    let stream = tokio::net::TcpStream::connect(registry).await.map_err(|e| format!("connect {registry}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    type Sender = hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>;
+    async fn get(sender: &mut Sender, host: &str, path: String, accept: &str) -> Result<(http::HeaderMap, bytes::Bytes), String> {
+        let req = http::Request::get(&path)
+            .header("host", host)
+            .header("accept", accept)
+            .body(Full::new(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
+        if resp.status() != 200 {
+            return Err(format!("GET {path}: HTTP {}", resp.status()));
+        }
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((headers, body))
+    }
+    let host = registry.to_string();
+    let json = |b: &bytes::Bytes| serde_json::from_slice::<serde_json::Value>(b).map_err(|e| e.to_string());
+    let manifests = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+    let t = Instant::now();
+    let (headers, _) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{tag}"), manifests).await?;
+    let digest = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()).ok_or("no Docker-Content-Digest")?.to_string();
+    let (_, index) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{}", digest.replace(':', "-")), manifests).await?;
+    let listed = json(&index)?["manifests"][0]["digest"].as_str().ok_or("empty referrers index")?.to_string();
+    let (_, referrer) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{listed}"), manifests).await?;
+    let blob = json(&referrer)?["layers"][0]["digest"].as_str().ok_or("referrer without layers")?.to_string();
+    get(&mut sender, &host, format!("/v2/{repo}/blobs/{blob}"), "*/*").await?;
+    let ns = t.elapsed().as_nanos() as u64;
+    drop(sender);
+    let _ = conn.await;
+    Ok(ns)
 }
 
 // --- warm decisions ----------------------------------------------------------------------------
@@ -1080,6 +1132,25 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         cold.late[VIA],
         plan.cold + plan.warmup,
         cold.late_max_ms
+    );
+    // The same-run floor of a cold decision: the mirror's own time for the requests that must
+    // follow one another, plus the verification's crypto (pullgate's metric).
+    let (chain50, _) = p50_p90(&cold.chain);
+    let (vsum, vn) = acc.cold_parts.verify;
+    let verify_ms = if vn >= 1.0 { vsum / vn * 1000.0 } else { 0.0 };
+    let decision50 = pct_f(&acc.cold_decision, 50.0);
+    let floor = chain50 + verify_ms;
+    let _ = writeln!(
+        out,
+        "- floor of a cold decision on this mirror, this run: {} (tag `GET` -> referrers tag index -> signature manifest -> bundle blob, one after the other on one keep-alive connection from a plain client, p50 {}; + verification mean {}); pullgate's decision p50 {} = floor {} ({:.2}x); cold PullImage added p50 {} = floor {}",
+        fmt_ms(floor),
+        fmt_ms(chain50),
+        fmt_ms(verify_ms),
+        fmt_ms(decision50),
+        signed_ms(decision50 - floor),
+        decision50 / floor,
+        signed_ms(cv50 - cd50),
+        signed_ms(cv50 - cd50 - floor)
     );
 
     let _ = writeln!(

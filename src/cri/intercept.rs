@@ -296,13 +296,18 @@ impl Proxy {
                     Ok(m) => grpc::frame(&m),
                     Err(e) => return (refusal(&format!("cannot pin the pull to {reference}: {e}")), log),
                 };
+                let pulling = Instant::now();
                 let resp = self.forward_buffered(parts, edited).await;
                 let (resp, code, _) = buffer_response(resp).await;
+                tracing::debug!(pinned = %reference, code, ms = pulling.elapsed().as_secs_f64() * 1000.0, "containerd answered the pinned pull");
                 if code == 0 {
                     if let Some(tag) = tag_as {
                         // containerd recorded the image under `reference`; add the tag kubelet
                         // asked for so its ImageStatus finds the image.
-                        if let Err(e) = self.images().tag(&reference, &tag).await {
+                        let tagging = Instant::now();
+                        let tagged = self.images().tag(&reference, &tag).await;
+                        tracing::debug!(image = %tag, ms = tagging.elapsed().as_secs_f64() * 1000.0, "tag record written");
+                        if let Err(e) = tagged {
                             tracing::warn!(image = %tag, pinned = %reference, error = %e,
                                 "pulled the verified digest but could not tag it; kubelet will not find the image by tag and will pull again");
                         } else {
@@ -376,16 +381,22 @@ impl Proxy {
     /// or ListImages miss the tag it pulled (critest's image specs did, now and then), which
     /// containerd's own PullImage never does. Wait until CRI resolves the tag, bounded.
     async fn await_cri_sees(&self, tag: &str) {
-        let deadline = Instant::now() + TAG_VISIBLE_WITHIN;
-        loop {
+        let started = Instant::now();
+        let deadline = started + TAG_VISIBLE_WITHIN;
+        // containerd's CRI plugin learns of the new record from an event, usually within a
+        // millisecond or two: ask again soon, then less often.
+        let mut pause = std::time::Duration::from_millis(1);
+        for asked in 1u32.. {
             if let Ok(Some(_)) = self.image_status(tag).await {
+                tracing::debug!(image = %tag, asked, ms = started.elapsed().as_secs_f64() * 1000.0, "containerd's CRI plugin lists the tag");
                 return;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(image = %tag, "tagged the verified digest, but containerd's CRI plugin does not list the tag yet; answering anyway");
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(TAG_POLL_AT_MOST);
         }
     }
 
@@ -427,6 +438,8 @@ impl Proxy {
 
 /// How long a pinned pull waits for containerd's CRI plugin to resolve the tag it added.
 const TAG_VISIBLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// The longest pause between two of those lookups.
+const TAG_POLL_AT_MOST: std::time::Duration = std::time::Duration::from_millis(8);
 
 /// The image volumes of a container: `(container_path, image)` of every mount whose image is
 /// set. containerd treats a mount as an image volume exactly when `Mount.image.image` is not
