@@ -3,8 +3,9 @@
 //! Each accepted connection gets its own connection to containerd (1:1). One task reads frames
 //! from both sockets and writes them to the other, one write per readable burst, as a byte copy
 //! does. Only what routing needs is decoded: the caller's header blocks (for `:path`, with h2's
-//! HPACK decoder, checked as h2's server checks them) and containerd's response header blocks
-//! (to stay in sync with its encoder and to record each call's `grpc-status`).
+//! HPACK decoder, checked as h2's server checks them) and, when call metrics are on,
+//! containerd's response header blocks (to record each call's `grpc-status`, and so to stay in
+//! sync with its encoder; without metrics they pass undecoded).
 //!
 //! - Calls [`Proxy::passes_through`] lets through go on the 1:1 connection. Their header blocks
 //!   are re-encoded toward containerd with pullgate's own encoder (the header list unchanged):
@@ -81,6 +82,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let stop_tx = tx.clone();
     let mut relay = Relay::new(proxy, peer, calls, tx, rx);
     relay.u_in.buf = upstream_first;
     relay.u_in.end = relay.u_in.buf.len();
@@ -90,15 +92,19 @@ pub async fn serve(
         return;
     }
     relay.u_in = first;
-    relay.stop = Some(Box::pin(async move {
+    // Shutdown reaches the relay as a message on its channel, from a task that waits for it:
+    // polling the watch from the relay itself would register with it again on every wake-up.
+    let stopper = tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
-    }));
+        let _ = stop_tx.send((0, Msg::Stop));
+    });
     let mut client = client;
     let mut upstream = upstream;
     let outcome = std::future::poll_fn(|cx| relay.poll(cx, &mut client, &mut upstream)).await;
     if let Err(reason) = outcome {
         tracing::debug!(?reason, "caller connection ended with an error");
     }
+    stopper.abort();
     for o in relay.owned.values() {
         o.task.abort();
     }
@@ -202,7 +208,6 @@ struct Relay {
     upstream_eof: bool,
     /// Request bytes of the calls pullgate serves that they have not read yet.
     owned_unread: usize,
-    stop: Option<Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 type Fatal = Reason;
@@ -245,7 +250,6 @@ impl Relay {
             probes: HashMap::new(),
             upstream_eof: false,
             owned_unread: 0,
-            stop: None,
         }
     }
 
@@ -254,10 +258,6 @@ impl Relay {
     fn poll(&mut self, cx: &mut Context<'_>, client: &mut QuietStream, upstream: &mut QuietStream) -> Poll<Result<(), Fatal>> {
         loop {
             let mut progress = false;
-            if self.stop.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready()) {
-                self.stop = None;
-                frames::goaway(&mut self.c_out, self.last_client_stream, Reason::NO_ERROR);
-            }
             while let Poll::Ready(Some((stream, msg))) = self.rx.poll_recv(cx) {
                 self.on_msg(stream, msg);
                 progress = true;

@@ -82,6 +82,8 @@ pub(super) enum Msg {
     Reset(Reason),
     /// The call read this many (flow-controlled) bytes of its request.
     Consumed(usize),
+    /// pullgate is shutting down (sent once, with stream 0, by the connection's stop watcher).
+    Stop,
 }
 
 /// A call pullgate serves itself.
@@ -134,6 +136,10 @@ impl Relay {
     }
 
     pub(super) fn on_msg(&mut self, stream: u32, msg: Msg) {
+        if let Msg::Stop = msg {
+            frames::goaway(&mut self.c_out, self.last_client_stream, Reason::NO_ERROR);
+            return;
+        }
         if let Msg::Consumed(n) = msg {
             // A call that ended had its uncredited bytes credited then; what it read before
             // is part of them.
@@ -173,7 +179,7 @@ impl Relay {
                 self.reset_owned(stream, reason);
                 return;
             }
-            Msg::Consumed(_) => {}
+            Msg::Consumed(_) | Msg::Stop => {}
         }
         self.pump(stream);
     }

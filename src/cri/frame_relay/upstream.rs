@@ -1,5 +1,5 @@
-//! Frames from containerd: its header blocks decoded to stay in sync with its encoder, and
-//! what goes back to the caller queued for the caller's connection window.
+//! Frames from containerd: its header blocks decoded (when call metrics are on) to read each
+//! call's status, and what goes back to the caller queued for the caller's connection window.
 
 use bytes::Bytes;
 use h2::Reason;
@@ -54,6 +54,11 @@ impl Relay {
             }
             frames::HEADERS => {
                 let (fragment, _) = frames::headers_fragment(head.flags, payload).map_err(|_| Reason::INTERNAL_ERROR)?;
+                if self.calls.is_none() && head.flags & frames::END_HEADERS != 0 {
+                    // Nothing reads containerd's header blocks (see `upstream_block`).
+                    self.queue_raw_for_client(whole);
+                    return Ok(());
+                }
                 let block = PendingBlock {
                     stream: s,
                     end_stream: head.flags & frames::END_STREAM != 0,
@@ -106,6 +111,13 @@ impl Relay {
     }
 
     fn upstream_block(&mut self, block: PendingBlock) -> Result<(), Fatal> {
+        if self.calls.is_none() {
+            // Without call metrics, nothing needs a call's status, and pullgate's own responses
+            // never touch the caller's table: containerd's blocks are passed on undecoded (and
+            // never decoded later, so the decoder need not follow containerd's encoder).
+            self.queue_raw_for_client(&block.raw);
+            return Ok(());
+        }
         // Decoded to stay in sync with containerd's encoder, and for the call's status.
         let decoded = frames::decode_block(&mut self.resp_decoder, &block.fragment).map_err(|_| Reason::INTERNAL_ERROR)?;
         if let Some((probe, answered)) = self.probes.get_mut(&block.stream) {
