@@ -538,15 +538,14 @@ async fn get_tag(
     if !resp.status.is_success() {
         return Err(fail("GET", ErrorKind::Status { status: resp.status.as_u16(), detail: resp.detail() }));
     }
-    let digest = Digest::sha256(&resp.body);
-    if let Some(Ok(claimed)) = resp.header("docker-content-digest").map(Digest::parse) {
-        if !claimed.matches(&resp.body) {
+    let digest = match resp.header("docker-content-digest").map(Digest::parse) {
+        Some(Ok(claimed)) if !claimed.matches(&resp.body) => {
             let got = Digest::compute(claimed.algorithm(), &resp.body);
             return Err(fail("GET", ErrorKind::DigestMismatch { got: got.to_string(), want: claimed.to_string() }));
         }
-        let ct = resp.header("content-type").map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
-        return Ok(Some((claimed, Some((resp.body, ct)))));
-    }
+        Some(Ok(claimed)) => claimed,
+        _ => Digest::sha256(&resp.body),
+    };
     let ct = resp.header("content-type").map(|s| s.split(';').next().unwrap_or(s).trim().to_string());
     Ok(Some((digest, Some((resp.body, ct)))))
 }
