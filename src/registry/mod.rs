@@ -163,13 +163,7 @@ impl Registry {
         let c = &self.inner.config;
         let r =
             resolve::resolve_digest(&self.inner.transport, &op, &hosts.endpoints, reference, c.max_manifest_bytes, TagRequest::Get).await?;
-        let manifest = match (r.prefetched, r.resolved_by) {
-            (Some((body, content_type)), Some(endpoint)) => {
-                Some(FetchedManifest { digest: r.digest.clone(), body, content_type, endpoint })
-            }
-            _ => None,
-        };
-        Ok(Resolution { digest: r.digest, manifest })
+        Ok(Resolution { digest: r.digest, manifest: r.prefetched })
     }
 
     async fn resolve_in(

@@ -240,8 +240,8 @@ pub(crate) fn manifest_media_type(body: &[u8], content_type: Option<&str>) -> Op
 /// What resolving a reference's tag gave.
 pub(crate) struct TagResolution {
     pub digest: Digest,
-    /// The manifest's bytes and content type, when a `GET` was needed to learn the digest.
-    pub prefetched: Option<(Bytes, Option<String>)>,
+    /// The manifest, when a `GET` was needed (or asked for) to learn the digest.
+    pub prefetched: Option<FetchedManifest>,
     /// The endpoint that answered the tag (`None` for a digest reference).
     pub resolved_by: Option<String>,
 }
@@ -300,7 +300,15 @@ pub(crate) async fn resolve_digest(
             continue;
         }
         match resolve_tag(transport, op, ep, repo, tag, max_manifest, how).await {
-            Ok(Some((digest, prefetched))) => return Ok(TagResolution { digest, prefetched, resolved_by: Some(ep.url()) }),
+            Ok(Some((digest, prefetched))) => {
+                let prefetched = prefetched.map(|(body, content_type)| FetchedManifest {
+                    digest: digest.clone(),
+                    body,
+                    content_type,
+                    endpoint: ep.url(),
+                });
+                return Ok(TagResolution { digest, prefetched, resolved_by: Some(ep.url()) });
+            }
             Ok(None) => continue,
             Err(e) if matches!(e.kind, ErrorKind::DigestMismatch { .. } | ErrorKind::TooLarge { .. }) => {
                 return Err(ResolveError::Request { reference: refname, error: e });
@@ -333,15 +341,12 @@ pub(crate) async fn resolve(
 ) -> Result<ResolvedImage, ResolveError> {
     let repo = reference.repository();
     let pullers: Vec<&Endpoint> = endpoints.iter().filter(|e| e.capabilities.pull).collect();
-    let TagResolution { digest, mut prefetched, mut resolved_by } =
+    let TagResolution { digest, prefetched, resolved_by } =
         resolve_digest(transport, op, endpoints, reference, max_manifest, TagRequest::Head).await?;
-    if let Some(k) = known.filter(|k| prefetched.is_none() && k.digest == digest && digest.matches(&k.body)) {
-        prefetched = Some((k.body.clone(), k.content_type.clone()));
-        resolved_by = Some(k.endpoint.clone());
-    }
+    let prefetched = prefetched.or_else(|| known.filter(|k| k.digest == digest && digest.matches(&k.body)).cloned());
 
     let (body, content_type, served_by) = match prefetched {
-        Some((body, ct)) => (body, ct, resolved_by.clone().unwrap_or_default()),
+        Some(m) => (m.body, m.content_type, m.endpoint),
         None => fetch_manifest(transport, op, &pullers, reference, &digest, max_manifest).await?,
     };
     let bad = |endpoint: &str, message: String| ResolveError::Manifest {
