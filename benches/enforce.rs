@@ -495,43 +495,25 @@ async fn cold_pulls(plan: &Plan, c: &Clients, images: &[String], registry: Socke
 /// nothing else (no discovery in other places, no checks, no verification). Returns the wall
 /// time of the four (ns).
 async fn mirror_chain(registry: SocketAddr, image: &str) -> Result<u64, String> {
-    use http_body_util::{BodyExt, Full};
     let path = image.split_once('/').map(|(_, p)| p).unwrap_or(image);
     let (repo, tag) = path.rsplit_once(':').ok_or("no tag")?;
-    let stream = tokio::net::TcpStream::connect(registry).await.map_err(|e| format!("connect {registry}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
-    type Sender = hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>;
-    async fn get(sender: &mut Sender, host: &str, path: String, accept: &str) -> Result<(http::HeaderMap, bytes::Bytes), String> {
-        let req = http::Request::get(&path)
-            .header("host", host)
-            .header("accept", accept)
-            .body(Full::new(bytes::Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("GET {path}: {e}"))?;
-        if resp.status() != 200 {
-            return Err(format!("GET {path}: HTTP {}", resp.status()));
-        }
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((headers, body))
-    }
-    let host = registry.to_string();
+    let mut conn = support::registry::http::Connection::open(registry).await?;
+    let mut get =
+        async |path: String, accept: &str| match conn.send("GET", &path, &[("accept", accept.into())], bytes::Bytes::new()).await? {
+            a if a.status == 200 => Ok(a),
+            a => Err(format!("GET {path}: HTTP {}", a.status)),
+        };
     let json = |b: &bytes::Bytes| serde_json::from_slice::<serde_json::Value>(b).map_err(|e| e.to_string());
-    let manifests = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+    let manifests = pullgate::registry::resolve::MANIFEST_ACCEPT;
     let t = Instant::now();
-    let (headers, _) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{tag}"), manifests).await?;
-    let digest = headers.get("docker-content-digest").and_then(|v| v.to_str().ok()).ok_or("no Docker-Content-Digest")?.to_string();
-    let (_, index) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{}", digest.replace(':', "-")), manifests).await?;
-    let listed = json(&index)?["manifests"][0]["digest"].as_str().ok_or("empty referrers index")?.to_string();
-    let (_, referrer) = get(&mut sender, &host, format!("/v2/{repo}/manifests/{listed}"), manifests).await?;
-    let blob = json(&referrer)?["layers"][0]["digest"].as_str().ok_or("referrer without layers")?.to_string();
-    get(&mut sender, &host, format!("/v2/{repo}/blobs/{blob}"), "*/*").await?;
-    let ns = t.elapsed().as_nanos() as u64;
-    drop(sender);
-    let _ = conn.await;
-    Ok(ns)
+    let tagged = get(format!("/v2/{repo}/manifests/{tag}"), manifests).await?;
+    let digest = tagged.header("docker-content-digest").ok_or("no Docker-Content-Digest")?.to_string();
+    let index = get(format!("/v2/{repo}/manifests/{}", digest.replace(':', "-")), manifests).await?;
+    let listed = json(&index.body)?["manifests"][0]["digest"].as_str().ok_or("empty referrers index")?.to_string();
+    let referrer = get(format!("/v2/{repo}/manifests/{listed}"), manifests).await?;
+    let blob = json(&referrer.body)?["layers"][0]["digest"].as_str().ok_or("referrer without layers")?.to_string();
+    get(format!("/v2/{repo}/blobs/{blob}"), "*/*").await?;
+    Ok(t.elapsed().as_nanos() as u64)
 }
 
 // --- warm decisions ----------------------------------------------------------------------------
