@@ -95,6 +95,35 @@ async fn referrers_api_and_tag_schema_are_deduplicated() {
     assert_eq!(report.discovery.materials.len(), 1);
 }
 
+/// The chain a decision waits for (listing -> referrer manifest -> bundle blob) goes on while
+/// cosign's `.sig` tag is still being asked for: here that request never answers, and the
+/// bundle blob is fetched all the same. (Before, every listing had to answer first.) No clock
+/// is asserted: the wait below only bounds a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrer_chain_does_not_wait_for_the_cosign_tags() {
+    let fake = FakeRegistry::start(true).await;
+    let (digest, size) = fake.put_image("team/app", "1", "app");
+    let p = Pusher::new(fake.addr);
+    let (_, bundle) = push::push_bundle_referrer(&p, "team/app", &digest, size, OCI_MANIFEST, COSIGN_SIGN_PREDICATE, "sig").await.unwrap();
+    let bundle_path = format!("GET /v2/team/app/blobs/{}", Digest::sha256(&bundle));
+    fake.fault(".sig", Fault::Hang);
+    let dir = tempfile::tempdir().unwrap();
+    mirror_hosts(dir.path(), "ghcr.io", &fake);
+    fake.clear_log();
+    let mut c = config(dir.path());
+    c.request_timeout = Duration::from_secs(30);
+    c.discovery_timeout = Duration::from_secs(60);
+    let inspect = tokio::spawn(async move { Registry::new(c).inspect("ghcr.io/team/app:1", None).await.map(|_| ()) });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fake.log().iter().any(|l| l.starts_with(&bundle_path)) {
+        assert!(Instant::now() < deadline, "bundle blob not fetched while the .sig tag hangs: {:#?}", fake.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fake.log().iter().any(|l| l.contains(".sig")), "the .sig tag was asked for: {:#?}", fake.log());
+    assert!(!inspect.is_finished(), "discovery still waits for the .sig tag");
+    inspect.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_broken_referrers_api_is_unsupported_not_none() {
     let fake = FakeRegistry::start(false).await;

@@ -365,30 +365,14 @@ async fn discover_subject(
     settings: &DiscoverSettings<'_>,
 ) -> SubjectResult {
     let ctx = Ctx { transport, op, pullers, repo, subject, settings };
-    let (api, tag, sig, files, att) =
-        tokio::join!(ctx.referrers_api(), ctx.referrers_tag(), ctx.signature_tag(), ctx.bundle_files(), ctx.attestation_tag());
-    let mut out = SubjectResult::default();
-    let mut seen = HashSet::new();
-    for (step, listing) in [(Step::ReferrersApi, api), (Step::ReferrersTag, tag)] {
-        let (outcome, problems) = match listing {
-            Listing::Found { endpoint, tag, descriptors, mut problems } => {
-                let fresh: Vec<Descriptor> = descriptors.into_iter().filter(|d| seen.insert(d.digest().to_string())).collect();
-                let results = join_all(fresh.iter().map(|d| ctx.referrer(step, &endpoint, tag.as_deref(), d))).await;
-                let mut count = 0;
-                for r in results {
-                    count += r.materials.len();
-                    out.materials.extend(r.materials);
-                    out.side.extend(r.side);
-                    problems.extend(r.problems);
-                }
-                (if count > 0 { Outcome::Found { candidates: count } } else { Outcome::NotFound }, problems)
-            }
-            Listing::NotFound => (Outcome::NotFound, Vec::new()),
-            Listing::Unsupported(reason) => (Outcome::Unsupported { reason }, Vec::new()),
-            Listing::Failed(error) => (Outcome::Failed { error }, Vec::new()),
-        };
-        out.steps.push(StepReport { subject: subject.clone(), step, outcome, problems });
-    }
+    // What the two referrer listings name is fetched as soon as both listings are in, while the
+    // cosign tags and the bundle directory are still being read: those never hold up the
+    // referrer chain (listing -> referrer manifest -> bundle blob) that a decision waits for.
+    let referrers = async {
+        let (api, tag) = tokio::join!(ctx.referrers_api(), ctx.referrers_tag());
+        ctx.fetch_listed([(Step::ReferrersApi, api), (Step::ReferrersTag, tag)]).await
+    };
+    let (mut out, sig, files, att) = tokio::join!(referrers, ctx.signature_tag(), ctx.bundle_files(), ctx.attestation_tag());
     for (step, (outcome, materials, problems)) in [(Step::SignatureTag, sig), (Step::BundleDir, files)] {
         out.materials.extend(materials);
         out.steps.push(StepReport { subject: subject.clone(), step, outcome, problems });
@@ -417,6 +401,46 @@ struct ReferrerResult {
 }
 
 impl Ctx<'_> {
+    /// The referrers of each listing, in listing order, each fetched once (a referrer that an
+    /// earlier listing named too is counted there); all fetched at once.
+    async fn fetch_listed(&self, listings: [(Step, Listing); 2]) -> SubjectResult {
+        let mut seen = HashSet::new();
+        let listings = listings.map(|(step, listing)| match listing {
+            Listing::Found { endpoint, tag, descriptors, problems } => {
+                let fresh: Vec<Descriptor> = descriptors.into_iter().filter(|d| seen.insert(d.digest().to_string())).collect();
+                (step, Ok((endpoint, tag, fresh, problems)))
+            }
+            Listing::NotFound => (step, Err(Outcome::NotFound)),
+            Listing::Unsupported(reason) => (step, Err(Outcome::Unsupported { reason })),
+            Listing::Failed(error) => (step, Err(Outcome::Failed { error })),
+        });
+        let fetches = listings.iter().map(|(step, listing)| async move {
+            match listing {
+                Ok((endpoint, tag, fresh, _)) => join_all(fresh.iter().map(|d| self.referrer(*step, endpoint, tag.as_deref(), d))).await,
+                Err(_) => Vec::new(),
+            }
+        });
+        let fetched = join_all(fetches).await;
+        let mut out = SubjectResult::default();
+        for ((step, listing), results) in listings.into_iter().zip(fetched) {
+            let (outcome, problems) = match listing {
+                Ok((_, _, _, mut problems)) => {
+                    let mut count = 0;
+                    for r in results {
+                        count += r.materials.len();
+                        out.materials.extend(r.materials);
+                        out.side.extend(r.side);
+                        problems.extend(r.problems);
+                    }
+                    (if count > 0 { Outcome::Found { candidates: count } } else { Outcome::NotFound }, problems)
+                }
+                Err(outcome) => (outcome, Vec::new()),
+            };
+            out.steps.push(StepReport { subject: self.subject.clone(), step, outcome, problems });
+        }
+        out
+    }
+
     fn call(&self, ep: &Endpoint, path: String, accept: &'static str) -> Call<'_> {
         Call {
             method: Method::GET,
