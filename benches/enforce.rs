@@ -856,6 +856,9 @@ impl Metrics {
 #[derive(Default)]
 struct RequestTimes {
     kinds: Vec<(&'static str, Vec<f64>)>,
+    /// pullgate's own time on the chain of each cold decision, between one request's full
+    /// answer and the send of the request it names, by step.
+    gaps: Vec<(&'static str, Vec<f64>)>,
 }
 
 impl RequestTimes {
@@ -864,6 +867,9 @@ impl RequestTimes {
     fn parse(text: &str, repo: &str, digests: &[Digest]) -> RequestTimes {
         let digests: Vec<String> = digests.iter().map(|d| d.to_string()).collect();
         let mut kinds: Vec<(&'static str, Vec<f64>)> = Vec::new();
+        // (start, end, kind) of each request, ms since the epoch: the log line is written at
+        // the full answer, and `ms` runs from the send.
+        let mut spans: Vec<(f64, f64, &'static str)> = Vec::new();
         for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
             if v["message"] != "registry request" {
                 continue;
@@ -902,9 +908,38 @@ impl RequestTimes {
                 Some((_, v)) => v.push(ms),
                 None => kinds.push((kind, vec![ms])),
             }
+            if let Some(end) = v["timestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+                let end = end.as_microsecond() as f64 / 1000.0;
+                spans.push((end - ms, end, kind));
+            }
         }
-        RequestTimes { kinds }
+        RequestTimes { kinds, gaps: chain_gaps(spans) }
     }
+}
+
+/// The waits inside pullgate on each cold decision's chain (tag -> referrers tag index ->
+/// referrer manifest -> bundle blob): the bench pulls its cold images one at a time, so each
+/// tag `GET` starts the requests of one decision.
+fn chain_gaps(mut spans: Vec<(f64, f64, &'static str)>) -> Vec<(&'static str, Vec<f64>)> {
+    const STEPS: [(&str, &str, &str); 3] = [
+        ("tag answer -> listings sent", "tag GET (resolve, with the manifest)", "referrers tag index"),
+        ("referrers tag index answer -> referrer manifest sent", "referrers tag index", "referrer manifest"),
+        ("referrer manifest answer -> bundle blob sent", "referrer manifest", "bundle blob"),
+    ];
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut gaps: Vec<(&'static str, Vec<f64>)> = STEPS.iter().map(|(name, ..)| (*name, Vec::new())).collect();
+    let starts: Vec<usize> = spans.iter().enumerate().filter(|(_, s)| s.2 == STEPS[0].1).map(|(i, _)| i).collect();
+    for (n, &i) in starts.iter().enumerate() {
+        let decision = &spans[i..starts.get(n + 1).copied().unwrap_or(spans.len())];
+        let first = |kind: &str| decision.iter().find(|s| s.2 == kind);
+        for (k, (_, from, to)) in STEPS.iter().enumerate() {
+            if let (Some(a), Some(b)) = (first(from), first(to)) {
+                gaps[k].1.push(b.0 - a.1);
+            }
+        }
+    }
+    gaps.retain(|(_, v)| !v.is_empty());
+    gaps
 }
 
 /// Mean of a histogram's observations, ms ("n/a" without any).
@@ -1214,6 +1249,15 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         let _ = writeln!(out, "|---|---:|---:|---:|");
         for (kind, v) in &acc.requests.kinds {
             let _ = writeln!(out, "| {kind} | {} | {} | {} |", v.len(), fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)));
+        }
+        if !acc.requests.gaps.is_empty() {
+            let _ = writeln!(out, "\npullgate's own time on the chain of a cold decision (from one request's full answer to the send of the one it names; times of the same log):\n");
+            let _ = writeln!(out, "| between | n | p50 | p90 | mean |");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+            for (step, v) in &acc.requests.gaps {
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let _ = writeln!(out, "| {step} | {} | {} | {} | {} |", v.len(), fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)), fmt_ms(mean));
+            }
         }
     }
 
