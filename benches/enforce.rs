@@ -1256,7 +1256,8 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
             let _ = writeln!(out, "|---|---:|---:|---:|---:|");
             for (step, v) in &acc.requests.gaps {
                 let mean = v.iter().sum::<f64>() / v.len() as f64;
-                let _ = writeln!(out, "| {step} | {} | {} | {} | {} |", v.len(), fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)), fmt_ms(mean));
+                let _ =
+                    writeln!(out, "| {step} | {} | {} | {} | {} |", v.len(), fmt_ms(pct_f(v, 50.0)), fmt_ms(pct_f(v, 90.0)), fmt_ms(mean));
             }
         }
     }
