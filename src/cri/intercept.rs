@@ -152,14 +152,15 @@ pub(super) fn pod_of(cfg: Option<&api::PodSandboxConfig>) -> (Option<String>, St
 }
 
 impl Proxy {
-    /// Serves a call pullgate decodes.
-    pub(super) async fn intercepted(&self, req: Request<CallerBody>, surface: Surface) -> Response<ResponseBody> {
+    /// Serves a call pullgate decodes: the response, and its log line (written by the caller, so
+    /// that it can answer first).
+    pub(super) async fn intercepted(&self, req: Request<CallerBody>, surface: Surface) -> (Response<ResponseBody>, CallLine) {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
         // Held until the call is answered: the request bytes live that long.
         let (body, _reservation) = match self.read_request(body).await {
             Ok(read) => read,
-            Err(resp) => return resp,
+            Err(resp) => return (resp, CallLine::default()),
         };
         let path = parts.uri.path().to_owned();
         let method = path.rsplit('/').next().unwrap_or(&path).to_owned();
@@ -188,34 +189,10 @@ impl Proxy {
         };
         let (resp, code, message) = buffer_response(resp).await;
         let ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0);
-        let CallLog { image, pod, container, verdict, undecodable } = info;
-        // String values: the human format quotes and escapes them (`image="…"`), so a newline
-        // in a caller's string cannot start a forged line; bounded, so it cannot flood the log.
-        use crate::bounded::field;
         // Decisions and state changes at info; routine reads (ImageStatus, decoded only when
         // debug logging is on) at debug.
-        macro_rules! call_line {
-            ($level:ident) => {
-                tracing::$level!(
-                    method = field(&method).as_ref(),
-                    image = field(&image).as_ref(),
-                    pod = field(&pod).as_ref(),
-                    container = field(&container).as_ref(),
-                    verdict = verdict.as_deref().map(field).as_deref(),
-                    undecodable = undecodable.as_deref().map(field).as_deref(),
-                    code,
-                    error = (code != 0).then(|| field(&message).into_owned()),
-                    ms,
-                    "call"
-                )
-            };
-        }
-        if surface == Surface::Inspect {
-            call_line!(debug);
-        } else {
-            call_line!(info);
-        }
-        resp
+        let line = CallLine(Some(Box::new(LineFields { debug: surface == Surface::Inspect, method, log: info, code, message, ms })));
+        (resp, line)
     }
 
     /// Reads an intercepted request whole, within the global budget (`budget.rs`): the bytes
@@ -449,6 +426,58 @@ pub fn image_volumes(mounts: &[api::Mount]) -> Vec<(String, String)> {
         .iter()
         .filter_map(|m| m.image.as_ref().filter(|i| !i.image.is_empty()).map(|i| (m.container_path.clone(), i.image.clone())))
         .collect()
+}
+
+/// The log line of an intercepted call, written once it has been answered: by [`CallLine::emit`],
+/// or when it is dropped (a call whose task is aborted after it was answered is still logged).
+/// Boxed: it rides along every call's future.
+#[derive(Debug, Default)]
+pub struct CallLine(Option<Box<LineFields>>);
+
+#[derive(Debug)]
+struct LineFields {
+    debug: bool,
+    method: String,
+    log: CallLog,
+    code: i32,
+    message: String,
+    ms: String,
+}
+
+impl CallLine {
+    /// Writes the line (nothing for a call that was answered before it was read).
+    pub fn emit(self) {}
+}
+
+impl Drop for CallLine {
+    fn drop(&mut self) {
+        let Some(line) = self.0.take() else { return };
+        let LineFields { debug, method, log: CallLog { image, pod, container, verdict, undecodable }, code, message, ms } = *line;
+        // String values: the human format quotes and escapes them (`image="…"`), so a newline
+        // in a caller's string cannot start a forged line; bounded, so it cannot flood the log.
+        use crate::bounded::field;
+        macro_rules! call_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    method = field(&method).as_ref(),
+                    image = field(&image).as_ref(),
+                    pod = field(&pod).as_ref(),
+                    container = field(&container).as_ref(),
+                    verdict = verdict.as_deref().map(field).as_deref(),
+                    undecodable = undecodable.as_deref().map(field).as_deref(),
+                    code,
+                    error = (code != 0).then(|| field(&message).into_owned()),
+                    ms,
+                    "call"
+                )
+            };
+        }
+        if debug {
+            call_line!(debug);
+        } else {
+            call_line!(info);
+        }
+    }
 }
 
 /// What the log line of an intercepted call says.

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use super::budget::Budget;
 use super::grpc::{self, Buffered, Code};
 use super::images::ContainerdImages;
-use super::intercept::{CreateVerdict, Gate, Unchecked, UncheckedCall};
+use super::intercept::{CallLine, CreateVerdict, Gate, Unchecked, UncheckedCall};
 use super::methods::{self, Route, Surface};
 use super::relay::UpstreamBody;
 use super::settings::Access;
@@ -171,28 +171,46 @@ impl Proxy {
 
     /// Serves one call of a connection. An error resets the caller's stream with its reason,
     /// sending no response headers (containerd reset the call: see [`grpc::StreamReset`]).
-    pub async fn handle(self: Arc<Self>, peer: Peer, req: Request<CallerBody>) -> Result<Response<ResponseBody>, h2::Error> {
+    pub fn handle(
+        self: Arc<Self>,
+        peer: Peer,
+        req: Request<CallerBody>,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, h2::Error>> + Send {
+        // `map`, not an `async` wrapper: every call's future stays the size of its own states.
+        futures_util::FutureExt::map(self.handle_then_log(peer, req), |(resp, line)| {
+            line.emit();
+            resp
+        })
+    }
+
+    /// [`Proxy::handle`], with the call's log line left for the caller to write once it has
+    /// answered (the frame relay does; the line is then off the call's path).
+    pub async fn handle_then_log(
+        self: Arc<Self>,
+        peer: Peer,
+        req: Request<CallerBody>,
+    ) -> (Result<Response<ResponseBody>, h2::Error>, CallLine) {
         if !self.admits(&peer) {
             let msg = format!(
                 "pullgate: uid {} (gid {}) may not use this socket; allow it with access.allowed_uids or access.allowed_gids",
                 peer.uid, peer.gid
             );
-            return Ok(grpc::status_response(Code::PermissionDenied, &msg));
+            return (Ok(grpc::status_response(Code::PermissionDenied, &msg)), CallLine::default());
         }
         // Boxed below: the intercepted path's state is large, and the future of every call (which
         // tokio copies when it spawns it) would otherwise be that large too.
-        let resp = match self.route(req.uri().path(), inspect_reads()) {
+        let (resp, line) = match self.route(req.uri().path(), inspect_reads()) {
             Dispatch::Decode(surface) => Box::pin(self.intercepted(req, surface)).await,
-            Dispatch::Unchecked(kind) => Box::pin(self.unchecked(peer, req, kind)).await,
+            Dispatch::Unchecked(kind) => (Box::pin(self.unchecked(peer, req, kind)).await, CallLine::default()),
             Dispatch::Forward => {
                 // Per-call detail at debug level; a disabled callsite costs one atomic load.
                 tracing::debug!(method = req.uri().path(), uid = peer.uid, pid = peer.pid, "forwarding call");
-                self.forward(req.map(Either::Left)).await
+                (self.forward(req.map(Either::Left)).await, CallLine::default())
             }
         };
         match resp.extensions().get::<grpc::StreamReset>() {
-            Some(grpc::StreamReset(reason)) => Err(h2::Error::from(*reason)),
-            None => Ok(resp),
+            Some(grpc::StreamReset(reason)) => (Err(h2::Error::from(*reason)), line),
+            None => (Ok(resp), line),
         }
     }
 

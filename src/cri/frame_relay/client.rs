@@ -95,11 +95,13 @@ impl Relay {
                 // Credited at once while the calls' unread bytes stay within
                 // OWNED_CONN_WINDOW (what hyper's connection window allowed), so calls
                 // that wait (for the buffer budget) do not hold the caller's connection
-                // window; past it, as they are read.
+                // window; past it, as they are read. "At once" is with the next frames
+                // for the caller (a unary call's answer, usually) or when
+                // CLIENT_CREDIT_BATCH waits: the caller's window stays far from empty.
                 o.unconsumed += flow;
                 self.owned_unread += flow;
                 if self.owned_unread <= OWNED_CONN_WINDOW {
-                    self.client_credit += flow as u32;
+                    self.client_credit_later += flow as u32;
                 } else {
                     o.uncredited += flow;
                 }

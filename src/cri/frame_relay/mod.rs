@@ -17,7 +17,9 @@
 //!   RST_STREAM drops the call's future, as hyper does.
 //!
 //! Flow control. Toward containerd the connection window is end to end (containerd credits what
-//! it receives; pullgate credits the caller itself for the bytes it keeps). Toward the caller it
+//! it receives; pullgate credits the caller itself for the bytes it keeps, with the next frames
+//! for the caller, usually the call's response, or alone once [`CLIENT_CREDIT_BATCH`] of it
+//! waits). Toward the caller it
 //! is hop by hop: pullgate consumes the caller's connection-level WINDOW_UPDATEs, sends nothing
 //! past the caller's window (containerd's DATA waits, in order, split if it must), and credits
 //! containerd as it passes bytes on, so what waits is bounded by that credit. Stream windows stay
@@ -55,6 +57,10 @@ use owned::{Msg, Owned};
 const UPSTREAM_EXTRA_WINDOW: u32 = 1 << 20;
 /// Credit for containerd is sent once this much has been passed on.
 const UPSTREAM_CREDIT_BATCH: u32 = 256 << 10;
+/// Credit for the request bytes of the calls pullgate serves waits for the next frames written
+/// to the caller (a call's response, usually) until it reaches this much: well under the 64 KiB
+/// a caller's connection window starts with, so the caller is never held up by it.
+const CLIENT_CREDIT_BATCH: u32 = 16 << 10;
 /// Reading a side stops while this much waits to be written to the other.
 const OUT_CAP: usize = 2 << 20;
 /// Read buffer, grown to the largest frame a side may send.
@@ -197,6 +203,12 @@ struct Relay {
     upstream_credit: u32,
     /// Credit owed to the caller (connection level) for bytes pullgate kept or dropped.
     client_credit: u32,
+    /// Of the credit owed to the caller, the part for the request bytes of the calls pullgate
+    /// serves: sent with the next frames for the caller, or once it reaches
+    /// [`CLIENT_CREDIT_BATCH`], so that a unary call pullgate serves costs the caller no write
+    /// (and wake-up) of its own. The caller's connection window (65 535 bytes at least) is
+    /// never short of it by more than that batch.
+    client_credit_later: u32,
 
     c_block: Option<PendingBlock>,
     u_block: Option<PendingBlock>,
@@ -241,6 +253,7 @@ impl Relay {
             client_window: frames::DEFAULT_WINDOW,
             upstream_credit: 0,
             client_credit: 0,
+            client_credit_later: 0,
             c_block: None,
             u_block: None,
             last_client_stream: 0,

@@ -12,6 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 
+use super::super::calls::CallProbe;
+use super::super::proxy::ResponseBody;
 use super::{Queued, Relay, CALL_SEND_BUFFER};
 use crate::cri::calls::{CallObserver, Metered};
 use crate::cri::frames;
@@ -258,13 +260,29 @@ pub(super) async fn serve_call(
     permits: Arc<Semaphore>,
 ) {
     let probe = super::super::calls::start(calls, req.uri().path());
-    let resp = match proxy.handle(peer, req).await {
+    // The call's log line is written when `_line` drops: after the relay has written the
+    // answer (it runs before this task resumes from the yield below), so the caller does not
+    // wait for the log; or when this task is aborted.
+    let (resp, _line) = proxy.handle_then_log(peer, req).await;
+    let resp = match resp {
         Ok(r) => r,
         Err(e) => {
             let _ = relay.send((stream, Msg::Reset(e.reason().unwrap_or(Reason::INTERNAL_ERROR))));
             return;
         }
     };
+    answer(resp, probe, stream, &relay, &permits).await;
+    tokio::task::yield_now().await;
+}
+
+/// Hands a call's response to the relay, frame by frame, within the call's send buffer.
+async fn answer(
+    resp: http::Response<ResponseBody>,
+    probe: Option<CallProbe>,
+    stream: u32,
+    relay: &mpsc::UnboundedSender<(u32, Msg)>,
+    permits: &Semaphore,
+) {
     let (parts, body) = resp.into_parts();
     let mut probe = probe;
     if let Some(p) = probe.as_mut() {

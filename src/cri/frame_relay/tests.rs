@@ -141,14 +141,17 @@ async fn goaway_code(io: &mut tokio::net::UnixStream) -> Option<u32> {
     }
 }
 
-async fn hostile(frames_after_preface: &[u8]) -> Option<u32> {
-    let (mut client, upstream, _stop) = relay();
-    // containerd's side only reads.
+/// containerd's side, when it only reads.
+fn reads_only(mut upstream: tokio::net::UnixStream) {
     tokio::spawn(async move {
-        let mut upstream = upstream;
         let mut sink = vec![0u8; 1 << 16];
         while matches!(upstream.read(&mut sink).await, Ok(n) if n > 0) {}
     });
+}
+
+async fn hostile(frames_after_preface: &[u8]) -> Option<u32> {
+    let (mut client, upstream, _stop) = relay();
+    reads_only(upstream);
     let mut out = BytesMut::new();
     out.extend_from_slice(frames::PREFACE);
     frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
@@ -253,4 +256,78 @@ async fn a_connection_must_start_with_the_preface_and_settings() {
     let (mut client, _up, _stop) = relay();
     client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     assert_eq!(goaway_code(&mut client).await, Some(u32::from(Reason::PROTOCOL_ERROR)));
+}
+
+/// The caller's connection credit for the request of a call pullgate serves goes out with the
+/// call's answer, not in a write (and a wake-up of the caller) of its own before it.
+#[tokio::test]
+async fn credit_for_a_served_request_comes_with_its_answer() {
+    let (mut client, upstream, _stop) = relay();
+    reads_only(upstream);
+    let mut out = BytesMut::new();
+    out.extend_from_slice(frames::PREFACE);
+    frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
+    // Literal header fields without indexing.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/runtime.v1.ImageService/PullImage"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.extend_from_slice(&[0, name.len() as u8]);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    frames::frame(&mut out, frames::HEADERS, frames::END_HEADERS, 1, &block);
+    // An empty PullImageRequest (answered Unavailable: there is no containerd here).
+    frames::frame(&mut out, frames::DATA, frames::END_STREAM, 1, &[0; 5]);
+    client.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut at = 0;
+        let mut answered = false;
+        while let Some(h) = Head::parse(&got[at..]) {
+            if got.len() < at + HEADER_LEN + h.len {
+                break;
+            }
+            let p = &got[at + HEADER_LEN..at + HEADER_LEN + h.len];
+            if h.kind == frames::HEADERS && h.stream == 1 {
+                answered = true;
+            }
+            if h.kind == frames::WINDOW_UPDATE && h.stream == 0 {
+                assert_eq!(u32::from_be_bytes([p[0], p[1], p[2], p[3]]), 5, "the request's DATA, credited once");
+                assert!(answered, "credit for the request was sent before its answer");
+                return;
+            }
+            at += HEADER_LEN + h.len;
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "relay closed the caller's connection");
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A served call's request larger than the caller's connection window still arrives whole: the
+/// credit that waits for an answer is sent alone once a batch of it waits.
+#[tokio::test]
+async fn a_served_request_larger_than_the_window_is_read_whole() {
+    let (client_io, upstream_io, _stop) = relay();
+    tokio::spawn(echo_server(upstream_io));
+    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(conn);
+    // One gRPC message of 300 000 bytes (not a valid PullImageRequest: answered after it
+    // was read whole, Unavailable here since there is no containerd to forward it to).
+    let len: u32 = 300_000;
+    let mut body = vec![0u8; 5 + len as usize];
+    body[1..5].copy_from_slice(&len.to_be_bytes());
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(20), call(&client, "/runtime.v1.ImageService/PullImage", Bytes::from(body)))
+            .await
+            .expect("the call stalled");
+    assert_eq!(answer.0["grpc-status"], "14", "{:?}", answer.0);
 }

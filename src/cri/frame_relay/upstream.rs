@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use h2::Reason;
 
-use super::{Fatal, PendingBlock, Queued, Relay, UPSTREAM_CREDIT_BATCH};
+use super::{Fatal, PendingBlock, Queued, Relay, CLIENT_CREDIT_BATCH, UPSTREAM_CREDIT_BATCH};
 use crate::cri::frames::{self, Head, HEADER_LEN};
 
 impl Relay {
@@ -183,9 +183,11 @@ impl Relay {
 
     /// Sends the connection credit owed to each side.
     pub(super) fn flush_credit(&mut self) {
-        if self.client_credit > 0 {
-            frames::window_update(&mut self.c_out, 0, self.client_credit);
+        let later = self.client_credit_later;
+        if self.client_credit > 0 || (later > 0 && (!self.c_out.is_empty() || later >= CLIENT_CREDIT_BATCH)) {
+            frames::window_update(&mut self.c_out, 0, self.client_credit.saturating_add(later));
             self.client_credit = 0;
+            self.client_credit_later = 0;
         }
         if self.upstream_credit >= UPSTREAM_CREDIT_BATCH {
             frames::window_update(&mut self.u_out, 0, self.upstream_credit);
