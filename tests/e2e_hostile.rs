@@ -363,19 +363,6 @@ fn huge_image_string(c: &Ctx) -> TestResult {
     Ok(())
 }
 
-/// The logs once a line matches `wanted` (a call's line is written just after its answer), or
-/// as they are after 5 s.
-fn logs_with(logs: impl Fn() -> String, wanted: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = logs();
-        if text.lines().any(&wanted) || std::time::Instant::now() >= deadline {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// An image string that, printed raw, would end the log line and start a forged one.
 fn forged(reg: &str, marker: &str) -> String {
     format!("{reg}/demo/unsigned:1\n2026-01-01T00:00:00.000000Z  INFO pullgate::enforce::gate: allowed call=PullImage image={marker}")
@@ -386,7 +373,7 @@ fn log_forgery_human(c: &Ctx) -> TestResult {
     let image = forged(c.tb.get("REGISTRY"), marker);
     c.rt.block_on(async { expect_refusal(pull_in(&c.pg.sock, &image, "team").await) })?;
     // The gate's line comes before the answer, the call's line after it: both are checked.
-    let logs = logs_with(|| c.pg.logs(), |l| l.contains(marker) && l.contains(" call method="));
+    let logs = daemon::logs_with(|| c.pg.logs(), |l| l.contains(marker) && l.contains(" call method="));
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains(marker)).collect();
     ensure!(!lines.is_empty(), "the refusal is not logged:\n{logs}");
     for l in &lines {
@@ -416,7 +403,7 @@ fn log_forgery_json(c: &Ctx) -> TestResult {
     let marker = "forged-json-line";
     let image = forged(c.tb.get("REGISTRY"), marker);
     c.rt.block_on(async { expect_refusal(pull_in(&c.wide.sock, &image, "team").await) })?;
-    let logs = logs_with(|| c.wide.logs(), |l| l.contains(marker) && l.contains("\"message\":\"call\""));
+    let logs = daemon::logs_with(|| c.wide.logs(), |l| l.contains(marker) && l.contains("\"message\":\"call\""));
     let mut seen = 0;
     for l in logs.lines().filter(|l| l.contains(marker)) {
         let v: serde_json::Value = serde_json::from_str(l).map_err(|e| format!("not one JSON object ({e}): {l}"))?;

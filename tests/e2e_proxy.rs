@@ -440,16 +440,10 @@ fn intercepted_calls_are_logged(c: &Ctx) -> TestResult {
             .await?;
         Ok::<_, Failed>(())
     })?;
-    // The call's line is written once the call has been answered: it may follow the answer.
-    let wanted = |l: &&str| l.contains("method=\"PullImage\"") && l.contains("pod=\"team-a/logged\"");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut logs = c.pg.lock().unwrap().logs();
-    while !logs.lines().any(|l| wanted(&l)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-        logs = c.pg.lock().unwrap().logs();
-    }
+    let wanted = |l: &str| l.contains("method=\"PullImage\"") && l.contains("pod=\"team-a/logged\"");
+    let logs = daemon::logs_with(|| c.pg.lock().unwrap().logs(), wanted);
     ensure!(logs.contains("no --config given"), "no pass-through warning in logs:\n{logs}");
-    let line = logs.lines().find(wanted).ok_or_else(|| format!("no PullImage log line for pod team-a/logged:\n{logs}"))?;
+    let line = logs.lines().find(|l| wanted(l)).ok_or_else(|| format!("no PullImage log line for pod team-a/logged:\n{logs}"))?;
     ensure!(line.contains(&format!("image=\"{demo}\"")) && line.contains("code=0"), "log line lacks details: {line}");
     Ok(())
 }

@@ -14,6 +14,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_pullgate")
 }
 
+/// The logs `logs` gives once one of their lines matches `wanted`, or as they are after 5 s: a
+/// call's log line is written just after its answer, so it may follow the answer the test got.
+pub fn logs_with(logs: impl Fn() -> String, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = logs();
+        if text.lines().any(&wanted) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub struct Daemon {
     child: Child,
     pub socket: PathBuf,
