@@ -110,8 +110,9 @@ impl Registry {
         &self.inner.config
     }
 
-    /// The endpoints containerd would use for `registry` (re-read each time, as containerd does
-    /// for each pull, so `hosts.toml` edits apply without a restart).
+    /// The endpoints containerd would use for `registry` (looked up each time, as containerd does
+    /// for each pull, so `hosts.toml` edits apply without a restart; an unchanged file is not
+    /// parsed again).
     pub fn endpoints(&self, registry: &str) -> Result<HostsResolution, HostsError> {
         self.inner.hosts.resolve(registry)
     }

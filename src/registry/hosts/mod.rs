@@ -33,16 +33,19 @@
 //!   so a broken mirror configuration is reported instead of turning into traffic elsewhere.
 //! - Unknown keys are ignored like containerd does, and reported as warnings.
 
+mod cache;
 mod hosts_toml;
 
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+pub use self::cache::HostsCache;
 pub use self::hosts_toml::parse_hosts_toml;
 
 /// The registry containerd talks to for `docker.io`.
@@ -182,20 +185,40 @@ pub struct HostsResolution {
     pub warnings: Vec<String>,
 }
 
-/// containerd's registry host directory: one or more roots, searched in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// containerd's registry host directory: one or more roots, searched in order. Clones share
+/// the parsed `hosts.toml` files ([`HostsCache`]).
+#[derive(Debug, Clone)]
 pub struct HostsDir {
     roots: Vec<PathBuf>,
+    cache: Arc<HostsCache>,
 }
+
+impl PartialEq for HostsDir {
+    fn eq(&self, other: &HostsDir) -> bool {
+        self.roots == other.roots
+    }
+}
+
+impl Eq for HostsDir {}
 
 impl HostsDir {
     pub fn new(roots: Vec<PathBuf>) -> HostsDir {
-        HostsDir { roots }
+        HostsDir::with_cache(roots, HostsCache::default())
+    }
+
+    /// With its own cache (tests use one that keeps a file as soon as it is read).
+    pub fn with_cache(roots: Vec<PathBuf>, cache: HostsCache) -> HostsDir {
+        HostsDir { roots, cache: Arc::new(cache) }
     }
 
     /// From containerd's `config_path` syntax: directories separated by `:`.
     pub fn from_config_path(path: &str) -> HostsDir {
-        HostsDir { roots: path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect() }
+        HostsDir::new(path.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+    }
+
+    /// How many times a `hosts.toml` was parsed.
+    pub fn parses(&self) -> u64 {
+        self.cache.parses()
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -222,25 +245,20 @@ impl HostsDir {
         Ok(None)
     }
 
-    /// The endpoints containerd would try for `registry`, in order.
+    /// The endpoints containerd would try for `registry`, in order. The host directory is looked
+    /// up and `hosts.toml` checked on every call; an unchanged file's parse is reused.
     pub fn resolve(&self, registry: &str) -> Result<HostsResolution, HostsError> {
         let dir = self.dir_for(registry)?;
         let mut warnings = Vec::new();
         let mut entries = match &dir {
             None => vec![Entry::default()],
-            Some(dir) => {
-                let file = dir.join("hosts.toml");
-                match std::fs::read_to_string(&file) {
-                    Ok(text) if !text.is_empty() => {
-                        let parsed = parse_hosts_toml(&text, dir, &file)?;
-                        warnings = parsed.warnings;
-                        parsed.entries
-                    }
-                    Ok(_) => cert_dir_entry(dir)?,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => cert_dir_entry(dir)?,
-                    Err(source) => return Err(HostsError::Read { file, source }),
+            Some(dir) => match self.cache.read(&dir.join("hosts.toml"), dir)? {
+                Some(parsed) => {
+                    warnings = parsed.warnings;
+                    parsed.entries
                 }
-            }
+                None => cert_dir_entry(dir)?,
+            },
         };
         if let Some(last) = entries.last_mut() {
             if last.host.is_empty() {

@@ -241,3 +241,62 @@ fn split_authority() {
     assert_eq!(split_host_port("[::1]:5000"), ("::1", Some(5000)));
     assert_eq!(split_host_port("[::1]"), ("::1", None));
 }
+
+/// A hosts directory for `registry` under a temp root, with `text` as its `hosts.toml`.
+fn hosts_dir_with(registry: &str, text: &str, cache: HostsCache) -> (tempfile::TempDir, PathBuf, HostsDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let host_dir = dir.path().join(registry);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let file = host_dir.join("hosts.toml");
+    std::fs::write(&file, text).unwrap();
+    let hosts = HostsDir::with_cache(vec![dir.path().to_owned()], cache);
+    (dir, file, hosts)
+}
+
+fn hosts_of(hosts: &HostsDir, registry: &str) -> Vec<String> {
+    hosts.resolve(registry).unwrap().endpoints.iter().map(Endpoint::url).collect()
+}
+
+#[test]
+fn an_unchanged_hosts_toml_is_parsed_once_and_every_edit_is_seen() {
+    let settled = HostsCache::with_settle(Duration::ZERO);
+    let (_dir, file, hosts) = hosts_dir_with("r.example", "[host.\"http://m1.example:5000\"]\n", settled);
+    let clone = hosts.clone();
+    for _ in 0..3 {
+        assert_eq!(hosts_of(&hosts, "r.example"), ["http://m1.example:5000", "https://r.example"]);
+        assert_eq!(hosts_of(&clone, "r.example"), ["http://m1.example:5000", "https://r.example"]);
+    }
+    assert_eq!(hosts.parses(), 1, "clones share one parse of an unchanged file");
+
+    // Edited in place (another size), replaced by rename (another inode), emptied, removed.
+    std::fs::write(&file, "[host.\"http://m2.example:5000\"]\nserver = \"https://r.example\"\n").unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["http://m2.example:5000", "https://r.example"]);
+    let next = file.with_extension("new");
+    std::fs::write(&next, "[host.\"http://m3.example:5000\"]\n").unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["http://m3.example:5000", "https://r.example"]);
+    std::fs::write(&file, "[host.\"http://m44.example:5000\"]\n").unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["http://m44.example:5000", "https://r.example"]);
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["https://r.example"]);
+    std::fs::write(&file, "[host.\"http://m5.example:5000\"]\n").unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["http://m5.example:5000", "https://r.example"]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(hosts_of(&hosts, "r.example"), ["https://r.example"]);
+
+    // A broken edit is an error every time, never an older parse.
+    std::fs::write(&file, "[host.\"http://m6.example:5000\"\n").unwrap();
+    for _ in 0..2 {
+        let err = hosts.resolve("r.example").unwrap_err().to_string();
+        assert!(err.contains("invalid TOML"), "{err}");
+    }
+}
+
+#[test]
+fn a_freshly_written_hosts_toml_is_parsed_until_it_settles() {
+    let (_dir, _file, hosts) = hosts_dir_with("r.example", "[host.\"http://m1.example:5000\"]\n", HostsCache::default());
+    for _ in 0..3 {
+        assert_eq!(hosts_of(&hosts, "r.example"), ["http://m1.example:5000", "https://r.example"]);
+    }
+    assert_eq!(hosts.parses(), 3, "a file changed less than a second ago could change again unseen by its stamp");
+}
