@@ -82,16 +82,23 @@ async fn call(client: &h2::client::SendRequest<Bytes>, path: &str, body: Bytes) 
     (parts.headers, data, trailers)
 }
 
+/// An h2 client whose connection goes through a relay to [`echo_server`]; keep the sender
+/// alive as long as the relay should run.
+async fn client_through_relay() -> (h2::client::SendRequest<Bytes>, tokio::sync::watch::Sender<bool>) {
+    let (client_io, upstream_io, stop) = relay();
+    tokio::spawn(echo_server(upstream_io));
+    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
+    tokio::spawn(conn);
+    (client, stop)
+}
+
 /// Relayed calls of every size arrive intact, concurrently, past every window; a call
 /// pullgate serves itself (PullImage, with containerd unreachable through `Upstream`) is
 /// answered by pullgate on the same connection, and the HPACK state of both sides stays
 /// consistent throughout.
 #[tokio::test]
 async fn relayed_and_served_calls_share_one_connection() {
-    let (client_io, upstream_io, _stop) = relay();
-    tokio::spawn(echo_server(upstream_io));
-    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(conn);
+    let (client, _stop) = client_through_relay().await;
     let mut tasks = Vec::new();
     for i in 0..40usize {
         let client = client.clone();
@@ -160,18 +167,26 @@ async fn hostile(frames_after_preface: &[u8]) -> Option<u32> {
     tokio::time::timeout(std::time::Duration::from_secs(10), goaway_code(&mut client)).await.ok().flatten()
 }
 
-/// The frames in `buf` (after the preface when `preface`): kind, flags, payload.
-fn frames_in(buf: &[u8], preface: bool) -> Vec<(u8, u8, Vec<u8>)> {
+/// The frames in `buf` (after the preface when `preface`): kind, flags, stream, payload.
+fn frames_in(buf: &[u8], preface: bool) -> Vec<(u8, u8, u32, Vec<u8>)> {
     let mut at = if preface { frames::PREFACE.len().min(buf.len()) } else { 0 };
     let mut out = Vec::new();
     while let Some(h) = Head::parse(&buf[at..]) {
         if buf.len() < at + HEADER_LEN + h.len {
             break;
         }
-        out.push((h.kind, h.flags, buf[at + HEADER_LEN..at + HEADER_LEN + h.len].to_vec()));
+        out.push((h.kind, h.flags, h.stream, buf[at + HEADER_LEN..at + HEADER_LEN + h.len].to_vec()));
         at += HEADER_LEN + h.len;
     }
     out
+}
+
+/// Reads what `io` has next into `got` (within 10 s); `side` names it if the relay closed it.
+async fn read_more(io: &mut tokio::net::UnixStream, got: &mut Vec<u8>, side: &str) {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), io.read(&mut chunk)).await.unwrap().unwrap();
+    assert!(n > 0, "relay closed {side}'s connection");
+    got.extend_from_slice(&chunk[..n]);
 }
 
 #[tokio::test]
@@ -186,11 +201,8 @@ async fn the_callers_pings_are_answered_by_pullgate_and_containerds_are_passed_o
     frames::frame(&mut out, frames::PING, 0, 0, b"caller-1");
     client.write_all(&out).await.unwrap();
     let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !frames_in(&got, false).iter().any(|(k, f, p)| *k == frames::PING && *f == frames::ACK && p == b"caller-1") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "relay closed the caller's connection");
-        got.extend_from_slice(&chunk[..n]);
+    while !frames_in(&got, false).iter().any(|(k, f, _, p)| *k == frames::PING && *f == frames::ACK && p == b"caller-1") {
+        read_more(&mut client, &mut got, "the caller").await;
     }
     // containerd's PING reaches the caller; the caller's ACK reaches containerd.
     let mut ping = BytesMut::new();
@@ -198,22 +210,18 @@ async fn the_callers_pings_are_answered_by_pullgate_and_containerds_are_passed_o
     frames::frame(&mut ping, frames::PING, 0, 0, b"contain!");
     upstream.write_all(&ping).await.unwrap();
     got.clear();
-    while !frames_in(&got, false).iter().any(|(k, f, p)| *k == frames::PING && *f == 0 && p == b"contain!") {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "relay closed the caller's connection");
-        got.extend_from_slice(&chunk[..n]);
+    while !frames_in(&got, false).iter().any(|(k, f, _, p)| *k == frames::PING && *f == 0 && p == b"contain!") {
+        read_more(&mut client, &mut got, "the caller").await;
     }
     let mut ack = BytesMut::new();
     frames::ping_ack(&mut ack, b"contain!");
     client.write_all(&ack).await.unwrap();
     let mut seen = Vec::new();
-    while !frames_in(&seen, true).iter().any(|(k, f, _)| *k == frames::PING && *f == frames::ACK) {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), upstream.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "relay closed containerd's connection");
-        seen.extend_from_slice(&chunk[..n]);
+    while !frames_in(&seen, true).iter().any(|(k, f, _, _)| *k == frames::PING && *f == frames::ACK) {
+        read_more(&mut upstream, &mut seen, "containerd").await;
     }
-    let pings: Vec<_> = frames_in(&seen, true).into_iter().filter(|(k, _, _)| *k == frames::PING).collect();
-    assert_eq!(pings, vec![(frames::PING, frames::ACK, b"contain!".to_vec())], "containerd saw the caller's own PING");
+    let pings: Vec<_> = frames_in(&seen, true).into_iter().filter(|(k, _, _, _)| *k == frames::PING).collect();
+    assert_eq!(pings, vec![(frames::PING, frames::ACK, 0, b"contain!".to_vec())], "containerd saw the caller's own PING");
 }
 
 #[tokio::test]
@@ -287,39 +295,23 @@ async fn credit_for_a_served_request_comes_with_its_answer() {
     frames::frame(&mut out, frames::DATA, frames::END_STREAM, 1, &[0; 5]);
     client.write_all(&out).await.unwrap();
     let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut at = 0;
-        let mut answered = false;
-        while let Some(h) = Head::parse(&got[at..]) {
-            if got.len() < at + HEADER_LEN + h.len {
-                break;
-            }
-            let p = &got[at + HEADER_LEN..at + HEADER_LEN + h.len];
-            if h.kind == frames::HEADERS && h.stream == 1 {
-                answered = true;
-            }
-            if h.kind == frames::WINDOW_UPDATE && h.stream == 0 {
-                assert_eq!(u32::from_be_bytes([p[0], p[1], p[2], p[3]]), 5, "the request's DATA, credited once");
-                assert!(answered, "credit for the request was sent before its answer");
-                return;
-            }
-            at += HEADER_LEN + h.len;
+    let (seen, credit) = loop {
+        let seen = frames_in(&got, false);
+        if let Some(at) = seen.iter().position(|(k, _, s, _)| *k == frames::WINDOW_UPDATE && *s == 0) {
+            break (seen, at);
         }
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), client.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0, "relay closed the caller's connection");
-        got.extend_from_slice(&chunk[..n]);
-    }
+        read_more(&mut client, &mut got, "the caller").await;
+    };
+    assert_eq!(seen[credit].3, 5u32.to_be_bytes(), "the request's DATA, credited once");
+    let answered = seen[..credit].iter().any(|(k, _, s, _)| *k == frames::HEADERS && *s == 1);
+    assert!(answered, "credit for the request was sent before its answer");
 }
 
 /// A served call's request larger than the caller's connection window still arrives whole: the
 /// credit that waits for an answer is sent alone once a batch of it waits.
 #[tokio::test]
 async fn a_served_request_larger_than_the_window_is_read_whole() {
-    let (client_io, upstream_io, _stop) = relay();
-    tokio::spawn(echo_server(upstream_io));
-    let (client, conn) = h2::client::handshake(client_io).await.unwrap();
-    tokio::spawn(conn);
+    let (client, _stop) = client_through_relay().await;
     // One gRPC message of 300 000 bytes (not a valid PullImageRequest: answered after it
     // was read whole, Unavailable here since there is no containerd to forward it to).
     let len: u32 = 300_000;
