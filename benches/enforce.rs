@@ -26,7 +26,10 @@
 //!   resolve, so the via path is also compared with the same pull by digest sent directly
 //!   (identical containerd work). Plus, for the analysis, the parts of pullgate's warm path
 //!   measured alone: the tag-record step pullgate does with containerd's image API after the
-//!   pull, and one `HEAD` of the tag on the mirror (the registry's own answer time).
+//!   pull, and one `HEAD` of the tag on the mirror (the registry's own answer time). Besides
+//!   the p50s over the whole phase, each via-pullgate block is paired with the direct block run
+//!   next to it (the difference of their medians, then the median over rounds), which keeps
+//!   drift over the run out of the difference.
 //! - **CreateContainer with a warm decision**: creates (and untimed removes) of containers in
 //!   one host-network pod sandbox, alternating direct and via pullgate. containerd's own create
 //!   costs tens of milliseconds with milliseconds of jitter, which buries a sub-millisecond
@@ -1023,6 +1026,15 @@ fn paired_median(pairs: &[[u64; 2]]) -> f64 {
     pct_f(&d, 50.0)
 }
 
+/// Pairs of block medians `[direct, via]`: the warm phase runs its kinds in blocks of `block`
+/// calls, one block of each kind per round, so block `i` of `direct` and block `i` of `via` ran
+/// next to each other. Pairing them keeps drift over the run (containerd's metadata growing,
+/// the machine's load) out of the difference, which a p50 over the whole run does not.
+fn block_pairs(direct: &[u64], via: &[u64], block: usize) -> Vec<[u64; 2]> {
+    let median = |b: &[u64]| pct(&sorted(b), 50.0);
+    direct.chunks(block.max(1)).zip(via.chunks(block.max(1))).map(|(d, v)| [median(d), median(v)]).collect()
+}
+
 /// A bootstrap-free spread of a median difference: the interquartile range of the per-pair
 /// differences divided by sqrt(n) (about the standard error of the median for a symmetric
 /// distribution, times ~0.93).
@@ -1141,6 +1153,20 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         fmt_ms(paired_se(&create.pairs)),
         create.pairs.len()
     );
+    for (name, direct, via) in [
+        ("PullImage by digest, decision cached, against the direct pull by digest", W_BY_DIGEST, W_VIA_DIGEST),
+        ("PullImage by tag, warm decision, against the direct pull by tag", W_DIRECT, W_VIA),
+    ] {
+        let pairs = block_pairs(&warm.samples[direct], &warm.samples[via], plan.block);
+        let _ = writeln!(
+            out,
+            "- {name}: {} (+/- {}) over {} rounds (per round, the median of its {}-call block via pullgate minus that of the adjacent direct block)",
+            signed_ms(paired_median(&pairs)),
+            fmt_ms(paired_se(&pairs)),
+            pairs.len(),
+            plan.block
+        );
+    }
     let _ = writeln!(out, "- containerd's answer to the refused creates: `{}`", create.reject_answer);
     let _ = writeln!(
         out,
