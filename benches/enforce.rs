@@ -11,7 +11,8 @@
 //! `pullgate trust-root import`, images signed by that stack (cosign v3 bundles published as
 //! referrers), and a pullgate whose policy requires a keyless signature for `REGISTRY/demo/**`.
 //! Cargo builds the `pullgate` binary in the bench (= release) profile and passes its path; set
-//! `PULLGATE_BIN` to measure another build.
+//! `PULLGATE_BIN` to measure another build (`target/dist/pullgate`, from `cargo build --profile
+//! dist`, is what the Debian package ships).
 //!
 //! What is measured (figures in BENCHMARKS.md, "Enforcement overhead"):
 //! - PullImage with a **cold decision**: N distinct small signed images (zero layers: a config

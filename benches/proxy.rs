@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Cargo builds the `pullgate` binary in the bench (= release) profile before running this and
-//! passes its path (`target/release/pullgate`); set `PULLGATE_BIN` to measure another build.
+//! passes its path (`target/release/pullgate`); set `PULLGATE_BIN` to measure another build
+//! (`target/dist/pullgate`, from `cargo build --profile dist`, is what the Debian package ships).
 //! `PULLGATE_BENCH_ARGS` adds arguments to `pullgate serve`. `PULLGATE_BENCH_B_BIN` and/or
 //! `PULLGATE_BENCH_B_ARGS` add a second pullgate, measured interleaved with the first (A/B under
 //! the same machine noise). `PULLGATE_BENCH_FRAME_RELAY=1` runs A with the frame-level relay off
