@@ -156,12 +156,18 @@ fn reads_only(mut upstream: tokio::net::UnixStream) {
     });
 }
 
-async fn hostile(frames_after_preface: &[u8]) -> Option<u32> {
-    let (mut client, upstream, _stop) = relay();
-    reads_only(upstream);
+/// What a caller sends first: the preface and an empty SETTINGS frame.
+fn opening() -> BytesMut {
     let mut out = BytesMut::new();
     out.extend_from_slice(frames::PREFACE);
     frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
+    out
+}
+
+async fn hostile(frames_after_preface: &[u8]) -> Option<u32> {
+    let (mut client, upstream, _stop) = relay();
+    reads_only(upstream);
+    let mut out = opening();
     out.extend_from_slice(frames_after_preface);
     let _ = client.write_all(&out).await;
     tokio::time::timeout(std::time::Duration::from_secs(10), goaway_code(&mut client)).await.ok().flatten()
@@ -195,9 +201,7 @@ async fn the_callers_pings_are_answered_by_pullgate_and_containerds_are_passed_o
     // containerd must not see those pings (it would close the connection with
     // too_many_pings). containerd's own PING and the caller's ACK of it go through.
     let (mut client, mut upstream, _stop) = relay();
-    let mut out = BytesMut::new();
-    out.extend_from_slice(frames::PREFACE);
-    frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
+    let mut out = opening();
     frames::frame(&mut out, frames::PING, 0, 0, b"caller-1");
     client.write_all(&out).await.unwrap();
     let mut got = Vec::new();
@@ -272,9 +276,7 @@ async fn a_connection_must_start_with_the_preface_and_settings() {
 async fn credit_for_a_served_request_comes_with_its_answer() {
     let (mut client, upstream, _stop) = relay();
     reads_only(upstream);
-    let mut out = BytesMut::new();
-    out.extend_from_slice(frames::PREFACE);
-    frames::frame(&mut out, frames::SETTINGS, 0, 0, &[]);
+    let mut out = opening();
     // Literal header fields without indexing.
     let mut block = Vec::new();
     for (name, value) in [
