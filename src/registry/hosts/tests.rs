@@ -8,11 +8,8 @@ fn parse(text: &str) -> Result<Vec<Endpoint>, String> {
 }
 
 fn resolve_text(registry: &str, text: &str) -> HostsResolution {
-    let dir = tempfile::tempdir().unwrap();
-    let host_dir = dir.path().join(registry);
-    std::fs::create_dir_all(&host_dir).unwrap();
-    std::fs::write(host_dir.join("hosts.toml"), text).unwrap();
-    HostsDir::new(vec![dir.path().to_owned()]).resolve(registry).unwrap()
+    let (_dir, _file, hosts) = hosts_dir_with(registry, text, HostsCache::default());
+    hosts.resolve(registry).unwrap()
 }
 
 #[test]
