@@ -89,7 +89,6 @@ impl HostsCache {
     /// `file` (in host directory `dir`) parsed; `None` when it is missing or empty (Docker's
     /// certificate layout applies then).
     pub fn read(&self, file: &Path, dir: &Path) -> Result<Option<ParsedHosts>, HostsError> {
-        let now = SystemTime::now();
         let stamp = match std::fs::metadata(file) {
             Ok(meta) if meta.is_file() => Some(Stamp::of(&meta)),
             Ok(_) => None,
@@ -103,6 +102,8 @@ impl HostsCache {
                 }
             }
         }
+        // Taken before the read: the parse is kept only if the file had settled by then.
+        let now = SystemTime::now();
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
