@@ -875,7 +875,7 @@ fn spawn_activated(sock: &Path, fd: std::os::fd::RawFd, config: &Path) -> Result
 
 /// systemd holds the socket (here: this test), pullgate is SIGKILLed and started again on it
 /// while kubelet-like clients keep calling. The socket file never disappears and never refuses
-/// a connection; calls in flight at the kill fail with `Unavailable` (or `Cancelled`
+/// a connection; calls in flight at the kill fail with `Unavailable` (or `Cancelled` caused by
 /// "connection closed", when the client had queued the call on the connection the kill closed),
 /// calls made while no pullgate runs wait in the socket's backlog and are answered by the next
 /// one.
@@ -936,7 +936,15 @@ fn sigkill_socket_activation(c: &Ctx) -> TestResult {
     }
     let errors: Vec<&tonic::Status> = all.iter().filter_map(|o| o.as_ref().err()).collect();
     for e in &errors {
-        let m = e.message().to_ascii_lowercase();
+        // The message and its causes: tonic words a closed connection either way ("connection
+        // closed" as the message, or "operation was canceled" caused by it).
+        let mut m = e.message().to_ascii_lowercase();
+        let mut cause = std::error::Error::source(*e);
+        while let Some(c) = cause {
+            m.push_str(": ");
+            m.push_str(&c.to_string().to_ascii_lowercase());
+            cause = c.source();
+        }
         ensure!(
             e.code() == tonic::Code::Unavailable
                 || e.code() == tonic::Code::Unknown && !e.message().starts_with("SignatureValidationFailed")
