@@ -9,6 +9,7 @@ pub mod frames;
 pub mod grpc;
 pub mod images;
 pub mod intercept;
+pub mod late_pong;
 pub mod listener;
 pub mod methods;
 pub mod proxy;

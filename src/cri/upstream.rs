@@ -20,6 +20,7 @@ use http_body::Body;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
+use super::late_pong::LatePong;
 use super::proxy::RequestBody;
 use super::quiet::QuietStream;
 use super::relay::{RequestPipe, UpstreamBody};
@@ -204,6 +205,8 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Sender, String> {
         let stream = UnixStream::connect(&self.path).await.and_then(QuietStream::new).map_err(|e| e.to_string())?;
+        // containerd's pings are acknowledged after the calls their answers woke (late_pong.rs).
+        let stream = LatePong::new(stream);
         let (send, connection) = h2::client::Builder::new()
             // Larger windows than h2's 64 KiB default, so big ListContainers/ListImages
             // answers are not throttled by WINDOW_UPDATE round trips.
@@ -227,7 +230,7 @@ impl Upstream {
 }
 
 /// Runs the connection until it ends; pings containerd now and then while calls are in flight.
-async fn drive(mut connection: h2::client::Connection<QuietStream, Bytes>, conn: Arc<ConnState>, path: PathBuf) {
+async fn drive(mut connection: h2::client::Connection<LatePong<QuietStream>, Bytes>, conn: Arc<ConnState>, path: PathBuf) {
     let mut ping_pong = connection.ping_pong();
     let outcome = loop {
         tokio::select! {
