@@ -36,7 +36,8 @@
 //!   costs tens of milliseconds with milliseconds of jitter, which buries a sub-millisecond
 //!   difference, so the same comparison is also made with CreateContainer calls that containerd
 //!   refuses at once (an unknown sandbox ID): pullgate does all of its work for those (image
-//!   lookup, decision, audit record, forward) and containerd almost none.
+//!   lookup, decision, audit record, forward) and containerd almost none. They run in blocks too,
+//!   and are paired block by block like the warm pulls.
 //!
 //! pullgate's own accounts are read back too: the audit log's `latency_ms` (the decision: resolve,
 //! cache, discovery, verification) and the JSON log's `ms` per intercepted call (everything
@@ -45,6 +46,11 @@
 //! The client is a kubelet-like tonic CRI client (one connection per socket, as kubelet keeps
 //! it) on a current-thread tokio runtime; client, pullgate, containerd and the registry share the
 //! machine's cores.
+//!
+//! A/B in one run: `PULLGATE_BENCH_B_BIN=<other build>` starts a second pullgate (B) with the same
+//! configuration on the same containerd. The warm pull by digest and the refused creates then
+//! also run through B, in blocks next to pullgate's (A) and the direct ones, and the report adds
+//! B − A paired by round. A change to the served path can be judged against drift between runs.
 //!
 //! For a profile: `PULLGATE_BENCH_PROFILE=1` adds a table of pullgate's registry requests in the
 //! cold phase; `PULLGATE_BENCH_LOG_LEVEL` sets pullgate's `log.level` (e.g. `info,pullgate=debug`)
@@ -301,12 +307,20 @@ const REJECTED: &str = "rejected";
 
 const DIRECT: usize = 0;
 const VIA: usize = 1;
-const PATHS: [&str; 2] = ["direct", "via pullgate"];
+const PATHS: [&str; 3] = ["direct", "via pullgate", "via B"];
+/// The second pullgate of an A/B run (`PULLGATE_BENCH_B_BIN`).
+const B: usize = 2;
 
-/// The two paths' clients: index DIRECT or VIA.
+/// The two paths' clients: index DIRECT or VIA; `b`: the second pullgate of an A/B run.
 struct Clients {
     images: [ImageServiceClient<Channel>; 2],
     runtime: [RuntimeServiceClient<Channel>; 2],
+    b: Option<(ImageServiceClient<Channel>, RuntimeServiceClient<Channel>)>,
+}
+
+/// `PULLGATE_BENCH_B_BIN`: the build measured as B in an A/B run.
+fn b_binary() -> Option<PathBuf> {
+    std::env::var_os("PULLGATE_BENCH_B_BIN").filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 // --- the run -----------------------------------------------------------------------------------
@@ -381,12 +395,29 @@ fn run() -> Result<String, String> {
     let mut cmd = Command::new(&bin);
     cmd.arg("serve").arg("--config").arg(&cfg_path);
     let mut pg = Daemon::start_with(&pg_sock, &mut cmd)?;
+    let b_bin = b_binary();
+    let b_sock = tb.dir.join("pg-b.sock");
+    let mut pg_b = match &b_bin {
+        Some(b) => {
+            progress!("B: {}", b.display());
+            let b_admin: SocketAddr =
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
+            let b_cfg = tb.dir.join("enforce-b.yaml");
+            let text = config(&tb.dir, &registry, &b_sock, &direct_sock, tb.get("HOSTS_DIR"), &tb.dir.join("audit-b.log"), b_admin, "info");
+            std::fs::write(&b_cfg, text).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(b);
+            cmd.arg("serve").arg("--config").arg(&b_cfg);
+            Some(Daemon::start_with(&b_sock, &mut cmd)?)
+        }
+        None => None,
+    };
 
     let clients = {
         let _rt = rt.enter();
         Clients {
             images: [cri::images(&direct_sock), cri::images(&pg_sock)],
             runtime: [cri::runtime(&direct_sock), cri::runtime(&pg_sock)],
+            b: pg_b.as_ref().map(|_| (cri::images(&b_sock), cri::runtime(&b_sock))),
         }
     };
 
@@ -407,6 +438,10 @@ fn run() -> Result<String, String> {
     drop(rt);
     let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
     pg.terminate(Duration::from_secs(10));
+    if let Some(b) = pg_b.as_mut() {
+        b.terminate(Duration::from_secs(10));
+    }
+    drop(pg_b);
     let log_text = pg.logs();
     if let Ok(path) = std::env::var("PULLGATE_BENCH_LOG_COPY") {
         std::fs::write(&path, &log_text).map_err(|e| format!("{path}: {e}"))?;
@@ -422,6 +457,9 @@ fn run() -> Result<String, String> {
 
     let mut out = String::new();
     write_report(&mut out, &plan, &cold, &warm, &create, &accounts, &bin);
+    if let Some(b) = &b_bin {
+        write_ab(&mut out, &plan, &warm, &create, &bin, b);
+    }
     progress!("tearing down the testbed");
     drop(tb);
     Ok(out)
@@ -540,6 +578,8 @@ const WARM_KINDS: usize = 6;
 
 struct Warm {
     samples: [Vec<u64>; WARM_KINDS],
+    /// A/B runs: B's pulls by digest (decision cached), one block per round after the kinds.
+    b_digest: Vec<u64>,
 }
 
 /// `HEAD /v2/<repo>/manifests/<tag>` of `image` on `registry`, as pullgate and containerd send it.
@@ -587,8 +627,13 @@ async fn warm_pulls(
         pull(&c.images[DIRECT], &by_digest, &pod_cfg).await?;
         pull(&c.images[VIA], &by_digest, &pod_cfg).await?;
         images.tag(&by_digest, image).await.map_err(|e| e.to_string())?;
+        if let Some((b, _)) = &c.b {
+            pull(b, image, &pod_cfg).await?;
+            pull(b, &by_digest, &pod_cfg).await?;
+        }
     }
     let mut samples: [Vec<u64>; WARM_KINDS] = Default::default();
+    let mut b_digest = Vec::new();
     let mut done = 0;
     let mut round = 0;
     while done < plan.warm {
@@ -614,11 +659,17 @@ async fn warm_pulls(
                 };
                 samples[kind].push(ns);
             }
+            // B's block right after A's (`W_VIA_DIGEST`), so the pair sees the same moment.
+            if let (W_VIA_DIGEST, Some((b, _))) = (kind, &c.b) {
+                for _ in 0..k {
+                    b_digest.push(pull(b, &by_digest, &pod_cfg).await?.0);
+                }
+            }
         }
         done += k;
         round += 1;
     }
-    Ok(Warm { samples })
+    Ok(Warm { samples, b_digest })
 }
 
 // --- single flight -----------------------------------------------------------------------------
@@ -648,6 +699,8 @@ struct Create {
     rejects: [Vec<u64>; 2],
     /// What containerd answered those.
     reject_answer: String,
+    /// A/B runs: B's refused creates, one block per round right after A's.
+    b_rejects: Vec<u64>,
 }
 
 async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String> {
@@ -702,7 +755,10 @@ async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String
         let bogus = "0".repeat(64);
         let reject_once = |p: usize| {
             let req = create_request(&bogus, &cfg, REJECTED, &image_id);
-            let mut rt = c.runtime[p].clone();
+            let mut rt = match (p, &c.b) {
+                (B, Some((_, b))) => b.clone(),
+                _ => c.runtime[p].clone(),
+            };
             async move {
                 let t = Instant::now();
                 let r = rt.create_container(req).await;
@@ -723,7 +779,13 @@ async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String
         if answers[DIRECT] != answers[VIA] {
             return Err(format!("containerd answered differently: direct {:?}, via {:?}", answers[DIRECT], answers[VIA]));
         }
+        if c.b.is_some() {
+            for _ in 0..plan.block {
+                reject_once(B).await?;
+            }
+        }
         let mut rejects: [Vec<u64>; 2] = Default::default();
+        let mut b_rejects = Vec::new();
         let mut done = 0;
         let mut round = 0;
         while done < plan.rejects {
@@ -733,11 +795,16 @@ async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String
                 for _ in 0..k {
                     rejects[p].push(reject_once(p).await?.0);
                 }
+                if p == VIA && c.b.is_some() {
+                    for _ in 0..k {
+                        b_rejects.push(reject_once(B).await?.0);
+                    }
+                }
             }
             done += k;
             round += 1;
         }
-        Ok::<_, String>(Create { pairs, rejects, reject_answer: answers[DIRECT].clone() })
+        Ok::<_, String>(Create { pairs, rejects, reject_answer: answers[DIRECT].clone(), b_rejects })
     }
     .await;
     let _ = direct_rt.stop_pod_sandbox(k8s::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() }).await;
@@ -1044,6 +1111,34 @@ fn paired_se(pairs: &[[u64; 2]]) -> f64 {
     (pct_f(&d, 75.0) - pct_f(&d, 25.0)) / (d.len() as f64).sqrt()
 }
 
+/// The A/B section: B against A (pullgate) and against direct, block by block.
+fn write_ab(out: &mut String, plan: &Plan, warm: &Warm, create: &Create, a: &Path, b: &Path) {
+    let _ = writeln!(out, "\n### A/B in this run\n\nA: {}\nB: {}\n", a.display(), b.display());
+    let _ = writeln!(
+        out,
+        "Per round, the median of one path's block minus that of the other's, then the median over rounds (+/- IQR/sqrt(n)):\n"
+    );
+    for (name, direct, via_a, via_b) in [
+        ("PullImage by digest, decision cached", &warm.samples[W_BY_DIGEST], &warm.samples[W_VIA_DIGEST], &warm.b_digest),
+        ("CreateContainer refused by containerd", &create.rejects[DIRECT], &create.rejects[VIA], &create.b_rejects),
+    ] {
+        let ab = block_pairs(via_a, via_b, plan.block);
+        let a_added = block_pairs(direct, via_a, plan.block);
+        let b_added = block_pairs(direct, via_b, plan.block);
+        let _ = writeln!(
+            out,
+            "- {name}: B - A {} (+/- {}) over {} rounds; added over direct: A {} (+/- {}), B {} (+/- {})",
+            signed_ms(paired_median(&ab)),
+            fmt_ms(paired_se(&ab)),
+            ab.len(),
+            signed_ms(paired_median(&a_added)),
+            fmt_ms(paired_se(&a_added)),
+            signed_ms(paired_median(&b_added)),
+            fmt_ms(paired_se(&b_added)),
+        );
+    }
+}
+
 fn met(ok: bool) -> &'static str {
     if ok {
         "yes"
@@ -1155,10 +1250,15 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         create.pairs.len()
     );
     for (name, direct, via) in [
-        ("PullImage by digest, decision cached, against the direct pull by digest", W_BY_DIGEST, W_VIA_DIGEST),
-        ("PullImage by tag, warm decision, against the direct pull by tag", W_DIRECT, W_VIA),
+        (
+            "PullImage by digest, decision cached, against the direct pull by digest",
+            &warm.samples[W_BY_DIGEST],
+            &warm.samples[W_VIA_DIGEST],
+        ),
+        ("PullImage by tag, warm decision, against the direct pull by tag", &warm.samples[W_DIRECT], &warm.samples[W_VIA]),
+        ("CreateContainer refused by containerd", &create.rejects[DIRECT], &create.rejects[VIA]),
     ] {
-        let pairs = block_pairs(&warm.samples[direct], &warm.samples[via], plan.block);
+        let pairs = block_pairs(direct, via, plan.block);
         let _ = writeln!(
             out,
             "- {name}: {} (+/- {}) over {} rounds (per round, the median of its {}-call block via pullgate minus that of the adjacent direct block)",
