@@ -49,8 +49,8 @@
 //!
 //! A/B in one run: `PULLGATE_BENCH_B_BIN=<other build>` starts a second pullgate (B) with the same
 //! configuration on the same containerd. The warm pull by digest and the refused creates then
-//! also run through B, in blocks next to pullgate's (A) and the direct ones, and the report adds
-//! B − A paired by round. A change to the served path can be judged against drift between runs.
+//! also run through B, in blocks next to pullgate's (A), after them in even rounds and before
+//! them in odd ones, and the report adds B − A paired by round. A change to the served path can be judged against drift between runs.
 //!
 //! For a profile: `PULLGATE_BENCH_PROFILE=1` adds a table of pullgate's registry requests in the
 //! cold phase; `PULLGATE_BENCH_LOG_LEVEL` sets pullgate's `log.level` (e.g. `info,pullgate=debug`)
@@ -640,6 +640,15 @@ async fn warm_pulls(
         let k = plan.block.min(plan.warm - done);
         for j in 0..WARM_KINDS {
             let kind = (j + round) % WARM_KINDS;
+            // A/B runs: B's block next to A's (`W_VIA_DIGEST`), after it in even rounds and
+            // before it in odd ones, so that neither gains from its place.
+            let b_block = match (kind, &c.b) {
+                (W_VIA_DIGEST, Some((b, _))) => Some(b),
+                _ => None,
+            };
+            if let (Some(b), 1) = (b_block, round % 2) {
+                b_pulls(b, &by_digest, &pod_cfg, k, &mut b_digest).await?;
+            }
             for _ in 0..k {
                 let ns = match kind {
                     W_DIRECT => pull(&c.images[DIRECT], image, &pod_cfg).await?.0,
@@ -659,17 +668,28 @@ async fn warm_pulls(
                 };
                 samples[kind].push(ns);
             }
-            // B's block right after A's (`W_VIA_DIGEST`), so the pair sees the same moment.
-            if let (W_VIA_DIGEST, Some((b, _))) = (kind, &c.b) {
-                for _ in 0..k {
-                    b_digest.push(pull(b, &by_digest, &pod_cfg).await?.0);
-                }
+            if let (Some(b), 0) = (b_block, round % 2) {
+                b_pulls(b, &by_digest, &pod_cfg, k, &mut b_digest).await?;
             }
         }
         done += k;
         round += 1;
     }
     Ok(Warm { samples, b_digest })
+}
+
+/// `k` pulls of `image` through B (A/B runs), their times appended to `out`.
+async fn b_pulls(
+    b: &ImageServiceClient<Channel>,
+    image: &str,
+    pod_cfg: &k8s::PodSandboxConfig,
+    k: usize,
+    out: &mut Vec<u64>,
+) -> Result<(), String> {
+    for _ in 0..k {
+        out.push(pull(b, image, pod_cfg).await?.0);
+    }
+    Ok(())
 }
 
 // --- single flight -----------------------------------------------------------------------------
@@ -790,14 +810,20 @@ async fn creates(plan: &Plan, c: &Clients, image: &str) -> Result<Create, String
         let mut round = 0;
         while done < plan.rejects {
             let k = plan.block.min(plan.rejects - done);
-            let order = if round % 2 == 0 { [DIRECT, VIA] } else { [VIA, DIRECT] };
-            for p in order {
+            // A/B runs: B's block next to A's, after it in even rounds and before it in odd ones.
+            let order: &[usize] = match (round % 2, c.b.is_some()) {
+                (0, false) => &[DIRECT, VIA],
+                (_, false) => &[VIA, DIRECT],
+                (0, true) => &[DIRECT, VIA, B],
+                (_, true) => &[B, VIA, DIRECT],
+            };
+            for &p in order {
                 for _ in 0..k {
-                    rejects[p].push(reject_once(p).await?.0);
-                }
-                if p == VIA && c.b.is_some() {
-                    for _ in 0..k {
-                        b_rejects.push(reject_once(B).await?.0);
+                    let ns = reject_once(p).await?.0;
+                    if p == B {
+                        b_rejects.push(ns);
+                    } else {
+                        rejects[p].push(ns);
                     }
                 }
             }
