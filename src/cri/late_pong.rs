@@ -13,8 +13,8 @@
 //! wakes containerd once per request instead of twice, and its answer is not preceded by a write
 //! to containerd. Nothing is reordered and nothing is lost: held bytes go out before any later
 //! byte, a flush or shutdown completes only once they are written, and at most [`HOLD_AT_MOST`]
-//! bytes are held. HTTP/2 asks for a prompt acknowledgement, not an immediate one (RFC 9113, 6.7); grpc-go
-//! uses the acknowledgement only to estimate its flow-control window.
+//! bytes are held. HTTP/2 asks for a prompt acknowledgement, not an immediate one (RFC 9113,
+//! 6.7); grpc-go uses the acknowledgement only to estimate its flow-control window.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -25,8 +25,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// An HTTP/2 PING frame: a 9-byte header and 8 bytes of payload.
-const PING_LEN: usize = 17;
+use super::frames::{self, Head};
+
+/// An HTTP/2 PING frame: the header and 8 bytes of payload.
+const PING_LEN: usize = frames::HEADER_LEN + 8;
 /// Acknowledgements held at most (a flood of pings is written as it comes).
 const HOLD_AT_MOST: usize = 16 * PING_LEN;
 /// How long an acknowledgement waits for other bytes to go with.
@@ -72,7 +74,11 @@ fn only_ping_acks(bufs: &[IoSlice<'_>]) -> bool {
         all[at..at + b.len()].copy_from_slice(b);
         at += b.len();
     }
-    all[..len].chunks_exact(PING_LEN).all(|f| f[..4] == [0, 0, 8, 0x6] && f[4] & 0x1 != 0 && f[5..9] == [0; 4])
+    all[..len].chunks_exact(PING_LEN).all(|f| {
+        Head::parse(f).is_some_and(|h| {
+            h.len == PING_LEN - frames::HEADER_LEN && h.kind == frames::PING && h.flags & frames::ACK != 0 && h.stream == 0
+        })
+    })
 }
 
 impl<S: AsyncWrite + Unpin> LatePong<S> {

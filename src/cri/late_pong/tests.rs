@@ -6,9 +6,9 @@ use super::*;
 
 /// A PING acknowledgement as h2 writes it.
 fn ack(n: u8) -> Vec<u8> {
-    let mut f = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
-    f.extend_from_slice(&[n; 8]);
-    f
+    let mut f = bytes::BytesMut::new();
+    frames::ping_ack(&mut f, &[n; 8]);
+    f.to_vec()
 }
 
 /// A writer that records what reaches it and in how many writes; takes at most `max` bytes
