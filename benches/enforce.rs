@@ -50,7 +50,8 @@
 //! A/B in one run: `PULLGATE_BENCH_B_BIN=<other build>` starts a second pullgate (B) with the same
 //! configuration on the same containerd. The warm pull by digest and the refused creates then
 //! also run through B, in blocks next to pullgate's (A), after them in even rounds and before
-//! them in odd ones, and the report adds B − A paired by round. A change to the served path can be judged against drift between runs.
+//! them in odd ones, and the report adds B − A paired by round. A change to the served path
+//! can then be judged apart from the drift between runs.
 //!
 //! For a profile: `PULLGATE_BENCH_PROFILE=1` adds a table of pullgate's registry requests in the
 //! cold phase; `PULLGATE_BENCH_LOG_LEVEL` sets pullgate's `log.level` (e.g. `info,pullgate=debug`)
@@ -380,34 +381,30 @@ fn run() -> Result<String, String> {
         Ok::<_, String>((images, digests, format!("{registry}/{repo}@{d}")))
     })?;
 
-    let pg_sock = tb.dir.join("pg.sock");
-    let audit_log = tb.dir.join("audit.log");
-    let cfg_path = tb.dir.join("enforce.yaml");
-    // Metrics on (as in production, where they are scraped): the mirror-request and verification
-    // histograms split the cold decision into its parts.
-    let admin: SocketAddr =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
     let level = std::env::var("PULLGATE_BENCH_LOG_LEVEL")
         .unwrap_or_else(|_| if profiling() { "info,pullgate::registry::client=debug" } else { "info" }.to_string());
-    let level = level.as_str();
-    std::fs::write(&cfg_path, config(&tb.dir, &registry, &pg_sock, &direct_sock, tb.get("HOSTS_DIR"), &audit_log, admin, level))
-        .map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("serve").arg("--config").arg(&cfg_path);
-    let mut pg = Daemon::start_with(&pg_sock, &mut cmd)?;
+    // One pullgate (and for an A/B run a second, B) with the same configuration; each has its
+    // own socket, audit log and admin port.
+    let start = |bin: &Path, name: &str| -> Result<(Daemon, PathBuf, PathBuf, SocketAddr), String> {
+        let sock = tb.dir.join(format!("{name}.sock"));
+        let audit = tb.dir.join(format!("{name}-audit.log"));
+        let cfg_path = tb.dir.join(format!("{name}.yaml"));
+        // Metrics on (as in production, where they are scraped): the mirror-request and
+        // verification histograms split the cold decision into its parts.
+        let admin: SocketAddr =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
+        std::fs::write(&cfg_path, config(&tb.dir, &registry, &sock, &direct_sock, tb.get("HOSTS_DIR"), &audit, admin, &level))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg("--config").arg(&cfg_path);
+        Ok((Daemon::start_with(&sock, &mut cmd)?, sock, audit, admin))
+    };
+    let (mut pg, pg_sock, audit_log, admin) = start(&bin, "pg")?;
     let b_bin = b_binary();
-    let b_sock = tb.dir.join("pg-b.sock");
     let mut pg_b = match &b_bin {
         Some(b) => {
             progress!("B: {}", b.display());
-            let b_admin: SocketAddr =
-                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))?;
-            let b_cfg = tb.dir.join("enforce-b.yaml");
-            let text = config(&tb.dir, &registry, &b_sock, &direct_sock, tb.get("HOSTS_DIR"), &tb.dir.join("audit-b.log"), b_admin, "info");
-            std::fs::write(&b_cfg, text).map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(b);
-            cmd.arg("serve").arg("--config").arg(&b_cfg);
-            Some(Daemon::start_with(&b_sock, &mut cmd)?)
+            Some(start(b, "pg-b")?)
         }
         None => None,
     };
@@ -417,7 +414,7 @@ fn run() -> Result<String, String> {
         Clients {
             images: [cri::images(&direct_sock), cri::images(&pg_sock)],
             runtime: [cri::runtime(&direct_sock), cri::runtime(&pg_sock)],
-            b: pg_b.as_ref().map(|_| (cri::images(&b_sock), cri::runtime(&b_sock))),
+            b: pg_b.as_ref().map(|(_, sock, ..)| (cri::images(sock), cri::runtime(sock))),
         }
     };
 
@@ -438,7 +435,7 @@ fn run() -> Result<String, String> {
     drop(rt);
     let records = read_records(&audit_log).map(|r| r.0).map_err(|e| format!("audit log: {e}"))?;
     pg.terminate(Duration::from_secs(10));
-    if let Some(b) = pg_b.as_mut() {
+    if let Some((b, ..)) = pg_b.as_mut() {
         b.terminate(Duration::from_secs(10));
     }
     drop(pg_b);
@@ -578,7 +575,7 @@ const WARM_KINDS: usize = 6;
 
 struct Warm {
     samples: [Vec<u64>; WARM_KINDS],
-    /// A/B runs: B's pulls by digest (decision cached), one block per round after the kinds.
+    /// A/B runs: B's pulls by digest (decision cached), one block per round next to A's.
     b_digest: Vec<u64>,
 }
 
@@ -719,7 +716,7 @@ struct Create {
     rejects: [Vec<u64>; 2],
     /// What containerd answered those.
     reject_answer: String,
-    /// A/B runs: B's refused creates, one block per round right after A's.
+    /// A/B runs: B's refused creates, one block per round next to A's.
     b_rejects: Vec<u64>,
 }
 
@@ -1137,6 +1134,11 @@ fn paired_se(pairs: &[[u64; 2]]) -> f64 {
     (pct_f(&d, 75.0) - pct_f(&d, 25.0)) / (d.len() as f64).sqrt()
 }
 
+/// A paired estimate as the report prints it: the median difference and its spread.
+fn paired(pairs: &[[u64; 2]]) -> String {
+    format!("{} (+/- {})", signed_ms(paired_median(pairs)), fmt_ms(paired_se(pairs)))
+}
+
 /// The A/B section: B against A (pullgate) and against direct, block by block.
 fn write_ab(out: &mut String, plan: &Plan, warm: &Warm, create: &Create, a: &Path, b: &Path) {
     let _ = writeln!(out, "\n### A/B in this run\n\nA: {}\nB: {}\n", a.display(), b.display());
@@ -1153,14 +1155,11 @@ fn write_ab(out: &mut String, plan: &Plan, warm: &Warm, create: &Create, a: &Pat
         let b_added = block_pairs(direct, via_b, plan.block);
         let _ = writeln!(
             out,
-            "- {name}: B - A {} (+/- {}) over {} rounds; added over direct: A {} (+/- {}), B {} (+/- {})",
-            signed_ms(paired_median(&ab)),
-            fmt_ms(paired_se(&ab)),
+            "- {name}: B - A {} over {} rounds; added over direct: A {}, B {}",
+            paired(&ab),
             ab.len(),
-            signed_ms(paired_median(&a_added)),
-            fmt_ms(paired_se(&a_added)),
-            signed_ms(paired_median(&b_added)),
-            fmt_ms(paired_se(&b_added)),
+            paired(&a_added),
+            paired(&b_added),
         );
     }
 }
@@ -1261,20 +1260,8 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
     );
 
     let _ = writeln!(out, "\nPaired differences (via - direct, same image / adjacent calls), median and IQR/sqrt(n):\n");
-    let _ = writeln!(
-        out,
-        "- cold PullImage: {} (+/- {}) over {} images",
-        signed_ms(paired_median(&cold.pairs)),
-        fmt_ms(paired_se(&cold.pairs)),
-        cold.pairs.len()
-    );
-    let _ = writeln!(
-        out,
-        "- CreateContainer: {} (+/- {}) over {} pairs",
-        signed_ms(paired_median(&create.pairs)),
-        fmt_ms(paired_se(&create.pairs)),
-        create.pairs.len()
-    );
+    let _ = writeln!(out, "- cold PullImage: {} over {} images", paired(&cold.pairs), cold.pairs.len());
+    let _ = writeln!(out, "- CreateContainer: {} over {} pairs", paired(&create.pairs), create.pairs.len());
     for (name, direct, via) in [
         (
             "PullImage by digest, decision cached, against the direct pull by digest",
@@ -1287,9 +1274,8 @@ fn write_report(out: &mut String, plan: &Plan, cold: &Cold, warm: &Warm, create:
         let pairs = block_pairs(direct, via, plan.block);
         let _ = writeln!(
             out,
-            "- {name}: {} (+/- {}) over {} rounds (per round, the median of its {}-call block via pullgate minus that of the adjacent direct block)",
-            signed_ms(paired_median(&pairs)),
-            fmt_ms(paired_se(&pairs)),
+            "- {name}: {} over {} rounds (per round, the median of its {}-call block via pullgate minus that of the adjacent direct block)",
+            paired(&pairs),
             pairs.len(),
             plan.block
         );
